@@ -1,0 +1,120 @@
+"""Talking to the cluster as an administrator: readiness, topics, cluster identity."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from app.broker.security import client_security
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_TOPIC_EXISTS = 36
+_COMPACTED = {"cleanup.policy": "compact"}
+_DEADLETTER = {"retention.ms": str(14 * 24 * 3600 * 1000)}
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    configs: dict[str, str]
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """StreamRec's own topics. All have the same partition count: user-keyed topics must be
+    co-partitioned so that one user's records and state meet on one partition."""
+    n = settings.partitions
+    return [
+        TopicSpec(settings.topic_events, n, {}),
+        TopicSpec(settings.topic_items, n, dict(_COMPACTED)),
+        TopicSpec(settings.topic_feedback, n, {}),
+        TopicSpec(settings.topic_users, n, dict(_COMPACTED)),
+        TopicSpec(settings.topic_recommendations, n, {}),
+        TopicSpec(settings.topic_deadletter, n, dict(_DEADLETTER)),
+    ]
+
+
+def _admin(settings: Settings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers(),
+        request_timeout_ms=int(settings.request_timeout_seconds * 1000),
+        **client_security(settings),
+    )
+
+
+async def wait_until_ready(settings: Settings, timeout: float = 60.0) -> dict[str, Any]:
+    """Poll the cluster until it answers a metadata request; return its description."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        admin = _admin(settings)
+        try:
+            await admin.start()
+            cluster: dict[str, Any] = await admin.describe_cluster()
+            if cluster.get("brokers"):
+                return cluster
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+            last = exc
+        finally:
+            await admin.close()
+        await asyncio.sleep(0.25)
+    raise TimeoutError(f"Kafka at {settings.bootstrap_servers()} not ready: {last!r}")
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create missing topics; fail loudly when an existing one has the wrong partition count.
+
+    Returns the names of the topics that were created.
+    """
+    specs = topic_specs(settings)
+    admin = _admin(settings)
+    await admin.start()
+    try:
+        existing = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()}
+        missing = [s for s in specs if s.name not in existing]
+        for spec in specs:
+            have = existing.get(spec.name)
+            if have is not None and have != spec.partitions:
+                raise RuntimeError(
+                    f"topic {spec.name!r} has {have} partitions, StreamRec is configured for "
+                    f"{spec.partitions}: co-partitioned topics must match "
+                    "(set STREAMREC_PARTITIONS or repartition)"
+                )
+        if missing:
+            response = await admin.create_topics(
+                [
+                    NewTopic(s.name, s.partitions, settings.replication_factor, topic_configs=s.configs)
+                    for s in missing
+                ]
+            )
+            for name, code, *rest in response.topic_errors:
+                if code not in (0, _TOPIC_EXISTS):
+                    raise RuntimeError(f"creating topic {name!r} failed: error {code} {rest}")
+        await _wait_for_leaders(admin, [s.name for s in missing])
+        return [s.name for s in missing]
+    finally:
+        await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> None:
+    for _ in range(100):
+        if not names:
+            return
+        topics = await admin.describe_topics(names)
+        if all(t["error_code"] == 0 and t["partitions"] for t in topics):
+            if all(p["leader"] >= 0 for t in topics for p in t["partitions"]):
+                return
+        await asyncio.sleep(0.1)
+
+
+async def cluster_id(settings: Settings) -> str:
+    """The cluster id the brokers report (a new one after an embedded broker restart)."""
+    cluster = await wait_until_ready(settings)
+    return str(cluster.get("cluster_id") or "")

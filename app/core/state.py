@@ -1,0 +1,164 @@
+"""Per-key state kept in the worker's RocksDB tables, and the pure functions that fold
+validated records into it.
+
+Every state value carries ``seen``: the ids of the last ``window`` records applied to that
+key, newest last. A record whose ``event_id`` is among them is a redelivered duplicate: it
+is dropped and counted, never applied twice. State values are encoded with msgpack
+(array-like: new fields may only be appended, with defaults, so old values still decode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+import msgspec
+from msgspec import Struct
+
+from app.contract.records import (
+    Event,
+    Feedback,
+    ItemOp,
+    ItemUpsert,
+    UserProfile,
+)
+
+
+class UserState(Struct, array_like=True, frozen=True):
+    """What a worker knows about one user from the `events` topic."""
+
+    seen: tuple[str, ...] = ()
+    counts: dict[str, int] = {}
+    first_ts: int = 0
+    last_ts: int = 0
+
+
+class FeedbackState(Struct, array_like=True, frozen=True):
+    """Per-user feedback counters (attribution arrives with the feedback issue)."""
+
+    seen: tuple[str, ...] = ()
+    counts: dict[str, int] = {}
+    last_ts: int = 0
+
+
+class ProfileState(Struct, array_like=True, frozen=True):
+    """The newest known profile of a user."""
+
+    seen: tuple[str, ...] = ()
+    profile: UserProfile | None = None
+
+
+class ItemState(Struct, array_like=True, frozen=True):
+    """The newest known version of a catalogue item; ``item`` is None once deleted."""
+
+    seen: tuple[str, ...] = ()
+    item: ItemUpsert | None = None
+    last_ts: int = 0
+
+
+class _HasSeen(Protocol):
+    @property
+    def seen(self) -> tuple[str, ...]: ...
+
+
+class _HasEventId(Protocol):
+    @property
+    def event_id(self) -> str: ...
+
+
+S = TypeVar("S", bound=_HasSeen)
+R = TypeVar("R", bound=_HasEventId)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied(Generic[S, R]):
+    """The result of folding one key's batch: the new state, what was applied, and how many
+    records were dropped as duplicates."""
+
+    state: S
+    applied: list[R]
+    duplicates: int
+
+
+def apply_batch(
+    state: S, records: Sequence[R], window: int, fold: Callable[[S, R], S]
+) -> Applied[S, R]:
+    """Fold ``records`` (one key's, in offset order) into ``state``, skipping any whose
+    ``event_id`` was seen within the last ``window`` ids (including earlier in this batch)."""
+    seen = list(state.seen)
+    known = set(seen)
+    applied: list[R] = []
+    duplicates = 0
+    for record in records:
+        if record.event_id in known:
+            duplicates += 1
+            continue
+        known.add(record.event_id)
+        seen.append(record.event_id)
+        state = fold(state, record)
+        applied.append(record)
+    if len(seen) > window:
+        seen = seen[-window:]
+    return Applied(msgspec.structs.replace(state, seen=tuple(seen)), applied, duplicates)
+
+
+def _bump(counts: dict[str, int], name: str) -> dict[str, int]:
+    updated = dict(counts)
+    updated[name] = updated.get(name, 0) + 1
+    return updated
+
+
+def fold_event(state: UserState, event: Event) -> UserState:
+    """Count a user's event by type and track the span of their activity."""
+    kind = type(event).__struct_config__.tag
+    first = event.ts if state.first_ts == 0 else min(state.first_ts, event.ts)
+    return msgspec.structs.replace(
+        state,
+        counts=_bump(state.counts, str(kind)),
+        first_ts=first,
+        last_ts=max(state.last_ts, event.ts),
+    )
+
+
+def fold_feedback(state: FeedbackState, feedback: Feedback) -> FeedbackState:
+    return msgspec.structs.replace(
+        state,
+        counts=_bump(state.counts, feedback.type.value),
+        last_ts=max(state.last_ts, feedback.ts),
+    )
+
+
+def fold_profile(state: ProfileState, profile: UserProfile) -> ProfileState:
+    """Keep the profile with the newest event time (ties: the later record wins)."""
+    if state.profile is not None and state.profile.ts > profile.ts:
+        return state
+    return msgspec.structs.replace(state, profile=profile)
+
+
+def fold_item(state: ItemState, op: ItemOp) -> ItemState:
+    """Apply an upsert or delete unless a newer version of the item was already applied."""
+    if op.ts < state.last_ts:
+        return state
+    item = op if isinstance(op, ItemUpsert) else None
+    return msgspec.structs.replace(state, item=item, last_ts=op.ts)
+
+
+T = TypeVar("T")
+
+
+class StateCodec(Generic[T]):
+    """msgpack encoding of one state type, with the empty state for a missing key."""
+
+    __slots__ = ("_decoder", "_encoder", "empty")
+
+    def __init__(self, state_type: type[T]) -> None:
+        self._decoder = msgspec.msgpack.Decoder(state_type)
+        self._encoder = msgspec.msgpack.Encoder()
+        self.empty: T = state_type()
+
+    def decode(self, raw: bytes | None) -> T:
+        return self.empty if raw is None else self._decoder.decode(raw)
+
+    def encode(self, state: T) -> bytes:
+        return self._encoder.encode(state)

@@ -1,0 +1,1 @@
+"""Real datasets read in place from installed registry packages (never copied, never committed)."""

@@ -1,0 +1,92 @@
+"""Prometheus metrics of a worker, in one place, on an injectable registry.
+
+Names follow the client_python conventions: a `streamrec_` namespace, base units, counters
+ending in `_total`. Label values are bounded (topic names from settings, reasons and event
+types from fixed enums) and created up front, so every series exists from the first scrape.
+No label ever carries a user id, an item id or payload text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from app import __version__
+from app.contract.records import EVENT_TYPES
+from app.contract.validate import Reason
+
+INPUT_TOPICS = ("events", "items", "feedback", "users")
+OUTCOMES = ("accepted", "duplicate", "rejected")
+_BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    registry: CollectorRegistry
+    records: Counter
+    events: Counter
+    deadletters: Counter
+    batch_seconds: Histogram
+    batch_records: Histogram
+    processing_errors: Counter
+    info: Info
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
+        registry = registry if registry is not None else CollectorRegistry()
+        metrics = cls(
+            registry=registry,
+            records=Counter(
+                "streamrec_input_records_total",
+                "Input records by logical topic and outcome (accepted, duplicate, rejected).",
+                ["topic", "outcome"],
+                registry=registry,
+            ),
+            events=Counter(
+                "streamrec_events_total",
+                "Accepted user events by event type.",
+                ["type"],
+                registry=registry,
+            ),
+            deadletters=Counter(
+                "streamrec_deadletters_total",
+                "Input records routed to the dead-letter topic, by logical topic and reason.",
+                ["topic", "reason"],
+                registry=registry,
+            ),
+            batch_seconds=Histogram(
+                "streamrec_batch_seconds",
+                "Time to process one batch taken from an input topic.",
+                ["topic"],
+                buckets=_BATCH_BUCKETS,
+                registry=registry,
+            ),
+            batch_records=Histogram(
+                "streamrec_batch_records",
+                "Records per batch taken from an input topic.",
+                ["topic"],
+                buckets=_SIZE_BUCKETS,
+                registry=registry,
+            ),
+            processing_errors=Counter(
+                "streamrec_processing_errors_total",
+                "Key groups whose processing raised; their records went to the dead-letter topic.",
+                ["topic"],
+                registry=registry,
+            ),
+            info=Info("streamrec_worker", "Worker build information.", registry=registry),
+        )
+        metrics.info.info({"version": __version__})
+        for topic in INPUT_TOPICS:
+            for outcome in OUTCOMES:
+                metrics.records.labels(topic, outcome)
+            for reason in Reason:
+                metrics.deadletters.labels(topic, reason.value)
+            metrics.processing_errors.labels(topic)
+            metrics.batch_seconds.labels(topic)
+            metrics.batch_records.labels(topic)
+        for event_type in EVENT_TYPES:
+            metrics.events.labels(event_type)
+        return metrics

@@ -1,0 +1,196 @@
+"""One frozen settings object for every StreamRec process.
+
+Every field is read from an environment variable named ``STREAMREC_<FIELD>`` (upper case),
+or from a ``.env`` file in the working directory. ``docs/configuration.md`` is generated
+from this class (``streamrec settings --markdown``) and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "STREAMREC_"
+
+
+class SecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class SaslMechanism(StrEnum):
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+class Settings(BaseSettings):
+    """StreamRec configuration. Field docstrings become the settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+    # --- Kafka connection -------------------------------------------------------------
+    broker_url: str = ""
+    """Kafka bootstrap servers, comma-separated `host:port` (a `kafka://` prefix is
+    accepted). Empty: start the embedded, memory-only Tansu broker (development only)."""
+
+    security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
+
+    sasl_mechanism: SaslMechanism = SaslMechanism.SCRAM_SHA_512
+    """PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (used with the SASL protocols)."""
+
+    sasl_username: str = ""
+    """SASL user name."""
+
+    sasl_password: SecretStr = SecretStr("")
+    """SASL password (never logged)."""
+
+    ssl_cafile: Path | None = None
+    """CA bundle (PEM) to verify the brokers, for SSL and SASL_SSL."""
+
+    ssl_certfile: Path | None = None
+    """Client certificate (PEM) for mutual TLS."""
+
+    ssl_keyfile: Path | None = None
+    """Client private key (PEM) for mutual TLS."""
+
+    ssl_key_password: SecretStr = SecretStr("")
+    """Password of the client private key, if it has one (never logged)."""
+
+    embedded_port: int = Field(default=29092, ge=1, le=65535)
+    """Port of the embedded broker when `BROKER_URL` is empty."""
+
+    # --- Topics -----------------------------------------------------------------------
+    app_id: str = "streamrec"
+    """Consumer group id and prefix of internal (changelog) topics."""
+
+    topic_events: str = "events"
+    """Input: browse, search, add-to-cart and purchase events, keyed by user id."""
+
+    topic_items: str = "items"
+    """Input: catalogue upserts and deletes, keyed by item id (compacted)."""
+
+    topic_feedback: str = "feedback"
+    """Input: impressions, clicks, favourites and purchases on recommendations, keyed by user id."""
+
+    topic_users: str = "users"
+    """Input: optional user profile attributes, keyed by user id (compacted)."""
+
+    topic_recommendations: str = "recommendations"
+    """Output: ranked, explained recommendations, keyed by user id."""
+
+    topic_deadletter: str = "deadletter"
+    """Output: rejected input records, original bytes plus reason headers."""
+
+    partitions: int = Field(default=8, ge=1, le=4096)
+    """Partitions of every user-keyed topic (must be equal: topics are co-partitioned)."""
+
+    replication_factor: int = Field(default=1, ge=1, le=16)
+    """Replication factor used when StreamRec creates its topics."""
+
+    # --- Validation -------------------------------------------------------------------
+    max_payload_bytes: int = Field(default=65_536, ge=256)
+    """Input records larger than this go to the dead-letter topic (`oversize`)."""
+
+    min_event_time: int = Field(default=631_152_000_000, ge=0)
+    """Earliest accepted event time, epoch milliseconds (default 1990-01-01)."""
+
+    max_clock_skew_seconds: float = Field(default=86_400.0, ge=0)
+    """How far in the future an event time may lie before it is rejected."""
+
+    dedup_window: int = Field(default=128, ge=1, le=65_536)
+    """Event ids remembered per key to drop redelivered duplicates."""
+
+    # --- Processing -------------------------------------------------------------------
+    batch_max: int = Field(default=1000, ge=1)
+    """Most records an agent takes at once."""
+
+    batch_within_seconds: float = Field(default=0.01, gt=0)
+    """Longest an agent waits to fill a batch."""
+
+    recommendation_size: int = Field(default=10, ge=1, le=1000)
+    """Items per published recommendation."""
+
+    # --- Storage and model ------------------------------------------------------------
+    data_dir: Path = Path("var/streamrec")
+    """Worker state (RocksDB tables) lives below this folder."""
+
+    model_path: Path = Path("models/minilm-l6-int8")
+    """Folder of the ONNX encoder artifact (model.onnx, tokenizer.json, manifest.json)."""
+
+    # --- Web and timeouts -------------------------------------------------------------
+    web_host: str = "127.0.0.1"
+    """Address of the worker's HTTP server (metrics, health, API)."""
+
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    """Port of the worker's HTTP server."""
+
+    session_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Consumer group session timeout (the embedded broker uses at most 10 s)."""
+
+    request_timeout_seconds: float = Field(default=40.0, gt=0)
+    """Kafka request timeout."""
+
+    log_level: str = "info"
+    """Worker log level (debug, info, warning, error)."""
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured and the embedded broker is used."""
+        return not self.broker_url.strip()
+
+    def bootstrap_servers(self) -> str:
+        """`host:port,...` without a scheme, for aiokafka."""
+        if self.embedded:
+            return f"127.0.0.1:{self.embedded_port}"
+        servers = [s.strip().removeprefix("kafka://") for s in self.broker_url.split(",")]
+        return ",".join(s for s in servers if s)
+
+    def input_topics(self) -> tuple[str, ...]:
+        return (self.topic_events, self.topic_items, self.topic_feedback, self.topic_users)
+
+    def tables_dir(self) -> Path:
+        return self.data_dir / "tables"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
+
+
+def settings_markdown() -> str:
+    """The settings table for docs/configuration.md, generated from the class."""
+    lines = [
+        "| variable | default | meaning |",
+        "| --- | --- | --- |",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, SecretStr):
+            shown = '""' if not default.get_secret_value() else "(secret)"
+        elif default is None:
+            shown = "(unset)"
+        elif isinstance(default, StrEnum):
+            shown = f"`{default.value}`"
+        elif default == "":
+            shown = '""'
+        else:
+            shown = f"`{default}`"
+        doc = " ".join((field.description or "").split()).replace("|", "\\|")
+        lines.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {doc} |")
+    return "\n".join(lines) + "\n"

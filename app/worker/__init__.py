@@ -1,0 +1,1 @@
+"""The Faust worker: declarations (app, topics, tables), thin agents, web views."""

@@ -1,0 +1,164 @@
+"""Thin agents: they take batches of raw records from Kafka and hand them to pure functions.
+
+Each input topic is a :class:`Flow`: validate every record (rejections go to the dead-letter
+topic), group the valid ones by key, fold each key's records into its state with the
+duplicate filter, write each key's state once per batch. Nothing here raises on bad input;
+an unexpected error while folding one key sends that key's records to the dead-letter topic
+(reason ``processing_error``) and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from app.contract.deadletter import deadletter_headers
+from app.contract.records import Event, Feedback, ItemOp, UserProfile
+from app.contract.validate import Limits, Reason, Rejection, Validator, validators
+from app.core.state import (
+    FeedbackState,
+    ItemState,
+    ProfileState,
+    StateCodec,
+    UserState,
+    apply_batch,
+    fold_event,
+    fold_feedback,
+    fold_item,
+    fold_profile,
+)
+from app.metrics import Metrics
+from app.worker.declarations import Declarations
+from app.worker.faust_compat import acting_as
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+R = TypeVar("R")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Flow(Generic[S, R]):
+    """How one input topic is processed; ``label`` is its metric label."""
+
+    label: str
+    validate: Validator[R]
+    codec: StateCodec[S]
+    fold: Callable[[S, R], S]
+    table: Any
+    on_applied: Callable[[Sequence[R]], None] = lambda records: None
+
+
+class DeadLetters:
+    """Sends rejected records, untouched, to the dead-letter topic and counts them."""
+
+    def __init__(self, topic: Any, metrics: Metrics) -> None:
+        self._topic = topic
+        self._metrics = metrics
+
+    async def send(self, label: str, event: Any, rejection: Rejection) -> None:
+        message = event.message
+        self._metrics.deadletters.labels(label, rejection.reason.value).inc()
+        self._metrics.records.labels(label, "rejected").inc()
+        await self._topic.send(
+            key=message.key,
+            value=message.value,
+            headers=deadletter_headers(
+                rejection, message.topic, message.partition, message.offset, now_ms()
+            ),
+        )
+
+
+async def process_batch(
+    flow: Flow[S, R], batch: Sequence[Any], deadletters: DeadLetters, metrics: Metrics,
+    window: int,
+) -> None:
+    """Validate, dead-letter, deduplicate and fold one batch of Faust events."""
+    started = time.perf_counter()
+    received = now_ms()
+    by_key: dict[bytes, list[tuple[Any, R]]] = {}
+    for event in batch:
+        message = event.message
+        outcome = flow.validate(message.key, message.value, received)
+        if isinstance(outcome, Rejection):
+            await deadletters.send(flow.label, event, outcome)
+        else:
+            by_key.setdefault(message.key, []).append((event, outcome))
+    accepted = duplicates = 0
+    for key, pairs in by_key.items():
+        try:
+            with acting_as(pairs[-1][0]):
+                state = flow.codec.decode(flow.table.get(key))
+                result = apply_batch(state, [record for _, record in pairs], window, flow.fold)
+                if result.applied:
+                    flow.table[key] = flow.codec.encode(result.state)
+        except Exception as exc:  # noqa: BLE001 - one key's failure must not stop the others
+            metrics.processing_errors.labels(flow.label).inc()
+            log.exception("processing a %s key group failed: %s", flow.label, type(exc).__name__)
+            for event, _ in pairs:
+                await deadletters.send(
+                    flow.label, event, Rejection(Reason.PROCESSING_ERROR, type(exc).__name__)
+                )
+            continue
+        accepted += len(result.applied)
+        duplicates += result.duplicates
+        flow.on_applied(result.applied)
+    metrics.records.labels(flow.label, "accepted").inc(accepted)
+    metrics.records.labels(flow.label, "duplicate").inc(duplicates)
+    metrics.batch_records.labels(flow.label).observe(len(batch))
+    metrics.batch_seconds.labels(flow.label).observe(time.perf_counter() - started)
+
+
+def flows(decl: Declarations, metrics: Metrics) -> list[tuple[Any, Flow[Any, Any]]]:
+    """(source topic, flow) for every input topic."""
+    settings = decl.settings
+    limits = Limits(
+        max_payload_bytes=settings.max_payload_bytes,
+        min_event_time=settings.min_event_time,
+        max_clock_skew_ms=int(settings.max_clock_skew_seconds * 1000),
+    )
+    check = validators(limits)
+
+    def count_events(events: Sequence[Event]) -> None:
+        for event in events:
+            metrics.events.labels(str(type(event).__struct_config__.tag)).inc()
+
+    return [
+        (decl.events, Flow[UserState, Event](
+            "events", check["events"], StateCodec(UserState), fold_event, decl.user_state,
+            count_events,
+        )),
+        (decl.items, Flow[ItemState, ItemOp](
+            "items", check["items"], StateCodec(ItemState), fold_item, decl.item_state,
+        )),
+        (decl.feedback, Flow[FeedbackState, Feedback](
+            "feedback", check["feedback"], StateCodec(FeedbackState), fold_feedback,
+            decl.feedback_state,
+        )),
+        (decl.users, Flow[ProfileState, UserProfile](
+            "users", check["users"], StateCodec(ProfileState), fold_profile,
+            decl.profile_state,
+        )),
+    ]
+
+
+def attach(decl: Declarations, metrics: Metrics) -> None:
+    """Register one agent per input topic on the app."""
+    settings = decl.settings
+    deadletters = DeadLetters(decl.deadletter, metrics)
+    for topic, flow in flows(decl, metrics):
+
+        async def agent(stream: Any, flow: Flow[Any, Any] = flow) -> None:
+            async for batch in stream.take_events(
+                settings.batch_max, settings.batch_within_seconds
+            ):
+                await process_batch(flow, batch, deadletters, metrics, settings.dedup_window)
+
+        decl.app.agent(topic, name=f"streamrec.{flow.label}")(agent)

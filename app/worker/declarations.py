@@ -1,0 +1,98 @@
+"""Every Faust declaration of the worker, in one place: the App, its topics and tables.
+
+Topics are declared raw (bytes in, bytes out): StreamRec validates and decodes input itself,
+so that a malformed record becomes a dead letter instead of a Faust decode error. Table
+values are msgpack bytes of the state structs in ``app.core.state``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from app.broker.embedded import SESSION_TIMEOUT_SECONDS
+from app.broker.security import faust_credentials
+from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class Declarations:
+    settings: Settings
+    app: faust.App
+    events: Any
+    items: Any
+    feedback: Any
+    users: Any
+    recommendations: Any
+    deadletter: Any
+    user_state: Any
+    item_state: Any
+    feedback_state: Any
+    profile_state: Any
+
+
+def _app(settings: Settings) -> faust.App:
+    servers = settings.bootstrap_servers().split(",")
+    session_timeout = settings.session_timeout_seconds
+    options: dict[str, Any] = {}
+    if settings.embedded:
+        # Tansu: JoinGroup waits ~half the session timeout; its ListOffsets latest offset is
+        # only right when every producer batch holds one record (table recovery needs it).
+        session_timeout = min(session_timeout, SESSION_TIMEOUT_SECONDS)
+        options["producer_max_batch_size"] = 1
+    return faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in servers],
+        broker_credentials=faust_credentials(settings),
+        store="rocksdb://",
+        datadir=str(settings.data_dir / "faust"),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,
+        topic_disable_leader=True,
+        broker_session_timeout=session_timeout,
+        broker_heartbeat_interval=min(3.0, session_timeout / 3),
+        broker_request_timeout=settings.request_timeout_seconds,
+        consumer_auto_offset_reset="earliest",
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_in_thread=False,
+        autodiscover=False,
+        **options,
+    )
+
+
+def declare(settings: Settings) -> Declarations:
+    app = _app(settings)
+
+    def raw_topic(name: str) -> Any:
+        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw", allow_empty=True)
+
+    def state_table(name: str, help_: str) -> Any:
+        return app.Table(
+            name,
+            key_type=bytes,  # bytes types make Faust use the raw codec for the store and
+            value_type=bytes,  # the changelog alike
+            partitions=settings.partitions,
+            help=help_,
+        )
+
+    return Declarations(
+        settings=settings,
+        app=app,
+        events=raw_topic(settings.topic_events),
+        items=raw_topic(settings.topic_items),
+        feedback=raw_topic(settings.topic_feedback),
+        users=raw_topic(settings.topic_users),
+        recommendations=raw_topic(settings.topic_recommendations),
+        deadletter=raw_topic(settings.topic_deadletter),
+        user_state=state_table("user-state", "UserState per user (msgpack)"),
+        item_state=state_table("item-state", "ItemState per item (msgpack)"),
+        feedback_state=state_table("feedback-state", "FeedbackState per user (msgpack)"),
+        profile_state=state_table("profile-state", "ProfileState per user (msgpack)"),
+    )
+

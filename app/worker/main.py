@@ -1,0 +1,83 @@
+"""Starting a worker: broker readiness, topics, local-state hygiene, then Faust."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import sys
+from typing import Any
+
+import faust
+
+from app.broker.admin import cluster_id, ensure_topics
+from app.broker.embedded import check_embedded, start_if_needed
+from app.metrics import Metrics
+from app.settings import Settings
+from app.worker import agents, web
+from app.worker.declarations import Declarations, declare
+
+log = logging.getLogger(__name__)
+
+
+def reset_state_if_cluster_changed(settings: Settings, current: str) -> bool:
+    """Wipe local tables built against another cluster (an embedded broker restarted, or the
+    data dir was pointed at a new cluster): their changelog no longer exists, so the local
+    copy would be state from nowhere. Returns True when the tables were wiped."""
+    marker = settings.data_dir / "cluster-id"
+    tables = settings.data_dir / "faust"
+    previous = marker.read_text().strip() if marker.exists() else None
+    wiped = False
+    if previous != current and tables.exists():
+        shutil.rmtree(tables)
+        wiped = True
+        log.warning("local tables were built against another cluster: reset, will recover")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(current + "\n")
+    return wiped
+
+
+async def prepare(settings: Settings) -> None:
+    current = await cluster_id(settings)
+    check_embedded(settings, current)
+    created = await ensure_topics(settings)
+    if created:
+        log.info("created topics: %s", ", ".join(created))
+    reset_state_if_cluster_changed(settings, current)
+
+
+def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
+    decl = declare(settings)
+    metrics = metrics or Metrics.create()
+    agents.attach(decl, metrics)
+    web.attach(decl, metrics)
+    return decl
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is absent on Windows
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop
+
+
+def run_worker(settings: Settings) -> None:
+    """Run one worker until it is stopped (SIGINT/SIGTERM). Starts the embedded broker first
+    when no broker is configured and none is listening on the embedded port."""
+    broker = start_if_needed(settings)
+    try:
+        loop = _new_loop()
+        loop.run_until_complete(prepare(settings))
+        decl = build(settings)
+        worker: Any = faust.Worker(
+            decl.app, loop=loop, loglevel=settings.log_level, quiet=True, redirect_stdouts=False
+        )
+        worker.execute_from_commandline()
+    finally:
+        if broker is not None:
+            broker.stop()
+        sys.stdout.flush()

@@ -1,0 +1,125 @@
+"""Worker processes for integration tests: each test gets its own app id, topic names, data
+dir and web port, so tests never see each other's records or state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.kafka import free_port
+
+
+def isolated_env(bootstrap: str | None, data_dir: Path, partitions: int = 4) -> dict[str, str]:
+    """Environment of a worker with unique names; ``bootstrap`` None means embedded."""
+    tag = uuid.uuid4().hex[:8]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update({
+        "STREAMREC_APP_ID": f"test-{tag}",
+        "STREAMREC_TOPIC_EVENTS": f"events-{tag}",
+        "STREAMREC_TOPIC_ITEMS": f"items-{tag}",
+        "STREAMREC_TOPIC_FEEDBACK": f"feedback-{tag}",
+        "STREAMREC_TOPIC_USERS": f"users-{tag}",
+        "STREAMREC_TOPIC_RECOMMENDATIONS": f"recommendations-{tag}",
+        "STREAMREC_TOPIC_DEADLETTER": f"deadletter-{tag}",
+        "STREAMREC_PARTITIONS": str(partitions),
+        "STREAMREC_DATA_DIR": str(data_dir),
+        "STREAMREC_WEB_PORT": str(free_port()),
+        "STREAMREC_SESSION_TIMEOUT_SECONDS": "10",
+        "STREAMREC_LOG_LEVEL": "info",
+    })
+    if bootstrap is not None:
+        env["STREAMREC_BROKER_URL"] = bootstrap
+    return env
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+class WorkerProcess:
+    """`streamrec worker` as a child process, as an operator would run it."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['STREAMREC_WEB_PORT']}"
+
+    def start(self) -> WorkerProcess:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        return self
+
+    def _get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.base_url + path, timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited: {self.log.read_text()[-3000:]}")
+            try:
+                if self._get("/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.25)
+        raise AssertionError(f"worker not ready in {timeout}s: {self.log.read_text()[-3000:]}")
+
+    def metrics(self) -> Samples:
+        status, body = self._get("/metrics")
+        assert status == 200
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body.decode())
+            for s in family.samples
+        }
+
+    def metric(self, name: str, **labels: str) -> float:
+        want = set(labels.items())
+        return sum(v for (n, ls), v in self.metrics().items() if n == name and want <= set(ls))
+
+    def wait_metric(self, name: str, at_least: float, timeout: float = 60.0, **labels: str) -> float:
+        deadline = time.monotonic() + timeout
+        value = 0.0
+        while time.monotonic() < deadline:
+            value = self.metric(name, **labels)
+            if value >= at_least:
+                return value
+            time.sleep(0.2)
+        raise AssertionError(f"{name}{labels} = {value} < {at_least} after {timeout}s")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final commit, no flush."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
