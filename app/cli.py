@@ -103,6 +103,34 @@ def topics() -> None:
 
 
 @cli.command()
+def produce(
+    topic: Annotated[str, typer.Argument(help="events, items, feedback, users, or a topic name.")],
+    separator: Annotated[str, typer.Option(help="Separates the key from the value.")] = "|",
+) -> None:
+    """Produce `key|value` lines from standard input (works on the embedded broker too)."""
+    from app.tools import produce_lines, topic_name
+
+    settings = get_settings()
+    sent = asyncio.run(produce_lines(settings, topic_name(settings, topic), sys.stdin, separator))
+    typer.echo(f"sent {sent} record(s)", err=True)
+
+
+@cli.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="deadletter, recommendations, ... or a topic name.")],
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest record.")] = False,
+    count: Annotated[int | None, typer.Option(help="Stop after N records.")] = None,
+    idle_exit: Annotated[float | None, typer.Option(help="Stop after N idle seconds.")] = None,
+) -> None:
+    """Print a topic's records; dead letters with their reason and source position."""
+    from app.tools import tail as run_tail
+    from app.tools import topic_name
+
+    settings = get_settings()
+    asyncio.run(run_tail(settings, topic_name(settings, topic), from_beginning, count, idle_exit))
+
+
+@cli.command()
 def schemas(
     check: Annotated[bool, typer.Option(help="Fail if the files differ from the code.")] = False,
     out: Annotated[Path, typer.Option(help="Folder to write the JSON Schema files to.")]
@@ -150,4 +178,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -64,7 +64,8 @@ def item_record(movie: movielens.Movie, ts_ms: int) -> tuple[bytes, bytes]:
         ts=ts_ms,
         title=title,
         category=movie.genres[0].lower() if movie.genres else "",
-        attributes={"genres": " ".join(movie.genres), **({"year": movie.year} if movie.year else {})},
+        attributes={"genres": " ".join(movie.genres),
+                    **({"year": movie.year} if movie.year else {})},
     )
     return movie.item_id.encode(), _encode(upsert)
 
@@ -104,16 +105,14 @@ def event_stream(
 ) -> Iterator[tuple[bytes | None, bytes, str]]:
     """(key, value, kind) in time order; kind is "event", "duplicate" or "bad"."""
     sent = 0
-    last: tuple[bytes, bytes] | None = None
     bad_turn = 0
     for rating in ratings:
         for key, value in rating_records(dataset, rating):
             yield key, value, "event"
             sent += 1
-            last = (key, value)
             if options.duplicate_every and sent % options.duplicate_every == 0:
                 yield key, value, "duplicate"
-            if options.bad_every and sent % options.bad_every == 0 and last is not None:
+            if options.bad_every and sent % options.bad_every == 0:
                 samples = bad_event_samples(rating.user_id, f"bad-{sent}", max_payload)
                 sample: BadSample = samples[bad_turn % len(samples)]
                 bad_turn += 1
@@ -214,21 +213,27 @@ def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]
         )
 
 
-async def _wait_worker_ready(url: str, worker: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local worker
+            return int(response.status)
+    except OSError:
+        return 0
+
+
+async def _wait_worker_ready(url: str, worker: subprocess.Popen[bytes], within: float) -> None:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited with {worker.returncode}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
-                if response.status == 200:
-                    return
+        if await asyncio.to_thread(_status, url) == 200:
+            return
         await asyncio.sleep(0.5)
     raise TimeoutError("the worker did not become ready")
 
 
 async def _produce(settings: Settings, options: DemoOptions, display: Display,
-                   produced: Counter[str], metrics_url: str) -> None:
+                   produced: Counter[str]) -> None:
     dataset = options.dataset
     movies = movielens.movies(dataset)
     people = movielens.users(dataset)
@@ -242,12 +247,12 @@ async def _produce(settings: Settings, options: DemoOptions, display: Display,
     await producer.start()
     try:
         for movie in movies:
-            key, value = item_record(movie, start_ts)
-            await producer.send(settings.topic_items, value, key=key)
+            item_key, item_value = item_record(movie, start_ts)
+            await producer.send(settings.topic_items, item_value, key=item_key)
             produced["items"] += 1
         for person in people:
-            key, value = profile_record(person, start_ts)
-            await producer.send(settings.topic_users, value, key=key)
+            user_key, user_value = profile_record(person, start_ts)
+            await producer.send(settings.topic_users, user_value, key=user_key)
             produced["users"] += 1
         display.line(f"published {len(movies):,} items and {len(people):,} user profiles "
                      f"of {dataset}; streaming {len(ratings):,} ratings as events")
@@ -281,12 +286,11 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
         worker = _start_worker(settings, log_path)
         base = f"http://{settings.web_host}:{settings.web_port}"
         display.line(f"worker starting (log: {log_path}, metrics: {base}/metrics)")
-        await _wait_worker_ready(base + "/ready", worker, timeout=120)
+        await _wait_worker_ready(base + "/ready", worker, within=120)
         display.line("worker ready")
         tail = asyncio.create_task(_tail(settings, display, stop, seen))
         produced: Counter[str] = Counter()
-        producing = asyncio.create_task(_produce(settings, options, display, produced,
-                                                 base + "/metrics"))
+        producing = asyncio.create_task(_produce(settings, options, display, produced))
         deadline = time.monotonic() + options.timeout
         while True:
             await asyncio.sleep(0.5)

@@ -49,9 +49,9 @@ def _admin(settings: Settings) -> AIOKafkaAdminClient:
     )
 
 
-async def wait_until_ready(settings: Settings, timeout: float = 60.0) -> dict[str, Any]:
+async def wait_until_ready(settings: Settings, within: float = 60.0) -> dict[str, Any]:
     """Poll the cluster until it answers a metadata request; return its description."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     last: Exception | None = None
     while time.monotonic() < deadline:
         admin = _admin(settings)
@@ -65,7 +65,7 @@ async def wait_until_ready(settings: Settings, timeout: float = 60.0) -> dict[st
         finally:
             await admin.close()
         await asyncio.sleep(0.25)
-    raise TimeoutError(f"Kafka at {settings.bootstrap_servers()} not ready: {last!r}")
+    raise TimeoutError(f"Kafka at {settings.bootstrap_servers()} not ready in {within}s: {last!r}")
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
@@ -90,7 +90,8 @@ async def ensure_topics(settings: Settings) -> list[str]:
         if missing:
             response = await admin.create_topics(
                 [
-                    NewTopic(s.name, s.partitions, settings.replication_factor, topic_configs=s.configs)
+                    NewTopic(s.name, s.partitions, settings.replication_factor,
+                             topic_configs=s.configs)
                     for s in missing
                 ]
             )
@@ -108,9 +109,10 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> Non
         if not names:
             return
         topics = await admin.describe_topics(names)
-        if all(t["error_code"] == 0 and t["partitions"] for t in topics):
-            if all(p["leader"] >= 0 for t in topics for p in t["partitions"]):
-                return
+        if all(t["error_code"] == 0 and t["partitions"] for t in topics) and all(
+            p["leader"] >= 0 for t in topics for p in t["partitions"]
+        ):
+            return
         await asyncio.sleep(0.1)
 
 

@@ -86,7 +86,7 @@ class Validator(Generic[T]):
     __slots__ = ("_decoder", "key_field", "limits")
 
     def __init__(self, record_type: type[T] | object, key_field: str, limits: Limits) -> None:
-        self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(record_type)  # type: ignore[arg-type]
+        self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(record_type)
         self.key_field = key_field
         self.limits = limits
 
@@ -113,11 +113,20 @@ class Validator(Generic[T]):
         return record
 
 
-def validators(limits: Limits) -> dict[str, Validator[object]]:
-    """One validator per logical input topic name."""
-    return {
-        "events": Validator(Event, "user_id", limits),
-        "items": Validator(ItemOp, "item_id", limits),
-        "feedback": Validator(Feedback, "user_id", limits),
-        "users": Validator(UserProfile, "user_id", limits),
-    }
+@dataclass(frozen=True, slots=True)
+class Validators:
+    """One validator per input topic."""
+
+    events: Validator[Event]
+    items: Validator[ItemOp]
+    feedback: Validator[Feedback]
+    users: Validator[UserProfile]
+
+
+def validators(limits: Limits) -> Validators:
+    return Validators(
+        events=Validator[Event](Event, "user_id", limits),
+        items=Validator[ItemOp](ItemOp, "item_id", limits),
+        feedback=Validator[Feedback](Feedback, "user_id", limits),
+        users=Validator[UserProfile](UserProfile, "user_id", limits),
+    )

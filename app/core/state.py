@@ -25,50 +25,47 @@ from app.contract.records import (
 )
 
 
-class UserState(Struct, array_like=True, frozen=True):
-    """What a worker knows about one user from the `events` topic."""
+class KeyState(Struct, array_like=True, frozen=True):
+    """Base of every state value: the recent event ids of the key, newest last."""
 
     seen: tuple[str, ...] = ()
+
+
+class UserState(KeyState, array_like=True, frozen=True):
+    """What a worker knows about one user from the `events` topic."""
+
     counts: dict[str, int] = {}
     first_ts: int = 0
     last_ts: int = 0
 
 
-class FeedbackState(Struct, array_like=True, frozen=True):
+class FeedbackState(KeyState, array_like=True, frozen=True):
     """Per-user feedback counters (attribution arrives with the feedback issue)."""
 
-    seen: tuple[str, ...] = ()
     counts: dict[str, int] = {}
     last_ts: int = 0
 
 
-class ProfileState(Struct, array_like=True, frozen=True):
+class ProfileState(KeyState, array_like=True, frozen=True):
     """The newest known profile of a user."""
 
-    seen: tuple[str, ...] = ()
     profile: UserProfile | None = None
 
 
-class ItemState(Struct, array_like=True, frozen=True):
+class ItemState(KeyState, array_like=True, frozen=True):
     """The newest known version of a catalogue item; ``item`` is None once deleted."""
 
-    seen: tuple[str, ...] = ()
     item: ItemUpsert | None = None
     last_ts: int = 0
 
 
-class _HasSeen(Protocol):
-    @property
-    def seen(self) -> tuple[str, ...]: ...
-
-
-class _HasEventId(Protocol):
+class HasEventId(Protocol):
     @property
     def event_id(self) -> str: ...
 
 
-S = TypeVar("S", bound=_HasSeen)
-R = TypeVar("R", bound=_HasEventId)
+S = TypeVar("S", bound=KeyState)
+R = TypeVar("R", bound=HasEventId)
 
 
 @dataclass(frozen=True, slots=True)

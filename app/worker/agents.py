@@ -20,7 +20,9 @@ from app.contract.records import Event, Feedback, ItemOp, UserProfile
 from app.contract.validate import Limits, Reason, Rejection, Validator, validators
 from app.core.state import (
     FeedbackState,
+    HasEventId,
     ItemState,
+    KeyState,
     ProfileState,
     StateCodec,
     UserState,
@@ -36,8 +38,8 @@ from app.worker.faust_compat import acting_as
 
 log = logging.getLogger(__name__)
 
-S = TypeVar("S")
-R = TypeVar("R")
+S = TypeVar("S", bound=KeyState)
+R = TypeVar("R", bound=HasEventId)
 
 
 def now_ms() -> int:
@@ -99,7 +101,7 @@ async def process_batch(
                 result = apply_batch(state, [record for _, record in pairs], window, flow.fold)
                 if result.applied:
                     flow.table[key] = flow.codec.encode(result.state)
-        except Exception as exc:  # noqa: BLE001 - one key's failure must not stop the others
+        except Exception as exc:
             metrics.processing_errors.labels(flow.label).inc()
             log.exception("processing a %s key group failed: %s", flow.label, type(exc).__name__)
             for event, _ in pairs:
@@ -132,18 +134,18 @@ def flows(decl: Declarations, metrics: Metrics) -> list[tuple[Any, Flow[Any, Any
 
     return [
         (decl.events, Flow[UserState, Event](
-            "events", check["events"], StateCodec(UserState), fold_event, decl.user_state,
+            "events", check.events, StateCodec(UserState), fold_event, decl.user_state,
             count_events,
         )),
         (decl.items, Flow[ItemState, ItemOp](
-            "items", check["items"], StateCodec(ItemState), fold_item, decl.item_state,
+            "items", check.items, StateCodec(ItemState), fold_item, decl.item_state,
         )),
         (decl.feedback, Flow[FeedbackState, Feedback](
-            "feedback", check["feedback"], StateCodec(FeedbackState), fold_feedback,
+            "feedback", check.feedback, StateCodec(FeedbackState), fold_feedback,
             decl.feedback_state,
         )),
         (decl.users, Flow[ProfileState, UserProfile](
-            "users", check["users"], StateCodec(ProfileState), fold_profile,
+            "users", check.users, StateCodec(ProfileState), fold_profile,
             decl.profile_state,
         )),
     ]

@@ -9,21 +9,27 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 
 async def produce(bootstrap: str, topic: str,
-                  records: list[tuple[bytes | None, bytes | None]]) -> list[tuple[int, int]]:
-    """Send records in order, one at a time; return (partition, offset) of each."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=4 * 1024 * 1024)
+                  records: list[tuple[bytes | None, bytes | None]],
+                  batched: bool = False) -> list[tuple[int, int]]:
+    """Send records in order; return (partition, offset) of each. One at a time, or with
+    ``batched`` all at once, so that many records share a producer batch (and the worker
+    takes them in large batches)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=4 * 1024 * 1024,
+                                linger_ms=50 if batched else 0)
     await producer.start()
     try:
-        positions = []
-        for key, value in records:
-            meta = await producer.send_and_wait(topic, value, key=key)
-            positions.append((meta.partition, meta.offset))
-        return positions
+        if batched:
+            futures = [await producer.send(topic, value, key=key) for key, value in records]
+            metas = await asyncio.gather(*futures)
+        else:
+            metas = [await producer.send_and_wait(topic, value, key=key)
+                     for key, value in records]
+        return [(meta.partition, meta.offset) for meta in metas]
     finally:
         await producer.stop()
 
 
-async def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 60.0
+async def read_topic(bootstrap: str, topic: str, expect: int, within: float = 60.0
                      ) -> list[ConsumerRecord[bytes, bytes]]:
     """Read ``topic`` from the beginning until ``expect`` records arrived (or time out)."""
     consumer = AIOKafkaConsumer(
@@ -33,7 +39,7 @@ async def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 6
     await consumer.start()
     try:
         found: list[ConsumerRecord[bytes, bytes]] = []
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while len(found) < expect and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=300)
             for messages in batches.values():

@@ -71,8 +71,8 @@ class WorkerProcess:
         except urllib.error.HTTPError as error:
             return error.code, error.read()
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
+    def wait_ready(self, within: float = 90.0) -> None:
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
@@ -83,7 +83,7 @@ class WorkerProcess:
             except OSError:
                 pass
             time.sleep(0.25)
-        raise AssertionError(f"worker not ready in {timeout}s: {self.log.read_text()[-3000:]}")
+        raise AssertionError(f"worker not ready in {within}s: {self.log.read_text()[-3000:]}")
 
     def metrics(self) -> Samples:
         status, body = self._get("/metrics")
@@ -98,15 +98,16 @@ class WorkerProcess:
         want = set(labels.items())
         return sum(v for (n, ls), v in self.metrics().items() if n == name and want <= set(ls))
 
-    def wait_metric(self, name: str, at_least: float, timeout: float = 60.0, **labels: str) -> float:
-        deadline = time.monotonic() + timeout
+    def wait_metric(self, name: str, at_least: float, within: float = 60.0,
+                    **labels: str) -> float:
+        deadline = time.monotonic() + within
         value = 0.0
         while time.monotonic() < deadline:
             value = self.metric(name, **labels)
             if value >= at_least:
                 return value
             time.sleep(0.2)
-        raise AssertionError(f"{name}{labels} = {value} < {at_least} after {timeout}s")
+        raise AssertionError(f"{name}{labels} = {value} < {at_least} after {within}s")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final commit, no flush."""

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+
+COMMANDS = ["worker", "demo", "broker", "topics", "produce", "tail", "schemas", "settings",
+            "version"]
+
+
+def test_help_lists_every_command() -> None:
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str) -> None:
+    result = CliRunner().invoke(cli, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_schemas_check_passes_on_the_committed_files() -> None:
+    assert CliRunner().invoke(cli, ["schemas", "--check"]).exit_code == 0

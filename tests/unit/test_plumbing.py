@@ -1,0 +1,61 @@
+"""Small pieces around the agents: dead-letter headers, metrics, topics, the Faust shim."""
+
+from __future__ import annotations
+
+import faust
+import pytest
+from faust.streams import current_event
+
+from app.broker.admin import topic_specs
+from app.broker.embedded import CLUSTER_ID_PREFIX, check_embedded
+from app.contract.deadletter import deadletter_headers, read_headers
+from app.contract.validate import Reason, Rejection
+from app.metrics import Metrics
+from app.settings import Settings
+from app.worker.faust_compat import acting_as
+
+
+def test_deadletter_headers_round_trip() -> None:
+    headers = deadletter_headers(Rejection(Reason.OVERSIZE, "70000 bytes > limit"), "events",
+                                 3, 42, 1_700_000_000_000)
+    assert read_headers([*headers, ("other", b"x")]) == {
+        "reason": "oversize", "detail": "70000 bytes > limit", "topic": "events",
+        "partition": "3", "offset": "42", "received_at": "1700000000000",
+    }
+
+
+def test_every_metric_series_exists_from_the_start() -> None:
+    metrics = Metrics.create()
+    value = metrics.registry.get_sample_value
+    for reason in Reason:
+        assert value("streamrec_deadletters_total",
+                     {"topic": "events", "reason": reason.value}) == 0
+    assert value("streamrec_input_records_total", {"topic": "items", "outcome": "duplicate"}) == 0
+    assert value("streamrec_events_total", {"type": "purchase"}) == 0
+
+
+def test_user_keyed_topics_are_co_partitioned() -> None:
+    specs = topic_specs(Settings(_env_file=None, partitions=6))
+    assert {s.partitions for s in specs} == {6}
+    compacted = {s.name for s in specs if s.configs.get("cleanup.policy") == "compact"}
+    assert compacted == {"items", "users"}
+
+
+def test_a_foreign_broker_on_the_embedded_port_is_refused() -> None:
+    settings = Settings(_env_file=None, broker_url="")
+    check_embedded(settings, CLUSTER_ID_PREFIX + "abc")
+    with pytest.raises(RuntimeError, match="something other than"):
+        check_embedded(settings, "MkU3OEVBNTcwNTJENDM2Qk")
+    check_embedded(Settings(_env_file=None, broker_url="k:9092"), "anything")
+
+
+def test_acting_as_sets_faust_current_event_for_table_writes() -> None:
+    class FakeEvent:
+        pass
+
+    event = FakeEvent()
+    assert current_event() is None
+    with acting_as(event):
+        assert current_event() is event
+    assert current_event() is None
+    assert faust.__version__  # the shim is tied to faust-streaming's private context var
