@@ -12,7 +12,6 @@ injected on purpose so the dead-letter path can be seen working; they are labell
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.broker.admin import ensure_topics, wait_until_ready
-from app.broker.embedded import check_embedded, start_if_needed
+from app.broker.embedded import check_embedded, start_if_needed, stop_process
 from app.broker.security import client_security
 from app.contract.deadletter import read_headers
 from app.contract.records import ItemUpsert, Purchase, Recommendation, UserProfile, View
@@ -331,11 +330,6 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
         return 0
     finally:
         stop.set()
-        if worker is not None and worker.poll() is None:
-            worker.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.wait(timeout=30)
-            if worker.poll() is None:
-                worker.kill()
+        stop_process(worker, grace=30)
         if broker is not None:
             broker.stop()

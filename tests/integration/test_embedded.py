@@ -11,21 +11,16 @@ from pathlib import Path
 import pytest
 
 from app.broker.embedded import EmbeddedBroker
-from app.contract.samples import good_view
+from tests.support.events import views
 from tests.support.kafka import free_port
 from tests.support.kafka_io import produce
 from tests.support.worker import WorkerProcess, isolated_env
 
-TS = 1_700_000_000_000
 USERS = [f"user-{n}" for n in range(8)]
 
 
 def _events(first: int, count: int) -> list[tuple[bytes | None, bytes | None]]:
-    return [
-        (user.encode(), good_view(user, f"{user}-{i}", f"item-{i}", TS + i))
-        for i in range(first, first + count)
-        for user in USERS
-    ]
+    return views(USERS, first, count)
 
 
 @pytest.fixture

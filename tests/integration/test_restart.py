@@ -12,22 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from app.contract.samples import good_view
 from app.core.state import StateCodec, UserState
+from tests.support.events import TS, views
 from tests.support.kafka import KafkaBroker
 from tests.support.kafka_io import produce, read_topic
 from tests.support.worker import WorkerProcess, isolated_env
 
-TS = 1_700_000_000_000
 USERS = [f"user-{n}" for n in range(12)]
 
 
 def _events(first: int, count: int) -> list[tuple[bytes | None, bytes | None]]:
-    return [
-        (user.encode(), good_view(user, f"{user}-{i}", f"item-{i}", TS + i))
-        for i in range(first, first + count)
-        for user in USERS
-    ]
+    return views(USERS, first, count)
 
 
 @pytest.mark.slow

@@ -20,6 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
+from app.broker.embedded import stop_process
+
 HERE = Path(__file__).parent
 POM = HERE / "kafka-pom.xml"
 
@@ -148,11 +150,4 @@ class KafkaBroker:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process, grace=30)
