@@ -29,6 +29,7 @@ SCHEMA_DIR = Path(__file__).parent / "contract" / "schemas"
 def _logging() -> None:
     level = get_settings().log_level.upper()
     logging.basicConfig(level=level, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @cli.command()
@@ -79,10 +80,12 @@ def broker() -> None:
     _logging()
     settings = get_settings()
     embedded = EmbeddedBroker(settings.embedded_port, settings.data_dir / "embedded")
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # sigwait() receives them
     embedded.start()
     typer.echo(f"embedded broker on {embedded.bootstrap} (cluster id {embedded.cluster_id})")
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop_signals)
     finally:
         embedded.stop()
 

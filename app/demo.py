@@ -21,12 +21,13 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.broker.admin import ensure_topics, wait_until_ready
+from app.broker.admin import GroupLag, ensure_topics, wait_until_ready
 from app.broker.embedded import check_embedded, start_if_needed, stop_process
 from app.broker.security import client_security
 from app.contract.deadletter import read_headers
@@ -232,7 +233,19 @@ async def _wait_worker_ready(url: str, worker: subprocess.Popen[bytes], within: 
 
 
 async def _produce(settings: Settings, options: DemoOptions, display: Display,
-                   produced: Counter[str]) -> None:
+                   produced: Counter[str], ends: dict[tuple[str, int], int]) -> None:
+    """Publish the catalogue, the profiles and the event stream; ``ends`` tracks the next
+    offset of every partition written, from the broker's acknowledgements."""
+
+    def acknowledged(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            meta = future.result()
+            key = (meta.topic, meta.partition)
+            ends[key] = max(ends.get(key, 0), meta.offset + 1)
+
+    async def send(topic: str, value: bytes, key: bytes | None) -> None:
+        (await producer.send(topic, value, key=key)).add_done_callback(acknowledged)
+
     dataset = options.dataset
     movies = movielens.movies(dataset)
     people = movielens.users(dataset)
@@ -247,17 +260,17 @@ async def _produce(settings: Settings, options: DemoOptions, display: Display,
     try:
         for movie in movies:
             item_key, item_value = item_record(movie, start_ts)
-            await producer.send(settings.topic_items, item_value, key=item_key)
+            await send(settings.topic_items, item_value, item_key)
             produced["items"] += 1
         for person in people:
             user_key, user_value = profile_record(person, start_ts)
-            await producer.send(settings.topic_users, user_value, key=user_key)
+            await send(settings.topic_users, user_value, user_key)
             produced["users"] += 1
         display.line(f"published {len(movies):,} items and {len(people):,} user profiles "
                      f"of {dataset}; streaming {len(ratings):,} ratings as events")
         began = time.monotonic()
         for key, value, kind in event_stream(dataset, ratings, options, settings.max_payload_bytes):
-            await producer.send(settings.topic_events, value, key=key)
+            await send(settings.topic_events, value, key)
             produced[kind] += 1
             sent = produced["event"] + produced["duplicate"] + produced["bad"]
             if options.rate > 0:
@@ -275,6 +288,7 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
     if broker is not None:
         display.line(f"embedded broker (Tansu, memory-only) on {broker.bootstrap}")
     worker: subprocess.Popen[bytes] | None = None
+    lag: GroupLag | None = None
     stop = asyncio.Event()
     seen: Counter[str] = Counter()
     try:
@@ -289,8 +303,12 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
         display.line("worker ready")
         tail = asyncio.create_task(_tail(settings, display, stop, seen))
         produced: Counter[str] = Counter()
-        producing = asyncio.create_task(_produce(settings, options, display, produced))
+        ends: dict[tuple[str, int], int] = {}
+        lag = GroupLag(settings, settings.app_id)
+        await lag.start()
+        producing = asyncio.create_task(_produce(settings, options, display, produced, ends))
         deadline = time.monotonic() + options.timeout
+        last_poll, last_handled = time.monotonic(), 0.0
         while True:
             await asyncio.sleep(0.5)
             if worker.poll() is not None:
@@ -298,22 +316,25 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
             if producing.done() and producing.exception() is not None:
                 raise RuntimeError("producing failed") from producing.exception()
             samples = await asyncio.to_thread(scrape, base + "/metrics")
+            behind = await lag.lag(dict(ends))
             handled = _sum(samples, "streamrec_input_records_total", topic="events")
             total_sent = produced["event"] + produced["duplicate"] + produced["bad"]
             by_type = " ".join(
                 f"{t} {int(_sum(samples, 'streamrec_events_total', type=t)):,}"
                 for t in ("view", "purchase")
             )
-            elapsed = max(time.monotonic() - display.started, 1e-9)
+            now = time.monotonic()
+            rate = (handled - last_handled) / max(now - last_poll, 1e-9)
+            last_poll, last_handled = now, handled
             text = (
                 f"sent {total_sent:,} | accepted {by_type} | duplicates dropped "
                 f"{int(_sum(samples, 'streamrec_input_records_total', outcome='duplicate')):,}"
                 f" (injected {produced['duplicate']:,}) | dead letters "
                 f"{int(_sum(samples, 'streamrec_deadletters_total')):,} (injected "
                 f"{produced['bad']:,}) | recommendations {seen['recommendations']:,} | "
-                f"{handled / elapsed:,.0f} events/s"
+                f"{rate:,.0f} records/s | lag {behind:,}"
             )
-            done = producing.done() and handled >= total_sent
+            done = producing.done() and behind == 0
             display.status(text, final=done)
             if done and not options.keep_running:
                 break
@@ -330,6 +351,8 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
         return 0
     finally:
         stop.set()
+        if lag is not None:
+            await lag.close()
         stop_process(worker, grace=30)
         if broker is not None:
             broker.stop()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.broker.security import client_security
@@ -120,3 +122,33 @@ async def cluster_id(settings: Settings) -> str:
     """The cluster id the brokers report (a new one after an embedded broker restart)."""
     cluster = await wait_until_ready(settings)
     return str(cluster.get("cluster_id") or "")
+
+
+class GroupLag:
+    """How far a consumer group's committed offsets trail given end offsets. The ends come
+    from the producer's own acknowledgements, not from ListOffsets (which the embedded broker
+    answers wrongly), so it is exact on every broker."""
+
+    def __init__(self, settings: Settings, group: str) -> None:
+        self._admin = _admin(settings)
+        self.group = group
+
+    async def start(self) -> None:
+        await self._admin.start()
+
+    async def close(self) -> None:
+        await self._admin.close()
+
+    async def lag(self, ends: Mapping[tuple[str, int], int]) -> int:
+        """Records produced up to ``ends`` (next offset per (topic, partition)) that the group
+        has not committed yet."""
+        if not ends:
+            return 0
+        committed = await self._admin.list_consumer_group_offsets(
+            self.group, partitions=[TopicPartition(t, p) for t, p in ends]
+        )
+        behind = 0
+        for (topic, partition), end in ends.items():
+            done = committed.get(TopicPartition(topic, partition))
+            behind += max(0, end - (done.offset if done is not None and done.offset >= 0 else 0))
+        return behind

@@ -16,13 +16,16 @@ Known gaps and how StreamRec handles them (see docs/embedded.md):
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.resources
 import logging
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -34,6 +37,14 @@ log = logging.getLogger(__name__)
 
 SESSION_TIMEOUT_SECONDS = 10.0
 CLUSTER_ID_PREFIX = "streamrec-embedded-"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: deliver SIGTERM to the broker when the process that started it dies, even by
+    SIGKILL, so a memory-only broker never outlives its owner."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def tansu_binary(cache_dir: Path) -> Path:
@@ -115,6 +126,7 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         logfile.close()
         deadline = time.monotonic() + timeout
