@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,7 +308,7 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
         await lag.start()
         producing = asyncio.create_task(_produce(settings, options, display, produced, ends))
         deadline = time.monotonic() + options.timeout
-        last_poll, last_handled = time.monotonic(), 0.0
+        history: deque[tuple[float, float]] = deque(maxlen=8)  # (time, handled): ~4 s window
         while True:
             await asyncio.sleep(0.5)
             if worker.poll() is not None:
@@ -323,9 +323,9 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
                 f"{t} {int(_sum(samples, 'streamrec_events_total', type=t)):,}"
                 for t in ("view", "purchase")
             )
-            now = time.monotonic()
-            rate = (handled - last_handled) / max(now - last_poll, 1e-9)
-            last_poll, last_handled = now, handled
+            history.append((time.monotonic(), handled))
+            (t0, h0), (t1, h1) = history[0], history[-1]
+            rate = (h1 - h0) / (t1 - t0) if t1 > t0 else 0.0
             text = (
                 f"sent {total_sent:,} | accepted {by_type} | duplicates dropped "
                 f"{int(_sum(samples, 'streamrec_input_records_total', outcome='duplicate')):,}"
