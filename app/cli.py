@@ -24,6 +24,8 @@ cli = typer.Typer(
 )
 
 SCHEMA_DIR = Path(__file__).parent / "contract" / "schemas"
+bench_cli = typer.Typer(help="Benchmarks (figures for BENCHMARKS.md).", no_args_is_help=True)
+cli.add_typer(bench_cli, name="bench")
 
 
 def _logging() -> None:
@@ -168,6 +170,85 @@ def show_settings(
         return
     for name, value in get_settings().model_dump().items():
         typer.echo(f"STREAMREC_{name.upper()}={value}")
+
+
+@cli.command("export-model")
+def export_model(
+    model: Annotated[str, typer.Option(help="minilm-l6 (default, committed) or e5-small "
+                                            "(multilingual, ~120 MB, generated on demand).")]
+    = "minilm-l6",
+    out: Annotated[Path | None, typer.Option(help="Artifact folder to (re)write "
+                                                  "[default: models/<model>-int8].")] = None,
+    keep_fp32: Annotated[str | None, typer.Option(help="Comma-separated MatMul groups kept on "
+                                                       "fp32 activations, e.g. L0.ffn_out "
+                                                       "[default: the measured choice].")]
+    = None,
+    work: Annotated[Path | None, typer.Option(help="Scratch folder; keeps the fp32 export "
+                                                   "for `streamrec bench encoder`.")] = None,
+    allow_drift: Annotated[bool, typer.Option(help="Write the artifact even if the drift "
+                                                   "gate fails (experiments only).")] = False,
+) -> None:
+    """Export the encoder to ONNX (optimum), quantize to int8, verify drift, write manifest.
+
+    Needs the export extra: pip install -e '.[export]'. Fails if the drift is too large."""
+    from app.encoder.export import DriftTooLarge
+    from app.encoder.export import export_model as run_export
+
+    scratch = work or get_settings().data_dir / "export" / model
+    groups = None if keep_fp32 is None else tuple(g for g in keep_fp32.split(",") if g)
+    try:
+        run_export(model, out or Path("models") / f"{model}-int8", scratch, groups,
+                   say=typer.echo, allow_drift=allow_drift)
+    except DriftTooLarge as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+
+
+@bench_cli.command("encoder")
+def bench_encoder(
+    model: Annotated[str, typer.Option(help="minilm-l6 or e5-small.")] = "minilm-l6",
+    int8: Annotated[Path | None, typer.Option(help="The int8 artifact "
+                                                   "[default: models/<model>-int8].")] = None,
+    fp32: Annotated[Path | None, typer.Option(help="ONNX fp32 export (default: the one "
+                                                   "`streamrec export-model` keeps).")] = None,
+    threads: Annotated[int, typer.Option(help="Threads per session.")] = 2,
+    seconds: Annotated[float, typer.Option(help="Seconds per measurement cell.")] = 1.5,
+    rounds: Annotated[int, typer.Option(help="Alternating rounds (median).")] = 3,
+    also: Annotated[list[str] | None, typer.Option(help="Another ONNX artifact to measure, "
+                                                        "as NAME=FOLDER (repeatable).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    plot_path: Annotated[Path | None, typer.Option("--plot", help="Write a PNG bar chart.")]
+    = None,
+) -> None:
+    """PyTorch fp32 (if installed) vs ONNX fp32 vs ONNX int8, in one run."""
+    import importlib.util
+
+    from app.encoder import bench
+
+    def say(text: str) -> None:
+        typer.echo(text, err=True)
+
+    variants: list[tuple[str, Path]] = []
+    work = get_settings().data_dir / "export" / model
+    fp32_dir = fp32 or work / "fp32"
+    if importlib.util.find_spec("torch") and importlib.util.find_spec("transformers"):
+        from app.encoder.export import SOURCES
+
+        variants.append(("torch-fp32", SOURCES[model].weights(work)))
+    else:
+        say("torch is not installed: no PyTorch baseline (pip install -e '.[export]')")
+    if (fp32_dir / "model.onnx").exists():
+        variants.append(("onnx-fp32", fp32_dir))
+    else:
+        say(f"no ONNX fp32 export at {fp32_dir}: run `streamrec export-model` first")
+    variants.append(("onnx-int8", int8 or Path("models") / f"{model}-int8"))
+    for extra in also or []:
+        name, _, folder = extra.partition("=")
+        variants.append((name, Path(folder)))
+    report = bench.run(variants, threads, seconds, rounds, say)
+    if plot_path is not None and bench.plot(report, plot_path):
+        say(f"wrote {plot_path}")
+    typer.echo(json.dumps(report, indent=2) if json_output else bench.markdown(report))
 
 
 @cli.command()

@@ -1,0 +1,1 @@
+"""The text encoder: runtime (onnxruntime + tokenizers + numpy) and export-time tools."""
