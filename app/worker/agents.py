@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -101,9 +102,12 @@ async def process_batch(
                 result = apply_batch(state, [record for _, record in pairs], window, flow.fold)
                 if result.applied:
                     flow.table[key] = flow.codec.encode(result.state)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one key must not stop the others
             metrics.processing_errors.labels(flow.label).inc()
-            log.exception("processing a %s key group failed: %s", flow.label, type(exc).__name__)
+            # the exception's message may quote payload or ids: log its type and place only
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error("processing a %s key group failed: %s at %s:%s", flow.label,
+                      type(exc).__name__, frame.filename, frame.lineno)
             for event, _ in pairs:
                 await deadletters.send(
                     flow.label, event, Rejection(Reason.PROCESSING_ERROR, type(exc).__name__)
