@@ -1,0 +1,156 @@
+"""Scoring, filtering, diversity re-ranking and explanations, over numpy arrays.
+
+The semantic score is the design's s = cos(W1 u + b1, W2 r + b2), u the user's interest and
+r an item vector; with no learnt projections W1 = W2 = I and b1 = b2 = 0 (the defaults), it
+is plain cosine. A small linear ranker adds co-visitation, popularity and freshness; its
+weights are versioned data (:class:`RankerParams`), learnt later from feedback. Maximal
+marginal relevance then trades relevance for diversity, and every pick is explained by the
+signal that contributed most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class RankerParams:
+    """Versioned ranker parameters. Documented defaults until the learner tunes them."""
+
+    version: str = "default-1"
+    semantic: float = 1.0
+    covisit: float = 1.0
+    popularity: float = 0.2
+    freshness: float = 0.05
+    novelty: float = 0.0
+    mmr_lambda: float = 0.85
+    w1: FloatArray | None = None
+    b1: FloatArray | None = None
+    w2: FloatArray | None = None
+    b2: FloatArray | None = None
+
+
+def project(x: FloatArray, w: FloatArray | None, b: FloatArray | None) -> FloatArray:
+    """Rows of ``x`` through W x + b, then to unit length (identity when W, b are None)."""
+    y = x if w is None else x @ w.T
+    if b is not None:
+        y = y + b
+    norms = np.linalg.norm(y, axis=-1, keepdims=True)
+    unit: FloatArray = (y / np.clip(norms, 1e-12, None)).astype(np.float32)
+    return unit
+
+
+def _scaled(values: FloatArray) -> FloatArray:
+    """Divide by the maximum so a feature lies in [0, 1] within one request."""
+    top = float(values.max()) if values.size else 0.0
+    scaled: FloatArray = (values / top).astype(np.float32) if top > 0 else values
+    return scaled
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Aligned arrays describing the candidate items of one request."""
+
+    item_ids: list[str]
+    vectors: FloatArray                      # [n, d], unit rows
+    covisit: FloatArray                      # [n], summed co-visitation score, 0 if none
+    covisit_source: list[str | None]         # recent item behind the co-visitation score
+    popularity: FloatArray                   # [n], decayed interaction count
+    freshness: FloatArray                    # [n], 1 for a brand-new item, decaying to 0
+    categories: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Scored:
+    total: FloatArray
+    semantic: FloatArray
+    parts: dict[str, FloatArray]
+
+
+def score(user: FloatArray | None, candidates: Candidates, params: RankerParams) -> Scored:
+    """The ranker's score of every candidate, with each weighted part kept for explanations."""
+    n = len(candidates.item_ids)
+    if user is None:
+        semantic = np.zeros(n, dtype=np.float32)
+    else:
+        u = project(user[None, :], params.w1, params.b1)[0]
+        semantic = (project(candidates.vectors, params.w2, params.b2) @ u).astype(np.float32)
+    popularity = _scaled(candidates.popularity)
+    parts = {
+        "semantic": params.semantic * semantic,
+        "covisit": params.covisit * _scaled(candidates.covisit),
+        "popularity": params.popularity * popularity,
+        "freshness": params.freshness * candidates.freshness,
+        "novelty": params.novelty * (1.0 - popularity),
+    }
+    total = np.sum(np.stack(list(parts.values())), axis=0).astype(np.float32)
+    return Scored(total, semantic, parts)
+
+
+def allowed(candidates: Candidates, blocked: set[str], allow_categories: set[str] | None,
+            deny_categories: set[str]) -> npt.NDArray[np.bool_]:
+    """Mask of candidates that survive the filters: not blocked (purchased, out of stock,
+    excluded by the request) and within the category rules."""
+    keep = np.array([item not in blocked for item in candidates.item_ids], dtype=bool)
+    if candidates.categories and (allow_categories is not None or deny_categories):
+        for i, category in enumerate(candidates.categories):
+            if category in deny_categories or (
+                allow_categories is not None and category not in allow_categories
+            ):
+                keep[i] = False
+    return keep
+
+
+def mmr(relevance: FloatArray, vectors: FloatArray, k: int, lam: float) -> list[int]:
+    """Maximal marginal relevance: repeatedly take the item maximising
+    lam * relevance - (1 - lam) * (its highest cosine to anything already taken)."""
+    n = len(relevance)
+    chosen: list[int] = []
+    if n == 0 or k <= 0:
+        return chosen
+    closest = np.full(n, -np.inf, dtype=np.float32)
+    available = np.ones(n, dtype=bool)
+    for _ in range(min(k, n)):
+        redundancy = np.where(np.isfinite(closest), closest, 0.0)
+        value = np.where(available, lam * relevance - (1.0 - lam) * redundancy, -np.inf)
+        pick = int(np.argmax(value))
+        chosen.append(pick)
+        available[pick] = False
+        closest = np.maximum(closest, vectors @ vectors[pick])
+    return chosen
+
+
+@dataclass(frozen=True)
+class Why:
+    kind: str          # history, search, covisit, popular
+    item_id: str | None = None
+    query: str | None = None
+
+
+def explain(index: int, candidates: Candidates, scored: Scored,
+            history: Sequence[tuple[str, FloatArray]], query: tuple[str, FloatArray] | None
+            ) -> Why:
+    """Name the signal that contributed most to candidate ``index``: the co-visited recent
+    item, else the history item or search query most similar to it, else popularity."""
+    parts = {name: float(values[index]) for name, values in scored.parts.items()}
+    strongest = max(parts, key=lambda name: parts[name])
+    source = candidates.covisit_source[index]
+    if strongest == "covisit" and source is not None:
+        return Why("covisit", item_id=source)
+    if strongest == "semantic" and (history or query):
+        vector = candidates.vectors[index]
+        best_item = max(history, key=lambda h: float(h[1] @ vector), default=None)
+        item_sim = float(best_item[1] @ vector) if best_item else -np.inf
+        if query is not None and float(query[1] @ vector) >= item_sim:
+            return Why("search", query=query[0])
+        if best_item is not None:
+            return Why("history", item_id=best_item[0])
+    if source is not None and parts["covisit"] > 0:
+        return Why("covisit", item_id=source)
+    return Why("popular")

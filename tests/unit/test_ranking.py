@@ -1,0 +1,124 @@
+"""Known-answer tests of the pipeline's pure core: interest, co-visitation, ranking."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.core.covisit import CoVisitation
+from app.core.profile import DAY_MS, EVENT_WEIGHTS, Interest, add_signal, bounded_append, decay
+from app.core.ranking import Candidates, RankerParams, allowed, explain, mmr, project, score
+
+
+def unit(*xs: float) -> np.ndarray:
+    v = np.array(xs, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+# a catalogue of three obvious clusters in 3-d: A along x, B along y, C along z
+A1, A2, B1, B2, C1 = unit(1, 0.05, 0), unit(1, 0, 0.05), unit(0.05, 1, 0), unit(0, 1, 0.05), \
+    unit(0, 0.05, 1)
+IDS = ["a1", "a2", "b1", "b2", "c1"]
+VECTORS = np.stack([A1, A2, B1, B2, C1])
+
+
+def candidates(covisit=None, source=None, popularity=None) -> Candidates:
+    n = len(IDS)
+    return Candidates(
+        item_ids=IDS, vectors=VECTORS,
+        covisit=np.asarray(covisit or [0.0] * n, dtype=np.float32),
+        covisit_source=source or [None] * n,
+        popularity=np.asarray(popularity or [0.0] * n, dtype=np.float32),
+        freshness=np.zeros(n, dtype=np.float32),
+        categories=["x", "x", "y", "y", "z"],
+    )
+
+
+def test_half_life() -> None:
+    assert decay(14 * DAY_MS, 14 * DAY_MS) == 0.5
+    assert decay(-5, 14 * DAY_MS) == 1.0
+
+
+def test_interest_follows_weighted_recent_signals() -> None:
+    interest = Interest.empty(3)
+    interest = add_signal(interest, A1, EVENT_WEIGHTS["view"], 0, 14 * DAY_MS)
+    interest = add_signal(interest, B1, EVENT_WEIGHTS["purchase"], 1000, 14 * DAY_MS)
+    direction = interest.unit()
+    assert direction is not None
+    assert direction @ B1 > direction @ A1  # a purchase outweighs a view
+
+
+def test_interest_is_independent_of_arrival_order() -> None:
+    half = 7 * DAY_MS
+    signals = [(A1, 1.0, 0), (B1, 3.0, 5 * DAY_MS), (C1, 5.0, 9 * DAY_MS)]
+    forward = Interest.empty(3)
+    for s, w, t in signals:
+        forward = add_signal(forward, s, w, t, half)
+    backward = Interest.empty(3)
+    for s, w, t in reversed(signals):
+        backward = add_signal(backward, s, w, t, half)
+    assert np.allclose(forward.vector, backward.vector, atol=1e-6)
+    assert np.isclose(forward.weight, backward.weight)
+
+
+def test_bounded_append_moves_repeats_to_the_end() -> None:
+    assert bounded_append(["a", "b", "c"], "a", 3) == ["b", "c", "a"]
+    assert bounded_append(["a", "b", "c"], "d", 3) == ["b", "c", "d"]
+
+
+def test_covisitation_prefers_close_neighbours_and_is_bounded() -> None:
+    graph = CoVisitation(window=3, max_neighbours=2)
+    graph.observe(["x", "y"], "z")  # y-z at distance 1, x-z at distance 2
+    assert graph.neighbours("z", 2) == [("y", 1.0), ("x", 0.5)]
+    for i in range(10):
+        graph.observe([f"n{i}"], "hub")
+    assert len(graph.edges["hub"]) <= 4
+    found = graph.candidates([("y", 1.0)], k=5)
+    assert found["z"] == (1.0, "y")
+
+
+def test_the_obvious_item_ranks_first() -> None:
+    scored = score(A1, candidates(), RankerParams())
+    assert IDS[int(np.argmax(scored.total))] in {"a1", "a2"}
+    assert scored.semantic[0] > scored.semantic[2]
+
+
+def test_projection_defaults_to_cosine() -> None:
+    assert np.allclose(project(np.array([[3.0, 4.0]], dtype=np.float32), None, None),
+                       [[0.6, 0.8]])
+    flip = np.array([[0, 1], [1, 0]], dtype=np.float32)
+    assert np.allclose(project(np.array([[1.0, 0.0]], dtype=np.float32), flip, None),
+                       [[0.0, 1.0]])
+
+
+def test_covisitation_can_outrank_similarity() -> None:
+    cands = candidates(covisit=[0, 0, 0, 0, 5.0], source=[None, None, None, None, "a1"])
+    scored = score(A1, cands, RankerParams(semantic=0.5, covisit=1.0))
+    assert IDS[int(np.argmax(scored.total))] == "c1"
+
+
+def test_filters() -> None:
+    keep = allowed(candidates(), blocked={"a1"}, allow_categories=None, deny_categories={"z"})
+    assert keep.tolist() == [False, True, True, True, False]
+    keep = allowed(candidates(), blocked=set(), allow_categories={"y"}, deny_categories=set())
+    assert keep.tolist() == [False, False, True, True, False]
+
+
+def test_mmr_diversifies() -> None:
+    relevance = np.array([1.0, 0.99, 0.6, 0.59, 0.1], dtype=np.float32)
+    assert mmr(relevance, VECTORS, 2, lam=1.0) == [0, 1]  # pure relevance: both A items
+    first, second = mmr(relevance, VECTORS, 2, lam=0.5)  # diversity: an A, then a B
+    assert (IDS[first], IDS[second][0]) == ("a1", "b")
+    assert sorted(mmr(relevance, VECTORS, 10, lam=0.5)) == [0, 1, 2, 3, 4]  # each once
+
+
+def test_explanations_name_the_strongest_signal() -> None:
+    cands = candidates(covisit=[0, 0, 0, 0, 5.0], source=[None, None, None, None, "b2"])
+    scored = score(A1, cands, RankerParams())
+    history = [("a2", A2), ("b2", B2)]
+    assert explain(4, cands, scored, history, None).item_id == "b2"
+    assert explain(4, cands, scored, history, None).kind == "covisit"
+    assert explain(0, cands, scored, history, None) == explain(0, cands, scored, history, None)
+    assert explain(0, cands, scored, history, None).item_id == "a2"
+    assert explain(0, cands, scored, history, ("space", A1)).kind == "search"
+    cold = score(None, candidates(popularity=[1, 2, 3, 4, 5]), RankerParams())
+    assert explain(4, candidates(popularity=[1, 2, 3, 4, 5]), cold, [], None).kind == "popular"
