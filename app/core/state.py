@@ -9,11 +9,13 @@ is dropped and counted, never applied twice. State values are encoded with msgpa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 from msgspec import Struct
 
 from app.contract.records import (
@@ -21,8 +23,13 @@ from app.contract.records import (
     Feedback,
     ItemOp,
     ItemUpsert,
+    Purchase,
+    Search,
     UserProfile,
 )
+from app.core.profile import EVENT_WEIGHTS, Interest, ProfileParams, add_signal, bounded_append
+
+FloatArray = npt.NDArray[np.float32]
 
 
 class KeyState(Struct, array_like=True, frozen=True):
@@ -32,11 +39,19 @@ class KeyState(Struct, array_like=True, frozen=True):
 
 
 class UserState(KeyState, array_like=True, frozen=True):
-    """What a worker knows about one user from the `events` topic."""
+    """What a worker knows about one user from the `events` topic. Bounded: the id window,
+    ``recent`` and ``purchased`` are capped (``ProfileParams``), the interest is one vector."""
 
     counts: dict[str, int] = {}
     first_ts: int = 0
     last_ts: int = 0
+    interest: bytes = b""                    # float32 decayed, weighted sum of signals
+    interest_weight: float = 0.0
+    interest_ts: int = 0
+    recent: tuple[tuple[str, str, int], ...] = ()   # (item id, event type, ts), newest last
+    purchased: tuple[str, ...] = ()
+    query: str = ""                          # the last search
+    query_ts: int = 0
 
 
 class FeedbackState(KeyState, array_like=True, frozen=True):
@@ -139,6 +154,54 @@ def fold_item(state: ItemState, op: ItemOp) -> ItemState:
         return state
     item = op if isinstance(op, ItemUpsert) else None
     return msgspec.structs.replace(state, item=item, last_ts=op.ts)
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """What folding an event needs beyond the state: item vectors from the catalogue, the
+    batch's search queries already embedded, and the profile parameters."""
+
+    item_vector: Callable[[str], FloatArray | None]
+    query_vectors: Mapping[str, FloatArray]
+    dimension: int
+    params: ProfileParams = field(default_factory=ProfileParams)
+
+
+def interest_of(state: UserState, dimension: int) -> Interest:
+    if not state.interest:
+        return Interest.empty(dimension)
+    vector = np.frombuffer(state.interest, dtype="<f4").astype(np.float32)
+    return Interest(vector, state.interest_weight, state.interest_ts)
+
+
+def event_fold(context: EventContext) -> Callable[[UserState, Event], UserState]:
+    """``fold_event`` plus the user's interest, recent items, purchases and last search."""
+    params = context.params
+
+    def fold(state: UserState, event: Event) -> UserState:
+        state = fold_event(state, event)
+        kind = str(type(event).__struct_config__.tag)
+        changes: dict[str, object] = {}
+        if isinstance(event, Search):
+            signal = context.query_vectors.get(event.query)
+            if event.ts >= state.query_ts:
+                changes.update(query=event.query, query_ts=event.ts)
+        else:
+            signal = context.item_vector(event.item_id)
+            recent = [r for r in state.recent if r[0] != event.item_id]
+            recent.append((event.item_id, kind, event.ts))
+            changes["recent"] = tuple(recent[-params.recent_size:])
+            if isinstance(event, Purchase):
+                changes["purchased"] = tuple(
+                    bounded_append(state.purchased, event.item_id, params.purchased_size))
+        if signal is not None:
+            interest = add_signal(interest_of(state, context.dimension), signal,
+                                  EVENT_WEIGHTS[kind], event.ts, params.half_life_ms)
+            changes.update(interest=np.asarray(interest.vector, dtype="<f4").tobytes(),
+                           interest_weight=interest.weight, interest_ts=interest.as_of)
+        return msgspec.structs.replace(state, **changes)
+
+    return fold
 
 
 T = TypeVar("T")

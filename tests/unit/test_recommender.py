@@ -1,0 +1,144 @@
+"""The recommender on a small catalogue with obvious answers, and the user-state fold that
+feeds it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.contract.records import ItemUpsert, Purchase, Search, View
+from app.core.catalogue import VectorIndex, clean_label, entry, item_text
+from app.core.covisit import CoVisitation
+from app.core.recommender import Catalogue, Popularity, Recommender, Request, UserView
+from app.core.state import EventContext, StateCodec, UserState, apply_batch, event_fold, interest_of
+
+D = 4
+
+
+def unit(*xs: float) -> np.ndarray:
+    v = np.array(xs, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+VECTORS = {
+    "alien": unit(1, 0.1, 0, 0), "aliens": unit(1, 0, 0.1, 0), "predator": unit(0.9, 0.3, 0, 0),
+    "toy-story": unit(0, 1, 0.1, 0), "cars": unit(0.1, 1, 0, 0),
+    "titanic": unit(0, 0, 1, 0.1), "notebook": unit(0, 0.1, 1, 0),
+}
+CATEGORY = {"alien": "sci-fi", "aliens": "sci-fi", "predator": "action", "toy-story": "kids",
+            "cars": "kids", "titanic": "romance", "notebook": "romance"}
+
+
+def catalogue() -> Catalogue:
+    cat = Catalogue(D)
+    for item, vector in VECTORS.items():
+        upsert = ItemUpsert(v=1, event_id=f"c-{item}", item_id=item, ts=0,
+                            title=item.replace("-", " ").title(), category=CATEGORY[item])
+        cat.upsert(entry(upsert, vector, "test"))
+    return cat
+
+
+def test_item_text_and_labels() -> None:
+    item = ItemUpsert(v=1, event_id="e", item_id="i", ts=0, title=" Alien ",
+                      category="  Sci-Fi  Films ", brand="Fox", description="In space.",
+                      attributes={"year": 1979, "dvd": True})
+    assert item_text(item) == "Alien. Sci-Fi Films. Fox. In space.. year: 1979"
+    assert clean_label(item.category) == "sci-fi films"
+    assert entry(item, unit(1, 0, 0, 0), "m").category == "sci-fi films"
+
+
+def test_index_updates_in_place() -> None:
+    index = VectorIndex(D, capacity=2)
+    for item, vector in VECTORS.items():
+        index.upsert(item, vector)
+    assert [i for i, _ in index.search(unit(1, 0, 0, 0), 2)] == ["alien", "aliens"]
+    index.upsert("alien", VECTORS["alien"], available=False)  # out of stock
+    index.remove("aliens")
+    assert index.search(unit(1, 0, 0, 0), 1)[0][0] == "predator"
+    assert "aliens" not in index
+    assert len(index) == 6
+
+
+def test_a_sci_fi_fan_gets_sci_fi_with_a_reason() -> None:
+    rec = Recommender(catalogue())
+    user = UserView(interest=VECTORS["alien"], recent=[("alien", "view", 1.0)],
+                    purchased=set())
+    items, counts = rec.recommend(user, Request(k=3), now=0)
+    assert items[0].item_id in {"aliens", "alien", "predator"}
+    assert counts["encoder"] > 0
+    first = items[0]
+    assert first.rank == 1
+    assert first.explanation.kind in {"history", "covisit"}
+    assert "Alien" in first.explanation.text
+
+
+def test_purchased_out_of_stock_and_excluded_items_are_filtered() -> None:
+    cat = catalogue()
+    cat.upsert(entry(ItemUpsert(v=1, event_id="x", item_id="predator", ts=1, title="Predator",
+                                category="action", in_stock=False), VECTORS["predator"], "t"))
+    rec = Recommender(cat)
+    user = UserView(interest=VECTORS["alien"], recent=[], purchased={"aliens"})
+    items, _ = rec.recommend(user, Request(k=7, exclude=frozenset({"alien"})), now=0)
+    shown = {i.item_id for i in items}
+    assert not shown & {"aliens", "predator", "alien"}
+    kids_only, _ = rec.recommend(user, Request(k=7, allow_categories=frozenset({"kids"})), 0)
+    assert {i.item_id for i in kids_only} == {"toy-story", "cars"}
+
+
+def test_a_new_user_gets_popular_items() -> None:
+    rec = Recommender(catalogue(), popularity=Popularity())
+    for _ in range(5):
+        rec.popularity.add("titanic", 1.0, 0)
+    rec.popularity.add("cars", 1.0, 0)
+    items, counts = rec.recommend(UserView(None, [], set()), Request(k=2), now=0)
+    assert items[0].item_id == "titanic"
+    assert items[0].explanation.kind == "popular"
+    assert counts["popular"] == 2
+
+
+def test_covisitation_brings_what_others_watched_next() -> None:
+    graph = CoVisitation()
+    for _ in range(3):
+        graph.observe(["toy-story"], "titanic")  # other users: toy story, then titanic
+    rec = Recommender(catalogue(), covisit=graph)
+    user = UserView(interest=VECTORS["toy-story"], recent=[("toy-story", "view", 1.0)],
+                    purchased=set())
+    items, _ = rec.recommend(user, Request(k=3), now=0)
+    titanic = next(i for i in items if i.item_id == "titanic")
+    assert titanic.explanation.kind == "covisit"
+    assert titanic.explanation.item_id == "toy-story"
+
+
+def test_a_search_steers_the_interest_and_explains_itself() -> None:
+    cat = catalogue()
+    context = EventContext(item_vector=cat.index.vector,
+                           query_vectors={"love story": VECTORS["notebook"]}, dimension=D)
+    events = [
+        View(v=1, event_id="1", user_id="u", ts=1000, item_id="alien"),
+        Search(v=1, event_id="2", user_id="u", ts=2000, query="love story"),
+        Purchase(v=1, event_id="3", user_id="u", ts=3000, item_id="titanic", price=5.0),
+    ]
+    state = apply_batch(UserState(), events, 64, event_fold(context)).state
+    assert [r[0] for r in state.recent] == ["alien", "titanic"]
+    assert state.purchased == ("titanic",)
+    assert state.query == "love story"
+    direction = interest_of(state, D).unit()
+    assert direction is not None
+    assert direction @ VECTORS["notebook"] > direction @ VECTORS["alien"]
+    view = UserView(direction, [(i, k, 1.0) for i, k, _ in state.recent], set(state.purchased),
+                    ("love story", VECTORS["notebook"]))
+    items, _ = Recommender(cat).recommend(view, Request(k=2), now=3000)
+    assert items[0].item_id == "notebook"
+    assert items[0].explanation.text == "matches your search 'love story'"
+    assert "titanic" not in {i.item_id for i in items}
+
+
+def test_user_state_stays_bounded() -> None:
+    cat = catalogue()
+    context = EventContext(item_vector=cat.index.vector, query_vectors={}, dimension=384)
+    events = [Purchase(v=1, event_id=f"e{i}", user_id="u", ts=i, item_id=f"item-{i:06d}",
+                       price=1.0) for i in range(2000)]
+    state = apply_batch(UserState(), events, 128, event_fold(context)).state
+    assert len(state.recent) == 50
+    assert len(state.purchased) == 500
+    size = len(StateCodec(UserState).encode(state))
+    assert size < 16_384, size  # documented bound: < 16 KiB per user
