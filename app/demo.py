@@ -163,7 +163,7 @@ class Display:
 
 
 async def _tail(settings: Settings, display: Display, stop: asyncio.Event,
-                counters: Counter[str]) -> None:
+                counters: Counter[str], titles: dict[str, str]) -> None:
     """Print dead letters and recommendations as they arrive."""
     consumer = AIOKafkaConsumer(
         settings.topic_deadletter,
@@ -190,10 +190,11 @@ async def _tail(settings: Settings, display: Display, stop: asyncio.Event,
                     else:
                         counters["recommendations"] += 1
                         rec = decode_rec.decode(message.value)
-                        top = ", ".join(
-                            f"{i.item_id} ({i.explanation.text})" for i in rec.items[:3]
+                        top = "; ".join(
+                            f"{titles.get(i.item_id, i.item_id)} ({i.explanation.text})"
+                            for i in rec.items[:3]
                         )
-                        display.line(f"  recommendation for a user: {top}")
+                        display.line(f"  for user {rec.user_id}: {top}")
     finally:
         await consumer.stop()
 
@@ -232,8 +233,24 @@ async def _wait_worker_ready(url: str, worker: subprocess.Popen[bytes], within: 
     raise TimeoutError("the worker did not become ready")
 
 
+async def _wait_for_catalogue(metrics_url: str, expected: int, display: Display,
+                              within: float = 300.0) -> None:
+    """Events are only meaningful once the items they name are embedded and indexed."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        samples = await asyncio.to_thread(scrape, metrics_url)
+        loaded = int(_sum(samples, "streamrec_catalogue_items"))
+        display.status(f"embedding and indexing the catalogue: {loaded:,}/{expected:,} items")
+        if loaded >= expected:
+            display.status(f"catalogue ready: {loaded:,} items", final=True)
+            return
+        await asyncio.sleep(0.5)
+    raise TimeoutError("the catalogue was not indexed in time")
+
+
 async def _produce(settings: Settings, options: DemoOptions, display: Display,
-                   produced: Counter[str], ends: dict[tuple[str, int], int]) -> None:
+                   produced: Counter[str], ends: dict[tuple[str, int], int],
+                   metrics_url: str) -> None:
     """Publish the catalogue, the profiles and the event stream; ``ends`` tracks the next
     offset of every partition written, from the broker's acknowledgements."""
 
@@ -266,8 +283,11 @@ async def _produce(settings: Settings, options: DemoOptions, display: Display,
             user_key, user_value = profile_record(person, start_ts)
             await send(settings.topic_users, user_value, user_key)
             produced["users"] += 1
+        await producer.flush()
         display.line(f"published {len(movies):,} items and {len(people):,} user profiles "
-                     f"of {dataset}; streaming {len(ratings):,} ratings as events")
+                     f"of {dataset}")
+        await _wait_for_catalogue(metrics_url, len(movies), display)
+        display.line(f"streaming {len(ratings):,} ratings as events")
         began = time.monotonic()
         for key, value, kind in event_stream(dataset, ratings, options, settings.max_payload_bytes):
             await send(settings.topic_events, value, key)
@@ -301,12 +321,15 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
         display.line(f"worker starting (log: {log_path}, metrics: {base}/metrics)")
         await _wait_worker_ready(base + "/ready", worker, within=120)
         display.line("worker ready")
-        tail = asyncio.create_task(_tail(settings, display, stop, seen))
+        titles = {m.item_id: f"{m.title} ({m.year})" if m.year else m.title
+                  for m in movielens.movies(options.dataset)}
+        tail = asyncio.create_task(_tail(settings, display, stop, seen, titles))
         produced: Counter[str] = Counter()
         ends: dict[tuple[str, int], int] = {}
         lag = GroupLag(settings, settings.app_id)
         await lag.start()
-        producing = asyncio.create_task(_produce(settings, options, display, produced, ends))
+        producing = asyncio.create_task(
+            _produce(settings, options, display, produced, ends, base + "/metrics"))
         deadline = time.monotonic() + options.timeout
         history: deque[tuple[float, float]] = deque(maxlen=8)  # (time, handled): ~4 s window
         while True:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from app import __version__
 from app.contract.records import EVENT_TYPES
@@ -31,6 +31,11 @@ class Metrics:
     batch_seconds: Histogram
     batch_records: Histogram
     processing_errors: Counter
+    recommendations: Counter
+    latency: Histogram
+    candidates: Counter
+    catalogue_items: Gauge
+    encoder_seconds: Histogram
     info: Info
 
     @classmethod
@@ -76,6 +81,36 @@ class Metrics:
                 ["topic"],
                 registry=registry,
             ),
+            recommendations=Counter(
+                "streamrec_recommendations_total",
+                "Recommendation records published.",
+                registry=registry,
+            ),
+            latency=Histogram(
+                "streamrec_event_to_recommendation_seconds",
+                "From an event's Kafka timestamp to the publication of the recommendation it "
+                "caused.",
+                buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
+                registry=registry,
+            ),
+            candidates=Counter(
+                "streamrec_candidates_total",
+                "Candidates proposed, by source (encoder, covisit, popular).",
+                ["source"],
+                registry=registry,
+            ),
+            catalogue_items=Gauge(
+                "streamrec_catalogue_items",
+                "Items in this worker's in-memory catalogue index.",
+                registry=registry,
+            ),
+            encoder_seconds=Histogram(
+                "streamrec_encoder_batch_seconds",
+                "Time to embed one batch of texts, by purpose (items, queries).",
+                ["purpose"],
+                buckets=_BATCH_BUCKETS,
+                registry=registry,
+            ),
             info=Info("streamrec_worker", "Worker build information.", registry=registry),
         )
         metrics.info.info({"version": __version__})
@@ -89,4 +124,8 @@ class Metrics:
             metrics.batch_records.labels(topic)
         for event_type in EVENT_TYPES:
             metrics.events.labels(event_type)
+        for source in ("encoder", "covisit", "popular"):
+            metrics.candidates.labels(source)
+        for purpose in ("items", "queries"):
+            metrics.encoder_seconds.labels(purpose)
         return metrics

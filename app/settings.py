@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     topic_deadletter: str = "deadletter"
     """Output: rejected input records, original bytes plus reason headers."""
 
+    topic_catalogue: str = "catalogue"
+    """Internal: cleaned items with their vectors, read in full by every worker (compacted)."""
+
     partitions: int = Field(default=8, ge=1, le=4096)
     """Partitions of every user-keyed topic (must be equal: topics are co-partitioned)."""
 
@@ -163,8 +166,12 @@ class Settings(BaseSettings):
     def input_topics(self) -> tuple[str, ...]:
         return (self.topic_events, self.topic_items, self.topic_feedback, self.topic_users)
 
-    def tables_dir(self) -> Path:
-        return self.data_dir / "tables"
+    def model_dir(self) -> Path:
+        """The encoder folder; a relative path is tried from the working directory, then
+        from the project root (so `streamrec worker` works from anywhere in a checkout)."""
+        if self.model_path.is_absolute() or self.model_path.exists():
+            return self.model_path
+        return Path(__file__).resolve().parents[1] / self.model_path
 
 
 @lru_cache(maxsize=1)

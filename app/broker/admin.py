@@ -40,6 +40,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_users, n, dict(_COMPACTED)),
         TopicSpec(settings.topic_recommendations, n, {}),
         TopicSpec(settings.topic_deadletter, n, dict(_DEADLETTER)),
+        TopicSpec(settings.topic_catalogue, n, dict(_COMPACTED)),
     ]
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from app.contract.deadletter import deadletter_headers
 from app.contract.records import Event, Feedback, ItemOp, UserProfile
@@ -37,6 +37,9 @@ from app.metrics import Metrics
 from app.worker.declarations import Declarations
 from app.worker.faust_compat import acting_as
 
+if TYPE_CHECKING:
+    from app.worker.pipeline import Pipeline
+
 log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=KeyState)
@@ -47,9 +50,25 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@dataclass(frozen=True, slots=True)
+class KeyResult(Generic[S, R]):
+    """One key's outcome in a batch: its new state, the records applied, its last event."""
+
+    key: bytes
+    state: S
+    applied: list[R]
+    last_event: Any
+
+
+Prepare = Callable[[list[R]], Awaitable[Callable[[S, R], S]]]
+After = Callable[[list[KeyResult[S, R]]], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class Flow(Generic[S, R]):
-    """How one input topic is processed; ``label`` is its metric label."""
+    """How one input topic is processed; ``label`` is its metric label. ``prepare`` may
+    build the fold for a batch (e.g. after embedding its search queries); ``after`` sees
+    every key's result once the batch is folded (e.g. to publish recommendations)."""
 
     label: str
     validate: Validator[R]
@@ -57,6 +76,8 @@ class Flow(Generic[S, R]):
     fold: Callable[[S, R], S]
     table: Any
     on_applied: Callable[[Sequence[R]], None] = lambda records: None
+    prepare: Prepare[R, S] | None = None
+    after: After[S, R] | None = None
 
 
 class DeadLetters:
@@ -95,11 +116,15 @@ async def process_batch(
         else:
             by_key.setdefault(message.key, []).append((event, outcome))
     accepted = duplicates = 0
+    fold = flow.fold
+    if flow.prepare is not None and by_key:
+        fold = await flow.prepare([record for pairs in by_key.values() for _, record in pairs])
+    results: list[KeyResult[S, R]] = []
     for key, pairs in by_key.items():
         try:
             with acting_as(pairs[-1][0]):
                 state = flow.codec.decode(flow.table.get(key))
-                result = apply_batch(state, [record for _, record in pairs], window, flow.fold)
+                result = apply_batch(state, [record for _, record in pairs], window, fold)
                 if result.applied:
                     flow.table[key] = flow.codec.encode(result.state)
         except Exception as exc:  # noqa: BLE001 - one key must not stop the others
@@ -116,14 +141,20 @@ async def process_batch(
         accepted += len(result.applied)
         duplicates += result.duplicates
         flow.on_applied(result.applied)
+        if result.applied:
+            results.append(KeyResult(key, result.state, result.applied, pairs[-1][0]))
+    if flow.after is not None and results:
+        await flow.after(results)
     metrics.records.labels(flow.label, "accepted").inc(accepted)
     metrics.records.labels(flow.label, "duplicate").inc(duplicates)
     metrics.batch_records.labels(flow.label).observe(len(batch))
     metrics.batch_seconds.labels(flow.label).observe(time.perf_counter() - started)
 
 
-def flows(decl: Declarations, metrics: Metrics) -> list[tuple[Any, Flow[Any, Any]]]:
-    """(source topic, flow) for every input topic."""
+def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
+          ) -> list[tuple[Any, Flow[Any, Any]]]:
+    """(source topic, flow) for every input topic; with a pipeline, events lead to
+    recommendations and items to the catalogue."""
     settings = decl.settings
     limits = Limits(
         max_payload_bytes=settings.max_payload_bytes,
@@ -140,9 +171,12 @@ def flows(decl: Declarations, metrics: Metrics) -> list[tuple[Any, Flow[Any, Any
         (decl.events, Flow[UserState, Event](
             "events", check.events, StateCodec(UserState), fold_event, decl.user_state,
             count_events,
+            prepare=pipeline.prepare_events if pipeline else None,
+            after=pipeline.after_events if pipeline else None,
         )),
         (decl.items, Flow[ItemState, ItemOp](
             "items", check.items, StateCodec(ItemState), fold_item, decl.item_state,
+            after=pipeline.after_items if pipeline else None,
         )),
         (decl.feedback, Flow[FeedbackState, Feedback](
             "feedback", check.feedback, StateCodec(FeedbackState), fold_feedback,
@@ -155,11 +189,13 @@ def flows(decl: Declarations, metrics: Metrics) -> list[tuple[Any, Flow[Any, Any
     ]
 
 
-def attach(decl: Declarations, metrics: Metrics) -> None:
-    """Register one agent per input topic on the app."""
+def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None) -> None:
+    """Register one agent per input topic on the app (and the catalogue follower)."""
     settings = decl.settings
     deadletters = DeadLetters(decl.deadletter, metrics)
-    for topic, flow in flows(decl, metrics):
+    if pipeline is not None:
+        decl.app.task(pipeline.follow_catalogue)
+    for topic, flow in flows(decl, metrics, pipeline):
 
         async def agent(stream: Any, flow: Flow[Any, Any] = flow) -> None:
             async for batch in stream.take_events(

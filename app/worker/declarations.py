@@ -27,6 +27,7 @@ class Declarations:
     users: Any
     recommendations: Any
     deadletter: Any
+    catalogue: Any
     user_state: Any
     item_state: Any
     feedback_state: Any
@@ -90,6 +91,7 @@ def declare(settings: Settings) -> Declarations:
         users=raw_topic(settings.topic_users),
         recommendations=raw_topic(settings.topic_recommendations),
         deadletter=raw_topic(settings.topic_deadletter),
+        catalogue=raw_topic(settings.topic_catalogue),
         user_state=state_table("user-state", "UserState per user (msgpack)"),
         item_state=state_table("item-state", "ItemState per item (msgpack)"),
         feedback_state=state_table("feedback-state", "FeedbackState per user (msgpack)"),

@@ -12,10 +12,13 @@ import faust
 
 from app.broker.admin import cluster_id, ensure_topics
 from app.broker.embedded import check_embedded, start_if_needed
+from app.core.recommender import Catalogue, Recommender
+from app.encoder.runtime import Encoder
 from app.metrics import Metrics
 from app.settings import Settings
 from app.worker import agents, web
 from app.worker.declarations import Declarations, declare
+from app.worker.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,12 @@ async def prepare(settings: Settings) -> None:
 def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     decl = declare(settings)
     metrics = metrics or Metrics.create()
-    agents.attach(decl, metrics)
-    web.attach(decl, metrics)
+    encoder = Encoder(settings.model_dir())
+    recommender = Recommender(Catalogue(encoder.dimension))
+    pipeline = Pipeline(settings, metrics, encoder, recommender, decl.recommendations,
+                        decl.catalogue)
+    agents.attach(decl, metrics, pipeline)
+    web.attach(decl, metrics, ready=pipeline.catalogue_synced.is_set)
     return decl
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,7 +19,9 @@ def is_ready(app: Any) -> bool:
     )
 
 
-def attach(decl: Declarations, metrics: Metrics) -> None:
+def attach(decl: Declarations, metrics: Metrics,
+           ready: Callable[[], bool] = lambda: True) -> None:
+    """``ready`` adds a condition of the pipeline (the catalogue is loaded)."""
     app = decl.app
 
     @app.page("/metrics")
@@ -33,5 +36,5 @@ def attach(decl: Declarations, metrics: Metrics) -> None:
 
     @app.page("/ready")
     async def ready_view(web: Any, request: Any) -> Any:
-        ready = is_ready(app)
-        return web.json({"ready": ready}, status=200 if ready else 503)
+        ok = is_ready(app) and ready()
+        return web.json({"ready": ok}, status=200 if ok else 503)

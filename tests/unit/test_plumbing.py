@@ -38,7 +38,7 @@ def test_user_keyed_topics_are_co_partitioned() -> None:
     specs = topic_specs(Settings(_env_file=None, partitions=6))
     assert {s.partitions for s in specs} == {6}
     compacted = {s.name for s in specs if s.configs.get("cleanup.policy") == "compact"}
-    assert compacted == {"items", "users"}
+    assert compacted == {"items", "users", "catalogue"}
 
 
 def test_a_foreign_broker_on_the_embedded_port_is_refused() -> None:

@@ -1,0 +1,197 @@
+"""The worker's recommendation pipeline: the glue between Faust's batches and the pure core.
+
+- items: each worker embeds the items of its own partitions (once per change) and publishes
+  them, cleaned and with their vectors, to the compacted `catalogue` topic;
+- catalogue: every worker follows that whole topic (no consumer group, from the beginning)
+  into its in-memory index, so each one can rank against the full catalogue and recovers it
+  by re-reading the topic after a restart;
+- events: a batch's search queries are embedded, each user's events folded into their state,
+  then one recommendation per user and batch is published (bursts coalesce per batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+import numpy as np
+from aiokafka import AIOKafkaConsumer
+
+from app.broker.security import client_security
+from app.contract.records import Event, ItemOp, Recommendation, Search
+from app.core.catalogue import CatalogueEntry, entry, item_text
+from app.core.profile import DAY_MS, EVENT_WEIGHTS, decay
+from app.core.recommender import Recommender, Request, UserView
+from app.core.state import EventContext, ItemState, UserState, event_fold, interest_of
+from app.encoder.runtime import Encoder, FloatArray
+from app.metrics import Metrics
+from app.settings import Settings
+from app.worker.agents import KeyResult, now_ms
+
+log = logging.getLogger(__name__)
+
+QUERY_MEMORY_MS = DAY_MS  # a search keeps steering explanations for a day of event time
+_entry_encoder = msgspec.msgpack.Encoder()
+_entry_decoder = msgspec.msgpack.Decoder(CatalogueEntry)
+_rec_encoder = msgspec.json.Encoder()
+
+
+def user_view(state: UserState, dimension: int, query_vector: FloatArray | None) -> UserView:
+    """The recommender's view of a user's stored state, weights decayed to their last event."""
+    now = state.last_ts
+    recent = [(item, kind, EVENT_WEIGHTS.get(kind, 1.0) * decay(now - ts, 14 * DAY_MS))
+              for item, kind, ts in state.recent]
+    query = None
+    if state.query and query_vector is not None and now - state.query_ts <= QUERY_MEMORY_MS:
+        query = (state.query, query_vector)
+    return UserView(interest_of(state, dimension).unit(), recent, set(state.purchased), query)
+
+
+def learn_sequence(recommender: Recommender, state: UserState, applied: Sequence[Event]) -> None:
+    """Feed co-visitation and popularity with a user's newly applied item events."""
+    order = [item for item, _, _ in state.recent]
+    for event in applied:
+        if isinstance(event, Search):
+            continue
+        position = order.index(event.item_id) if event.item_id in order else len(order)
+        kind = str(type(event).__struct_config__.tag)
+        weight = EVENT_WEIGHTS[kind]
+        recommender.covisit.observe(order[:position], event.item_id, weight)
+        recommender.popularity.add(event.item_id, weight, event.ts)
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, metrics: Metrics, encoder: Encoder,
+                 recommender: Recommender, recommendations: Any, catalogue_topic: Any) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.encoder = encoder
+        self.recommender = recommender
+        self._recommendations = recommendations
+        self._catalogue_topic = catalogue_topic
+        self.catalogue_synced = asyncio.Event()
+
+    async def _embed(self, texts: list[str], purpose: str, kind: str = "passage"
+                     ) -> FloatArray:
+        started = time.perf_counter()
+        if kind == "query":
+            vectors = await asyncio.to_thread(
+                lambda: np.stack([self.encoder.encode_query(t) for t in texts]))
+        else:
+            vectors = await asyncio.to_thread(self.encoder.encode, texts, "passage")
+        self.metrics.encoder_seconds.labels(purpose).observe(time.perf_counter() - started)
+        return vectors
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def prepare_events(self, records: list[Event]) -> Callable[[UserState, Event],
+                                                                     UserState]:
+        queries = sorted({r.query for r in records if isinstance(r, Search)})
+        vectors = list(await self._embed(queries, "queries", "query")) if queries else []
+        context = EventContext(
+            item_vector=self.recommender.catalogue.index.vector,
+            query_vectors=dict(zip(queries, vectors, strict=True)),
+            dimension=self.encoder.dimension,
+        )
+        return event_fold(context)
+
+    async def after_events(self, results: list[KeyResult[UserState, Event]]) -> None:
+        request = Request(k=self.settings.recommendation_size)
+        for result in results:
+            try:
+                await self._recommend(result, request)
+            except Exception as exc:  # noqa: BLE001 - state is saved; count and go on
+                frame = traceback.extract_tb(exc.__traceback__)[-1]
+                self.metrics.processing_errors.labels("recommendations").inc()
+                log.error("recommending failed: %s at %s:%s", type(exc).__name__,
+                          frame.filename, frame.lineno)
+
+    async def _recommend(self, result: KeyResult[UserState, Event], request: Request) -> None:
+        state = result.state
+        learn_sequence(self.recommender, state, result.applied)
+        query_vector = self.encoder.encode_query(state.query) if state.query else None
+        view = user_view(state, self.encoder.dimension, query_vector)
+        items, counts = self.recommender.recommend(view, request, now=state.last_ts)
+        for source, count in counts.items():
+            self.metrics.candidates.labels(source).inc(count)
+        last = result.applied[-1]
+        produced = now_ms()
+        record = Recommendation(
+            v=1, rec_id=uuid.uuid4().hex, user_id=last.user_id, items=items,
+            model_version=self.recommender.params.version, source_event_id=last.event_id,
+            source_event_time=last.ts, produced_at=produced, tenant=last.tenant,
+        )
+        await self._recommendations.send(key=result.key, value=_rec_encoder.encode(record))
+        self.metrics.recommendations.inc()
+        sent_at = result.last_event.message.timestamp
+        if sent_at:
+            self.metrics.latency.observe(max(0.0, produced / 1000 - float(sent_at)))
+
+    # --- items and the catalogue ----------------------------------------------------------
+
+    async def after_items(self, results: list[KeyResult[ItemState, ItemOp]]) -> None:
+        upserts = [(r.key, r.state.item) for r in results if r.state.item is not None]
+        if upserts:
+            vectors = await self._embed([item_text(item) for _, item in upserts], "items")
+            for (key, item), vector in zip(upserts, vectors, strict=True):
+                published = entry(item, vector, self.encoder.manifest.model_name)
+                await self._catalogue_topic.send(key=key, value=_entry_encoder.encode(published))
+        for result in results:
+            if result.state.item is None:
+                await self._catalogue_topic.send(key=result.key, value=None)
+
+    def apply_catalogue(self, key: bytes | None, value: bytes | None) -> None:
+        catalogue = self.recommender.catalogue
+        if not value:
+            if key:
+                catalogue.delete(key.decode())
+        else:
+            published = _entry_decoder.decode(value)
+            if len(published.vector) == 4 * catalogue.dimension:
+                catalogue.upsert(published)
+        self.metrics.catalogue_items.set(len(catalogue.index))
+
+    async def follow_catalogue(self) -> None:
+        """Read the whole catalogue topic, then keep following it."""
+        settings = self.settings
+        consumer = AIOKafkaConsumer(
+            settings.topic_catalogue,
+            bootstrap_servers=settings.bootstrap_servers(),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **client_security(settings),
+        )
+        await consumer.start()
+        try:
+            ends: dict[Any, int] = {}
+            while not ends:
+                assigned = consumer.assignment()
+                if assigned:
+                    ends = await consumer.end_offsets(list(assigned))
+                else:
+                    await asyncio.sleep(0.1)
+            while True:
+                batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+                for messages in batches.values():
+                    for message in messages:
+                        self.apply_catalogue(message.key, message.value)
+                if not self.catalogue_synced.is_set() and await _caught_up(consumer, ends):
+                    self.catalogue_synced.set()
+                    log.info("catalogue loaded: %d items", len(self.recommender.catalogue.index))
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+
+async def _caught_up(consumer: AIOKafkaConsumer, ends: dict[Any, int]) -> bool:
+    for tp, end in ends.items():
+        if int(await consumer.position(tp)) < end:
+            return False
+    return True
