@@ -120,6 +120,8 @@ def mmr(relevance: FloatArray, vectors: FloatArray, k: int, lam: float) -> list[
         redundancy = np.where(np.isfinite(closest), closest, 0.0)
         value = np.where(available, lam * relevance - (1.0 - lam) * redundancy, -np.inf)
         pick = int(np.argmax(value))
+        if not np.isfinite(value[pick]):
+            break  # everything left is filtered out (or taken)
         chosen.append(pick)
         available[pick] = False
         closest = np.maximum(closest, vectors @ vectors[pick])

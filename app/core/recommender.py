@@ -102,6 +102,7 @@ class UserView:
 class Request:
     k: int = 10
     exclude: frozenset[str] = frozenset()
+    exclude_seen: bool = True  # leave out the user's recent items (discovery, not reminders)
     allow_categories: frozenset[str] | None = None
     deny_categories: frozenset[str] = frozenset()
 
@@ -118,7 +119,7 @@ class Recommender:
                    ) -> tuple[Candidates, dict[str, int]]:
         """The union of every source's candidates, with their features; plus how many each
         source proposed (a metric)."""
-        blocked = set(request.exclude) | user.purchased
+        blocked = self._blocked(user, request)
         found: dict[str, None] = {}
         counts = {"encoder": 0, "covisit": 0, "popular": 0}
         if user.interest is not None:
@@ -158,7 +159,7 @@ class Recommender:
         candidates, counts = self.candidates(user, request, now)
         if not candidates.item_ids:
             return [], counts
-        blocked = set(request.exclude) | user.purchased | {
+        blocked = self._blocked(user, request) | {
             i for i in candidates.item_ids if not self.catalogue.items[i].in_stock}
         keep = allowed(candidates, blocked,
                        set(request.allow_categories) if request.allow_categories else None,
@@ -179,6 +180,13 @@ class Recommender:
                 explanation=self._explanation(why, kinds),
             ))
         return out, counts
+
+    @staticmethod
+    def _blocked(user: UserView, request: Request) -> set[str]:
+        blocked = set(request.exclude) | user.purchased
+        if request.exclude_seen:
+            blocked.update(item for item, _, _ in user.recent)
+        return blocked
 
     def _explanation(self, why: Why, kinds: dict[str, str]) -> Explanation:
         if why.kind == "search" and why.query is not None:

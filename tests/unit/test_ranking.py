@@ -109,6 +109,8 @@ def test_mmr_diversifies() -> None:
     first, second = mmr(relevance, VECTORS, 2, lam=0.5)  # diversity: an A, then a B
     assert (IDS[first], IDS[second][0]) == ("a1", "b")
     assert sorted(mmr(relevance, VECTORS, 10, lam=0.5)) == [0, 1, 2, 3, 4]  # each once
+    filtered = np.array([1.0, -np.inf, 0.5, -np.inf, -np.inf], dtype=np.float32)
+    assert mmr(filtered, VECTORS, 5, lam=0.85) == [0, 2]  # never a filtered or repeated item
 
 
 def test_explanations_name_the_strongest_signal() -> None:

@@ -1,0 +1,92 @@
+"""End to end on Apache Kafka: a catalogue and a user's events in, ranked, filtered and
+explained recommendations out, produced and read with plain Kafka clients."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from app.contract.records import ItemUpsert, Purchase, Recommendation, Search, View
+from tests.support.kafka import KafkaBroker
+from tests.support.kafka_io import produce, read_topic
+from tests.support.worker import WorkerProcess, isolated_env
+
+TS = 1_700_000_000_000
+CATALOGUE = {
+    "alien": ("Alien", "sci-fi", "A crew in deep space meets a deadly alien creature."),
+    "aliens": ("Aliens", "sci-fi", "Marines fight an alien swarm on a distant colony planet."),
+    "interstellar": ("Interstellar", "sci-fi", "Astronauts travel through a wormhole in space."),
+    "gravity": ("Gravity", "sci-fi", "Two astronauts are stranded in orbit after debris hits."),
+    "toy-story": ("Toy Story", "kids", "Toys come to life when the children leave the room."),
+    "cars": ("Cars", "kids", "A race car learns about friendship in a small desert town."),
+    "notebook": ("The Notebook", "romance", "A love story that lasts a lifetime."),
+    "titanic": ("Titanic", "romance", "Two lovers meet on the doomed ocean liner."),
+}
+
+
+@pytest.fixture
+def worker(kafka: KafkaBroker, tmp_path: Path) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(isolated_env(kafka.bootstrap, tmp_path / "data"),
+                            tmp_path / "worker.log").start()
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+def _items() -> list[tuple[bytes | None, bytes | None]]:
+    return [
+        (item.encode(), msgspec.json.encode(ItemUpsert(
+            v=1, event_id=f"c-{item}", item_id=item, ts=TS, title=title, category=category,
+            description=description)))
+        for item, (title, category, description) in CATALOGUE.items()
+    ]
+
+
+def test_events_become_explained_filtered_recommendations(kafka: KafkaBroker,
+                                                          worker: WorkerProcess) -> None:
+    env = worker.env
+    asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_ITEMS"], _items()))
+    worker.wait_metric("streamrec_catalogue_items", len(CATALOGUE))
+
+    user = "space-fan"
+    events = [
+        View(v=1, event_id="e1", user_id=user, ts=TS + 1, item_id="alien"),
+        Search(v=1, event_id="e2", user_id=user, ts=TS + 2, query="astronauts lost in space"),
+        Purchase(v=1, event_id="e3", user_id=user, ts=TS + 3, item_id="interstellar",
+                 price=9.99),
+    ]
+    asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_EVENTS"],
+                        [(user.encode(), msgspec.json.encode(e)) for e in events]))
+    worker.wait_metric("streamrec_input_records_total", 3, topic="events", outcome="accepted")
+    worker.wait_metric("streamrec_recommendations_total", 1)
+
+    records = asyncio.run(read_topic(kafka.bootstrap, env["STREAMREC_TOPIC_RECOMMENDATIONS"],
+                                     expect=1))
+    decoded = [msgspec.json.decode(r.value, type=Recommendation) for r in records]
+    assert all(r.key == user.encode() for r in records)
+    final = [r for r in decoded if r.source_event_id == "e3"]
+    assert final, [r.source_event_id for r in decoded]
+    rec = final[-1]
+    ranked = [i.item_id for i in rec.items]
+    assert "interstellar" not in ranked            # bought: filtered out
+    assert "alien" not in ranked                   # seen: left out by default
+    assert set(ranked[:2]) == {"gravity", "aliens"}  # the other space films first
+    assert len(ranked) == len(set(ranked)) == len(CATALOGUE) - 2
+    reasons = {i.item_id: i.explanation.text for i in rec.items}
+    assert reasons["gravity"] == "matches your search 'astronauts lost in space'"
+    assert [i.rank for i in rec.items] == list(range(1, len(rec.items) + 1))
+    assert all(i.explanation.text for i in rec.items)
+    assert {i.explanation.kind for i in rec.items} <= {"history", "search", "covisit",
+                                                       "popular"}
+    assert rec.model_version
+    assert rec.produced_at >= rec.source_event_time
+    assert rec.user_id == user
+    assert rec.rec_id
+    assert worker.metric("streamrec_event_to_recommendation_seconds_count") >= 1
+    assert worker.metric("streamrec_candidates_total", source="encoder") > 0
