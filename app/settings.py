@@ -7,6 +7,7 @@ from this class (``streamrec settings --markdown``) and a test keeps the two in 
 
 from __future__ import annotations
 
+import socket
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -142,6 +143,10 @@ class Settings(BaseSettings):
     web_port: int = Field(default=6066, ge=1, le=65535)
     """Port of the worker's HTTP server."""
 
+    web_canonical_url: str = ""
+    """How other workers reach this one (request routing). Empty: `http://WEB_HOST:WEB_PORT`,
+    or the host name when WEB_HOST is 0.0.0.0."""
+
     session_timeout_seconds: float = Field(default=30.0, gt=0)
     """Consumer group session timeout (the embedded broker uses at most 10 s)."""
 
@@ -165,6 +170,12 @@ class Settings(BaseSettings):
 
     def input_topics(self) -> tuple[str, ...]:
         return (self.topic_events, self.topic_items, self.topic_feedback, self.topic_users)
+
+    def canonical_url(self) -> str:
+        if self.web_canonical_url:
+            return self.web_canonical_url
+        host = socket.gethostname() if self.web_host in ("0.0.0.0", "::") else self.web_host  # noqa: S104
+        return f"http://{host}:{self.web_port}"
 
     def model_dir(self) -> Path:
         """The encoder folder; a relative path is tried from the working directory, then

@@ -60,6 +60,7 @@ def _app(settings: Settings) -> faust.App:
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,
+        canonical_url=settings.canonical_url(),
         web_in_thread=False,
         autodiscover=False,
         **options,

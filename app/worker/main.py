@@ -57,7 +57,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     pipeline = Pipeline(settings, metrics, encoder, recommender, decl.recommendations,
                         decl.catalogue)
     agents.attach(decl, metrics, pipeline)
-    web.attach(decl, metrics, ready=pipeline.catalogue_synced.is_set)
+    web.attach(decl, metrics, pipeline, ready=pipeline.catalogue_synced.is_set)
     return decl
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer
 
 from app.broker.security import client_security
-from app.contract.records import Event, ItemOp, Recommendation, Search
+from app.contract.records import Event, ItemOp, Recommendation, RecommendedItem, Search
 from app.core.catalogue import CatalogueEntry, entry, item_text
 from app.core.profile import DAY_MS, EVENT_WEIGHTS, decay
 from app.core.recommender import Recommender, Request, UserView
@@ -77,6 +77,7 @@ class Pipeline:
         self._recommendations = recommendations
         self._catalogue_topic = catalogue_topic
         self.catalogue_synced = asyncio.Event()
+        self._latest_event_ts = 0
 
     async def _embed(self, texts: list[str], purpose: str, kind: str = "passage"
                      ) -> FloatArray:
@@ -113,9 +114,19 @@ class Pipeline:
                 log.error("recommending failed: %s at %s:%s", type(exc).__name__,
                           frame.filename, frame.lineno)
 
+    def recommend_now(self, state: UserState, request: Request) -> list[RecommendedItem]:
+        """Recommendations for a stored user state (the pull API); a new user gets the
+        cold-start answer (popular items)."""
+        query_vector = self.encoder.encode_query(state.query) if state.query else None
+        view = user_view(state, self.encoder.dimension, query_vector)
+        now = state.last_ts or self._latest_event_ts
+        items, _ = self.recommender.recommend(view, request, now=now)
+        return items
+
     async def _recommend(self, result: KeyResult[UserState, Event], request: Request) -> None:
         state = result.state
         learn_sequence(self.recommender, state, result.applied)
+        self._latest_event_ts = max(self._latest_event_ts, state.last_ts)
         query_vector = self.encoder.encode_query(state.query) if state.query else None
         view = user_view(state, self.encoder.dimension, query_vector)
         items, counts = self.recommender.recommend(view, request, now=state.last_ts)

@@ -1,14 +1,27 @@
-"""The worker's HTTP views: Prometheus metrics, liveness and readiness."""
+"""The worker's HTTP views: metrics, health, readiness, and the pull API (docs/api.md).
+
+User routes are routed by Faust to the worker that owns the user's partition (their state
+lives only there); item routes answer from any worker (each holds the whole catalogue).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.core.recommender import Request
+from app.core.state import StateCodec, UserState
 from app.metrics import Metrics
 from app.worker.declarations import Declarations
+
+if TYPE_CHECKING:
+    from app.worker.pipeline import Pipeline
+
+MAX_K = 100
+_codec = StateCodec(UserState)
 
 
 def is_ready(app: Any) -> bool:
@@ -19,7 +32,29 @@ def is_ready(app: Any) -> bool:
     )
 
 
-def attach(decl: Declarations, metrics: Metrics,
+def _csv(value: str | None) -> frozenset[str]:
+    return frozenset(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+def parse_request(query: Any) -> Request | str:
+    """A pull request from query parameters, or the reason it is invalid."""
+    try:
+        k = int(query.get("k", "10"))
+    except ValueError:
+        return "k must be an integer"
+    if not 1 <= k <= MAX_K:
+        return f"k must be between 1 and {MAX_K}"
+    allow = _csv(query.get("category"))
+    return Request(
+        k=k,
+        exclude=_csv(query.get("exclude")),
+        allow_categories=allow or None,
+        deny_categories=_csv(query.get("not_category")),
+        exclude_seen=query.get("include_seen", "false").lower() not in ("1", "true", "yes"),
+    )
+
+
+def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None,
            ready: Callable[[], bool] = lambda: True) -> None:
     """``ready`` adds a condition of the pipeline (the catalogue is loaded)."""
     app = decl.app
@@ -38,3 +73,59 @@ def attach(decl: Declarations, metrics: Metrics,
     async def ready_view(web: Any, request: Any) -> Any:
         ok = is_ready(app) and ready()
         return web.json({"ready": ok}, status=200 if ok else 503)
+
+    if pipeline is None:
+        return
+
+    @app.page("/users/{user_id}/recommendations")
+    @app.table_route(table=decl.user_state, match_info="user_id")
+    async def recommendations_view(web: Any, request: Any, user_id: str) -> Any:
+        parsed = parse_request(request.query)
+        if isinstance(parsed, str):
+            return web.json({"error": parsed}, status=400)
+        raw = decl.user_state.get(user_id.encode())
+        state = _codec.decode(raw)
+        items = pipeline.recommend_now(state, parsed)
+        return web.bytes(
+            msgspec.json.encode({"user_id": user_id, "known_user": raw is not None,
+                                 "model_version": pipeline.recommender.params.version,
+                                 "items": items}),
+            content_type="application/json",
+        )
+
+    @app.page("/users/{user_id}")
+    @app.table_route(table=decl.user_state, match_info="user_id")
+    async def user_view(web: Any, request: Any, user_id: str) -> Any:
+        raw = decl.user_state.get(user_id.encode())
+        if raw is None:
+            return web.json({"error": "unknown user"}, status=404)
+        state = _codec.decode(raw)
+        return web.json({
+            "user_id": user_id,
+            "counts": state.counts,
+            "first_ts": state.first_ts,
+            "last_ts": state.last_ts,
+            "recent": [{"item_id": i, "type": k, "ts": t} for i, k, t in state.recent],
+            "purchased": len(state.purchased),
+            "interest_weight": state.interest_weight,
+            "last_search": state.query or None,
+            "state_bytes": len(raw),
+        })
+
+    @app.page("/items/{item_id}")
+    async def item_view(web: Any, request: Any, item_id: str) -> Any:
+        catalogue = pipeline.recommender.catalogue
+        info = catalogue.items.get(item_id)
+        vector = catalogue.index.vector(item_id)
+        if info is None or vector is None:
+            return web.json({"error": "unknown item"}, status=404)
+        similar = catalogue.index.search(vector, 6, exclude={item_id})
+        return web.json({
+            "item_id": item_id,
+            "title": info.title,
+            "category": info.category,
+            "in_stock": info.in_stock,
+            "similar": [{"item_id": i, "cosine": round(s, 4)} for i, s in similar[:5]],
+            "covisited": [{"item_id": i, "strength": round(s, 4)}
+                          for i, s in pipeline.recommender.covisit.neighbours(item_id, 5)],
+        })

@@ -90,3 +90,43 @@ def test_events_become_explained_filtered_recommendations(kafka: KafkaBroker,
     assert rec.rec_id
     assert worker.metric("streamrec_event_to_recommendation_seconds_count") >= 1
     assert worker.metric("streamrec_candidates_total", source="encoder") > 0
+
+
+def test_pull_api(kafka: KafkaBroker, worker: WorkerProcess) -> None:
+    import json
+
+    env = worker.env
+    asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_ITEMS"], _items()))
+    worker.wait_metric("streamrec_catalogue_items", len(CATALOGUE))
+    user = "kid"
+    events = [View(v=1, event_id=f"k{i}", user_id=user, ts=TS + i, item_id=item)
+              for i, item in enumerate(["toy-story", "alien"])]
+    asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_EVENTS"],
+                        [(user.encode(), msgspec.json.encode(e)) for e in events]))
+    worker.wait_metric("streamrec_recommendations_total", 1)
+
+    def get(path: str) -> tuple[int, dict]:
+        status, body = worker._get(path)
+        return status, json.loads(body)
+
+    status, body = get("/users/kid/recommendations?k=3")
+    assert status == 200
+    assert body["known_user"] is True
+    assert len(body["items"]) == 3
+    assert not {"toy-story", "alien"} & {i["item_id"] for i in body["items"]}
+    status, body = get("/users/kid/recommendations?k=5&category=kids&include_seen=true")
+    assert {i["item_id"] for i in body["items"]} == {"toy-story", "cars"}
+    status, body = get("/users/kid/recommendations?k=5&not_category=sci-fi,romance")
+    assert {i["item_id"] for i in body["items"]} == {"cars"}
+    status, body = get("/users/nobody-yet/recommendations?k=2")
+    assert status == 200
+    assert body["known_user"] is False
+    assert [i["explanation"]["kind"] for i in body["items"]] == ["popular", "popular"]
+    assert get("/users/kid/recommendations?k=0")[0] == 400
+    assert get("/users/nobody-yet")[0] == 404
+    status, body = get("/users/kid")
+    assert [r["item_id"] for r in body["recent"]] == ["toy-story", "alien"]
+    status, body = get("/items/alien")
+    assert status == 200
+    assert body["similar"][0]["item_id"] in {"aliens", "gravity", "interstellar"}
+    assert get("/items/unknown")[0] == 404
