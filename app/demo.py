@@ -365,10 +365,7 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
                 display.line("timed out before the worker caught up")
                 return 1
         if seen["recommendations"] == 0:
-            display.line(
-                "no recommendations yet: this build validates, deduplicates and stores events; "
-                "the scoring pipeline publishes to the recommendations topic once it lands"
-            )
+            display.line("no recommendation was published: see the worker log")
         stop.set()
         await asyncio.wait_for(tail, timeout=10)
         return 0
