@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.kafka import KafkaBroker
+from app.broker.apache import KafkaBroker
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from app.broker.apache import KafkaBroker
 from app.contract.deadletter import read_headers
 from app.contract.samples import bad_event_samples, good_view
 from app.contract.validate import Reason
 from app.core.state import StateCodec, UserState
-from tests.support.kafka import KafkaBroker
 from tests.support.kafka_io import produce, read_topic
 from tests.support.worker import WorkerProcess, isolated_env
 

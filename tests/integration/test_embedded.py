@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from app.broker.apache import free_port
 from app.broker.embedded import EmbeddedBroker
 from tests.support.events import views
-from tests.support.kafka import free_port
 from tests.support.kafka_io import produce
 from tests.support.worker import WorkerProcess, isolated_env
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from app.broker.apache import KafkaBroker
 from app.contract.records import ItemUpsert, Purchase, Recommendation, Search, View
-from tests.support.kafka import KafkaBroker
 from tests.support.kafka_io import produce, read_topic
 from tests.support.worker import WorkerProcess, isolated_env
 

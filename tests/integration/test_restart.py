@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from app.broker.apache import KafkaBroker
 from app.core.state import StateCodec, UserState
 from tests.support.events import TS, views
-from tests.support.kafka import KafkaBroker
 from tests.support.kafka_io import produce, read_topic
 from tests.support.worker import WorkerProcess, isolated_env
 

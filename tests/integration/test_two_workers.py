@@ -11,9 +11,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from app.broker.apache import KafkaBroker, free_port
 from app.contract.records import View
 from tests.integration.test_recommendations import CATALOGUE, TS, _items
-from tests.support.kafka import KafkaBroker, free_port
 from tests.support.kafka_io import produce
 from tests.support.worker import WorkerProcess, isolated_env
 

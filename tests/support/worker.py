@@ -15,8 +15,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.broker.apache import free_port
 from app.broker.embedded import stop_process
-from tests.support.kafka import free_port
 
 
 def isolated_env(bootstrap: str | None, data_dir: Path, partitions: int = 4) -> dict[str, str]:

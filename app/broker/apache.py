@@ -1,10 +1,10 @@
-"""A real Apache Kafka broker (KRaft, single node) for the test suite.
+"""A local Apache Kafka broker (KRaft, single node) for the test suite and the benchmarks.
 
 The jars come from Maven Central (``kafka-pom.xml`` beside this file), resolved once into
-``~/.cache/streamrec/kafka-<version>/libs`` (override with STREAMREC_TEST_CACHE). Each test
-session formats a fresh log directory, starts the broker on free ports with the installed
-JDK, waits until it answers, and stops it at the end. Nothing here assumes a broker that
-it did not start.
+``~/.cache/streamrec/kafka-<version>/libs`` (override with STREAMREC_TEST_CACHE). Each user
+(a test session, a benchmark run) formats a fresh log directory, starts the broker on free
+ports with the installed JDK (17+), waits until it answers, and stops it at the end. Needs
+Maven once and a JDK; nothing here assumes a broker that it did not start.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ POM = HERE / "kafka-pom.xml"
 
 
 def kafka_version() -> str:
+    """The Apache Kafka version pinned in kafka-pom.xml."""
     match = re.search(r"<kafka.version>([^<]+)</kafka.version>", POM.read_text())
-    assert match, "kafka.version missing from kafka-pom.xml"
+    if match is None:
+        raise ValueError("kafka.version missing from kafka-pom.xml")
     return match.group(1)
 
 
