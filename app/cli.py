@@ -246,9 +246,39 @@ def bench_encoder(
         name, _, folder = extra.partition("=")
         variants.append((name, Path(folder)))
     report = bench.run(variants, threads, seconds, rounds, say)
-    if plot_path is not None and bench.plot(report, plot_path):
-        say(f"wrote {plot_path}")
+    if plot_path is not None:
+        say(f"wrote {plot_path}" if bench.plot(report, plot_path)
+            else "matplotlib is not installed: no plot")
     typer.echo(json.dumps(report, indent=2) if json_output else bench.markdown(report))
+
+
+@bench_cli.command("pipeline")
+def bench_pipeline(
+    events: Annotated[int, typer.Option(help="Events for the throughput phase.")] = 100_000,
+    partitions: Annotated[int, typer.Option(help="Partitions per topic.")] = 4,
+    broker: Annotated[str | None, typer.Option(help="An Apache Kafka to use (default: start "
+                                                    "one from the Maven jars).")] = None,
+    latency_seconds: Annotated[float, typer.Option(help="Length of the latency phase.")]
+    = 20.0,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    plot_path: Annotated[Path | None, typer.Option("--plot", help="Latency histogram PNG.")]
+    = None,
+) -> None:
+    """One worker on Apache Kafka with the MovieLens-1M catalogue: sustained events/s and
+    event-to-recommendation latency at half that load."""
+    from app import pipeline_bench
+
+    def say(text: str) -> None:
+        typer.echo(text, err=True)
+
+    report = asyncio.run(pipeline_bench.run(events, partitions, broker, latency_seconds, say))
+    if plot_path is not None:
+        say(f"wrote {plot_path}" if pipeline_bench.plot(report, plot_path)
+            else "matplotlib is not installed: no plot")
+    if json_output:
+        typer.echo(json.dumps(report))
+    else:
+        typer.echo(pipeline_bench.markdown(report))
 
 
 @cli.command()

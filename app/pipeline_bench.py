@@ -1,0 +1,286 @@
+"""`streamrec bench pipeline`: one real worker on Apache Kafka, the MovieLens-1M catalogue and
+its ratings as events, measured from outside with plain Kafka clients.
+
+1. Catalogue: the 3,883 movies are published and the run waits until the worker has
+   embedded and indexed all of them.
+2. Throughput: N events are produced as fast as the producer can (far faster than one
+   worker consumes); sustained events/s = N / (time until the worker's committed offsets
+   reach the produced ends - time of the first send).
+3. Latency: events paced at half that rate; each recommendation is matched to the send time
+   of the event it was computed after (its `source_event_id`): p50/p99 of produced_at - sent.
+
+The broker and the worker share this machine's cores with the producer, as they would in
+a laptop test; the report says how many cores there were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.broker.admin import GroupLag, ensure_topics, wait_until_ready
+from app.broker.apache import KafkaBroker, free_port
+from app.broker.embedded import stop_process
+from app.contract.records import Recommendation, Search
+from app.data import movielens
+from app.demo import item_record, rating_records
+from app.settings import Settings
+
+SEARCH_EVERY = 25  # one search event per 25 rating events, "<genre> films"
+
+
+def bench_events(count: int) -> list[tuple[bytes, bytes, str]]:
+    """(key, value, event id) for the first ratings of MovieLens-1M in time order: every
+    rating a view, >= 4 also a purchase, and now and then a genre search."""
+    genres = {m.item_id: m.genres for m in movielens.movies("ml-1m")}
+    out: list[tuple[bytes, bytes, str]] = []
+    for n, rating in enumerate(movielens.ratings("ml-1m")):
+        for key, value in rating_records("ml-1m", rating):
+            out.append((key, value, msgspec.json.decode(value)["event_id"]))
+        if n % SEARCH_EVERY == 0 and genres.get(rating.item_id):
+            search = Search(v=1, event_id=f"ml-1m-{rating.row}-search", user_id=rating.user_id,
+                            ts=rating.ts_ms, query=f"{genres[rating.item_id][0].lower()} films")
+            out.append((rating.user_id.encode(), msgspec.json.encode(search), search.event_id))
+        if len(out) >= count:
+            break
+    return out[:count]
+
+
+def _metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - local worker
+        text = response.read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == name)
+
+
+class _Run:
+    def __init__(self, bootstrap: str, workdir: Path, partitions: int) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+        self.env.update({
+            "STREAMREC_BROKER_URL": bootstrap,
+            "STREAMREC_APP_ID": f"bench-{tag}",
+            "STREAMREC_PARTITIONS": str(partitions),
+            "STREAMREC_DATA_DIR": str(workdir / "worker"),
+            "STREAMREC_WEB_PORT": str(free_port()),
+            "STREAMREC_LOG_LEVEL": "warning",
+            **{f"STREAMREC_TOPIC_{t.upper()}": f"{t}-{tag}" for t in
+               ("events", "items", "feedback", "users", "recommendations", "deadletter",
+                "catalogue")},
+        })
+        self.settings = Settings.model_validate({
+            k.removeprefix("STREAMREC_").lower(): v
+            for k, v in self.env.items() if k.startswith("STREAMREC_")
+        })
+        self.metrics_url = f"http://127.0.0.1:{self.env['STREAMREC_WEB_PORT']}/metrics"
+        self.log = workdir / "worker.log"
+        self.worker: subprocess.Popen[bytes] | None = None
+
+    def start_worker(self) -> None:
+        with self.log.open("ab") as log:
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"], env=self.env, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    async def wait_metric(self, name: str, at_least: float, within: float = 300.0) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if self.worker is not None and self.worker.poll() is not None:
+                raise RuntimeError(f"worker exited; see {self.log}")
+            try:
+                if await asyncio.to_thread(_metric, self.metrics_url, name) >= at_least:
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.25)
+        raise TimeoutError(f"{name} did not reach {at_least}")
+
+
+async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, str]],
+                   rate: float | None, sent: dict[str, float],
+                   ends: dict[tuple[str, int], int]) -> float:
+    """Send ``records`` (paced at ``rate``/s, or flat out); returns the first send time."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
+                                max_batch_size=256 * 1024)
+    await producer.start()
+
+    def done(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            meta = future.result()
+            key = (meta.topic, meta.partition)
+            ends[key] = max(ends.get(key, 0), meta.offset + 1)
+
+    started = time.time()
+    try:
+        for n, (key, value, event_id) in enumerate(records):
+            if rate:
+                ahead = n / rate - (time.time() - started)
+                if ahead > 0.002:
+                    await asyncio.sleep(ahead)
+            sent[event_id] = time.time()
+            (await producer.send(topic, value, key=key)).add_done_callback(done)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return started
+
+
+async def _collect(bootstrap: str, topic: str, into: list[Recommendation],
+                   stop: asyncio.Event) -> None:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="latest")
+    await consumer.start()
+    decode = msgspec.json.Decoder(Recommendation).decode
+    try:
+        while not stop.is_set():
+            for messages in (await consumer.getmany(timeout_ms=200)).values():
+                into.extend(decode(m.value) for m in messages if m.value)
+    finally:
+        await consumer.stop()
+
+
+async def _drain(lag: GroupLag, ends: dict[tuple[str, int], int], total: int,
+                 say: Callable[[str], None]) -> None:
+    """Wait until the worker's group has committed everything up to ``ends``."""
+    last = -1.0
+    while (behind := await lag.lag(ends)) > 0:
+        if time.monotonic() - last >= 2.0:
+            say(f"  {total - behind:,}/{total:,} committed")
+            last = time.monotonic()
+        await asyncio.sleep(0.2)
+
+
+async def run(events: int, partitions: int, broker: str | None, latency_seconds: float,
+              say: Callable[[str], None]) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
+    local: KafkaBroker | None = None
+    if broker is None:
+        say("starting Apache Kafka (KRaft) from the Maven Central jars")
+        local = KafkaBroker(workdir / "kafka")
+        await asyncio.to_thread(local.start)
+        broker = local.bootstrap
+    run_ = _Run(broker, workdir, partitions)
+    settings = run_.settings
+    try:
+        await wait_until_ready(settings)
+        await ensure_topics(settings)
+        run_.start_worker()
+        await run_.wait_metric("streamrec_catalogue_items", 0)
+        movies = movielens.movies("ml-1m")
+        say(f"publishing the MovieLens-1M catalogue ({len(movies):,} items)")
+        items = [(*item_record(m, 956_703_932_000), m.item_id) for m in movies]
+        await _produce(broker, settings.topic_items, items, None, {}, {})
+        t_catalogue = time.monotonic()
+        await run_.wait_metric("streamrec_catalogue_items", len(movies))
+        catalogue_seconds = time.monotonic() - t_catalogue
+        say(f"  embedded and indexed in {catalogue_seconds:.1f}s")
+
+        records = bench_events(events)
+        say(f"throughput: {len(records):,} events flat out")
+        ends: dict[tuple[str, int], int] = {}
+        lag = GroupLag(settings, settings.app_id)
+        await lag.start()
+        started = await _produce(broker, settings.topic_events, records, None, {}, ends)
+        produced_in = time.time() - started
+        await _drain(lag, ends, len(records), say)
+        throughput = len(records) / (time.time() - started)
+        say(f"  {throughput:,.0f} events/s (producer alone: {len(records) / produced_in:,.0f}/s)")
+
+        rate = throughput / 2
+        paced = bench_events(events + int(rate * latency_seconds))[events:]
+        say(f"latency: {len(paced):,} events at {rate:,.0f}/s")
+        recs: list[Recommendation] = []
+        stop = asyncio.Event()
+        collector = asyncio.create_task(_collect(broker, settings.topic_recommendations,
+                                                 recs, stop))
+        await asyncio.sleep(2.0)
+        sent: dict[str, float] = {}
+        ends = {}
+        await _produce(broker, settings.topic_events, paced, rate, sent, ends)
+        await _drain(lag, ends, len(paced), say)
+        await asyncio.sleep(2.0)
+        stop.set()
+        await collector
+        await lag.close()
+        latencies = np.array([(r.produced_at / 1000 - sent[r.source_event_id]) * 1000
+                              for r in recs if r.source_event_id in sent])
+        return {
+            "cores": os.cpu_count(),
+            "partitions": partitions,
+            "catalogue_items": len(movies),
+            "catalogue_seconds": catalogue_seconds,
+            "events": len(records),
+            "events_per_second": throughput,
+            "producer_events_per_second": len(records) / produced_in,
+            "latency_rate_per_second": rate,
+            "latency_events": len(paced),
+            "recommendations": len(latencies),
+            "latency_ms": {
+                "p50": float(np.percentile(latencies, 50)) if latencies.size else None,
+                "p90": float(np.percentile(latencies, 90)) if latencies.size else None,
+                "p99": float(np.percentile(latencies, 99)) if latencies.size else None,
+            },
+            "latency_samples_ms": latencies.round(2).tolist(),
+        }
+    finally:
+        stop_process(run_.worker, grace=30)
+        if local is not None:
+            local.stop()
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lat = report["latency_ms"]
+    return "\n".join([
+        f"{report['cores']} cores shared by Kafka, one worker and the producer; "
+        f"{report['partitions']} partitions; {report['catalogue_items']:,} items.",
+        "",
+        "| measure | value |",
+        "| --- | ---: |",
+        f"| catalogue embedded and indexed | {report['catalogue_seconds']:.1f} s |",
+        f"| sustained events/s, one worker (state, scoring, publishing) | "
+        f"{report['events_per_second']:,.0f} |",
+        f"| producer alone, events/s | {report['producer_events_per_second']:,.0f} |",
+        f"| latency load | {report['latency_rate_per_second']:,.0f} events/s |",
+        f"| event -> recommendation p50 | {lat['p50']:.1f} ms |",
+        f"| event -> recommendation p90 | {lat['p90']:.1f} ms |",
+        f"| event -> recommendation p99 | {lat['p99']:.1f} ms |",
+        f"| recommendations measured | {report['recommendations']:,} |",
+    ]) + "\n"
+
+
+def plot(report: dict[str, Any], target: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    samples = report["latency_samples_ms"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.hist(samples, bins=60, color="#3b75af")
+    for name in ("p50", "p99"):
+        ax.axvline(report["latency_ms"][name], color="black", linestyle="--", linewidth=1)
+        ax.text(report["latency_ms"][name], ax.get_ylim()[1] * 0.9, f" {name}", fontsize=8)
+    ax.set_xlabel("event -> recommendation (ms)")
+    ax.set_ylabel("recommendations")
+    ax.set_title(f"at {report['latency_rate_per_second']:,.0f} events/s")
+    fig.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return True
