@@ -281,6 +281,19 @@ def bench_pipeline(
         typer.echo(pipeline_bench.markdown(report))
 
 
+@bench_cli.command("recommender")
+def bench_recommender(
+    users: Annotated[int, typer.Option(help="Users to recommend for.")] = 800,
+    ratings: Annotated[int, typer.Option(help="ML-1M ratings that grow the graph.")] = 300_000,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """The cost of one recommendation in-process (no Kafka), per candidate configuration."""
+    from app import recommender_bench
+
+    report = recommender_bench.run(users, ratings, lambda text: typer.echo(text, err=True))
+    typer.echo(json.dumps(report) if json_output else recommender_bench.markdown(report))
+
+
 @cli.command()
 def version() -> None:
     """Print the StreamRec version."""

@@ -17,6 +17,9 @@ class CoVisitation:
     window: int = 10
     max_neighbours: int = 100
     edges: dict[str, dict[str, float]] = field(default_factory=dict)
+    # each item's neighbours sorted strongest first, dropped whenever its edges change:
+    # reads (every recommendation) far outnumber changes
+    _sorted: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
     def observe(self, history: Sequence[str], item: str, weight: float = 1.0) -> None:
         """Record that ``item`` follows ``history`` (the user's items, oldest first)."""
@@ -30,13 +33,18 @@ class CoVisitation:
     def _add(self, source: str, target: str, strength: float) -> None:
         neighbours = self.edges.setdefault(source, {})
         neighbours[target] = neighbours.get(target, 0.0) + strength
+        self._sorted.pop(source, None)
         if len(neighbours) > 2 * self.max_neighbours:
             strongest = sorted(neighbours.items(), key=lambda kv: kv[1], reverse=True)
             self.edges[source] = dict(strongest[: self.max_neighbours])
 
     def neighbours(self, item: str, k: int) -> list[tuple[str, float]]:
-        found = self.edges.get(item, {})
-        return sorted(found.items(), key=lambda kv: kv[1], reverse=True)[:k]
+        ranked = self._sorted.get(item)
+        if ranked is None:
+            found = self.edges.get(item, {})
+            ranked = sorted(found.items(), key=lambda kv: kv[1], reverse=True)
+            self._sorted[item] = ranked
+        return ranked[:k]
 
     def candidates(self, recent: Iterable[tuple[str, float]], k: int
                    ) -> dict[str, tuple[float, str]]:

@@ -114,6 +114,8 @@ class Recommender:
     popularity: Popularity = field(default_factory=Popularity)
     params: RankerParams = field(default_factory=RankerParams)
     per_source: int = 100
+    covisit_recent: int = 20       # the recent items whose neighbours are candidates
+    covisit_neighbours: int = 30   # neighbours taken per recent item
 
     def candidates(self, user: UserView, request: Request, now: int
                    ) -> tuple[Candidates, dict[str, int]]:
@@ -130,7 +132,8 @@ class Recommender:
             for item, _ in self.catalogue.index.search(user.query[1], self.per_source // 4,
                                                        blocked):
                 found[item] = None
-        co = self.covisit.candidates(((i, w) for i, _, w in user.recent), self.per_source)
+        recent = user.recent[-self.covisit_recent:]
+        co = self.covisit.candidates(((i, w) for i, _, w in recent), self.covisit_neighbours)
         for item in sorted(co, key=lambda i: co[i][0], reverse=True)[: self.per_source]:
             if item in self.catalogue.items:
                 found[item] = None

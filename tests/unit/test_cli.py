@@ -6,7 +6,8 @@ from typer.testing import CliRunner
 from app.cli import cli
 
 COMMANDS = ["worker", "demo", "broker", "topics", "produce", "tail", "schemas", "settings",
-            "version"]
+            "version", "export-model", "bench"]
+BENCHES = ["encoder", "pipeline", "recommender"]
 
 
 def test_help_lists_every_command() -> None:
@@ -19,6 +20,13 @@ def test_help_lists_every_command() -> None:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command: str) -> None:
     result = CliRunner().invoke(cli, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+@pytest.mark.parametrize("bench", BENCHES)
+def test_every_benchmark_has_help(bench: str) -> None:
+    result = CliRunner().invoke(cli, ["bench", bench, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
 
