@@ -25,7 +25,6 @@ from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.broker.admin import GroupLag, ensure_topics, wait_until_ready
 from app.broker.embedded import check_embedded, start_if_needed, stop_process
@@ -34,6 +33,7 @@ from app.contract.deadletter import read_headers
 from app.contract.records import ItemUpsert, Purchase, Recommendation, UserProfile, View
 from app.contract.samples import BadSample, bad_event_samples
 from app.data import movielens
+from app.metrics import scrape, total
 from app.settings import Settings
 
 POSITIVE_RATING = 4.0
@@ -120,23 +120,6 @@ def event_stream(
 
 
 # --- watching the worker ------------------------------------------------------------------
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Prometheus samples of a /metrics page, by (name, sorted labels)."""
-    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local worker
-        text = response.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def _sum(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-         **labels: str) -> float:
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
 
 
 class Display:
@@ -239,7 +222,7 @@ async def _wait_for_catalogue(metrics_url: str, expected: int, display: Display,
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         samples = await asyncio.to_thread(scrape, metrics_url)
-        loaded = int(_sum(samples, "streamrec_catalogue_items"))
+        loaded = int(total(samples, "streamrec_catalogue_items"))
         display.status(f"embedding and indexing the catalogue: {loaded:,}/{expected:,} items")
         if loaded >= expected:
             display.status(f"catalogue ready: {loaded:,} items", final=True)
@@ -340,10 +323,10 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
                 raise RuntimeError("producing failed") from producing.exception()
             samples = await asyncio.to_thread(scrape, base + "/metrics")
             behind = await lag.lag(dict(ends))
-            handled = _sum(samples, "streamrec_input_records_total", topic="events")
+            handled = total(samples, "streamrec_input_records_total", topic="events")
             total_sent = produced["event"] + produced["duplicate"] + produced["bad"]
             by_type = " ".join(
-                f"{t} {int(_sum(samples, 'streamrec_events_total', type=t)):,}"
+                f"{t} {int(total(samples, 'streamrec_events_total', type=t)):,}"
                 for t in ("view", "purchase")
             )
             history.append((time.monotonic(), handled))
@@ -351,9 +334,9 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
             rate = (h1 - h0) / (t1 - t0) if t1 > t0 else 0.0
             text = (
                 f"sent {total_sent:,} | accepted {by_type} | duplicates dropped "
-                f"{int(_sum(samples, 'streamrec_input_records_total', outcome='duplicate')):,}"
+                f"{int(total(samples, 'streamrec_input_records_total', outcome='duplicate')):,}"
                 f" (injected {produced['duplicate']:,}) | dead letters "
-                f"{int(_sum(samples, 'streamrec_deadletters_total')):,} (injected "
+                f"{int(total(samples, 'streamrec_deadletters_total')):,} (injected "
                 f"{produced['bad']:,}) | recommendations {seen['recommendations']:,} | "
                 f"{rate:,.0f} records/s | lag {behind:,}"
             )

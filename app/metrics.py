@@ -8,9 +8,11 @@ No label ever carries a user id, an item id or payload text.
 
 from __future__ import annotations
 
+import urllib.request
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.parser import text_string_to_metric_families
 
 from app import __version__
 from app.contract.records import EVENT_TYPES
@@ -129,3 +131,23 @@ class Metrics:
         for purpose in ("items", "queries"):
             metrics.encoder_seconds.labels(purpose)
         return metrics
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str, timeout: float = 5.0) -> Samples:
+    """The samples of a /metrics page, by (name, sorted labels)."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - a worker
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,6 @@ from typing import Any
 import msgspec
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.broker.admin import GroupLag, ensure_topics, wait_until_ready
 from app.broker.apache import KafkaBroker, free_port
@@ -38,6 +36,8 @@ from app.broker.embedded import stop_process
 from app.contract.records import Recommendation, Search
 from app.data import movielens
 from app.demo import item_record, rating_records
+from app.metrics import scrape, total
+from app.plots import pyplot
 from app.settings import Settings
 
 SEARCH_EVERY = 25  # one search event per 25 rating events, "<genre> films"
@@ -58,13 +58,6 @@ def bench_events(count: int) -> list[tuple[bytes, bytes, str]]:
         if len(out) >= count:
             break
     return out[:count]
-
-
-def _metric(url: str, name: str) -> float:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - local worker
-        text = response.read().decode()
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name)
 
 
 class _Run:
@@ -102,7 +95,7 @@ class _Run:
             if self.worker is not None and self.worker.poll() is not None:
                 raise RuntimeError(f"worker exited; see {self.log}")
             try:
-                if await asyncio.to_thread(_metric, self.metrics_url, name) >= at_least:
+                if total(await asyncio.to_thread(scrape, self.metrics_url), name) >= at_least:
                     return
             except OSError:
                 pass
@@ -263,12 +256,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], target: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     samples = report["latency_samples_ms"]
     fig, ax = plt.subplots(figsize=(7, 3.5))

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from app.encoder import drift_set
+from app.plots import pyplot
 
 BATCHES = (1, 8, 32, 128)
 SHORT_QUERY = "sci fi movies like interstellar"
@@ -195,12 +196,8 @@ def markdown(report: dict[str, Any], baseline: str = "onnx-fp32") -> str:
 
 def plot(report: dict[str, Any], target: Path) -> bool:
     """Bar chart of titles/s and descriptions/s at each batch size; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     variants = report["variants"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -13,10 +13,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from app.broker.apache import free_port
 from app.broker.embedded import stop_process
+from app.metrics import scrape, total
 
 
 def isolated_env(bootstrap: str | None, data_dir: Path, partitions: int = 4) -> dict[str, str]:
@@ -41,8 +40,6 @@ def isolated_env(bootstrap: str | None, data_dir: Path, partitions: int = 4) -> 
         env["STREAMREC_BROKER_URL"] = bootstrap
     return env
 
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 class WorkerProcess:
@@ -86,18 +83,8 @@ class WorkerProcess:
             time.sleep(0.25)
         raise AssertionError(f"worker not ready in {within}s: {self.log.read_text()[-3000:]}")
 
-    def metrics(self) -> Samples:
-        status, body = self._get("/metrics")
-        assert status == 200
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body.decode())
-            for s in family.samples
-        }
-
     def metric(self, name: str, **labels: str) -> float:
-        want = set(labels.items())
-        return sum(v for (n, ls), v in self.metrics().items() if n == name and want <= set(ls))
+        return total(scrape(self.base_url + "/metrics"), name, **labels)
 
     def wait_metric(self, name: str, at_least: float, within: float = 60.0,
                     **labels: str) -> float:
