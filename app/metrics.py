@@ -79,7 +79,8 @@ class Metrics:
             ),
             processing_errors=Counter(
                 "streamrec_processing_errors_total",
-                "Key groups whose processing raised; their records went to the dead-letter topic.",
+                "Failures by stage: a topic's key group (its records are dead-lettered), its "
+                "batch preparation or follow-up (-prepare, -after), or a recommendation.",
                 ["topic"],
                 registry=registry,
             ),
@@ -121,11 +122,13 @@ class Metrics:
                 metrics.records.labels(topic, outcome)
             for reason in Reason:
                 metrics.deadletters.labels(topic, reason.value)
-            metrics.processing_errors.labels(topic)
+            for stage in (topic, f"{topic}-prepare", f"{topic}-after"):
+                metrics.processing_errors.labels(stage)
             metrics.batch_seconds.labels(topic)
             metrics.batch_records.labels(topic)
         for event_type in EVENT_TYPES:
             metrics.events.labels(event_type)
+        metrics.processing_errors.labels("recommendations")
         for source in ("encoder", "covisit", "popular"):
             metrics.candidates.labels(source)
         for purpose in ("items", "queries"):

@@ -100,6 +100,14 @@ class DeadLetters:
         )
 
 
+def count_failure(metrics: Metrics, stage: str, exc: BaseException) -> None:
+    """Count and log a failure: the exception's type and place only, never its message
+    (it may quote payload or ids)."""
+    metrics.processing_errors.labels(stage).inc()
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    log.error("%s failed: %s at %s:%s", stage, type(exc).__name__, frame.filename, frame.lineno)
+
+
 async def process_batch(
     flow: Flow[S, R], batch: Sequence[Any], deadletters: DeadLetters, metrics: Metrics,
     window: int,
@@ -118,7 +126,11 @@ async def process_batch(
     accepted = duplicates = 0
     fold = flow.fold
     if flow.prepare is not None and by_key:
-        fold = await flow.prepare([record for pairs in by_key.values() for _, record in pairs])
+        try:
+            fold = await flow.prepare(
+                [record for pairs in by_key.values() for _, record in pairs])
+        except Exception as exc:  # noqa: BLE001 - fold without the extras rather than crash
+            count_failure(metrics, f"{flow.label}-prepare", exc)
     results: list[KeyResult[S, R]] = []
     for key, pairs in by_key.items():
         try:
@@ -128,11 +140,7 @@ async def process_batch(
                 if result.applied:
                     flow.table[key] = flow.codec.encode(result.state)
         except Exception as exc:  # noqa: BLE001 - one key must not stop the others
-            metrics.processing_errors.labels(flow.label).inc()
-            # the exception's message may quote payload or ids: log its type and place only
-            frame = traceback.extract_tb(exc.__traceback__)[-1]
-            log.error("processing a %s key group failed: %s at %s:%s", flow.label,
-                      type(exc).__name__, frame.filename, frame.lineno)
+            count_failure(metrics, flow.label, exc)
             for event, _ in pairs:
                 await deadletters.send(
                     flow.label, event, Rejection(Reason.PROCESSING_ERROR, type(exc).__name__)
@@ -144,7 +152,10 @@ async def process_batch(
         if result.applied:
             results.append(KeyResult(key, result.state, result.applied, pairs[-1][0]))
     if flow.after is not None and results:
-        await flow.after(results)
+        try:
+            await flow.after(results)
+        except Exception as exc:  # noqa: BLE001 - the state is saved; count and go on
+            count_failure(metrics, f"{flow.label}-after", exc)
     metrics.records.labels(flow.label, "accepted").inc(accepted)
     metrics.records.labels(flow.label, "duplicate").inc(duplicates)
     metrics.batch_records.labels(flow.label).observe(len(batch))

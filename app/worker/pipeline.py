@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,7 +32,7 @@ from app.core.state import EventContext, ItemState, UserState, event_fold, inter
 from app.encoder.runtime import Encoder, FloatArray
 from app.metrics import Metrics
 from app.settings import Settings
-from app.worker.agents import KeyResult, now_ms
+from app.worker.agents import KeyResult, count_failure, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +108,7 @@ class Pipeline:
             try:
                 await self._recommend(result, request)
             except Exception as exc:  # noqa: BLE001 - state is saved; count and go on
-                frame = traceback.extract_tb(exc.__traceback__)[-1]
-                self.metrics.processing_errors.labels("recommendations").inc()
-                log.error("recommending failed: %s at %s:%s", type(exc).__name__,
-                          frame.filename, frame.lineno)
+                count_failure(self.metrics, "recommendations", exc)
 
     def recommend_now(self, state: UserState, request: Request) -> list[RecommendedItem]:
         """Recommendations for a stored user state (the pull API); a new user gets the
