@@ -206,6 +206,11 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
     deadletters = DeadLetters(decl.deadletter, metrics)
     if pipeline is not None:
         decl.app.task(pipeline.follow_catalogue)
+
+        async def keep_memory() -> None:
+            await pipeline.keep_memory(decl.app, decl.user_state)
+
+        decl.app.task(keep_memory)
     for topic, flow in flows(decl, metrics, pipeline):
 
         async def agent(stream: Any, flow: Flow[Any, Any] = flow) -> None:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -26,9 +26,17 @@ from aiokafka import AIOKafkaConsumer
 from app.broker.security import client_security
 from app.contract.records import Event, ItemOp, Recommendation, RecommendedItem, Search
 from app.core.catalogue import CatalogueEntry, entry, item_text
+from app.core.covisit import CoVisitation
 from app.core.profile import DAY_MS, EVENT_WEIGHTS, decay
-from app.core.recommender import Recommender, Request, UserView
-from app.core.state import EventContext, ItemState, UserState, event_fold, interest_of
+from app.core.recommender import Popularity, Recommender, Request, UserView
+from app.core.state import (
+    EventContext,
+    ItemState,
+    StateCodec,
+    UserState,
+    event_fold,
+    interest_of,
+)
 from app.encoder.runtime import Encoder, FloatArray
 from app.metrics import Metrics
 from app.settings import Settings
@@ -64,6 +72,24 @@ def learn_sequence(recommender: Recommender, state: UserState, applied: Sequence
         weight = EVENT_WEIGHTS[kind]
         recommender.covisit.observe(order[:position], event.item_id, weight)
         recommender.popularity.add(event.item_id, weight, event.ts)
+
+
+def rebuild_memory(recommender: Recommender, states: Iterable[UserState]) -> int:
+    """Regrow co-visitation and popularity from stored users' recent items (after a restart
+    or a rebalance: both live only in memory). Returns the number of users read."""
+    covisit = CoVisitation(window=recommender.covisit.window,
+                           max_neighbours=recommender.covisit.max_neighbours)
+    popularity = Popularity(half_life_ms=recommender.popularity.half_life_ms)
+    users = 0
+    for state in states:
+        users += 1
+        order = [item for item, _, _ in state.recent]
+        for position, (item, kind, ts) in enumerate(state.recent):
+            weight = EVENT_WEIGHTS.get(kind, 1.0)
+            covisit.observe(order[:position], item, weight)
+            popularity.add(item, weight, ts)
+    recommender.covisit, recommender.popularity = covisit, popularity
+    return users
 
 
 class Pipeline:
@@ -164,6 +190,24 @@ class Pipeline:
             if len(published.vector) == 4 * catalogue.dimension:
                 catalogue.upsert(published)
         self.metrics.catalogue_items.set(len(catalogue.index))
+
+    async def keep_memory(self, app: Any, table: Any) -> None:
+        """After every (re)assignment, once the tables are recovered, regrow the in-memory
+        co-visitation graph and popularity from the users this worker now holds."""
+        codec = StateCodec(UserState)
+        built_for: frozenset[Any] | None = None
+        previous: frozenset[Any] | None = None
+        while True:
+            await asyncio.sleep(1.0)
+            assignment = frozenset(app.consumer.assignment())
+            stable, previous = assignment == previous, assignment
+            if (assignment == built_for or not stable or app.rebalancing
+                    or not app.tables.recovery.completed.is_set()):
+                continue
+            users = rebuild_memory(self.recommender,
+                                   (codec.decode(value) for _, value in table.items()))
+            built_for = assignment
+            log.info("co-visitation and popularity regrown from %d stored users", users)
 
     async def follow_catalogue(self) -> None:
         """Read the whole catalogue topic, then keep following it."""

@@ -80,5 +80,13 @@ def test_two_workers_split_route_and_fail_over(kafka: KafkaBroker, tmp_path: Pat
     try:
         # a takes over b's partitions and recovers b's users from the changelog
         _wait_all_known(a, expected, within=90)
+        # and regrows its in-memory co-visitation graph from all of them
+        deadline = time.monotonic() + 60
+        while f"regrown from {len(USERS)} stored users" not in a.log.read_text():
+            assert time.monotonic() < deadline, "co-visitation was not regrown"
+            time.sleep(0.5)
+        status, body = a._get(f"/items/{ITEMS[0]}")
+        assert status == 200
+        assert json.loads(body)["covisited"]
     finally:
         a.stop()

@@ -142,3 +142,25 @@ def test_user_state_stays_bounded() -> None:
     assert len(state.purchased) == 500
     size = len(StateCodec(UserState).encode(state))
     assert size < 16_384, size  # documented bound: < 16 KiB per user
+
+
+def test_memory_regrown_from_stored_users_matches_live_learning() -> None:
+    from app.worker.pipeline import learn_sequence, rebuild_memory
+
+    cat = catalogue()
+    context = EventContext(item_vector=cat.index.vector, query_vectors={}, dimension=D)
+    live = Recommender(cat)
+    states = []
+    for user, items in {"u1": ["alien", "aliens", "predator"], "u2": ["cars", "toy-story"],
+                        "u3": ["alien", "predator", "titanic"]}.items():
+        state = UserState()
+        for i, item in enumerate(items):  # one event per batch, as a live worker would see
+            event = View(v=1, event_id=f"{user}-{i}", user_id=user, ts=1000 * i, item_id=item)
+            result = apply_batch(state, [event], 64, event_fold(context))
+            learn_sequence(live, result.state, result.applied)
+            state = result.state
+        states.append(state)
+    regrown = Recommender(cat)
+    assert rebuild_memory(regrown, states) == 3
+    assert regrown.covisit.edges == live.covisit.edges
+    assert regrown.popularity.top(5, 5000) == live.popularity.top(5, 5000)
