@@ -37,6 +37,7 @@ class Metrics:
     latency: Histogram
     candidates: Counter
     catalogue_items: Gauge
+    consumer_lag: Gauge
     encoder_seconds: Histogram
     info: Info
 
@@ -105,6 +106,12 @@ class Metrics:
             catalogue_items=Gauge(
                 "streamrec_catalogue_items",
                 "Items in this worker's in-memory catalogue index.",
+                registry=registry,
+            ),
+            consumer_lag=Gauge(
+                "streamrec_consumer_lag_records",
+                "Records not yet read, per input topic and partition assigned to this worker.",
+                ["topic", "partition"],
                 registry=registry,
             ),
             encoder_seconds=Histogram(

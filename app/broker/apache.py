@@ -129,11 +129,19 @@ class KafkaBroker:
         cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         java = self._java()
         jvm = ["-Xms256m", "-Xmx768m", f"-Dlog4j2.configurationFile={log4j}"]
-        subprocess.run(
-            [java, *jvm, "-cp", classpath, "kafka.tools.StorageTool", "format",
-             "-t", cluster, "-c", str(props)],
-            check=True, capture_output=True,
-        )
+        for attempt in (1, 2, 3):
+            formatted = subprocess.run(
+                [java, *jvm, "-cp", classpath, "kafka.tools.StorageTool", "format",
+                 "-t", cluster, "-c", str(props), "--ignore-formatted"],
+                capture_output=True, text=True, check=False,
+            )
+            if formatted.returncode == 0:
+                break
+            print(f"formatting the Kafka log dir failed (attempt {attempt}): "
+                  f"{(formatted.stdout + formatted.stderr)[-2000:]}", file=sys.stderr)
+            time.sleep(1.0)
+        else:
+            raise RuntimeError("could not format the Kafka log directory; see stderr above")
         logfile = (self.workdir / "broker.log").open("wb")
         self._process = subprocess.Popen(
             [java, *jvm, "-cp", classpath, "kafka.Kafka", str(props)],

@@ -35,7 +35,7 @@ from app.core.state import (
 )
 from app.metrics import Metrics
 from app.worker.declarations import Declarations
-from app.worker.faust_compat import acting_as
+from app.worker.faust_compat import acting_as, consumer_lag
 
 if TYPE_CHECKING:
     from app.worker.pipeline import Pipeline
@@ -211,6 +211,16 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
             await pipeline.keep_memory(decl.app, decl.user_state)
 
         decl.app.task(keep_memory)
+
+    inputs = set(settings.input_topics())
+
+    async def report_lag() -> None:
+        lags = consumer_lag(decl.app, inputs)
+        metrics.consumer_lag.clear()
+        for (topic, partition), lag in lags.items():
+            metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+
+    decl.app.timer(5.0)(report_lag)
     for topic, flow in flows(decl, metrics, pipeline):
 
         async def agent(stream: Any, flow: Flow[Any, Any] = flow) -> None:

@@ -1,4 +1,4 @@
-"""The one place StreamRec touches a private Faust API.
+"""The one place StreamRec touches private Faust APIs.
 
 Faust tables find the partition of a changelog write through the "current event" context
 variable, which Faust sets only on its per-event path. Inside ``stream.take_events()`` the
@@ -24,3 +24,25 @@ def acting_as(event: Any) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+def consumer_lag(app: Any, topics: set[str]) -> dict[tuple[str, int], int]:
+    """Records not yet read, per assigned partition of ``topics``: the high-water mark from
+    the last fetch minus the next offset to read (Faust keeps the last read offset in a
+    private map). Partitions not fetched yet are left out."""
+    consumer = app.consumer
+    read_offsets = getattr(consumer, "_read_offset", {})
+    lags: dict[tuple[str, int], int] = {}
+    for tp in consumer.assignment():
+        if tp.topic not in topics:
+            continue
+        try:
+            highwater = consumer.highwater(tp)
+        except Exception:  # noqa: BLE001, S112 - not fetched yet, or no longer assigned
+            continue
+        if highwater is None:
+            continue
+        last_read = read_offsets.get(tp)
+        next_read = 0 if last_read is None else last_read + 1
+        lags[(tp.topic, tp.partition)] = max(0, highwater - next_read)
+    return lags

@@ -4,6 +4,7 @@ explained recommendations out, produced and read with plain Kafka clients."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from app.broker.apache import KafkaBroker
 from app.contract.records import ItemUpsert, Purchase, Recommendation, Search, View
+from app.metrics import scrape
 from tests.support.kafka_io import produce, read_topic
 from tests.support.worker import WorkerProcess, isolated_env
 
@@ -37,6 +39,19 @@ def worker(kafka: KafkaBroker, tmp_path: Path) -> Iterator[WorkerProcess]:
         yield process
     finally:
         process.stop()
+
+
+def _lag_series(worker: WorkerProcess, topic: str, within: float = 20.0) -> dict[str, float]:
+    """The consumer-lag gauge of every partition of ``topic`` (reported every 5 s)."""
+    deadline = time.monotonic() + within
+    found: dict[str, float] = {}
+    while time.monotonic() < deadline and not found:
+        samples = scrape(worker.base_url + "/metrics")
+        found = {dict(labels)["partition"]: value
+                 for (name, labels), value in samples.items()
+                 if name == "streamrec_consumer_lag_records" and dict(labels)["topic"] == topic}
+        time.sleep(0.5)
+    return found
 
 
 def _items() -> list[tuple[bytes | None, bytes | None]]:
@@ -90,6 +105,9 @@ def test_events_become_explained_filtered_recommendations(kafka: KafkaBroker,
     assert rec.rec_id
     assert worker.metric("streamrec_event_to_recommendation_seconds_count") >= 1
     assert worker.metric("streamrec_candidates_total", source="encoder") > 0
+    lag_series = _lag_series(worker, env["STREAMREC_TOPIC_EVENTS"])
+    assert lag_series, "no consumer-lag series for the events topic"
+    assert all(value == 0 for value in lag_series.values())
 
 
 def test_pull_api(kafka: KafkaBroker, worker: WorkerProcess) -> None:

@@ -59,3 +59,25 @@ def test_acting_as_sets_faust_current_event_for_table_writes() -> None:
         assert current_event() is event
     assert current_event() is None
     assert faust.__version__  # the shim is tied to faust-streaming's private context var
+
+
+def test_consumer_lag_per_partition() -> None:
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from app.worker.faust_compat import consumer_lag
+
+    marks = {TP("events", 0): 100, TP("events", 1): 7, TP("other", 0): 50, TP("events", 2): None}
+
+    class Consumer:
+        _read_offset = {TP("events", 0): 89}
+
+        def assignment(self) -> set[TP]:
+            return set(marks)
+
+        def highwater(self, tp: TP) -> int | None:
+            return marks[tp]
+
+    lags = consumer_lag(SimpleNamespace(consumer=Consumer()), {"events"})
+    assert lags == {("events", 0): 10, ("events", 1): 7}
