@@ -3,9 +3,11 @@ its ratings as events, measured from outside with plain Kafka clients.
 
 1. Catalogue: the 3,883 movies are published and the run waits until the worker has
    embedded and indexed all of them.
-2. Throughput: N events are produced as fast as the producer can (far faster than one
-   worker consumes); sustained events/s = N / (time until the worker's committed offsets
-   reach the produced ends - time of the first send).
+2. Throughput, in the same run for three jobs: a backlog of N events is produced first;
+   then Faust's decode-only ceiling, the same StreamRec job written the naive way (one
+   event at a time: one table write and one recommendation per event) and StreamRec each
+   work it off with a fresh consumer group; events/s is measured from the group's first
+   commit to its last (start-up excluded).
 3. Latency: events paced at half that rate; each recommendation is matched to the send time
    of the event it was computed after (its `source_event_id`): p50/p99 of produced_at - sent.
 
@@ -83,11 +85,21 @@ class _Run:
         self.log = workdir / "worker.log"
         self.worker: subprocess.Popen[bytes] | None = None
 
-    def start_worker(self) -> None:
+    def start_worker(self, module: str = "app.cli", **overrides: str) -> None:
+        """A worker process (``app.worker.ceiling`` for the decode-only reference);
+        ``overrides`` are extra STREAMREC_* settings, e.g. a fresh APP_ID."""
+        env = {**self.env, **{f"STREAMREC_{k.upper()}": v for k, v in overrides.items()}}
+        args = [sys.executable, "-m", module] + (["worker"] if module == "app.cli" else [])
         with self.log.open("ab") as log:
-            self.worker = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker"], env=self.env, stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.worker = subprocess.Popen(args, env=env, stdout=log,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def alive(self) -> bool:
+        return self.worker is not None and self.worker.poll() is None
+
+    def stop_worker(self) -> None:
+        stop_process(self.worker, grace=30)
+        self.worker = None
 
     async def wait_metric(self, name: str, at_least: float, within: float = 300.0) -> None:
         deadline = time.monotonic() + within
@@ -157,6 +169,41 @@ async def _drain(lag: GroupLag, ends: dict[tuple[str, int], int], total: int,
         await asyncio.sleep(0.2)
 
 
+async def _drain_rate(settings: Settings, group: str, ends: dict[tuple[str, int], int],
+                      alive: Callable[[], bool], within: float = 900.0) -> float:
+    """Events/s of ``group`` working off a backlog: from its first commit to its last, over
+    the records committed in between (start-up and group joining excluded)."""
+    lag = GroupLag(settings, group)
+    await lag.start()
+    try:
+        total_records = sum(ends.values())
+        deadline = time.monotonic() + within
+        first: tuple[float, int] | None = None
+        while time.monotonic() < deadline:
+            if not alive():
+                raise RuntimeError(f"the {group} worker exited; see its log")
+            done = total_records - await lag.lag(ends)
+            now = time.monotonic()
+            if first is None and done > 0:
+                first = (now, done)
+            if done >= total_records:
+                if first is None or now <= first[0]:
+                    return float("nan")
+                return (done - first[1]) / (now - first[0])
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"group {group} did not finish the backlog")
+    finally:
+        await lag.close()
+
+
+VARIANTS = {
+    # name: (module, settings overrides)
+    "faust decode-only ceiling": ("app.worker.ceiling", {}),
+    "naive (one event at a time)": ("app.cli", {"batch_max": "1"}),
+    "streamrec": ("app.cli", {}),
+}
+
+
 async def run(events: int, partitions: int, broker: str | None, latency_seconds: float,
               say: Callable[[str], None]) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
@@ -182,17 +229,29 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         catalogue_seconds = time.monotonic() - t_catalogue
         say(f"  embedded and indexed in {catalogue_seconds:.1f}s")
 
+        run_.stop_worker()  # the catalogue is on its topic; every variant reads it from there
         records = bench_events(events)
-        say(f"throughput: {len(records):,} events flat out")
+        say(f"backlog: producing {len(records):,} events")
         ends: dict[tuple[str, int], int] = {}
-        lag = GroupLag(settings, settings.app_id)
-        await lag.start()
         started = await _produce(broker, settings.topic_events, records, None, {}, ends)
-        produced_in = time.time() - started
-        await _drain(lag, ends, len(records), say)
-        throughput = len(records) / (time.time() - started)
-        say(f"  {throughput:,.0f} events/s (producer alone: {len(records) / produced_in:,.0f}/s)")
-
+        producer_rate = len(records) / (time.time() - started)
+        rates: dict[str, float] = {}
+        empty_items = f"{settings.topic_items}-none"  # variants must not re-embed the catalogue
+        for name, (module, overrides) in VARIANTS.items():
+            group = f"{settings.app_id}-{len(rates)}"
+            say(f"{name}: working off the backlog")
+            run_.start_worker(module, app_id=group, topic_items=empty_items,
+                              data_dir=str(workdir / group), **overrides)
+            rates[name] = await _drain_rate(settings, group, ends, run_.alive)
+            run_.stop_worker()
+            say(f"  {rates[name]:,.0f} events/s")
+        throughput = rates["streamrec"]
+        run_.start_worker(app_id=f"{settings.app_id}-latency", topic_items=empty_items,
+                          data_dir=str(workdir / "latency"))
+        await run_.wait_metric("streamrec_catalogue_items", len(movies))
+        lag = GroupLag(settings, f"{settings.app_id}-latency")
+        await lag.start()
+        await _drain(lag, ends, len(records), say)  # the latency worker catches up first
         rate = throughput / 2
         paced = bench_events(events + int(rate * latency_seconds))[events:]
         say(f"latency: {len(paced):,} events at {rate:,.0f}/s")
@@ -218,7 +277,8 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             "catalogue_seconds": catalogue_seconds,
             "events": len(records),
             "events_per_second": throughput,
-            "producer_events_per_second": len(records) / produced_in,
+            "variants_events_per_second": rates,
+            "producer_events_per_second": producer_rate,
             "latency_rate_per_second": rate,
             "latency_events": len(paced),
             "recommendations": len(latencies),
@@ -237,15 +297,20 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
 
 def markdown(report: dict[str, Any]) -> str:
     lat = report["latency_ms"]
+    ceiling = report["variants_events_per_second"]["faust decode-only ceiling"]
     return "\n".join([
         f"{report['cores']} cores shared by Kafka, one worker and the producer; "
         f"{report['partitions']} partitions; {report['catalogue_items']:,} items.",
         "",
+        "| one worker working off a backlog of "
+        f"{report['events']:,} events | events/s | x decode-only |",
+        "| --- | ---: | ---: |",
+        *[f"| {name} | {rate:,.0f} | {rate / ceiling:.2f} |"
+          for name, rate in report["variants_events_per_second"].items()],
+        "",
         "| measure | value |",
         "| --- | ---: |",
         f"| catalogue embedded and indexed | {report['catalogue_seconds']:.1f} s |",
-        f"| sustained events/s, one worker (state, scoring, publishing) | "
-        f"{report['events_per_second']:,.0f} |",
         f"| producer alone, events/s | {report['producer_events_per_second']:,.0f} |",
         f"| latency load | {report['latency_rate_per_second']:,.0f} events/s |",
         f"| event -> recommendation p50 | {lat['p50']:.1f} ms |",
