@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -215,6 +216,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         broker = local.bootstrap
     run_ = _Run(broker, workdir, partitions)
     settings = run_.settings
+    succeeded = False
     try:
         await wait_until_ready(settings)
         await ensure_topics(settings)
@@ -270,6 +272,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         await lag.close()
         latencies = np.array([(r.produced_at / 1000 - sent[r.source_event_id]) * 1000
                               for r in recs if r.source_event_id in sent])
+        succeeded = True
         return {
             "cores": os.cpu_count(),
             "partitions": partitions,
@@ -293,6 +296,10 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         stop_process(run_.worker, grace=30)
         if local is not None:
             local.stop()
+        if succeeded:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            say(f"kept {workdir} (broker and worker logs)")
 
 
 def markdown(report: dict[str, Any]) -> str:
