@@ -9,6 +9,7 @@ the caller's order. Repeated short texts (search queries) hit an LRU cache.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -122,6 +123,7 @@ class Encoder:
         self._inputs = {i.name for i in self.session.get_inputs()}
         self._cache: OrderedDict[str, FloatArray] = OrderedDict()
         self._cache_size = cache_size
+        self._cache_lock = threading.Lock()  # queries are embedded from worker threads too
 
     # --- tokenization ---------------------------------------------------------------------
 
@@ -168,13 +170,15 @@ class Encoder:
 
     def encode_query(self, text: str) -> FloatArray:
         """One query, through the LRU cache."""
-        cached = self._cache.get(text)
-        if cached is not None:
-            self._cache.move_to_end(text)
-            return cached
+        with self._cache_lock:
+            cached = self._cache.get(text)
+            if cached is not None:
+                self._cache.move_to_end(text)
+                return cached
         vector: FloatArray = self.encode([text], kind="query")[0]
         vector.setflags(write=False)
-        self._cache[text] = vector
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        with self._cache_lock:
+            self._cache[text] = vector
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return vector
