@@ -50,14 +50,16 @@ _entry_decoder = msgspec.msgpack.Decoder(CatalogueEntry)
 _rec_encoder = msgspec.json.Encoder()
 
 
-def user_view(state: UserState, dimension: int, query_vector: FloatArray | None) -> UserView:
-    """The recommender's view of a user's stored state, weights decayed to their last event."""
+def user_view(state: UserState, dimension: int, embed_query: Callable[[str], FloatArray]
+              ) -> UserView:
+    """The recommender's view of a user's stored state, weights decayed to their last event.
+    The last search is embedded only while it still counts (a day of event time)."""
     now = state.last_ts
     recent = [(item, kind, EVENT_WEIGHTS.get(kind, 1.0) * decay(now - ts, 14 * DAY_MS))
               for item, kind, ts in state.recent]
     query = None
-    if state.query and query_vector is not None and now - state.query_ts <= QUERY_MEMORY_MS:
-        query = (state.query, query_vector)
+    if state.query and now - state.query_ts <= QUERY_MEMORY_MS:
+        query = (state.query, embed_query(state.query))
     return UserView(interest_of(state, dimension).unit(), recent, set(state.purchased), query)
 
 
@@ -139,8 +141,7 @@ class Pipeline:
     def recommend_now(self, state: UserState, request: Request) -> list[RecommendedItem]:
         """Recommendations for a stored user state (the pull API); a new user gets the
         cold-start answer (popular items)."""
-        query_vector = self.encoder.encode_query(state.query) if state.query else None
-        view = user_view(state, self.encoder.dimension, query_vector)
+        view = user_view(state, self.encoder.dimension, self.encoder.encode_query)
         now = state.last_ts or self._latest_event_ts
         items, _ = self.recommender.recommend(view, request, now=now)
         return items
@@ -149,8 +150,7 @@ class Pipeline:
         state = result.state
         learn_sequence(self.recommender, state, result.applied)
         self._latest_event_ts = max(self._latest_event_ts, state.last_ts)
-        query_vector = self.encoder.encode_query(state.query) if state.query else None
-        view = user_view(state, self.encoder.dimension, query_vector)
+        view = user_view(state, self.encoder.dimension, self.encoder.encode_query)
         items, counts = self.recommender.recommend(view, request, now=state.last_ts)
         for source, count in counts.items():
             self.metrics.candidates.labels(source).inc(count)

@@ -164,3 +164,20 @@ def test_memory_regrown_from_stored_users_matches_live_learning() -> None:
     assert rebuild_memory(regrown, states) == 3
     assert regrown.covisit.edges == live.covisit.edges
     assert regrown.popularity.top(5, 5000) == live.popularity.top(5, 5000)
+
+
+def test_only_a_recent_search_is_embedded_for_the_view() -> None:
+    from app.core.profile import DAY_MS
+    from app.worker.pipeline import user_view
+
+    asked: list[str] = []
+
+    def embed(text: str) -> np.ndarray:
+        asked.append(text)
+        return VECTORS["notebook"]
+
+    fresh = UserState(query="love story", query_ts=0, last_ts=DAY_MS // 2)
+    assert user_view(fresh, D, embed).query is not None
+    stale = UserState(query="love story", query_ts=0, last_ts=2 * DAY_MS)
+    assert user_view(stale, D, embed).query is None
+    assert asked == ["love story"]  # the stale search was not embedded
