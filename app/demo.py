@@ -21,12 +21,11 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from app.broker.admin import GroupLag, ensure_topics, wait_until_ready
+from app.broker.admin import GroupLag, end_tracker, ensure_topics, wait_until_ready
 from app.broker.embedded import check_embedded, start_if_needed, stop_process
 from app.broker.security import client_security
 from app.contract.deadletter import read_headers
@@ -237,11 +236,7 @@ async def _produce(settings: Settings, options: DemoOptions, display: Display,
     """Publish the catalogue, the profiles and the event stream; ``ends`` tracks the next
     offset of every partition written, from the broker's acknowledgements."""
 
-    def acknowledged(future: asyncio.Future[Any]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            meta = future.result()
-            key = (meta.topic, meta.partition)
-            ends[key] = max(ends.get(key, 0), meta.offset + 1)
+    acknowledged = end_tracker(ends)
 
     async def send(topic: str, value: bytes, key: bytes | None) -> None:
         (await producer.send(topic, value, key=key)).add_done_callback(acknowledged)

@@ -33,7 +33,7 @@ import msgspec
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from app.broker.admin import GroupLag, ensure_topics, wait_until_ready
+from app.broker.admin import GroupLag, end_tracker, ensure_topics, wait_until_ready
 from app.broker.apache import KafkaBroker, free_port
 from app.broker.embedded import stop_process
 from app.contract.records import Recommendation, Search
@@ -124,11 +124,7 @@ async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes,
                                 max_batch_size=256 * 1024)
     await producer.start()
 
-    def done(future: asyncio.Future[Any]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            meta = future.result()
-            key = (meta.topic, meta.partition)
-            ends[key] = max(ends.get(key, 0), meta.offset + 1)
+    done = end_tracker(ends)
 
     started = time.time()
     try:

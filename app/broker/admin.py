@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +123,19 @@ async def cluster_id(settings: Settings) -> str:
     """The cluster id the brokers report (a new one after an embedded broker restart)."""
     cluster = await wait_until_ready(settings)
     return str(cluster.get("cluster_id") or "")
+
+
+def end_tracker(ends: dict[tuple[str, int], int]) -> Callable[[asyncio.Future[Any]], None]:
+    """A done-callback for producer sends that records, per (topic, partition), the next
+    offset after every acknowledged record: the ends :class:`GroupLag` measures against."""
+
+    def acknowledged(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            meta = future.result()
+            key = (meta.topic, meta.partition)
+            ends[key] = max(ends.get(key, 0), meta.offset + 1)
+
+    return acknowledged
 
 
 class GroupLag:
