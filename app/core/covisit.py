@@ -59,7 +59,3 @@ class CoVisitation:
                 if contribution > best.get(target, (0.0, ""))[0]:
                     best[target] = (contribution, source)
         return {item: (score, best[item][1]) for item, score in scores.items()}
-
-    def size(self) -> int:
-        """Number of stored edges (for the memory bound and a gauge)."""
-        return sum(len(n) for n in self.edges.values())
