@@ -260,18 +260,24 @@ def bench_pipeline(
                                                     "one from the Maven jars).")] = None,
     latency_seconds: Annotated[float, typer.Option(help="Length of the latency phase.")]
     = 20.0,
+    pull_rate: Annotated[float, typer.Option(help="Requests/s for the pull-API phase.")]
+    = 500.0,
+    pull_seconds: Annotated[float, typer.Option(help="Length of the pull-API phase.")]
+    = 20.0,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
     plot_path: Annotated[Path | None, typer.Option("--plot", help="Latency histogram PNG.")]
     = None,
 ) -> None:
-    """One worker on Apache Kafka with the MovieLens-1M catalogue: sustained events/s and
-    event-to-recommendation latency at half that load."""
+    """One worker on Apache Kafka with the MovieLens-1M catalogue: sustained events/s of
+    StreamRec, the naive job, the Quix Streams job and Faust's decode-only ceiling; then
+    event-to-recommendation latency at half StreamRec's rate, and the pull API's latency."""
     from app import pipeline_bench
 
     def say(text: str) -> None:
         typer.echo(text, err=True)
 
-    report = asyncio.run(pipeline_bench.run(events, partitions, broker, latency_seconds, say))
+    report = asyncio.run(pipeline_bench.run(
+        events, partitions, broker, latency_seconds, say, pull_rate, pull_seconds))
     if plot_path is not None:
         say(f"wrote {plot_path}" if pipeline_bench.plot(report, plot_path)
             else "matplotlib is not installed: no plot")

@@ -38,6 +38,7 @@ class Metrics:
     candidates: Counter
     catalogue_items: Gauge
     consumer_lag: Gauge
+    table_keys: Gauge
     encoder_seconds: Histogram
     info: Info
 
@@ -112,6 +113,13 @@ class Metrics:
                 "streamrec_consumer_lag_records",
                 "Records not yet read, per input topic and partition assigned to this worker.",
                 ["topic", "partition"],
+                registry=registry,
+            ),
+            table_keys=Gauge(
+                "streamrec_table_keys",
+                "Keys in each state table for the partitions this worker owns (RocksDB's "
+                "estimate).",
+                ["table"],
                 registry=registry,
             ),
             encoder_seconds=Histogram(

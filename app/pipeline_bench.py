@@ -193,16 +193,59 @@ async def _drain_rate(settings: Settings, group: str, ends: dict[tuple[str, int]
         await lag.close()
 
 
+async def _pull(base_url: str, users: list[str], rate: float, seconds: float
+                ) -> dict[str, Any]:
+    """Open-loop GET /users/{id}/recommendations at ``rate``/s for ``seconds``: each
+    request's latency counts from the moment it was due, so a slow answer delays no later
+    request and hides no queueing (no coordinated omission)."""
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    total_requests = int(rate * seconds)
+    async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64)) as session:
+
+        async def one(user: str, due: float) -> None:
+            nonlocal errors
+            async with session.get(f"{base_url}/users/{user}/recommendations?k=10") as reply:
+                await reply.read()
+                if reply.status != 200:
+                    errors += 1
+            latencies.append((time.perf_counter() - due) * 1000)
+
+        started = time.perf_counter()
+        tasks = []
+        for n in range(total_requests):
+            due = started + n / rate
+            ahead = due - time.perf_counter()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+            tasks.append(asyncio.create_task(one(users[n % len(users)], due)))
+        await asyncio.gather(*tasks)
+    values = np.array(latencies)
+    return {
+        "rate_per_second": rate,
+        "requests": total_requests,
+        "errors": errors,
+        "p50_ms": float(np.percentile(values, 50)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "max_ms": float(values.max()),
+    }
+
+
 VARIANTS = {
     # name: (module, settings overrides)
     "faust decode-only ceiling": ("app.worker.ceiling", {}),
     "naive (one event at a time)": ("app.cli", {"batch_max": "1"}),
+    "quix streams (same job)": ("app.peers.quix_job", {}),
     "streamrec": ("app.cli", {}),
 }
 
 
 async def run(events: int, partitions: int, broker: str | None, latency_seconds: float,
-              say: Callable[[str], None]) -> dict[str, Any]:
+              say: Callable[[str], None], pull_rate: float = 500.0,
+              pull_seconds: float = 20.0) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     local: KafkaBroker | None = None
     if broker is None:
@@ -268,6 +311,11 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         await lag.close()
         latencies = np.array([(r.produced_at / 1000 - sent[r.source_event_id]) * 1000
                               for r in recs if r.source_event_id in sent])
+        users = sorted({key.decode() for key, _, _ in records})
+        say(f"pull API: GET /users/{{id}}/recommendations at {pull_rate:,.0f}/s "
+            f"for {pull_seconds:.0f}s over {len(users):,} users")
+        pull = await _pull(run_.metrics_url.removesuffix("/metrics"),
+                           users, pull_rate, pull_seconds)
         succeeded = True
         return {
             "cores": os.cpu_count(),
@@ -287,6 +335,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
                 "p99": float(np.percentile(latencies, 99)) if latencies.size else None,
             },
             "latency_samples_ms": latencies.round(2).tolist(),
+            "pull": pull,
         }
     finally:
         stop_process(run_.worker, grace=30)
@@ -300,6 +349,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
 
 def markdown(report: dict[str, Any]) -> str:
     lat = report["latency_ms"]
+    pull = report["pull"]
     ceiling = report["variants_events_per_second"]["faust decode-only ceiling"]
     return "\n".join([
         f"{report['cores']} cores shared by Kafka, one worker and the producer; "
@@ -320,6 +370,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"| event -> recommendation p90 | {lat['p90']:.1f} ms |",
         f"| event -> recommendation p99 | {lat['p99']:.1f} ms |",
         f"| recommendations measured | {report['recommendations']:,} |",
+        f"| pull API at {pull['rate_per_second']:,.0f} req/s: p50 / p99 / max | "
+        f"{pull['p50_ms']:.1f} / {pull['p99_ms']:.1f} / {pull['max_ms']:.1f} ms "
+        f"({pull['requests']:,} requests, {pull['errors']} errors) |",
     ]) + "\n"
 
 

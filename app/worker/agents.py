@@ -34,8 +34,9 @@ from app.core.state import (
     fold_profile,
 )
 from app.metrics import Metrics
+from app.settings import Settings
 from app.worker.declarations import Declarations
-from app.worker.faust_compat import acting_as, consumer_lag
+from app.worker.faust_compat import acting_as, consumer_lag, table_keys
 
 if TYPE_CHECKING:
     from app.worker.pipeline import Pipeline
@@ -98,6 +99,15 @@ class DeadLetters:
                 rejection, message.topic, message.partition, message.offset, now_ms()
             ),
         )
+
+
+def limits(settings: Settings) -> Limits:
+    """The validation bounds a worker applies, from its settings."""
+    return Limits(
+        max_payload_bytes=settings.max_payload_bytes,
+        min_event_time=settings.min_event_time,
+        max_clock_skew_ms=int(settings.max_clock_skew_seconds * 1000),
+    )
 
 
 def count_failure(metrics: Metrics, stage: str, exc: BaseException) -> None:
@@ -166,13 +176,7 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
           ) -> list[tuple[Any, Flow[Any, Any]]]:
     """(source topic, flow) for every input topic; with a pipeline, events lead to
     recommendations and items to the catalogue."""
-    settings = decl.settings
-    limits = Limits(
-        max_payload_bytes=settings.max_payload_bytes,
-        min_event_time=settings.min_event_time,
-        max_clock_skew_ms=int(settings.max_clock_skew_seconds * 1000),
-    )
-    check = validators(limits)
+    check = validators(limits(decl.settings))
 
     def count_events(events: Sequence[Event]) -> None:
         for event in events:
@@ -221,6 +225,15 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
             metrics.consumer_lag.labels(topic, str(partition)).set(lag)
 
     decl.app.timer(5.0)(report_lag)
+
+    async def report_table_sizes() -> None:
+        for name, table in decl.tables().items():
+            try:
+                metrics.table_keys.labels(name).set(table_keys(table))
+            except Exception as exc:  # noqa: BLE001 - a gauge must not stop the worker
+                count_failure(metrics, "metrics", exc)
+
+    decl.app.timer(15.0)(report_table_sizes)
     for topic, flow in flows(decl, metrics, pipeline):
 
         async def agent(stream: Any, flow: Flow[Any, Any] = flow) -> None:

@@ -33,6 +33,11 @@ class Declarations:
     feedback_state: Any
     profile_state: Any
 
+    def tables(self) -> dict[str, Any]:
+        """The state tables by their metric label."""
+        return {"user-state": self.user_state, "item-state": self.item_state,
+                "feedback-state": self.feedback_state, "profile-state": self.profile_state}
+
 
 def _app(settings: Settings) -> faust.App:
     servers = settings.bootstrap_servers().split(",")

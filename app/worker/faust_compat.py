@@ -46,3 +46,18 @@ def consumer_lag(app: Any, topics: set[str]) -> dict[tuple[str, int], int]:
         next_read = 0 if last_read is None else last_read + 1
         lags[(tp.topic, tp.partition)] = max(0, highwater - next_read)
     return lags
+
+
+def table_keys(table: Any) -> int:
+    """Keys a table holds for this worker's active partitions: RocksDB's own estimate per
+    partition database (no scan, so cheap with millions of users); a store without one
+    (the in-memory store of tests) is counted."""
+    store = table.data
+    active = getattr(store, "_dbs_for_actives", None)
+    if active is None:
+        return len(store)
+    total = 0
+    for db in active():
+        estimate = db.property_int_value("rocksdb.estimate-num-keys")
+        total += int(estimate or 0)
+    return total

@@ -28,7 +28,7 @@ from app.contract.records import Event, ItemOp, Recommendation, RecommendedItem,
 from app.core.catalogue import CatalogueEntry, entry, item_text
 from app.core.covisit import CoVisitation
 from app.core.profile import DAY_MS, EVENT_WEIGHTS, decay
-from app.core.recommender import Popularity, Recommender, Request, UserView
+from app.core.recommender import Catalogue, Popularity, Recommender, Request, UserView
 from app.core.state import (
     EventContext,
     ItemState,
@@ -76,6 +76,23 @@ def learn_sequence(recommender: Recommender, state: UserState, applied: Sequence
         recommender.popularity.add(event.item_id, weight, event.ts)
 
 
+def recommend_after(recommender: Recommender, encoder: Encoder, state: UserState,
+                    applied: Sequence[Event], request: Request
+                    ) -> tuple[Recommendation, dict[str, int]]:
+    """The recommendation that follows a user's newly applied events (co-visitation and
+    popularity learn from them first), and the candidates it drew per source."""
+    learn_sequence(recommender, state, applied)
+    view = user_view(state, encoder.dimension, encoder.encode_query)
+    items, counts = recommender.recommend(view, request, now=state.last_ts)
+    last = applied[-1]
+    record = Recommendation(
+        v=1, rec_id=uuid.uuid4().hex, user_id=last.user_id, items=items,
+        model_version=recommender.params.version, source_event_id=last.event_id,
+        source_event_time=last.ts, produced_at=now_ms(), tenant=last.tenant,
+    )
+    return record, counts
+
+
 def rebuild_memory(recommender: Recommender, states: Iterable[UserState]) -> int:
     """Regrow co-visitation and popularity from stored users' recent items (after a restart
     or a rebalance: both live only in memory). Returns the number of users read."""
@@ -92,6 +109,19 @@ def rebuild_memory(recommender: Recommender, states: Iterable[UserState]) -> int
             popularity.add(item, weight, ts)
     recommender.covisit, recommender.popularity = covisit, popularity
     return users
+
+
+def apply_catalogue_record(catalogue: Catalogue, key: bytes | None, value: bytes | None
+                           ) -> None:
+    """One record of the compacted catalogue topic: an entry upserts, a tombstone deletes;
+    an entry embedded with another dimension (another model) is skipped."""
+    if not value:
+        if key:
+            catalogue.delete(key.decode())
+        return
+    published = _entry_decoder.decode(value)
+    if len(published.vector) == 4 * catalogue.dimension:
+        catalogue.upsert(published)
 
 
 class Pipeline:
@@ -147,25 +177,16 @@ class Pipeline:
         return items
 
     async def _recommend(self, result: KeyResult[UserState, Event], request: Request) -> None:
-        state = result.state
-        learn_sequence(self.recommender, state, result.applied)
-        self._latest_event_ts = max(self._latest_event_ts, state.last_ts)
-        view = user_view(state, self.encoder.dimension, self.encoder.encode_query)
-        items, counts = self.recommender.recommend(view, request, now=state.last_ts)
+        self._latest_event_ts = max(self._latest_event_ts, result.state.last_ts)
+        record, counts = recommend_after(self.recommender, self.encoder, result.state,
+                                         result.applied, request)
         for source, count in counts.items():
             self.metrics.candidates.labels(source).inc(count)
-        last = result.applied[-1]
-        produced = now_ms()
-        record = Recommendation(
-            v=1, rec_id=uuid.uuid4().hex, user_id=last.user_id, items=items,
-            model_version=self.recommender.params.version, source_event_id=last.event_id,
-            source_event_time=last.ts, produced_at=produced, tenant=last.tenant,
-        )
         await self._recommendations.send(key=result.key, value=_rec_encoder.encode(record))
         self.metrics.recommendations.inc()
         sent_at = result.last_event.message.timestamp
         if sent_at:
-            self.metrics.latency.observe(max(0.0, produced / 1000 - float(sent_at)))
+            self.metrics.latency.observe(max(0.0, record.produced_at / 1000 - float(sent_at)))
 
     # --- items and the catalogue ----------------------------------------------------------
 
@@ -181,15 +202,8 @@ class Pipeline:
                 await self._catalogue_topic.send(key=result.key, value=None)
 
     def apply_catalogue(self, key: bytes | None, value: bytes | None) -> None:
-        catalogue = self.recommender.catalogue
-        if not value:
-            if key:
-                catalogue.delete(key.decode())
-        else:
-            published = _entry_decoder.decode(value)
-            if len(published.vector) == 4 * catalogue.dimension:
-                catalogue.upsert(published)
-        self.metrics.catalogue_items.set(len(catalogue.index))
+        apply_catalogue_record(self.recommender.catalogue, key, value)
+        self.metrics.catalogue_items.set(len(self.recommender.catalogue.index))
 
     async def keep_memory(self, app: Any, table: Any) -> None:
         """After every (re)assignment, once the tables are recovered, regrow the in-memory

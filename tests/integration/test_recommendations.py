@@ -108,6 +108,8 @@ def test_events_become_explained_filtered_recommendations(kafka: KafkaBroker,
     lag_series = _lag_series(worker, env["STREAMREC_TOPIC_EVENTS"])
     assert lag_series, "no consumer-lag series for the events topic"
     assert all(value == 0 for value in lag_series.values())
+    worker.wait_metric("streamrec_table_keys", 1, table="user-state")  # one user
+    worker.wait_metric("streamrec_table_keys", 1, table="item-state")
 
 
 def test_pull_api(kafka: KafkaBroker, worker: WorkerProcess) -> None:
