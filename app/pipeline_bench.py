@@ -24,22 +24,21 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
-from app.broker.admin import GroupLag, end_tracker, ensure_topics, wait_until_ready
-from app.broker.apache import KafkaBroker, free_port
+from app.broker.admin import GroupLag, ensure_topics, wait_until_ready
+from app.broker.apache import KafkaBroker
 from app.broker.embedded import stop_process
 from app.contract.records import Recommendation, Search
 from app.data import movielens
 from app.demo import item_record, rating_records
-from app.metrics import scrape, total
+from app.harness import WorkerRun, produce_records
 from app.plots import pyplot
 from app.settings import Settings
 
@@ -61,84 +60,6 @@ def bench_events(count: int) -> list[tuple[bytes, bytes, str]]:
         if len(out) >= count:
             break
     return out[:count]
-
-
-class _Run:
-    def __init__(self, bootstrap: str, workdir: Path, partitions: int) -> None:
-        tag = uuid.uuid4().hex[:8]
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-        self.env.update({
-            "STREAMREC_BROKER_URL": bootstrap,
-            "STREAMREC_APP_ID": f"bench-{tag}",
-            "STREAMREC_PARTITIONS": str(partitions),
-            "STREAMREC_DATA_DIR": str(workdir / "worker"),
-            "STREAMREC_WEB_PORT": str(free_port()),
-            "STREAMREC_LOG_LEVEL": "warning",
-            **{f"STREAMREC_TOPIC_{t.upper()}": f"{t}-{tag}" for t in
-               ("events", "items", "feedback", "users", "recommendations", "deadletter",
-                "catalogue")},
-        })
-        self.settings = Settings.model_validate({
-            k.removeprefix("STREAMREC_").lower(): v
-            for k, v in self.env.items() if k.startswith("STREAMREC_")
-        })
-        self.metrics_url = f"http://127.0.0.1:{self.env['STREAMREC_WEB_PORT']}/metrics"
-        self.log = workdir / "worker.log"
-        self.worker: subprocess.Popen[bytes] | None = None
-
-    def start_worker(self, module: str = "app.cli", **overrides: str) -> None:
-        """A worker process (``app.worker.ceiling`` for the decode-only reference);
-        ``overrides`` are extra STREAMREC_* settings, e.g. a fresh APP_ID."""
-        env = {**self.env, **{f"STREAMREC_{k.upper()}": v for k, v in overrides.items()}}
-        args = [sys.executable, "-m", module] + (["worker"] if module == "app.cli" else [])
-        with self.log.open("ab") as log:
-            self.worker = subprocess.Popen(args, env=env, stdout=log,
-                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def alive(self) -> bool:
-        return self.worker is not None and self.worker.poll() is None
-
-    def stop_worker(self) -> None:
-        stop_process(self.worker, grace=30)
-        self.worker = None
-
-    async def wait_metric(self, name: str, at_least: float, within: float = 300.0) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if self.worker is not None and self.worker.poll() is not None:
-                raise RuntimeError(f"worker exited; see {self.log}")
-            try:
-                if total(await asyncio.to_thread(scrape, self.metrics_url), name) >= at_least:
-                    return
-            except OSError:
-                pass
-            await asyncio.sleep(0.25)
-        raise TimeoutError(f"{name} did not reach {at_least}")
-
-
-async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, str]],
-                   rate: float | None, sent: dict[str, float],
-                   ends: dict[tuple[str, int], int]) -> float:
-    """Send ``records`` (paced at ``rate``/s, or flat out); returns the first send time."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
-                                max_batch_size=256 * 1024)
-    await producer.start()
-
-    done = end_tracker(ends)
-
-    started = time.time()
-    try:
-        for n, (key, value, event_id) in enumerate(records):
-            if rate:
-                ahead = n / rate - (time.time() - started)
-                if ahead > 0.002:
-                    await asyncio.sleep(ahead)
-            sent[event_id] = time.time()
-            (await producer.send(topic, value, key=key)).add_done_callback(done)
-        await producer.flush()
-    finally:
-        await producer.stop()
-    return started
 
 
 async def _collect(bootstrap: str, topic: str, into: list[Recommendation],
@@ -234,6 +155,41 @@ async def _pull(base_url: str, users: list[str], rate: float, seconds: float
     }
 
 
+def _start_profiler(run: WorkerRun, target: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the StreamRec worker (100 Hz, collapsed stacks) until stopped."""
+    assert run.worker is not None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen([spy, "record", "--pid", str(run.worker.pid), "--rate", "100",
+                             "--format", "raw", "--output", str(target), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarise_profile(raw: Path, top: int = 25) -> str:
+    """Where the worker's time went: the share of samples inside each function (inclusive)
+    and at the top of the stack (self), from py-spy's collapsed stacks."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        samples += count
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
+                  + ")" if " (" in f else f for f in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+    lines = [f"{samples:,} samples", "", "inclusive (% of samples spent inside):"]
+    lines += [f"  {100 * n / samples:5.1f}%  {f}" for f, n in
+              sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]]
+    lines += ["", "self (% of samples at the top of the stack):"]
+    lines += [f"  {100 * n / samples:5.1f}%  {f}" for f, n in
+              sorted(own.items(), key=lambda kv: -kv[1])[:top]]
+    return "\n".join(lines) + "\n"
+
+
 VARIANTS = {
     # name: (module, settings overrides)
     "faust decode-only ceiling": ("app.worker.ceiling", {}),
@@ -245,7 +201,7 @@ VARIANTS = {
 
 async def run(events: int, partitions: int, broker: str | None, latency_seconds: float,
               say: Callable[[str], None], pull_rate: float = 500.0,
-              pull_seconds: float = 20.0) -> dict[str, Any]:
+              pull_seconds: float = 20.0, profile: Path | None = None) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     local: KafkaBroker | None = None
     if broker is None:
@@ -253,7 +209,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         local = KafkaBroker(workdir / "kafka")
         await asyncio.to_thread(local.start)
         broker = local.bootstrap
-    run_ = _Run(broker, workdir, partitions)
+    run_ = WorkerRun(broker, workdir, partitions)
     settings = run_.settings
     succeeded = False
     try:
@@ -264,7 +220,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         movies = movielens.movies("ml-1m")
         say(f"publishing the MovieLens-1M catalogue ({len(movies):,} items)")
         items = [(*item_record(m, 956_703_932_000), m.item_id) for m in movies]
-        await _produce(broker, settings.topic_items, items, None, {}, {})
+        await produce_records(broker, settings.topic_items, items, None, {}, {})
         t_catalogue = time.monotonic()
         await run_.wait_metric("streamrec_catalogue_items", len(movies))
         catalogue_seconds = time.monotonic() - t_catalogue
@@ -274,7 +230,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         records = bench_events(events)
         say(f"backlog: producing {len(records):,} events")
         ends: dict[tuple[str, int], int] = {}
-        started = await _produce(broker, settings.topic_events, records, None, {}, ends)
+        started = await produce_records(broker, settings.topic_events, records, None, {}, ends)
         producer_rate = len(records) / (time.time() - started)
         rates: dict[str, float] = {}
         empty_items = f"{settings.topic_items}-none"  # variants must not re-embed the catalogue
@@ -283,7 +239,14 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             say(f"{name}: working off the backlog")
             run_.start_worker(module, app_id=group, topic_items=empty_items,
                               data_dir=str(workdir / group), **overrides)
+            spy = _start_profiler(run_, workdir / "profile.txt") \
+                if profile is not None and name == "streamrec" else None
             rates[name] = await _drain_rate(settings, group, ends, run_.alive)
+            if spy is not None and profile is not None:
+                stop_process(spy, grace=30)
+                summary = await asyncio.to_thread(summarise_profile, workdir / "profile.txt")
+                await asyncio.to_thread(profile.write_text, summary)
+                say(f"  profile: {profile}")
             run_.stop_worker()
             say(f"  {rates[name]:,.0f} events/s")
         throughput = rates["streamrec"]
@@ -303,7 +266,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         await asyncio.sleep(2.0)
         sent: dict[str, float] = {}
         ends = {}
-        await _produce(broker, settings.topic_events, paced, rate, sent, ends)
+        await produce_records(broker, settings.topic_events, paced, rate, sent, ends)
         await _drain(lag, ends, len(paced), say)
         await asyncio.sleep(2.0)
         stop.set()

@@ -129,6 +129,15 @@ class Settings(BaseSettings):
     recommendation_size: int = Field(default=10, ge=1, le=1000)
     """Items per published recommendation."""
 
+    ann_threshold: int = Field(default=200_000, ge=0)
+    """Catalogue size from which nearest-neighbour search is approximate (usearch HNSW)
+    instead of exact; see BENCHMARKS.md (`streamrec bench index`)."""
+
+    candidate_sources: str = Field(default="encoder,covisit,popular",
+                                   pattern=r"^(encoder|covisit|popular)(,(encoder|covisit|popular))*$")
+    """Candidate sources, comma-separated (ablations). Without `encoder` the ranker's
+    semantic term is off too; without `covisit`, its co-visitation term."""
+
     # --- Storage and model ------------------------------------------------------------
     data_dir: Path = Path("var/streamrec")
     """Worker state (RocksDB tables) lives below this folder."""

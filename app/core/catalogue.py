@@ -94,12 +94,58 @@ class PriceStats:
         return 0.0 if std == 0 else (float(np.log1p(price)) - self.mean) / std
 
 
-class VectorIndex:
-    """Exact inner-product search over unit vectors, updated in place: upsert, remove, mark
-    out of stock. Rows are reused after removal; the matrix grows by doubling."""
+ANN_MARGIN = 16  # extra neighbours asked of the graph, for items filtered out after it
 
-    def __init__(self, dimension: int, capacity: int = 1024) -> None:
+
+class ApproximateIndex:
+    """An HNSW graph (usearch, inner product) over the live rows of a :class:`VectorIndex`,
+    kept in step with it: keys are row numbers. Chosen over faiss and hnswlib because it
+    removes and replaces vectors in place and ships wheels (measured: `streamrec bench
+    index`)."""
+
+    def __init__(self, dimension: int, connectivity: int = 16, expansion_search: int = 512
+                 ) -> None:
+        # onnxruntime must be loaded before usearch: the other way round, importing
+        # onnxruntime crashes the process (segfault; usearch 2.26 / onnxruntime 1.2x,
+        # reproduced in tests/unit/test_vector_index.py)
+        import onnxruntime  # noqa: F401
+        from usearch.index import Index
+
+        self._index = Index(ndim=dimension, metric="ip", dtype="f32",
+                            connectivity=connectivity, expansion_search=expansion_search)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def put(self, row: int, vector: FloatArray) -> None:
+        if self._index.contains(row):
+            self._index.remove(row)
+        self._index.add(row, vector)
+
+    def put_many(self, rows: npt.NDArray[np.int64], vectors: FloatArray) -> None:
+        self._index.add(rows, vectors)
+
+    def drop(self, row: int) -> None:
+        if self._index.contains(row):
+            self._index.remove(row)
+
+    def search(self, query: FloatArray, count: int) -> npt.NDArray[np.int64]:
+        found = self._index.search(query, count)
+        rows: npt.NDArray[np.int64] = np.asarray(found.keys, dtype=np.int64)
+        return rows
+
+
+class VectorIndex:
+    """Inner-product search over unit vectors, updated in place: upsert, remove, mark out of
+    stock. Rows are reused after removal; the matrix grows by doubling. Exact (numpy) up to
+    ``ann_threshold`` items; above it an :class:`ApproximateIndex` answers searches (the
+    matrix stays the source of truth for vectors and scores)."""
+
+    def __init__(self, dimension: int, capacity: int = 1024,
+                 ann_threshold: int | None = None) -> None:
         self.dimension = dimension
+        self.ann_threshold = ann_threshold
+        self._ann: ApproximateIndex | None = None
         self._matrix = np.zeros((capacity, dimension), dtype=np.float32)
         self._live = np.zeros(capacity, dtype=bool)       # present and in stock
         self._ids: list[str | None] = [None] * capacity
@@ -121,6 +167,24 @@ class VectorIndex:
             self._ids[row] = item_id
         self._matrix[row] = vector
         self._live[row] = available
+        if self._ann is not None:
+            if available:
+                self._ann.put(row, self._matrix[row])
+            else:
+                self._ann.drop(row)
+        elif self.ann_threshold is not None and len(self._row) >= self.ann_threshold:
+            self._build_ann()
+
+    def _build_ann(self) -> None:
+        ann = ApproximateIndex(self.dimension)
+        rows = np.flatnonzero(self._live[: self._used]).astype(np.int64)
+        if rows.size:
+            ann.put_many(rows, self._matrix[rows])
+        self._ann = ann
+
+    @property
+    def approximate(self) -> bool:
+        return self._ann is not None
 
     def _next_row(self) -> int:
         if self._used == len(self._ids):
@@ -138,6 +202,8 @@ class VectorIndex:
             self._live[row] = False
             self._ids[row] = None
             self._free.append(row)
+            if self._ann is not None:
+                self._ann.drop(row)
 
     def vector(self, item_id: str) -> FloatArray | None:
         row = self._row.get(item_id)
@@ -150,7 +216,35 @@ class VectorIndex:
 
     def search(self, query: FloatArray, k: int, exclude: set[str] | None = None
                ) -> list[tuple[str, float]]:
-        """The k live items with the highest inner product with ``query``."""
+        """The k live items with the highest inner product with ``query`` (approximately,
+        above the threshold: the graph is asked for k plus the excluded items plus a margin,
+        and the exact search answers if too few survive the filters)."""
+        if self._ann is not None:
+            found = self._search_ann(query, k, exclude or set())
+            if found is not None:
+                return found
+        return self.exact_search(query, k, exclude)
+
+    def _search_ann(self, query: FloatArray, k: int, exclude: set[str]
+                    ) -> list[tuple[str, float]] | None:
+        assert self._ann is not None
+        rows = self._ann.search(query, k + len(exclude) + ANN_MARGIN)
+        rows = rows[self._live[rows]]
+        scores = self._matrix[rows] @ query
+        order = np.argsort(-scores)
+        out: list[tuple[str, float]] = []
+        for position in order:
+            item = self._ids[rows[position]]
+            if item is None or item in exclude:
+                continue
+            out.append((item, float(scores[position])))
+            if len(out) == k:
+                return out
+        return None if len(self._ann) > len(out) + len(exclude) else out
+
+    def exact_search(self, query: FloatArray, k: int, exclude: set[str] | None = None
+                     ) -> list[tuple[str, float]]:
+        """The exact k live items with the highest inner product with ``query``."""
         scores = self._matrix[: self._used] @ query
         scores = np.where(self._live[: self._used], scores, -np.inf)
         if exclude:

@@ -17,8 +17,8 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float32]
 
 # view < search < cart < purchase (documented in docs/pipeline.md)
-EVENT_WEIGHTS: dict[str, float] = {"view": 1.0, "search": 1.5, "add_to_cart": 3.0,
-                                   "purchase": 5.0}
+EVENT_WEIGHTS: dict[str, float] = {"view": 1.0, "search": 1.2, "add_to_cart": 1.5,
+                                   "purchase": 2.0}
 DAY_MS = 86_400_000
 
 

@@ -10,7 +10,7 @@ numpy arrays, without Kafka.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +23,7 @@ from app.core.ranking import Candidates, RankerParams, Why, allowed, explain, mm
 
 FloatArray = npt.NDArray[np.float32]
 
+SOURCES = frozenset({"encoder", "covisit", "popular"})
 VERBS = {"view": "viewed", "add_to_cart": "added", "purchase": "bought", "search": "searched"}
 
 
@@ -39,12 +40,13 @@ class Catalogue:
     """The whole catalogue in memory: vectors in an index, attributes beside them."""
 
     dimension: int
+    ann_threshold: int | None = None   # approximate search from this many items
     index: VectorIndex = field(init=False)
     items: dict[str, ItemInfo] = field(default_factory=dict)
     prices: dict[str, PriceStats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.index = VectorIndex(self.dimension)
+        self.index = VectorIndex(self.dimension, ann_threshold=self.ann_threshold)
 
     def upsert(self, entry: CatalogueEntry) -> None:
         self.index.upsert(entry.item_id, entry.array(), available=entry.in_stock)
@@ -107,6 +109,13 @@ class Request:
     deny_categories: frozenset[str] = frozenset()
 
 
+def with_sources(params: RankerParams, sources: frozenset[str]) -> RankerParams:
+    """Ranker parameters for an ablation: a switched-off source's score term is off too."""
+    return replace(params,
+                   semantic=params.semantic if "encoder" in sources else 0.0,
+                   covisit=params.covisit if "covisit" in sources else 0.0)
+
+
 @dataclass
 class Recommender:
     catalogue: Catalogue
@@ -116,6 +125,7 @@ class Recommender:
     per_source: int = 100
     covisit_recent: int = 20       # the recent items whose neighbours are candidates
     covisit_neighbours: int = 30   # neighbours taken per recent item
+    sources: frozenset[str] = SOURCES  # candidate sources switched on (ablations)
 
     def candidates(self, user: UserView, request: Request, now: int
                    ) -> tuple[Candidates, dict[str, int]]:
@@ -124,21 +134,24 @@ class Recommender:
         blocked = self._blocked(user, request)
         found: dict[str, None] = {}
         counts = {"encoder": 0, "covisit": 0, "popular": 0}
-        if user.interest is not None:
+        if user.interest is not None and "encoder" in self.sources:
             for item, _ in self.catalogue.index.search(user.interest, self.per_source, blocked):
                 found[item] = None
                 counts["encoder"] += 1
-        if user.query is not None:
+        if user.query is not None and "encoder" in self.sources:
             for item, _ in self.catalogue.index.search(user.query[1], self.per_source // 4,
                                                        blocked):
                 found[item] = None
         recent = user.recent[-self.covisit_recent:]
-        co = self.covisit.candidates(((i, w) for i, _, w in recent), self.covisit_neighbours)
+        co = self.covisit.candidates(((i, w) for i, _, w in recent), self.covisit_neighbours) \
+            if "covisit" in self.sources else {}
         for item in sorted(co, key=lambda i: co[i][0], reverse=True)[: self.per_source]:
             if item in self.catalogue.items:
                 found[item] = None
                 counts["covisit"] += 1
-        for item, _ in self.popularity.top(self.per_source // 2, now):
+        popular = self.popularity.top(self.per_source // 2, now) \
+            if "popular" in self.sources else []
+        for item, _ in popular:
             if item in self.catalogue.items:
                 found[item] = None
                 counts["popular"] += 1
@@ -206,3 +219,4 @@ class Recommender:
             return Explanation(kind="history", text=f"because you {verb} {title}",
                                item_id=why.item_id)
         return Explanation(kind="popular", text="popular right now")
+

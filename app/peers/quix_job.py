@@ -24,12 +24,12 @@ from quixstreams.state.rocksdb import RocksDBOptions
 
 from app.contract.records import Search
 from app.contract.validate import Rejection, validators
-from app.core.recommender import Catalogue, Recommender, Request
+from app.core.recommender import Catalogue, Request
 from app.core.state import EventContext, StateCodec, UserState, apply_batch, event_fold
 from app.encoder.runtime import Encoder
 from app.settings import Settings, get_settings
 from app.worker.agents import limits, now_ms
-from app.worker.pipeline import apply_catalogue_record, recommend_after
+from app.worker.pipeline import apply_catalogue_record, make_recommender, recommend_after
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def load_catalogue(settings: Settings, catalogue: Catalogue, within: float = 120
 
 def build(settings: Settings) -> Application:
     encoder = Encoder(settings.model_dir())
-    recommender = Recommender(Catalogue(encoder.dimension))
+    recommender = make_recommender(settings, encoder.dimension)
     log.info("catalogue: %d items", load_catalogue(settings, recommender.catalogue))
     check = validators(limits(settings)).events
     codec = StateCodec(UserState)

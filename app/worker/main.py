@@ -12,13 +12,12 @@ import faust
 
 from app.broker.admin import cluster_id, ensure_topics
 from app.broker.embedded import check_embedded, start_if_needed
-from app.core.recommender import Catalogue, Recommender
 from app.encoder.runtime import Encoder
 from app.metrics import Metrics
 from app.settings import Settings
 from app.worker import agents, web
 from app.worker.declarations import Declarations, declare
-from app.worker.pipeline import Pipeline
+from app.worker.pipeline import Pipeline, make_recommender
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     decl = declare(settings)
     metrics = metrics or Metrics.create()
     encoder = Encoder(settings.model_dir())
-    recommender = Recommender(Catalogue(encoder.dimension))
+    recommender = make_recommender(settings, encoder.dimension)
     pipeline = Pipeline(settings, metrics, encoder, recommender, decl.recommendations,
                         decl.catalogue)
     agents.attach(decl, metrics, pipeline)

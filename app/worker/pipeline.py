@@ -28,7 +28,15 @@ from app.contract.records import Event, ItemOp, Recommendation, RecommendedItem,
 from app.core.catalogue import CatalogueEntry, entry, item_text
 from app.core.covisit import CoVisitation
 from app.core.profile import DAY_MS, EVENT_WEIGHTS, decay
-from app.core.recommender import Catalogue, Popularity, Recommender, Request, UserView
+from app.core.ranking import RankerParams
+from app.core.recommender import (
+    Catalogue,
+    Popularity,
+    Recommender,
+    Request,
+    UserView,
+    with_sources,
+)
 from app.core.state import (
     EventContext,
     ItemState,
@@ -44,6 +52,7 @@ from app.worker.agents import KeyResult, count_failure, now_ms
 
 log = logging.getLogger(__name__)
 
+RECENCY_STEP = 0.65  # each older recent item weighs this much of the next newer one
 QUERY_MEMORY_MS = DAY_MS  # a search keeps steering explanations for a day of event time
 _entry_encoder = msgspec.msgpack.Encoder()
 _entry_decoder = msgspec.msgpack.Decoder(CatalogueEntry)
@@ -55,8 +64,10 @@ def user_view(state: UserState, dimension: int, embed_query: Callable[[str], Flo
     """The recommender's view of a user's stored state, weights decayed to their last event.
     The last search is embedded only while it still counts (a day of event time)."""
     now = state.last_ts
-    recent = [(item, kind, EVENT_WEIGHTS.get(kind, 1.0) * decay(now - ts, 14 * DAY_MS))
-              for item, kind, ts in state.recent]
+    last = len(state.recent) - 1
+    recent = [(item, kind, EVENT_WEIGHTS.get(kind, 1.0) * decay(now - ts, 14 * DAY_MS)
+               * RECENCY_STEP ** (last - position))
+              for position, (item, kind, ts) in enumerate(state.recent)]
     query = None
     if state.query and now - state.query_ts <= QUERY_MEMORY_MS:
         query = (state.query, embed_query(state.query))
@@ -111,6 +122,13 @@ def rebuild_memory(recommender: Recommender, states: Iterable[UserState]) -> int
     return users
 
 
+def make_recommender(settings: Settings, dimension: int) -> Recommender:
+    """A worker's recommender, with the candidate sources its settings switch on."""
+    sources = frozenset(settings.candidate_sources.split(","))
+    return Recommender(Catalogue(dimension, settings.ann_threshold), sources=sources,
+                       params=with_sources(RankerParams(), sources))
+
+
 def apply_catalogue_record(catalogue: Catalogue, key: bytes | None, value: bytes | None
                            ) -> None:
     """One record of the compacted catalogue topic: an entry upserts, a tombstone deletes;
@@ -135,6 +153,8 @@ class Pipeline:
         self._catalogue_topic = catalogue_topic
         self.catalogue_synced = asyncio.Event()
         self._latest_event_ts = 0
+        metrics.model_info.labels(recommender.params.version,
+                                  encoder.manifest.model_name).set(1)
 
     async def _embed(self, texts: list[str], purpose: str, kind: str = "passage"
                      ) -> FloatArray:

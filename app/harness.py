@@ -1,0 +1,104 @@
+"""Running real workers as subprocesses against a broker, for the benchmark and the replay:
+unique topics and a consumer group per run, settings through STREAMREC_* variables, the
+worker's own /metrics to wait on, and a producer that records acknowledgements."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+
+from app.broker.admin import end_tracker
+from app.broker.apache import free_port
+from app.broker.embedded import stop_process
+from app.metrics import scrape, total
+from app.settings import Settings
+
+
+class WorkerRun:
+    """One run's settings (fresh topics and group) and its worker subprocess."""
+
+    def __init__(self, bootstrap: str, workdir: Path, partitions: int, name: str = "bench",
+                 **settings: str) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+        self.env.update({
+            "STREAMREC_BROKER_URL": bootstrap,
+            "STREAMREC_APP_ID": f"{name}-{tag}",
+            "STREAMREC_PARTITIONS": str(partitions),
+            "STREAMREC_DATA_DIR": str(workdir / "worker"),
+            "STREAMREC_WEB_PORT": str(free_port()),
+            "STREAMREC_LOG_LEVEL": "warning",
+            **{f"STREAMREC_TOPIC_{t.upper()}": f"{t}-{tag}" for t in
+               ("events", "items", "feedback", "users", "recommendations", "deadletter",
+                "catalogue")},
+            **{f"STREAMREC_{k.upper()}": v for k, v in settings.items()},
+        })
+        self.settings = Settings.model_validate({
+            k.removeprefix("STREAMREC_").lower(): v
+            for k, v in self.env.items() if k.startswith("STREAMREC_")
+        })
+        self.metrics_url = f"http://127.0.0.1:{self.env['STREAMREC_WEB_PORT']}/metrics"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log = workdir / "worker.log"
+        self.worker: subprocess.Popen[bytes] | None = None
+
+    def start_worker(self, module: str = "app.cli", **overrides: str) -> None:
+        """A worker process (``app.worker.ceiling`` for the decode-only reference);
+        ``overrides`` are extra STREAMREC_* settings, e.g. a fresh APP_ID."""
+        env = {**self.env, **{f"STREAMREC_{k.upper()}": v for k, v in overrides.items()}}
+        args = [sys.executable, "-m", module] + (["worker"] if module == "app.cli" else [])
+        with self.log.open("ab") as log:
+            self.worker = subprocess.Popen(args, env=env, stdout=log,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def alive(self) -> bool:
+        return self.worker is not None and self.worker.poll() is None
+
+    def stop_worker(self) -> None:
+        stop_process(self.worker, grace=30)
+        self.worker = None
+
+    async def wait_metric(self, name: str, at_least: float, within: float = 300.0) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if self.worker is not None and self.worker.poll() is not None:
+                raise RuntimeError(f"worker exited; see {self.log}")
+            try:
+                if total(await asyncio.to_thread(scrape, self.metrics_url), name) >= at_least:
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.25)
+        raise TimeoutError(f"{name} did not reach {at_least}")
+
+
+async def produce_records(bootstrap: str, topic: str,
+                          records: list[tuple[bytes, bytes, str]], rate: float | None,
+                          sent: dict[str, float], ends: dict[tuple[str, int], int]) -> float:
+    """Send ``records`` (paced at ``rate``/s, or flat out); returns the first send time."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
+                                max_batch_size=256 * 1024)
+    await producer.start()
+
+    done = end_tracker(ends)
+
+    started = time.time()
+    try:
+        for n, (key, value, event_id) in enumerate(records):
+            if rate:
+                ahead = n / rate - (time.time() - started)
+                if ahead > 0.002:
+                    await asyncio.sleep(ahead)
+            sent[event_id] = time.time()
+            (await producer.send(topic, value, key=key)).add_done_callback(done)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return started
