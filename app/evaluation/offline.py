@@ -1,0 +1,57 @@
+"""An in-process stand-in for the replay, for tuning only: the split's stream folded through
+the same pure functions a worker runs (state fold, co-visitation, popularity, recommender),
+with no broker. Each user's list is computed right after their last streamed rating, as the
+pipeline would publish it. Quality figures are never quoted from here, only from
+`streamrec replay` + `streamrec eval`; this finds parameters worth replaying, fast."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+import numpy as np
+
+from app.contract.records import Event, ItemUpsert
+from app.core.catalogue import entry, item_text
+from app.core.recommender import Catalogue, Recommender, Request
+from app.core.state import EventContext, StateCodec, UserState, apply_batch, event_fold
+from app.data import movielens
+from app.demo import item_record, rating_records
+from app.encoder.runtime import Encoder
+from app.evaluation.split import Split
+from app.worker.pipeline import learn_sequence, user_view
+
+_events = msgspec.json.Decoder(Event)
+_items = msgspec.json.Decoder(ItemUpsert)
+
+
+def catalogue_of(split: Split, encoder: Encoder) -> Catalogue:
+    upserts = [_items.decode(item_record(m, 0)[1]) for m in movielens.movies(split.dataset)]
+    vectors = encoder.encode([item_text(u) for u in upserts], "passage")
+    catalogue = Catalogue(encoder.dimension)
+    for upsert, vector in zip(upserts, vectors, strict=True):
+        catalogue.upsert(entry(upsert, np.asarray(vector, dtype=np.float32),
+                               encoder.manifest.model_name))
+    return catalogue
+
+
+def simulate(split: Split, encoder: Encoder, make: Callable[[Catalogue], Recommender],
+             catalogue: Catalogue, k: int = 50) -> dict[str, list[str]]:
+    recommender = make(catalogue)
+    fold = event_fold(EventContext(item_vector=catalogue.index.vector, query_vectors={},
+                                   dimension=encoder.dimension))
+    last = {r.user_id: n for n, r in enumerate(split.stream)}
+    states: dict[str, UserState] = {}
+    empty = StateCodec(UserState).empty
+    lists: dict[str, list[str]] = {}
+    request = Request(k=k)
+    for n, rating in enumerate(split.stream):
+        events = [_events.decode(value) for _, value in rating_records(split.dataset, rating)]
+        result = apply_batch(states.get(rating.user_id, empty), events, 128, fold)
+        states[rating.user_id] = result.state
+        learn_sequence(recommender, result.state, result.applied)
+        if last[rating.user_id] == n:
+            view = user_view(result.state, encoder.dimension, encoder.encode_query)
+            items, _ = recommender.recommend(view, request, now=result.state.last_ts)
+            lists[rating.user_id] = [i.item_id for i in items]
+    return lists

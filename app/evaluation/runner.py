@@ -1,0 +1,94 @@
+"""The `streamrec replay` and `streamrec eval` commands: broker, progress and files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+
+from app.broker.apache import KafkaBroker
+from app.demo import Display
+from app.evaluation import report as reporting
+from app.evaluation.replay import VARIANTS, ReplayRun, replay, summary
+from app.evaluation.split import load
+
+
+def _progress(display: Display, variant: str) -> Callable[[int, int, float], None]:
+    def show(done: int, of: int, seconds: float) -> None:
+        rate = done / seconds if seconds > 0 else 0.0
+        bar = "#" * int(30 * done / max(1, of))
+        display.status(f"{variant}: [{bar:<30}] {done:,}/{of:,} events, {rate:,.0f}/s")
+    return show
+
+
+async def run_replays(dataset: str, variants: list[str], k: int, rate: float | None,
+                      window: int, partitions: int, broker: str | None, out: Path) -> None:
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise typer.BadParameter(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    display = Display()
+    split = load(dataset)
+    display.line(f"{dataset}: {len(split.stream):,} ratings to stream, "
+                 f"{len(split.targets):,} users' last ratings withheld as targets")
+    workdir = Path(tempfile.mkdtemp(prefix="streamrec-replay-"))
+    local: KafkaBroker | None = None
+    if broker is None:
+        display.line("starting Apache Kafka (KRaft) from the Maven Central jars")
+        local = KafkaBroker(workdir / "kafka")
+        await asyncio.to_thread(local.start)
+        broker = local.bootstrap
+    try:
+        for variant in variants:
+            run = await replay(split, broker, workdir, variant, k=k, rate=rate, window=window,
+                               partitions=partitions, say=display.line,
+                               progress=_progress(display, variant))
+            path = run.save(out / dataset)
+            s = summary(run)
+            display.status(
+                f"{variant}: {s['events']:,} events in {s['seconds']:.0f}s "
+                f"({s['events_per_second']:,}/s), {s['recommendations']:,} recommendations, "
+                f"latency p50 {s['latency_p50_ms']:.0f} ms p99 {s['latency_p99_ms']:.0f} ms "
+                f"-> {path}", final=True)
+    finally:
+        if local is not None:
+            local.stop()
+
+
+def run_eval(dataset: str, runs: Path, report_path: Path | None, update_benchmarks: bool,
+             json_output: bool) -> int:
+    folder = runs / dataset
+    found = [folder / f"{v}.json" for v in VARIANTS if (folder / f"{v}.json").exists()]
+    if not found:
+        typer.echo(f"no replay runs in {folder}: run `streamrec replay --dataset {dataset}`",
+                   err=True)
+        return 2
+    loaded = [ReplayRun.load(path) for path in found]
+
+    def say(text: str) -> None:
+        typer.echo(text, err=True)
+
+    split = load(dataset)
+    result = reporting.evaluate_runs(split, loaded, say)
+    command = "streamrec " + shlex.join(sys.argv[1:])
+    if report_path is not None:
+        images = reporting.plots(result, loaded, report_path.parent / "img")
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(reporting.markdown(result, command, images))
+        say(f"report: {report_path}")
+        if update_benchmarks:
+            reporting.update_benchmarks(Path("BENCHMARKS.md"), dataset, result, command,
+                                        str(report_path))
+    if json_output:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        for name, model in result["models"].items():
+            row = model["all"]
+            typer.echo(f"{name:>22}  NDCG@10 {row['NDCG@10']:.4f}  HR@10 {row['HR@10']:.4f}  "
+                       f"HR@50 {row['HR@50']:.4f}  MRR {row['MRR']:.4f}")
+    return 0

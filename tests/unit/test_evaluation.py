@@ -1,0 +1,95 @@
+"""The evaluation's pure parts, with answers worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from app.data.movielens import Rating
+from app.evaluation import baselines
+from app.evaluation.metrics import (
+    evaluate,
+    intra_list_diversity,
+    ndcg_at,
+    rank_of,
+    self_information,
+)
+from app.evaluation.report import without_history
+from app.evaluation.split import leave_last_out
+
+
+def _r(row: int, user: str, item: str, ts: int) -> Rating:
+    return Rating(row, user, item, 5.0, ts)
+
+
+def test_leave_last_out_withholds_each_users_last_rating_and_counts_prior_interactions() -> None:
+    ratings = [
+        _r(0, "a", "x", 1), _r(1, "b", "x", 1), _r(2, "a", "y", 2),
+        _r(3, "b", "y", 3), _r(4, "a", "z", 3), _r(5, "c", "x", 4),  # c has one rating
+    ]
+    split = leave_last_out(ratings, ["x", "y", "z"])
+    assert {u: t.item_id for u, t in split.targets.items()} == {"a": "z", "b": "y"}
+    assert split.history == {"a": ["x", "y"], "b": ["x"]}
+    assert [r.row for r in split.stream] == [0, 1, 2]       # targets and c left out
+    assert split.targets["b"].prior_item_count == 1          # y once before, by a
+    assert split.targets["a"].prior_item_count == 0
+
+
+def test_rank_based_metrics() -> None:
+    assert rank_of(["p", "q", "t"], "t") == 3
+    assert rank_of(["p"], "t") is None
+    assert ndcg_at(1, 10) == 1.0
+    assert ndcg_at(3, 10) == pytest.approx(0.5)
+    assert ndcg_at(11, 10) == 0.0
+    scores = evaluate({"u1": ["t1", "a"], "u2": ["a", "b", "t2"], "u3": ["a"]},
+                      {"u1": "t1", "u2": "t2", "u3": "t3", "u4": "t4"},
+                      catalogue_size=10, features={}, counts={}, users_in_train=4)
+    assert scores.hr10 == pytest.approx(2 / 4)          # u4 without a list is a miss
+    assert scores.ndcg10 == pytest.approx((1 + 0.5) / 4)
+    assert scores.mrr == pytest.approx((1 + 1 / 3) / 4)
+    assert scores.precision10 == pytest.approx(0.05)
+    assert scores.coverage10 == pytest.approx(4 / 10)    # t1, a, b, t2
+
+
+def test_diversity_and_novelty() -> None:
+    genres = {"a": ("Drama",), "b": ("Drama",), "c": ("Comedy",)}
+    assert intra_list_diversity(["a", "b"], genres) == 0.0
+    assert intra_list_diversity(["a", "c"], genres) == 1.0
+    assert intra_list_diversity(["a", "b", "c"], genres) == pytest.approx(2 / 3)
+    assert self_information("a", {"a": 3}, users=7) == pytest.approx(-math.log2(4 / 8))
+
+
+def test_history_is_removed_from_published_lists() -> None:
+    split = leave_last_out([_r(0, "a", "x", 1), _r(1, "a", "y", 2), _r(2, "a", "z", 3)],
+                           ["x", "y", "z", "w"])
+    lists, removed = without_history({"a": ["x", "w", "z"]}, split)
+    assert lists == {"a": ["w", "z"]}
+    assert removed == 1
+
+
+def _clustered_split() -> object:
+    """Two taste clusters: {x1..x4} and {y1..y4}; every user stays in one cluster."""
+    ratings: list[Rating] = []
+    row = 0
+    for n in range(40):
+        cluster = "x" if n % 2 == 0 else "y"
+        order = [1, 2, 3, 4] if n % 4 < 2 else [4, 3, 2, 1]
+        for ts, i in enumerate(order):
+            ratings.append(_r(row, f"u{n}", f"{cluster}{i}", n * 10 + ts))
+            row += 1
+    ratings.sort(key=lambda r: r.ts_ms)
+    return leave_last_out(ratings, [f"{c}{i}" for c in "xy" for i in range(1, 5)])
+
+
+def test_covisitation_and_als_find_the_users_cluster_popularity_does_not() -> None:
+    split = _clustered_split()
+    als = baselines.als(split, k=3, factors=2)
+    assert all(als[u][0] == t.item_id for u, t in split.targets.items())
+    # streamed co-visitation knows only the past: the first user of each ordering cannot
+    # be helped yet; everyone after is
+    covisit = baselines.covisitation(split, k=3)
+    misses = [u for u, t in split.targets.items() if covisit[u][0] != t.item_id]
+    assert set(misses) <= {"u0", "u1", "u2", "u3"}, misses
+    popular = baselines.popularity(split, k=3)
+    assert all(not set(popular[u]) & set(split.history[u]) for u in split.targets)
