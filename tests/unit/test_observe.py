@@ -1,0 +1,49 @@
+"""Dashboards as code and alert rules reference only what the worker exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from app.metrics import Metrics
+from app.observe.dashboards import TARGET, queries, render
+
+ROOT = Path(__file__).resolve().parents[2]
+_METRIC = re.compile(r"\bstreamrec_[a-z_]+\b")
+
+
+def exported_series() -> set[str]:
+    """Every series name a worker's registry can expose (counters' _total, histograms'
+    _bucket/_sum/_count, ...)."""
+    metrics = Metrics.create()
+    return {sample.name for family in metrics.registry.collect() for sample in family.samples} \
+        | {family.name for family in metrics.registry.collect()}
+
+
+def test_committed_dashboard_is_generated_from_the_code() -> None:
+    assert (ROOT / TARGET).read_text() == render(), "run `streamrec dashboards`"
+
+
+def test_every_dashboard_query_names_an_exported_metric() -> None:
+    exported = exported_series()
+    exprs = queries(json.loads(render()))
+    assert len(exprs) >= 12
+    named = {name for expr in exprs for name in _METRIC.findall(expr)}
+    assert named, exprs
+    assert named <= exported, named - exported
+    titles = {p["title"] for p in json.loads(render())["panels"]}
+    for needed in ("Events by type", "Event -> recommendation latency",
+                   "Consumer lag per partition", "Dead letters by reason",
+                   "Encoder batch latency p99", "Candidates per source",
+                   "Model version per worker"):
+        assert needed in titles
+
+
+def test_alert_rules_name_exported_metrics() -> None:
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    named = {name for expr in exprs for name in _METRIC.findall(expr)}
+    assert named <= exported_series(), named - exported_series()
