@@ -23,7 +23,7 @@ FloatArray = npt.NDArray[np.float32]
 class RankerParams:
     """Versioned ranker parameters. Documented defaults until the learner tunes them."""
 
-    version: str = "default-1"
+    version: str = "default-2"  # 2: recency step and compressed event weights
     semantic: float = 1.0
     covisit: float = 1.0
     popularity: float = 0.2

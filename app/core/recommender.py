@@ -219,4 +219,3 @@ class Recommender:
             return Explanation(kind="history", text=f"because you {verb} {title}",
                                item_id=why.item_id)
         return Explanation(kind="popular", text="popular right now")
-

@@ -8,7 +8,15 @@ import numpy as np
 from app.contract.records import ItemUpsert, Purchase, Search, View
 from app.core.catalogue import VectorIndex, clean_label, entry, item_text
 from app.core.covisit import CoVisitation
-from app.core.recommender import Catalogue, Popularity, Recommender, Request, UserView
+from app.core.ranking import RankerParams
+from app.core.recommender import (
+    Catalogue,
+    Popularity,
+    Recommender,
+    Request,
+    UserView,
+    with_sources,
+)
 from app.core.state import EventContext, StateCodec, UserState, apply_batch, event_fold, interest_of
 
 D = 4
@@ -106,6 +114,25 @@ def test_covisitation_brings_what_others_watched_next() -> None:
     titanic = next(i for i in items if i.item_id == "titanic")
     assert titanic.explanation.kind == "covisit"
     assert titanic.explanation.item_id == "toy-story"
+
+
+def test_switched_off_sources_propose_nothing_and_score_nothing() -> None:
+    graph = CoVisitation()
+    for _ in range(3):
+        graph.observe(["toy-story"], "titanic")
+    user = UserView(interest=VECTORS["toy-story"], recent=[("toy-story", "view", 1.0)],
+                    purchased=set())
+    for sources, silent in ((frozenset({"covisit", "popular"}), "encoder"),
+                            (frozenset({"encoder", "popular"}), "covisit")):
+        rec = Recommender(catalogue(), covisit=graph, sources=sources,
+                          params=with_sources(RankerParams(), sources))
+        items, counts = rec.recommend(user, Request(k=3), now=0)
+        assert counts[silent] == 0
+        assert getattr(rec.params, "semantic" if silent == "encoder" else "covisit") == 0.0
+        if silent == "covisit":
+            assert all(i.explanation.kind != "covisit" for i in items)
+        else:
+            assert items[0].item_id == "titanic"   # co-visitation alone still finds it
 
 
 def test_a_search_steers_the_interest_and_explains_itself() -> None:
