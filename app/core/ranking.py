@@ -23,13 +23,13 @@ FloatArray = npt.NDArray[np.float32]
 class RankerParams:
     """Versioned ranker parameters. Documented defaults until the learner tunes them."""
 
-    version: str = "default-2"  # 2: recency step and compressed event weights
+    version: str = "default-2"  # 2: re-tuned on the MovieLens replays (docs/pipeline.md)
     semantic: float = 1.0
     covisit: float = 1.0
-    popularity: float = 0.2
+    popularity: float = 0.05
     freshness: float = 0.05
     novelty: float = 0.0
-    mmr_lambda: float = 0.85
+    mmr_lambda: float = 0.95
     w1: FloatArray | None = None
     b1: FloatArray | None = None
     w2: FloatArray | None = None

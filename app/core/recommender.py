@@ -124,7 +124,7 @@ class Recommender:
     params: RankerParams = field(default_factory=RankerParams)
     per_source: int = 100
     covisit_recent: int = 20       # the recent items whose neighbours are candidates
-    covisit_neighbours: int = 30   # neighbours taken per recent item
+    covisit_neighbours: int = 50   # neighbours taken per recent item
     sources: frozenset[str] = SOURCES  # candidate sources switched on (ablations)
 
     def candidates(self, user: UserView, request: Request, now: int

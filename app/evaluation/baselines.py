@@ -48,7 +48,7 @@ def popularity(split: Split, k: int = 50) -> Lists:
 
 
 def covisitation(split: Split, k: int = 50, window: int = 10, recent: int = 20,
-                 recency: float = 0.6) -> Lists:
+                 recency: float = 0.5) -> Lists:
     """Co-visitation alone, streamed like the pipeline: the graph grows in stream order and
     each user's list is taken right after their last streamed rating, so it knows only the
     past, as the pipeline did. ``recency`` weighs each older recent item (tuned on ML-100K,

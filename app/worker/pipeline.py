@@ -27,7 +27,7 @@ from app.broker.security import client_security
 from app.contract.records import Event, ItemOp, Recommendation, RecommendedItem, Search
 from app.core.catalogue import CatalogueEntry, entry, item_text
 from app.core.covisit import CoVisitation
-from app.core.profile import DAY_MS, EVENT_WEIGHTS, decay
+from app.core.profile import DAY_MS, SEQUENCE_WEIGHTS, decay
 from app.core.ranking import RankerParams
 from app.core.recommender import (
     Catalogue,
@@ -52,7 +52,7 @@ from app.worker.agents import KeyResult, count_failure, now_ms
 
 log = logging.getLogger(__name__)
 
-RECENCY_STEP = 0.65  # each older recent item weighs this much of the next newer one
+RECENCY_STEP = 0.5  # each older recent item weighs this much of the next newer one
 QUERY_MEMORY_MS = DAY_MS  # a search keeps steering explanations for a day of event time
 _entry_encoder = msgspec.msgpack.Encoder()
 _entry_decoder = msgspec.msgpack.Decoder(CatalogueEntry)
@@ -65,7 +65,7 @@ def user_view(state: UserState, dimension: int, embed_query: Callable[[str], Flo
     The last search is embedded only while it still counts (a day of event time)."""
     now = state.last_ts
     last = len(state.recent) - 1
-    recent = [(item, kind, EVENT_WEIGHTS.get(kind, 1.0) * decay(now - ts, 14 * DAY_MS)
+    recent = [(item, kind, SEQUENCE_WEIGHTS.get(kind, 1.0) * decay(now - ts, 14 * DAY_MS)
                * RECENCY_STEP ** (last - position))
               for position, (item, kind, ts) in enumerate(state.recent)]
     query = None
@@ -82,7 +82,7 @@ def learn_sequence(recommender: Recommender, state: UserState, applied: Sequence
             continue
         position = order.index(event.item_id) if event.item_id in order else len(order)
         kind = str(type(event).__struct_config__.tag)
-        weight = EVENT_WEIGHTS[kind]
+        weight = SEQUENCE_WEIGHTS[kind]
         recommender.covisit.observe(order[:position], event.item_id, weight)
         recommender.popularity.add(event.item_id, weight, event.ts)
 
@@ -115,7 +115,7 @@ def rebuild_memory(recommender: Recommender, states: Iterable[UserState]) -> int
         users += 1
         order = [item for item, _, _ in state.recent]
         for position, (item, kind, ts) in enumerate(state.recent):
-            weight = EVENT_WEIGHTS.get(kind, 1.0)
+            weight = SEQUENCE_WEIGHTS.get(kind, 1.0)
             covisit.observe(order[:position], item, weight)
             popularity.add(item, weight, ts)
     recommender.covisit, recommender.popularity = covisit, popularity

@@ -67,10 +67,15 @@ def test_bounded_append_moves_repeats_to_the_end() -> None:
 
 def test_covisitation_prefers_close_neighbours_and_is_bounded() -> None:
     graph = CoVisitation(window=3, max_neighbours=2)
-    graph.observe(["x", "y"], "z")  # y-z at distance 1, x-z at distance 2
-    assert graph.neighbours("z", 2) == [("y", 1.0), ("x", 0.5)]
+    graph.observe(["x", "y"], "z")  # y -> z at distance 1, x -> z at distance 2
+    assert graph.neighbours("y", 2) == [("z", 1.0)]
+    assert graph.neighbours("x", 2) == [("z", 0.5)]
+    assert graph.neighbours("z", 2) == []           # directed: z leads nowhere yet
+    both = CoVisitation(window=3, backward=0.5)
+    both.observe(["x", "y"], "z")
+    assert both.neighbours("z", 2) == [("y", 0.5), ("x", 0.25)]
     for i in range(10):
-        graph.observe([f"n{i}"], "hub")
+        graph.observe(["hub"], f"n{i}")
     assert len(graph.edges["hub"]) <= 4
     found = graph.candidates([("y", 1.0)], k=5)
     assert found["z"] == (1.0, "y")
