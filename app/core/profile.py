@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from app.contract.records import UserProfile
+
 FloatArray = npt.NDArray[np.float32]
 
 # view < search < cart < purchase (documented in docs/pipeline.md)
@@ -80,3 +82,14 @@ def bounded_append(items: Sequence[str], item: str, limit: int) -> list[str]:
     kept = [existing for existing in items if existing != item]
     kept.append(item)
     return kept[-limit:]
+
+
+def segments_of(profile: UserProfile | None) -> tuple[str, ...]:
+    """A user's profile segments, the keys of per-segment popularity: one per known
+    attribute among age band, gender, occupation and locale."""
+    if profile is None:
+        return ()
+    pairs = (("age", profile.age_band), ("gender", profile.gender),
+             ("occupation", profile.occupation), ("locale", profile.locale))
+    return tuple(f"{name}:{value.strip().casefold()}" for name, value in pairs
+                 if value and value.strip())

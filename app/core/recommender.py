@@ -98,6 +98,7 @@ class UserView:
     recent: Sequence[tuple[str, str, float]]     # (item id, event type, weight), newest last
     purchased: set[str]
     query: tuple[str, FloatArray] | None = None  # the last search, embedded
+    segments: tuple[str, ...] = ()   # profile segments ("age:25-34", ...), when known
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,33 @@ class Recommender:
     covisit_recent: int = 20       # the recent items whose neighbours are candidates
     covisit_neighbours: int = 50   # neighbours taken per recent item
     sources: frozenset[str] = SOURCES  # candidate sources switched on (ablations)
+    # what is popular per profile segment: the answer for new users whose profile is known
+    segment_popularity: dict[str, Popularity] = field(default_factory=dict)
+    new_user_events: int = 5       # fewer recent items than this: a new user
+
+    def learn_segments(self, segments: Sequence[str], item_id: str, weight: float,
+                       ts: int) -> None:
+        for segment in segments:
+            self.segment_popularity.setdefault(
+                segment, Popularity(half_life_ms=self.popularity.half_life_ms)
+            ).add(item_id, weight, ts)
+
+    def _segment_value(self, user: UserView, item: str, now: int) -> float:
+        return sum(self.segment_popularity[s].value(item, now) for s in user.segments
+                   if s in self.segment_popularity)
+
+    def _popularity(self, user: UserView, ids: list[str], now: int, new_user: bool
+                    ) -> FloatArray:
+        """Global popularity; for a new user with a known profile, their segments' first:
+        segment popularity plus half the overall one, each scaled to [0, 1]."""
+        overall = np.array([self.popularity.value(i, now) for i in ids], dtype=np.float32)
+        if not new_user:
+            return overall
+        segment = np.array([self._segment_value(user, i, now) for i in ids],
+                           dtype=np.float32)
+        blended: FloatArray = (0.5 * overall / max(float(overall.max(initial=0.0)), 1e-9)
+                               + segment / max(float(segment.max(initial=0.0)), 1e-9))
+        return blended.astype(np.float32)
 
     def candidates(self, user: UserView, request: Request, now: int
                    ) -> tuple[Candidates, dict[str, int]]:
@@ -151,8 +179,14 @@ class Recommender:
                 counts["covisit"] += 1
         popular = self.popularity.top(self.per_source // 2, now) \
             if "popular" in self.sources else []
+        new_user = len(user.recent) < self.new_user_events and bool(user.segments)
+        if new_user and "popular" in self.sources:
+            for segment in user.segments:
+                if segment in self.segment_popularity:
+                    popular = self.segment_popularity[segment].top(self.per_source // 4,
+                                                                   now) + popular
         for item, _ in popular:
-            if item in self.catalogue.items:
+            if item in self.catalogue.items and item not in found:
                 found[item] = None
                 counts["popular"] += 1
         ids = [i for i in found if i in self.catalogue.index]
@@ -163,7 +197,7 @@ class Recommender:
             np.zeros((0, self.catalogue.dimension), dtype=np.float32),
             covisit=np.array([co[i][0] if i in co else 0.0 for i in ids], dtype=np.float32),
             covisit_source=[co[i][1] if i in co else None for i in ids],
-            popularity=np.array([self.popularity.value(i, now) for i in ids], dtype=np.float32),
+            popularity=self._popularity(user, ids, now, new_user),
             freshness=np.array([decay(now - x.added, 30 * DAY_MS) for x in info],
                                dtype=np.float32),
             categories=[x.category for x in info],
@@ -185,6 +219,7 @@ class Recommender:
         rows = [r for r in mmr(relevance, candidates.vectors, request.k, self.params.mmr_lambda)
                 if np.isfinite(relevance[r])]
         kinds = {item: kind for item, kind, _ in user.recent}
+        new_user = len(user.recent) < self.new_user_events and bool(user.segments)
         history = [(i, self.catalogue.index.vector(i)) for i, _, _ in user.recent[-20:]
                    if i in self.catalogue.index]
         out = []
@@ -193,7 +228,9 @@ class Recommender:
                           [(i, v) for i, v in history if v is not None], user.query)
             out.append(RecommendedItem(
                 item_id=candidates.item_ids[row], rank=rank, score=float(scored.total[row]),
-                explanation=self._explanation(why, kinds),
+                explanation=self._explanation(
+                    why, kinds, new_user and self._segment_value(
+                        user, candidates.item_ids[row], now) > 0),
             ))
         return out, counts
 
@@ -204,7 +241,8 @@ class Recommender:
             blocked.update(item for item, _, _ in user.recent)
         return blocked
 
-    def _explanation(self, why: Why, kinds: dict[str, str]) -> Explanation:
+    def _explanation(self, why: Why, kinds: dict[str, str], segment_popular: bool = False
+                     ) -> Explanation:
         if why.kind == "search" and why.query is not None:
             return Explanation(kind="search", text=f"matches your search '{why.query}'",
                                query=why.query)
@@ -218,4 +256,6 @@ class Recommender:
                                    item_id=why.item_id)
             return Explanation(kind="history", text=f"because you {verb} {title}",
                                item_id=why.item_id)
+        if segment_popular:
+            return Explanation(kind="popular", text="popular with people like you")
         return Explanation(kind="popular", text="popular right now")

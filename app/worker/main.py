@@ -12,6 +12,8 @@ import faust
 
 from app.broker.admin import cluster_id, ensure_topics
 from app.broker.embedded import check_embedded, start_if_needed
+from app.contract.records import UserProfile
+from app.core.state import ProfileState, StateCodec
 from app.encoder.runtime import Encoder
 from app.metrics import Metrics
 from app.settings import Settings
@@ -53,8 +55,13 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     metrics = metrics or Metrics.create()
     encoder = Encoder(settings.model_dir())
     recommender = make_recommender(settings, encoder.dimension)
+    profile_codec = StateCodec(ProfileState)
+
+    def profile_of(key: bytes) -> UserProfile | None:
+        return profile_codec.decode(decl.profile_state.get(key)).profile
+
     pipeline = Pipeline(settings, metrics, encoder, recommender, decl.recommendations,
-                        decl.catalogue)
+                        decl.catalogue, profiles=profile_of)
     agents.attach(decl, metrics, pipeline)
     web.attach(decl, metrics, pipeline, ready=pipeline.catalogue_synced.is_set)
     return decl

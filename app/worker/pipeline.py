@@ -24,10 +24,17 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer
 
 from app.broker.security import client_security
-from app.contract.records import Event, ItemOp, Recommendation, RecommendedItem, Search
+from app.contract.records import (
+    Event,
+    ItemOp,
+    Recommendation,
+    RecommendedItem,
+    Search,
+    UserProfile,
+)
 from app.core.catalogue import CatalogueEntry, entry, item_text
 from app.core.covisit import CoVisitation
-from app.core.profile import DAY_MS, SEQUENCE_WEIGHTS, decay
+from app.core.profile import DAY_MS, SEQUENCE_WEIGHTS, decay, segments_of
 from app.core.ranking import RankerParams
 from app.core.recommender import (
     Catalogue,
@@ -59,8 +66,8 @@ _entry_decoder = msgspec.msgpack.Decoder(CatalogueEntry)
 _rec_encoder = msgspec.json.Encoder()
 
 
-def user_view(state: UserState, dimension: int, embed_query: Callable[[str], FloatArray]
-              ) -> UserView:
+def user_view(state: UserState, dimension: int, embed_query: Callable[[str], FloatArray],
+              segments: tuple[str, ...] = ()) -> UserView:
     """The recommender's view of a user's stored state, weights decayed to their last event.
     The last search is embedded only while it still counts (a day of event time)."""
     now = state.last_ts
@@ -71,11 +78,14 @@ def user_view(state: UserState, dimension: int, embed_query: Callable[[str], Flo
     query = None
     if state.query and now - state.query_ts <= QUERY_MEMORY_MS:
         query = (state.query, embed_query(state.query))
-    return UserView(interest_of(state, dimension).unit(), recent, set(state.purchased), query)
+    return UserView(interest_of(state, dimension).unit(), recent, set(state.purchased), query,
+                    segments)
 
 
-def learn_sequence(recommender: Recommender, state: UserState, applied: Sequence[Event]) -> None:
-    """Feed co-visitation and popularity with a user's newly applied item events."""
+def learn_sequence(recommender: Recommender, state: UserState, applied: Sequence[Event],
+                   segments: Sequence[str] = ()) -> None:
+    """Feed co-visitation and popularity (overall, and per profile segment of the user)
+    with a user's newly applied item events."""
     order = [item for item, _, _ in state.recent]
     for event in applied:
         if isinstance(event, Search):
@@ -85,15 +95,17 @@ def learn_sequence(recommender: Recommender, state: UserState, applied: Sequence
         weight = SEQUENCE_WEIGHTS[kind]
         recommender.covisit.observe(order[:position], event.item_id, weight)
         recommender.popularity.add(event.item_id, weight, event.ts)
+        recommender.learn_segments(segments, event.item_id, weight, event.ts)
 
 
 def recommend_after(recommender: Recommender, encoder: Encoder, state: UserState,
-                    applied: Sequence[Event], request: Request
+                    applied: Sequence[Event], request: Request,
+                    segments: tuple[str, ...] = ()
                     ) -> tuple[Recommendation, dict[str, int]]:
     """The recommendation that follows a user's newly applied events (co-visitation and
     popularity learn from them first), and the candidates it drew per source."""
-    learn_sequence(recommender, state, applied)
-    view = user_view(state, encoder.dimension, encoder.encode_query)
+    learn_sequence(recommender, state, applied, segments)
+    view = user_view(state, encoder.dimension, encoder.encode_query, segments)
     items, counts = recommender.recommend(view, request, now=state.last_ts)
     last = applied[-1]
     record = Recommendation(
@@ -104,22 +116,27 @@ def recommend_after(recommender: Recommender, encoder: Encoder, state: UserState
     return record, counts
 
 
-def rebuild_memory(recommender: Recommender, states: Iterable[UserState]) -> int:
-    """Regrow co-visitation and popularity from stored users' recent items (after a restart
-    or a rebalance: both live only in memory). Returns the number of users read."""
+def rebuild_memory(recommender: Recommender,
+                   users: Iterable[tuple[UserState, tuple[str, ...]]]) -> int:
+    """Regrow co-visitation and popularity (overall and per segment) from stored users'
+    recent items and profile segments (after a restart or a rebalance: they live only in
+    memory). Returns the number of users read."""
     covisit = CoVisitation(window=recommender.covisit.window,
-                           max_neighbours=recommender.covisit.max_neighbours)
+                           max_neighbours=recommender.covisit.max_neighbours,
+                           backward=recommender.covisit.backward)
     popularity = Popularity(half_life_ms=recommender.popularity.half_life_ms)
-    users = 0
-    for state in states:
-        users += 1
+    recommender.segment_popularity = {}
+    count = 0
+    for state, segments in users:
+        count += 1
         order = [item for item, _, _ in state.recent]
         for position, (item, kind, ts) in enumerate(state.recent):
             weight = SEQUENCE_WEIGHTS.get(kind, 1.0)
             covisit.observe(order[:position], item, weight)
             popularity.add(item, weight, ts)
+            recommender.learn_segments(segments, item, weight, ts)
     recommender.covisit, recommender.popularity = covisit, popularity
-    return users
+    return count
 
 
 def make_recommender(settings: Settings, dimension: int) -> Recommender:
@@ -144,13 +161,15 @@ def apply_catalogue_record(catalogue: Catalogue, key: bytes | None, value: bytes
 
 class Pipeline:
     def __init__(self, settings: Settings, metrics: Metrics, encoder: Encoder,
-                 recommender: Recommender, recommendations: Any, catalogue_topic: Any) -> None:
+                 recommender: Recommender, recommendations: Any, catalogue_topic: Any,
+                 profiles: Callable[[bytes], UserProfile | None] = lambda key: None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.encoder = encoder
         self.recommender = recommender
         self._recommendations = recommendations
         self._catalogue_topic = catalogue_topic
+        self._profiles = profiles
         self.catalogue_synced = asyncio.Event()
         self._latest_event_ts = 0
         metrics.model_info.labels(recommender.params.version,
@@ -188,10 +207,16 @@ class Pipeline:
             except Exception as exc:  # noqa: BLE001 - state is saved; count and go on
                 count_failure(self.metrics, "recommendations", exc)
 
-    def recommend_now(self, state: UserState, request: Request) -> list[RecommendedItem]:
+    def segments(self, key: bytes) -> tuple[str, ...]:
+        """The profile segments of the user stored under ``key`` (none when unknown)."""
+        return segments_of(self._profiles(key))
+
+    def recommend_now(self, state: UserState, request: Request, key: bytes = b""
+                      ) -> list[RecommendedItem]:
         """Recommendations for a stored user state (the pull API); a new user gets the
-        cold-start answer (popular items)."""
-        view = user_view(state, self.encoder.dimension, self.encoder.encode_query)
+        cold-start answer (popular items, with their profile segments' when known)."""
+        view = user_view(state, self.encoder.dimension, self.encoder.encode_query,
+                         self.segments(key))
         now = state.last_ts or self._latest_event_ts
         items, _ = self.recommender.recommend(view, request, now=now)
         return items
@@ -199,7 +224,7 @@ class Pipeline:
     async def _recommend(self, result: KeyResult[UserState, Event], request: Request) -> None:
         self._latest_event_ts = max(self._latest_event_ts, result.state.last_ts)
         record, counts = recommend_after(self.recommender, self.encoder, result.state,
-                                         result.applied, request)
+                                         result.applied, request, self.segments(result.key))
         for source, count in counts.items():
             self.metrics.candidates.labels(source).inc(count)
         await self._recommendations.send(key=result.key, value=_rec_encoder.encode(record))
@@ -239,7 +264,8 @@ class Pipeline:
                     or not app.tables.recovery.completed.is_set()):
                 continue
             users = rebuild_memory(self.recommender,
-                                   (codec.decode(value) for _, value in table.items()))
+                                   ((codec.decode(value), self.segments(key))
+                                    for key, value in table.items()))
             built_for = assignment
             log.info("co-visitation and popularity regrown from %d stored users", users)
 

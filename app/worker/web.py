@@ -85,7 +85,7 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
             return web.json({"error": parsed}, status=400)
         raw = decl.user_state.get(user_id.encode())
         state = _codec.decode(raw)
-        items = pipeline.recommend_now(state, parsed)
+        items = pipeline.recommend_now(state, parsed, user_id.encode())
         return web.bytes(
             msgspec.json.encode({"user_id": user_id, "known_user": raw is not None,
                                  "model_version": pipeline.recommender.params.version,

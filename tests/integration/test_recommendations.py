@@ -12,7 +12,14 @@ import msgspec
 import pytest
 
 from app.broker.apache import KafkaBroker
-from app.contract.records import ItemUpsert, Purchase, Recommendation, Search, View
+from app.contract.records import (
+    ItemUpsert,
+    Purchase,
+    Recommendation,
+    Search,
+    UserProfile,
+    View,
+)
 from app.metrics import scrape
 from tests.support.kafka_io import produce, read_topic
 from tests.support.worker import WorkerProcess, isolated_env
@@ -150,3 +157,18 @@ def test_pull_api(kafka: KafkaBroker, worker: WorkerProcess) -> None:
     assert status == 200
     assert body["similar"][0]["item_id"] in {"aliens", "gravity", "interstellar"}
     assert get("/items/unknown")[0] == 404
+    # a new user whose profile is known gets what their segment likes: once "kid" is known
+    # to be 1-12, what kid watches counts for that age band; "tot", also 1-12 and with no
+    # history, gets it first, explained
+    profiles = [(u.encode(), msgspec.json.encode(UserProfile(
+        v=1, event_id=f"p-{u}", user_id=u, ts=TS, age_band="1-12"))) for u in ("kid", "tot")]
+    asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_USERS"], profiles))
+    worker.wait_metric("streamrec_input_records_total", 2, topic="users", outcome="accepted")
+    later = [View(v=1, event_id="k9", user_id="kid", ts=TS + 9, item_id="cars")]
+    asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_EVENTS"],
+                        [(b"kid", msgspec.json.encode(e)) for e in later]))
+    worker.wait_metric("streamrec_recommendations_total", 2)
+    status, body = get("/users/tot/recommendations?k=1")
+    assert body["known_user"] is False
+    assert body["items"][0]["item_id"] == "cars"
+    assert body["items"][0]["explanation"]["text"] == "popular with people like you"

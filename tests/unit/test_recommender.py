@@ -177,20 +177,51 @@ def test_memory_regrown_from_stored_users_matches_live_learning() -> None:
     cat = catalogue()
     context = EventContext(item_vector=cat.index.vector, query_vectors={}, dimension=D)
     live = Recommender(cat)
-    states = []
+    users = []
+    segments = {"u1": ("age:25-34",), "u2": ("age:18-24", "gender:f"), "u3": ()}
     for user, items in {"u1": ["alien", "aliens", "predator"], "u2": ["cars", "toy-story"],
                         "u3": ["alien", "predator", "titanic"]}.items():
         state = UserState()
         for i, item in enumerate(items):  # one event per batch, as a live worker would see
             event = View(v=1, event_id=f"{user}-{i}", user_id=user, ts=1000 * i, item_id=item)
             result = apply_batch(state, [event], 64, event_fold(context))
-            learn_sequence(live, result.state, result.applied)
+            learn_sequence(live, result.state, result.applied, segments[user])
             state = result.state
-        states.append(state)
+        users.append((state, segments[user]))
     regrown = Recommender(cat)
-    assert rebuild_memory(regrown, states) == 3
+    assert rebuild_memory(regrown, users) == 3
     assert regrown.covisit.edges == live.covisit.edges
     assert regrown.popularity.top(5, 5000) == live.popularity.top(5, 5000)
+    assert set(regrown.segment_popularity) == {"age:25-34", "age:18-24", "gender:f"}
+    for name, popular in live.segment_popularity.items():
+        assert regrown.segment_popularity[name].top(5, 5000) == popular.top(5, 5000)
+
+
+def test_a_new_user_with_a_known_profile_gets_what_their_segment_likes() -> None:
+    from app.contract.records import UserProfile
+    from app.core.profile import segments_of
+
+    rec = Recommender(catalogue())
+    for n in range(5):   # overall, sci-fi is what everybody watches ...
+        rec.popularity.add("alien", 1.0, n)
+        rec.popularity.add("aliens", 1.0, n)
+    kids = segments_of(UserProfile(v=1, event_id="p", user_id="new", ts=0, age_band=" 1-12 ",
+                                   occupation="K-12 student"))
+    assert kids == ("age:1-12", "occupation:k-12 student")
+    rec.learn_segments(kids, "toy-story", 1.0, 4)   # ... but children watch Toy Story
+    rec.learn_segments(kids, "cars", 1.0, 4)
+    anonymous = UserView(interest=None, recent=[], purchased=set())
+    items, _ = rec.recommend(anonymous, Request(k=2), now=5)
+    assert {i.item_id for i in items} == {"alien", "aliens"}
+    assert items[0].explanation.text == "popular right now"
+    child = UserView(interest=None, recent=[], purchased=set(), segments=kids)
+    items, counts = rec.recommend(child, Request(k=3), now=5)
+    ranked = [i.item_id for i in items]
+    assert ranked[0] in {"toy-story", "cars"}
+    assert {"toy-story", "cars"} <= set(ranked)   # MMR puts a sci-fi film between them
+    assert items[0].explanation.text == "popular with people like you"
+    assert counts["popular"] >= 2
+    assert segments_of(None) == ()
 
 
 def test_only_a_recent_search_is_embedded_for_the_view() -> None:
