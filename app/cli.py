@@ -337,13 +337,16 @@ def replay(
         help="An Apache Kafka to use (default: start one from the Maven jars).")] = None,
     out: Annotated[Path, typer.Option(help="Where the runs are written.")]
     = Path("var/replay"),
+    cold_items: Annotated[float, typer.Option(
+        help="Cold-start experiment: hide this share of the items until the last 20% of "
+             "the stream (runs go to <dataset>-cold<percent>).")] = 0.0,
 ) -> None:
     """Stream a MovieLens dataset through the real pipeline (broker, worker, encoder), each
     user's last rating withheld, and keep what it recommended; `streamrec eval` scores it."""
     from app.evaluation.runner import run_replays
 
     asyncio.run(run_replays(dataset, variants.split(","), k, rate, window, partitions, broker,
-                            out))
+                            out, cold_items))
 
 
 @cli.command("eval")
@@ -356,12 +359,16 @@ def evaluate(
     update_benchmarks: Annotated[bool, typer.Option(
         help="Replace this dataset's summary in BENCHMARKS.md.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    cold_items: Annotated[float, typer.Option(
+        help="Score the cold-start experiment's runs (as given to `streamrec replay`).")]
+    = 0.0,
 ) -> None:
     """Score the replay's published recommendations (full ranking, leave-last-out) with
     popularity, co-visitation and implicit-ALS baselines on the same split."""
     from app.evaluation.runner import run_eval
 
-    raise typer.Exit(run_eval(dataset, runs, report, update_benchmarks, json_output))
+    raise typer.Exit(run_eval(dataset, runs, report, update_benchmarks, json_output,
+                              cold_items))
 
 
 @cli.command()

@@ -27,15 +27,22 @@ def _progress(display: Display, variant: str) -> Callable[[int, int, float], Non
     return show
 
 
+def label(dataset: str, cold_items: float) -> str:
+    """The runs' folder and the report's name: the dataset, or its cold-start experiment."""
+    return f"{dataset}-cold{round(cold_items * 100)}" if cold_items > 0 else dataset
+
+
 async def run_replays(dataset: str, variants: list[str], k: int, rate: float | None,
-                      window: int, partitions: int, broker: str | None, out: Path) -> None:
+                      window: int, partitions: int, broker: str | None, out: Path,
+                      cold_items: float = 0.0) -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise typer.BadParameter(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     display = Display()
-    split = load(dataset)
+    split = load(dataset, cold_items)
     display.line(f"{dataset}: {len(split.stream):,} ratings to stream, "
-                 f"{len(split.targets):,} users' last ratings withheld as targets")
+                 f"{len(split.targets):,} users' last ratings withheld as targets"
+                 + (f", {len(split.hidden):,} items hidden until late" if split.hidden else ""))
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-replay-"))
     local: KafkaBroker | None = None
     if broker is None:
@@ -48,7 +55,7 @@ async def run_replays(dataset: str, variants: list[str], k: int, rate: float | N
             run = await replay(split, broker, workdir, variant, k=k, rate=rate, window=window,
                                partitions=partitions, say=display.line,
                                progress=_progress(display, variant))
-            path = run.save(out / dataset)
+            path = run.save(out / label(dataset, cold_items))
             s = summary(run)
             display.status(
                 f"{variant}: {s['events']:,} events in {s['seconds']:.0f}s "
@@ -61,20 +68,22 @@ async def run_replays(dataset: str, variants: list[str], k: int, rate: float | N
 
 
 def run_eval(dataset: str, runs: Path, report_path: Path | None, update_benchmarks: bool,
-             json_output: bool) -> int:
-    folder = runs / dataset
+             json_output: bool, cold_items: float = 0.0) -> int:
+    name = label(dataset, cold_items)
+    folder = runs / name
     found = [folder / f"{v}.json" for v in VARIANTS if (folder / f"{v}.json").exists()]
     if not found:
-        typer.echo(f"no replay runs in {folder}: run `streamrec replay --dataset {dataset}`",
-                   err=True)
+        typer.echo(f"no replay runs in {folder}: run `streamrec replay --dataset {dataset}`"
+                   + (f" --cold-items {cold_items}" if cold_items else ""), err=True)
         return 2
     loaded = [ReplayRun.load(path) for path in found]
 
     def say(text: str) -> None:
         typer.echo(text, err=True)
 
-    split = load(dataset)
+    split = load(dataset, cold_items)
     result = reporting.evaluate_runs(split, loaded, say)
+    result["dataset"] = name
     command = "streamrec " + shlex.join(sys.argv[1:])
     if report_path is not None:
         images = reporting.plots(result, loaded, report_path.parent / "img")
@@ -82,7 +91,7 @@ def run_eval(dataset: str, runs: Path, report_path: Path | None, update_benchmar
         report_path.write_text(reporting.markdown(result, command, images))
         say(f"report: {report_path}")
         if update_benchmarks:
-            reporting.update_benchmarks(Path("BENCHMARKS.md"), dataset, result, command,
+            reporting.update_benchmarks(Path("BENCHMARKS.md"), name, result, command,
                                         str(report_path))
     if json_output:
         typer.echo(json.dumps(result, indent=2))

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from app.data import movielens
 
 
@@ -31,6 +33,7 @@ class Split:
     history: dict[str, list[str]]                    # per user, items before the target
     items: list[str]                                 # the whole catalogue
     genres: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    hidden: frozenset[str] = frozenset()             # the cold-start experiment's items
 
     @property
     def train_counts(self) -> Counter[str]:
@@ -61,9 +64,32 @@ def leave_last_out(ratings: list[movielens.Rating], items: list[str]) -> Split:
     return Split("", stream, targets, history, items)
 
 
-def load(dataset: str) -> Split:
+def hide_items(ratings: list[movielens.Rating], fraction: float, seed: int = 0,
+               until: float = 0.8) -> tuple[list[movielens.Rating], frozenset[str]]:
+    """The cold-start experiment: a random ``fraction`` of the rated items (seeded) loses
+    every interaction before the ``until`` quantile of the stream's time, so those items
+    exist in the catalogue (their text is known) but nobody has touched them until late.
+    Each user's last rating is kept whatever its item (it is the target)."""
+    rated = sorted({r.item_id for r in ratings})
+    rng = np.random.default_rng(seed)
+    hidden = frozenset(rng.choice(rated, size=round(fraction * len(rated)), replace=False)
+                       .tolist()) if fraction > 0 else frozenset()
+    cutoff = float(np.quantile([r.ts_ms for r in ratings], until)) if ratings else 0.0
+    last = {r.user_id: n for n, r in enumerate(ratings)}
+    kept = [r for n, r in enumerate(ratings)
+            if r.item_id not in hidden or r.ts_ms >= cutoff or last[r.user_id] == n]
+    return kept, hidden
+
+
+def load(dataset: str, cold_items: float = 0.0) -> Split:
+    """The split of ``dataset``; with ``cold_items`` > 0, the cold-start experiment's."""
     movies = movielens.movies(dataset)
-    split = leave_last_out(movielens.ratings(dataset), [m.item_id for m in movies])
+    ratings = movielens.ratings(dataset)
+    hidden: frozenset[str] = frozenset()
+    if cold_items > 0:
+        ratings, hidden = hide_items(ratings, cold_items)
+    split = leave_last_out(ratings, [m.item_id for m in movies])
     split.dataset = dataset
     split.genres = {m.item_id: m.genres for m in movies}
+    split.hidden = hidden
     return split

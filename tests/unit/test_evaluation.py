@@ -95,3 +95,20 @@ def test_covisitation_and_als_find_the_users_cluster_popularity_does_not() -> No
     assert {int(u[1:]) for u in misses} <= set(range(8)), misses
     popular = baselines.popularity(split, k=3)
     assert all(not set(popular[u]) & set(split.history[u]) for u in split.targets)
+
+
+def test_hidden_items_lose_their_early_interactions_but_targets_stay() -> None:
+    from app.evaluation.split import hide_items
+
+    ratings = [_r(n, f"u{n % 7}", f"i{n % 20}", n) for n in range(400)]
+    kept, hidden = hide_items(ratings, 0.1, until=0.8)
+    assert len(hidden) == 2
+    cutoff = 320
+    last = {r.user_id: r.row for r in ratings}
+    for r in ratings:
+        kept_it = r in kept
+        if r.item_id in hidden and r.ts_ms < cutoff and last[r.user_id] != r.row:
+            assert not kept_it
+        else:
+            assert kept_it
+    assert hide_items(ratings, 0.1, until=0.8)[1] == hidden   # seeded: the same items
