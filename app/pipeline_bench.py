@@ -3,13 +3,16 @@ its ratings as events, measured from outside with plain Kafka clients.
 
 1. Catalogue: the 3,883 movies are published and the run waits until the worker has
    embedded and indexed all of them.
-2. Throughput, in the same run for three jobs: a backlog of N events is produced first;
-   then Faust's decode-only ceiling, the same StreamRec job written the naive way (one
-   event at a time: one table write and one recommendation per event) and StreamRec each
-   work it off with a fresh consumer group; events/s is measured from the group's first
-   commit to its last (start-up excluded).
-3. Latency: events paced at half that rate; each recommendation is matched to the send time
-   of the event it was computed after (its `source_event_id`): p50/p99 of produced_at - sent.
+2. Throughput, in the same run for four jobs: a backlog of N events is produced first;
+   then Faust's decode-only ceiling, the StreamRec job written the naive way (one event at
+   a time: one table write and one recommendation per event), the same job in Quix Streams
+   (`app/peers/quix_job.py`) and StreamRec each work it off with a fresh consumer group;
+   events/s is measured from the group's first commit to its last (start-up excluded).
+   With ``profile``, py-spy samples the StreamRec worker meanwhile.
+3. Latency: events paced at half StreamRec's rate; each recommendation is matched to the send
+   time of the event it was computed after (its `source_event_id`): p50/p99 of
+   produced_at - sent.
+4. Pull API: GET /users/{id}/recommendations, open loop at a fixed rate.
 
 The broker and the worker share this machine's cores with the producer, as they would in
 a laptop test; the report says how many cores there were.
