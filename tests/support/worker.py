@@ -30,6 +30,7 @@ def isolated_env(bootstrap: str | None, data_dir: Path, partitions: int = 4) -> 
         "STREAMREC_TOPIC_USERS": f"users-{tag}",
         "STREAMREC_TOPIC_RECOMMENDATIONS": f"recommendations-{tag}",
         "STREAMREC_TOPIC_DEADLETTER": f"deadletter-{tag}",
+        "STREAMREC_TOPIC_CATALOGUE": f"catalogue-{tag}",
         "STREAMREC_PARTITIONS": str(partitions),
         "STREAMREC_DATA_DIR": str(data_dir),
         "STREAMREC_WEB_PORT": str(free_port()),
