@@ -277,6 +277,10 @@ def update_benchmarks(path: Path, dataset: str, report: dict[str, Any], command:
         f"`{command}` (full report: [{report_path}]({report_path}))",
         "",
         *rows,
+        *(["", f"Users whose target is one of the {report['hidden_items']:,} hidden items "
+                f"({report['hidden_item_users']:,}):", "",
+           *_table({name: m["hidden items"] for name, m in models.items()})]
+          if report.get("hidden_items") else []),
         end,
     ])
     text = path.read_text() if path.exists() else ""
