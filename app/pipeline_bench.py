@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -246,7 +247,8 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
                 if profile is not None and name == "streamrec" else None
             rates[name] = await _drain_rate(settings, group, ends, run_.alive)
             if spy is not None and profile is not None:
-                stop_process(spy, grace=30)
+                spy.send_signal(signal.SIGINT)   # py-spy writes its file on SIGINT only
+                await asyncio.to_thread(spy.wait, 60)
                 summary = await asyncio.to_thread(summarise_profile, workdir / "profile.txt")
                 await asyncio.to_thread(profile.write_text, summary)
                 say(f"  profile: {profile}")
