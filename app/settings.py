@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     batch_max: int = Field(default=1000, ge=1)
     """Most records an agent takes at once."""
 
-    batch_within_seconds: float = Field(default=0.005, gt=0)
+    batch_within_seconds: float = Field(default=0.01, gt=0)
     """Longest an agent waits to fill a batch."""
 
     recommendation_size: int = Field(default=10, ge=1, le=1000)
