@@ -201,6 +201,16 @@ def markdown(report: dict[str, Any], command: str, images: Mapping[str, str]) ->
     return "\n".join(lines)
 
 
+def save(fig: Any, path: Path) -> str:
+    """Write and close a figure; its path relative to the report."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt = pyplot()
+    if plt is not None:
+        plt.close(fig)
+    return f"img/{path.name}"
+
+
 def plots(report: dict[str, Any], runs: Sequence[ReplayRun], folder: Path
           ) -> dict[str, str]:
     """PNG plots beside the report; returns {title: relative path}."""
@@ -224,11 +234,7 @@ def plots(report: dict[str, Any], runs: Sequence[ReplayRun], folder: Path
     ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
     ax.set_title(f"{dataset}: quality per model (full ranking, leave-last-out)")
     ax.legend()
-    fig.tight_layout()
-    path = folder / f"{dataset}-models.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    out["metrics per model"] = f"img/{path.name}"
+    out["metrics per model"] = save(fig, folder / f"{dataset}-models.png")
 
     fig, ax = plt.subplots(figsize=(8, 3.8))
     buckets = report["history_buckets"]
@@ -240,11 +246,7 @@ def plots(report: dict[str, Any], runs: Sequence[ReplayRun], folder: Path
     ax.set_ylabel("NDCG@10")
     ax.set_title(f"{dataset}: NDCG@10 against history length")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = folder / f"{dataset}-history.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    out["NDCG@10 against history length"] = f"img/{path.name}"
+    out["NDCG@10 against history length"] = save(fig, folder / f"{dataset}-history.png")
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for run in runs:
@@ -256,11 +258,7 @@ def plots(report: dict[str, Any], runs: Sequence[ReplayRun], folder: Path
     ax.set_ylabel("recommendations")
     ax.set_title(f"{dataset}: latency during the replay")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = folder / f"{dataset}-latency.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    out["latency during the replay"] = f"img/{path.name}"
+    out["latency during the replay"] = save(fig, folder / f"{dataset}-latency.png")
     return out
 
 

@@ -7,17 +7,15 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
-import pytest
 
 from app.broker.apache import KafkaBroker
 from app.contract.records import ItemUpsert, View
 from tests.support.kafka_io import produce
 from tests.support.prometheus import ROOT, Prometheus, binary
-from tests.support.worker import WorkerProcess, isolated_env
+from tests.support.worker import WorkerProcess
 
 TS = 1_700_000_000_000
 
@@ -30,17 +28,6 @@ def test_promtool_accepts_config_rules_and_rule_tests() -> None:
         done = subprocess.run([promtool, *args], cwd=folder, capture_output=True, text=True,
                               check=False)
         assert done.returncode == 0, done.stdout + done.stderr
-
-
-@pytest.fixture
-def worker(kafka: KafkaBroker, tmp_path: Path) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(isolated_env(kafka.bootstrap, tmp_path / "data"),
-                            tmp_path / "worker.log").start()
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
 
 
 def test_prometheus_scrapes_the_key_series_from_a_working_worker(

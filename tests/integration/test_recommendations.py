@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import msgspec
-import pytest
 
 from app.broker.apache import KafkaBroker
 from app.contract.records import (
@@ -22,7 +19,7 @@ from app.contract.records import (
 )
 from app.metrics import scrape
 from tests.support.kafka_io import produce, read_topic
-from tests.support.worker import WorkerProcess, isolated_env
+from tests.support.worker import WorkerProcess
 
 TS = 1_700_000_000_000
 CATALOGUE = {
@@ -35,17 +32,6 @@ CATALOGUE = {
     "notebook": ("The Notebook", "romance", "A love story that lasts a lifetime."),
     "titanic": ("Titanic", "romance", "Two lovers meet on the doomed ocean liner."),
 }
-
-
-@pytest.fixture
-def worker(kafka: KafkaBroker, tmp_path: Path) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(isolated_env(kafka.bootstrap, tmp_path / "data"),
-                            tmp_path / "worker.log").start()
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
 
 
 def _lag_series(worker: WorkerProcess, topic: str, within: float = 20.0) -> dict[str, float]:
