@@ -138,6 +138,10 @@ class Recommender:
                 segment, Popularity(half_life_ms=self.popularity.half_life_ms)
             ).add(item_id, weight, ts)
 
+    def _new_with_profile(self, user: UserView) -> bool:
+        """A new user (few recent items) whose profile segments are known."""
+        return len(user.recent) < self.new_user_events and bool(user.segments)
+
     def _segment_value(self, user: UserView, item: str, now: int) -> float:
         return sum(self.segment_popularity[s].value(item, now) for s in user.segments
                    if s in self.segment_popularity)
@@ -179,7 +183,7 @@ class Recommender:
                 counts["covisit"] += 1
         popular = self.popularity.top(self.per_source // 2, now) \
             if "popular" in self.sources else []
-        new_user = len(user.recent) < self.new_user_events and bool(user.segments)
+        new_user = self._new_with_profile(user)
         if new_user and "popular" in self.sources:
             for segment in user.segments:
                 if segment in self.segment_popularity:
@@ -219,7 +223,7 @@ class Recommender:
         rows = [r for r in mmr(relevance, candidates.vectors, request.k, self.params.mmr_lambda)
                 if np.isfinite(relevance[r])]
         kinds = {item: kind for item, kind, _ in user.recent}
-        new_user = len(user.recent) < self.new_user_events and bool(user.segments)
+        new_user = self._new_with_profile(user)
         history = [(i, self.catalogue.index.vector(i)) for i, _, _ in user.recent[-20:]
                    if i in self.catalogue.index]
         out = []
