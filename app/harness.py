@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
@@ -81,9 +82,14 @@ class WorkerRun:
 
 async def produce_records(bootstrap: str, topic: str,
                           records: list[tuple[bytes, bytes, str]], rate: float | None,
-                          sent: dict[str, float], ends: dict[tuple[str, int], int]) -> float:
-    """Send ``records`` (paced at ``rate``/s, or flat out); returns the first send time."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
+                          sent: dict[str, float], ends: dict[tuple[str, int], int],
+                          gate: Callable[[int], Awaitable[None]] | None = None,
+                          progress: Callable[[int, int, float], None] | None = None,
+                          linger_ms: int = 5) -> float:
+    """Send ``records`` (paced at ``rate``/s, or flat out); returns the first send time.
+    ``gate(n)``, when given and not paced, is awaited before record ``n`` (flow control);
+    ``progress(done, of, seconds)`` is told every 1,000 records."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms,
                                 max_batch_size=256 * 1024)
     await producer.start()
 
@@ -96,8 +102,12 @@ async def produce_records(bootstrap: str, topic: str,
                 ahead = n / rate - (time.time() - started)
                 if ahead > 0.002:
                     await asyncio.sleep(ahead)
+            elif gate is not None:
+                await gate(n)
             sent[event_id] = time.time()
             (await producer.send(topic, value, key=key)).add_done_callback(done)
+            if progress and n % 1000 == 0:
+                progress(n, len(records), time.time() - started)
         await producer.flush()
     finally:
         await producer.stop()

@@ -17,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from app.broker.admin import ensure_topics, wait_until_ready
 from app.contract.records import Recommendation
@@ -147,8 +147,8 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
             f"{time.monotonic() - began:.1f}s")
         records = stream_records(split)
         began = time.monotonic()
-        await _produce_paced(broker, settings.topic_events, records, sent, run, rate, window,
-                             progress)
+        await produce_records(broker, settings.topic_events, records, rate, sent, {},
+                              gate=_flow_control(run, window), progress=progress, linger_ms=2)
         while (done := await asyncio.to_thread(_processed, run.metrics_url)) < len(records):
             if not run.alive():
                 raise RuntimeError(f"the worker exited; see {run.log}")
@@ -174,35 +174,23 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
     )
 
 
-async def _produce_paced(broker: str, topic: str, records: list[tuple[bytes, bytes, str]],
-                         sent: dict[str, float], run: WorkerRun, rate: float | None,
-                         window: int, progress: Callable[[int, int, float], None] | None
-                         ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=2)
-    await producer.start()
-    began = time.monotonic()
+def _flow_control(run: WorkerRun, window: int) -> Callable[[int], Awaitable[None]]:
+    """A gate for the producer: once ``window`` records run ahead of what the worker has
+    processed (its /metrics), wait until no more than half of that does."""
     processed = 0.0
-    try:
-        for n, (key, value, event_id) in enumerate(records):
-            if rate:
-                ahead = n / rate - (time.monotonic() - began)
-                if ahead > 0.002:
-                    await asyncio.sleep(ahead)
-            elif n - processed >= window:
-                await producer.flush()
-                while n - processed >= window // 2:
-                    if not run.alive():
-                        raise RuntimeError(f"the worker exited; see {run.log}")
-                    processed = await asyncio.to_thread(_processed, run.metrics_url)
-                    if n - processed >= window // 2:
-                        await asyncio.sleep(0.02)
-            sent[event_id] = time.time()
-            await producer.send(topic, value, key=key)
-            if progress and n % 1000 == 0:
-                progress(n, len(records), time.monotonic() - began)
-        await producer.flush()
-    finally:
-        await producer.stop()
+
+    async def gate(n: int) -> None:
+        nonlocal processed
+        if n - processed < window:
+            return
+        while n - processed >= window // 2:
+            if not run.alive():
+                raise RuntimeError(f"the worker exited; see {run.log}")
+            processed = await asyncio.to_thread(_processed, run.metrics_url)
+            if n - processed >= window // 2:
+                await asyncio.sleep(0.02)
+
+    return gate
 
 
 def summary(run: ReplayRun) -> dict[str, Any]:
