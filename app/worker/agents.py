@@ -53,12 +53,14 @@ def now_ms() -> int:
 
 @dataclass(frozen=True, slots=True)
 class KeyResult(Generic[S, R]):
-    """One key's outcome in a batch: its new state, the records applied, its last event."""
+    """One key's outcome in a batch: its new state, the records applied, its last event,
+    and its state before the batch."""
 
     key: bytes
     state: S
     applied: list[R]
     last_event: Any
+    before: S
 
 
 Prepare = Callable[[list[R]], Awaitable[Callable[[S, R], S]]]
@@ -160,7 +162,7 @@ async def process_batch(
         duplicates += result.duplicates
         flow.on_applied(result.applied)
         if result.applied:
-            results.append(KeyResult(key, result.state, result.applied, pairs[-1][0]))
+            results.append(KeyResult(key, result.state, result.applied, pairs[-1][0], state))
     if flow.after is not None and results:
         try:
             await flow.after(results)
@@ -200,6 +202,7 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
         (decl.users, Flow[ProfileState, UserProfile](
             "users", check.users, StateCodec(ProfileState), fold_profile,
             decl.profile_state,
+            after=pipeline.after_profiles if pipeline else None,
         )),
     ]
 

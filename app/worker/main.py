@@ -13,7 +13,7 @@ import faust
 from app.broker.admin import cluster_id, ensure_topics
 from app.broker.embedded import check_embedded, start_if_needed
 from app.contract.records import UserProfile
-from app.core.state import ProfileState, StateCodec
+from app.core.state import ProfileState, StateCodec, UserState
 from app.encoder.runtime import Encoder
 from app.metrics import Metrics
 from app.settings import Settings
@@ -57,11 +57,16 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     recommender = make_recommender(settings, encoder.dimension)
     profile_codec = StateCodec(ProfileState)
 
+    user_codec = StateCodec(UserState)
+
     def profile_of(key: bytes) -> UserProfile | None:
         return profile_codec.decode(decl.profile_state.get(key)).profile
 
+    def user_of(key: bytes) -> UserState:
+        return user_codec.decode(decl.user_state.get(key))
+
     pipeline = Pipeline(settings, metrics, encoder, recommender, decl.recommendations,
-                        decl.catalogue, profiles=profile_of)
+                        decl.catalogue, profiles=profile_of, users=user_of)
     agents.attach(decl, metrics, pipeline)
     web.attach(decl, metrics, pipeline, ready=pipeline.catalogue_synced.is_set)
     return decl

@@ -47,6 +47,7 @@ from app.core.recommender import (
 from app.core.state import (
     EventContext,
     ItemState,
+    ProfileState,
     StateCodec,
     UserState,
     event_fold,
@@ -134,9 +135,17 @@ def rebuild_memory(recommender: Recommender,
             weight = SEQUENCE_WEIGHTS.get(kind, 1.0)
             covisit.observe(order[:position], item, weight)
             popularity.add(item, weight, ts)
-            recommender.learn_segments(segments, item, weight, ts)
+        learn_segment_history(recommender, state, segments)
     recommender.covisit, recommender.popularity = covisit, popularity
     return count
+
+
+def learn_segment_history(recommender: Recommender, state: UserState,
+                          segments: Sequence[str]) -> None:
+    """Count a user's stored recent items for their profile segments (when a profile
+    arrives after the history, and when memory is regrown: both give the same counts)."""
+    for item, kind, ts in state.recent:
+        recommender.learn_segments(segments, item, SEQUENCE_WEIGHTS.get(kind, 1.0), ts)
 
 
 def make_recommender(settings: Settings, dimension: int) -> Recommender:
@@ -162,7 +171,8 @@ def apply_catalogue_record(catalogue: Catalogue, key: bytes | None, value: bytes
 class Pipeline:
     def __init__(self, settings: Settings, metrics: Metrics, encoder: Encoder,
                  recommender: Recommender, recommendations: Any, catalogue_topic: Any,
-                 profiles: Callable[[bytes], UserProfile | None] = lambda key: None) -> None:
+                 profiles: Callable[[bytes], UserProfile | None] = lambda key: None,
+                 users: Callable[[bytes], UserState] = lambda key: UserState()) -> None:
         self.settings = settings
         self.metrics = metrics
         self.encoder = encoder
@@ -170,6 +180,7 @@ class Pipeline:
         self._recommendations = recommendations
         self._catalogue_topic = catalogue_topic
         self._profiles = profiles
+        self._users = users
         self.catalogue_synced = asyncio.Event()
         self._latest_event_ts = 0
         metrics.model_info.labels(recommender.params.version,
@@ -206,6 +217,17 @@ class Pipeline:
                 await self._recommend(result, request)
             except Exception as exc:  # noqa: BLE001 - state is saved; count and go on
                 count_failure(self.metrics, "recommendations", exc)
+
+    async def after_profiles(self, results: list[KeyResult[ProfileState, UserProfile]]
+                             ) -> None:
+        """A profile that puts a user in new segments counts their history so far for those
+        segments: the same counts a regrowth of memory would give."""
+        for result in results:
+            added = (set(segments_of(result.state.profile))
+                     - set(segments_of(result.before.profile)))
+            if added:
+                learn_segment_history(self.recommender, self._users(result.key),
+                                      sorted(added))
 
     def segments(self, key: bytes) -> tuple[str, ...]:
         """The profile segments of the user stored under ``key`` (none when unknown)."""

@@ -144,8 +144,9 @@ def test_pull_api(kafka: KafkaBroker, worker: WorkerProcess) -> None:
     assert body["similar"][0]["item_id"] in {"aliens", "gravity", "interstellar"}
     assert get("/items/unknown")[0] == 404
     # a new user whose profile is known gets what their segment likes: once "kid" is known
-    # to be 1-12, what kid watches counts for that age band; "tot", also 1-12 and with no
-    # history, gets it first, explained
+    # to be 1-12, what kid watched and watches counts for that age band; "tot", also 1-12 and
+    # with no history, gets those first, explained (whether the counts came incrementally or
+    # from a regrowth of memory after a rebalance: both count the same)
     profiles = [(u.encode(), msgspec.json.encode(UserProfile(
         v=1, event_id=f"p-{u}", user_id=u, ts=TS, age_band="1-12"))) for u in ("kid", "tot")]
     asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_USERS"], profiles))
@@ -154,7 +155,7 @@ def test_pull_api(kafka: KafkaBroker, worker: WorkerProcess) -> None:
     asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_EVENTS"],
                         [(b"kid", msgspec.json.encode(e)) for e in later]))
     worker.wait_metric("streamrec_recommendations_total", 2)
-    status, body = get("/users/tot/recommendations?k=1")
+    status, body = get("/users/tot/recommendations?k=3")
     assert body["known_user"] is False
-    assert body["items"][0]["item_id"] == "cars"
-    assert body["items"][0]["explanation"]["text"] == "popular with people like you"
+    assert {i["item_id"] for i in body["items"]} == {"toy-story", "alien", "cars"}
+    assert {i["explanation"]["text"] for i in body["items"]} == {"popular with people like you"}

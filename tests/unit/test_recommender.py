@@ -172,7 +172,7 @@ def test_user_state_stays_bounded() -> None:
 
 
 def test_memory_regrown_from_stored_users_matches_live_learning() -> None:
-    from app.worker.pipeline import learn_sequence, rebuild_memory
+    from app.worker.pipeline import learn_segment_history, learn_sequence, rebuild_memory
 
     cat = catalogue()
     context = EventContext(item_vector=cat.index.vector, query_vectors={}, dimension=D)
@@ -183,9 +183,13 @@ def test_memory_regrown_from_stored_users_matches_live_learning() -> None:
                         "u3": ["alien", "predator", "titanic"]}.items():
         state = UserState()
         for i, item in enumerate(items):  # one event per batch, as a live worker would see
+            # u2's profile arrives after their first event: their history so far then counts
+            known = segments[user] if user != "u2" or i > 0 else ()
+            if user == "u2" and i == 1:
+                learn_segment_history(live, state, segments[user])
             event = View(v=1, event_id=f"{user}-{i}", user_id=user, ts=1000 * i, item_id=item)
             result = apply_batch(state, [event], 64, event_fold(context))
-            learn_sequence(live, result.state, result.applied, segments[user])
+            learn_sequence(live, result.state, result.applied, known)
             state = result.state
         users.append((state, segments[user]))
     regrown = Recommender(cat)
