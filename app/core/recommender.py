@@ -18,12 +18,13 @@ import numpy.typing as npt
 from app.contract.records import Explanation, RecommendedItem
 from app.core.catalogue import CatalogueEntry, PriceStats, VectorIndex
 from app.core.covisit import CoVisitation
-from app.core.profile import DAY_MS, decay
+from app.core.profile import DAY_MS
 from app.core.ranking import Candidates, RankerParams, Why, allowed, explain, mmr, score
 
 FloatArray = npt.NDArray[np.float32]
 
 SOURCES = frozenset({"encoder", "covisit", "popular"})
+FRESHNESS_HALF_LIFE_MS = 30 * DAY_MS  # a new item's freshness halves every 30 days
 VERBS = {"view": "viewed", "add_to_cart": "added", "purchase": "bought", "search": "searched"}
 
 
@@ -63,31 +64,78 @@ class Catalogue:
 
 @dataclass
 class Popularity:
-    """Decayed interaction counts per item; ``top`` is refreshed at most every few seconds
-    of event time so a hot path never sorts the catalogue."""
+    """Decayed interaction counts per item.
+
+    Every count decays at the same rate, so each is stored scaled to a common reference
+    time (``weight * 2 ** ((ts - reference) / half_life)``): adding is one multiply, the
+    order of items never changes with time, and reading many values is one dict lookup
+    each and one shared factor (the reference moves forward before the scale overflows)."""
 
     half_life_ms: int = 7 * DAY_MS
-    scores: dict[str, tuple[float, int]] = field(default_factory=dict)
-    _top: list[tuple[str, float]] = field(default_factory=list)
-    _top_at: int = -1
+    scores: dict[str, float] = field(default_factory=dict)
+    reference: int | None = None
+    # the TOP_KEPT strongest items: scaled scores only grow, so an item outside this set
+    # enters it only by overtaking its weakest member, and `top` never scans the catalogue
+    _top: dict[str, None] = field(default_factory=dict)
+    _ranked: list[str] | None = None
+    _floor: float = 0.0   # a lower bound of the weakest kept score
+
+    REBASE_HALF_LIVES = 256.0  # 2 ** 256 is far inside float64
+    TOP_KEPT = 256
+
+    def _scale(self, ts: int) -> float:
+        if self.reference is None:
+            self.reference = ts
+        exponent = (ts - self.reference) / self.half_life_ms
+        if exponent > self.REBASE_HALF_LIVES:
+            shrink = 0.5 ** exponent
+            self.scores = {i: v * shrink for i, v in self.scores.items()}
+            self._floor *= shrink
+            self.reference, exponent = ts, 0.0
+        return float(2.0 ** max(exponent, -1074.0))
 
     def add(self, item_id: str, weight: float, ts: int) -> None:
-        value, at = self.scores.get(item_id, (0.0, ts))
-        if ts >= at:
-            self.scores[item_id] = (value * decay(ts - at, self.half_life_ms) + weight, ts)
-        else:
-            self.scores[item_id] = (value + weight * decay(at - ts, self.half_life_ms), at)
+        score = self.scores[item_id] = (self.scores.get(item_id, 0.0)
+                                        + weight * self._scale(ts))
+        top = self._top
+        if item_id in top:
+            self._ranked = None
+        elif len(top) < self.TOP_KEPT:
+            top[item_id] = None
+            self._ranked = None
+        elif score > self._floor:
+            weakest = min(top, key=self.scores.__getitem__)
+            self._floor = self.scores[weakest]   # kept scores only grow from here
+            if score > self._floor:
+                del top[weakest]
+                top[item_id] = None
+                self._ranked = None
+
+    def _factor(self, now: int) -> float:
+        if self.reference is None:
+            return 0.0
+        return float(0.5 ** ((now - self.reference) / self.half_life_ms))
 
     def value(self, item_id: str, now: int) -> float:
-        value, at = self.scores.get(item_id, (0.0, now))
-        return value * decay(now - at, self.half_life_ms)
+        return self.scores.get(item_id, 0.0) * self._factor(now)
 
-    def top(self, k: int, now: int, refresh_ms: int = 5_000) -> list[tuple[str, float]]:
-        if self._top_at < 0 or now - self._top_at > refresh_ms or len(self._top) < k:
-            ranked = sorted(((i, self.value(i, now)) for i in self.scores),
-                            key=lambda kv: kv[1], reverse=True)
-            self._top, self._top_at = ranked[: max(k, 100)], now
-        return self._top[:k]
+    def values(self, item_ids: Sequence[str], now: int) -> FloatArray:
+        """The decayed counts of ``item_ids`` at ``now`` (0 for unknown items)."""
+        scores = self.scores
+        raw = np.fromiter((scores.get(i, 0.0) for i in item_ids), dtype=np.float64,
+                          count=len(item_ids))
+        return (raw * self._factor(now)).astype(np.float32)
+
+    def top(self, k: int, now: int) -> list[tuple[str, float]]:
+        """The k items with the highest decayed counts at ``now``, highest first."""
+        if k > self.TOP_KEPT:
+            ranked = sorted(self.scores, key=self.scores.__getitem__, reverse=True)
+        else:
+            if self._ranked is None:
+                self._ranked = sorted(self._top, key=self.scores.__getitem__, reverse=True)
+            ranked = self._ranked
+        factor = self._factor(now)
+        return [(i, self.scores[i] * factor) for i in ranked[:k]]
 
 
 @dataclass(frozen=True)
@@ -143,18 +191,23 @@ class Recommender:
         return len(user.recent) < self.new_user_events and bool(user.segments)
 
     def _segment_value(self, user: UserView, item: str, now: int) -> float:
-        return sum(self.segment_popularity[s].value(item, now) for s in user.segments
-                   if s in self.segment_popularity)
+        return float(self._segment_values(user, [item], now)[0])
+
+    def _segment_values(self, user: UserView, ids: list[str], now: int) -> FloatArray:
+        total = np.zeros(len(ids), dtype=np.float32)
+        for segment in user.segments:
+            if segment in self.segment_popularity:
+                total += self.segment_popularity[segment].values(ids, now)
+        return total
 
     def _popularity(self, user: UserView, ids: list[str], now: int, new_user: bool
                     ) -> FloatArray:
         """Global popularity; for a new user with a known profile, their segments' first:
         segment popularity plus half the overall one, each scaled to [0, 1]."""
-        overall = np.array([self.popularity.value(i, now) for i in ids], dtype=np.float32)
+        overall = self.popularity.values(ids, now)
         if not new_user:
             return overall
-        segment = np.array([self._segment_value(user, i, now) for i in ids],
-                           dtype=np.float32)
+        segment = self._segment_values(user, ids, now)
         blended: FloatArray = (0.5 * overall / max(float(overall.max(initial=0.0)), 1e-9)
                                + segment / max(float(segment.max(initial=0.0)), 1e-9))
         return blended.astype(np.float32)
@@ -176,8 +229,8 @@ class Recommender:
                 found[item] = None
         recent = user.recent[-self.covisit_recent:]
         co = self.covisit.candidates(((i, w) for i, _, w in recent), self.covisit_neighbours) \
-            if "covisit" in self.sources else {}
-        for item in sorted(co, key=lambda i: co[i][0], reverse=True)[: self.per_source]:
+            if "covisit" in self.sources else None
+        for item in co.ranked(self.per_source) if co is not None else ():
             if item in self.catalogue.items:
                 found[item] = None
                 counts["covisit"] += 1
@@ -195,15 +248,19 @@ class Recommender:
                 counts["popular"] += 1
         ids = [i for i in found if i in self.catalogue.index]
         info = [self.catalogue.items[i] for i in ids]
+        no_sources: list[str | None] = [None] * len(ids)
+        covisit, covisit_source = co.lookup(ids) if co is not None else (
+            np.zeros(len(ids)), no_sources)
+        added = np.fromiter((x.added for x in info), dtype=np.float64, count=len(info))
         candidates = Candidates(
             item_ids=ids,
             vectors=self.catalogue.index.vectors(ids) if ids else
             np.zeros((0, self.catalogue.dimension), dtype=np.float32),
-            covisit=np.array([co[i][0] if i in co else 0.0 for i in ids], dtype=np.float32),
-            covisit_source=[co[i][1] if i in co else None for i in ids],
+            covisit=covisit.astype(np.float32),
+            covisit_source=covisit_source,
             popularity=self._popularity(user, ids, now, new_user),
-            freshness=np.array([decay(now - x.added, 30 * DAY_MS) for x in info],
-                               dtype=np.float32),
+            freshness=np.exp2(-np.maximum(now - added, 0.0) / FRESHNESS_HALF_LIFE_MS
+                              ).astype(np.float32),
             categories=[x.category for x in info],
         )
         return candidates, counts

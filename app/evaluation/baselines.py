@@ -67,8 +67,7 @@ def covisitation(split: Split, k: int = 50, window: int = 10, recent: int = 20,
             continue
         tail = sequence[-recent:]
         weighted = [(item, recency ** (len(tail) - 1 - m)) for m, item in enumerate(tail)]
-        found = graph.candidates(weighted, 100)
-        ranked = sorted(found, key=lambda i: found[i][0], reverse=True)
+        ranked = graph.candidates(weighted, 100).ranked()
         if len(ranked) < k + len(sequence):
             ranked += [item for item, _ in counts.most_common(k + len(sequence))]
             ranked += split.items  # nothing known yet: catalogue order

@@ -78,7 +78,24 @@ def test_covisitation_prefers_close_neighbours_and_is_bounded() -> None:
         graph.observe(["hub"], f"n{i}")
     assert len(graph.edges["hub"]) <= 4
     found = graph.candidates([("y", 1.0)], k=5)
-    assert found["z"] == (1.0, "y")
+    scores, sources = found.lookup(["z", "x"])
+    assert scores.tolist() == [1.0, 0.0]
+    assert sources == ["y", None]
+
+
+def test_covisitation_candidates_sum_neighbours_and_name_the_strongest_source() -> None:
+    graph = CoVisitation(window=1)
+    for history, item in [(["a"], "t"), (["a"], "t"), (["b"], "t"), (["b"], "u"),
+                          (["b"], "u"), (["b"], "u"), (["c"], "v")]:
+        graph.observe(history, item)
+    found = graph.candidates([("a", 1.0), ("b", 0.5)], k=10)
+    assert found.ranked() == ["t", "u"]            # t: 2 + 0.5 = 2.5, u: 1.5; v unreachable
+    assert found.ranked(1) == ["t"]
+    scores, sources = found.lookup(["u", "t", "v", "unknown"])
+    assert scores.tolist() == [1.5, 2.5, 0.0, 0.0]
+    assert sources == ["b", "a", None, None]
+    assert graph.candidates([("b", 1.0)], k=1).ranked() == ["u"]  # b's strongest only
+    assert len(graph.candidates([("nothing", 1.0)], k=5)) == 0
 
 
 def test_the_obvious_item_ranks_first() -> None:

@@ -4,10 +4,12 @@ feeds it."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from app.contract.records import ItemUpsert, Purchase, Search, View
 from app.core.catalogue import VectorIndex, clean_label, entry, item_text
 from app.core.covisit import CoVisitation
+from app.core.profile import DAY_MS
 from app.core.ranking import RankerParams
 from app.core.recommender import (
     Catalogue,
@@ -243,3 +245,28 @@ def test_only_a_recent_search_is_embedded_for_the_view() -> None:
     stale = UserState(query="love story", query_ts=0, last_ts=2 * DAY_MS)
     assert user_view(stale, D, embed).query is None
     assert asked == ["love story"]  # the stale search was not embedded
+
+
+def test_popularity_decays_ranks_and_keeps_its_top_without_scanning() -> None:
+    day = DAY_MS
+    pop = Popularity(half_life_ms=day)
+    pop.add("old", 4.0, 0)
+    pop.add("new", 1.0, 2 * day)
+    assert pop.value("old", 2 * day) == pytest.approx(1.0)   # two half-lives later
+    assert pop.values(["old", "new", "unknown"], 3 * day).tolist() == pytest.approx(
+        [0.5, 0.5, 0.0])
+    pop.add("new", 1.0, 3 * day)
+    assert [i for i, _ in pop.top(2, 3 * day)] == ["new", "old"]
+    # many items: the kept top is exactly the strongest, whatever the arrival order
+    rng = np.random.default_rng(1)
+    many = Popularity(half_life_ms=day)
+    for n in rng.permutation(2000):
+        many.add(f"i{n}", float(n), int(rng.integers(0, 10 * day)))
+    at = 10 * day
+    exact = sorted(many.scores, key=lambda i: many.value(i, at), reverse=True)[:50]
+    assert [i for i, _ in many.top(50, at)] == exact
+    # far-apart times rebase the scale instead of overflowing
+    pop.add("later", 1.0, 10_000 * day)
+    assert np.isfinite(pop.value("later", 10_000 * day))
+    assert pop.value("later", 10_000 * day) == pytest.approx(1.0)
+    assert pop.value("old", 10_000 * day) == 0.0
