@@ -41,6 +41,7 @@ class Metrics:
     table_keys: Gauge
     model_info: Gauge
     encoder_seconds: Histogram
+    pull_seconds: Histogram
     info: Info
 
     @classmethod
@@ -134,6 +135,13 @@ class Metrics:
                 "Time to embed one batch of texts, by purpose (items, queries).",
                 ["purpose"],
                 buckets=_BATCH_BUCKETS,
+                registry=registry,
+            ),
+            pull_seconds=Histogram(
+                "streamrec_pull_seconds",
+                "Time to answer one pull-API recommendation request inside the worker "
+                "(state read, scoring, encoding; HTTP handling excluded).",
+                buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
                 registry=registry,
             ),
             info=Info("streamrec_worker", "Worker build information.", registry=registry),

@@ -33,7 +33,6 @@ from app.worker.pipeline import apply_catalogue_record, make_recommender, recomm
 
 log = logging.getLogger(__name__)
 
-FAUST_COMMIT_INTERVAL = 2.8  # seconds: Faust's default, so both peers commit alike
 
 
 def load_catalogue(settings: Settings, catalogue: Catalogue, within: float = 120.0) -> int:
@@ -97,7 +96,7 @@ def build(settings: Settings) -> Application:
         broker_address=settings.bootstrap_servers(),
         consumer_group=settings.app_id,
         auto_offset_reset="earliest",
-        commit_interval=FAUST_COMMIT_INTERVAL,
+        commit_interval=settings.commit_interval_seconds,  # as the Faust worker
         state_dir=str(settings.data_dir / "quix"),
         loglevel="WARNING",
         rocksdb_options=RocksDBOptions(dumps=bytes, loads=bytes),

@@ -61,6 +61,7 @@ def _app(settings: Settings) -> faust.App:
         broker_session_timeout=session_timeout,
         broker_heartbeat_interval=min(3.0, session_timeout / 3),
         broker_request_timeout=settings.request_timeout_seconds,
+        broker_commit_interval=settings.commit_interval_seconds,
         consumer_auto_offset_reset="earliest",
         web_host=settings.web_host,
         web_port=settings.web_port,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 import uuid
@@ -65,6 +66,15 @@ QUERY_MEMORY_MS = DAY_MS  # a search keeps steering explanations for a day of ev
 _entry_encoder = msgspec.msgpack.Encoder()
 _entry_decoder = msgspec.msgpack.Decoder(CatalogueEntry)
 _rec_encoder = msgspec.json.Encoder()
+
+
+def settle_garbage_collector() -> None:
+    """Move everything alive after start-up (modules, the catalogue, the encoder) out of
+    the garbage collector's reach: a full collection then walks only what came later, which
+    keeps its pauses out of the pull API's tail (a full collection of a fresh worker's
+    objects takes ~18 ms here)."""
+    gc.collect()
+    gc.freeze()
 
 
 def user_view(state: UserState, dimension: int, embed_query: Callable[[str], FloatArray],
@@ -318,6 +328,7 @@ class Pipeline:
                 if not self.catalogue_synced.is_set() and await _caught_up(consumer, ends):
                     self.catalogue_synced.set()
                     log.info("catalogue loaded: %d items", len(self.recommender.catalogue.index))
+                    settle_garbage_collector()
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()

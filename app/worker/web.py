@@ -83,15 +83,14 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
         parsed = parse_request(request.query)
         if isinstance(parsed, str):
             return web.json({"error": parsed}, status=400)
-        raw = decl.user_state.get(user_id.encode())
-        state = _codec.decode(raw)
-        items = pipeline.recommend_now(state, parsed, user_id.encode())
-        return web.bytes(
-            msgspec.json.encode({"user_id": user_id, "known_user": raw is not None,
-                                 "model_version": pipeline.recommender.params.version,
-                                 "items": items}),
-            content_type="application/json",
-        )
+        with metrics.pull_seconds.time():
+            raw = decl.user_state.get(user_id.encode())
+            state = _codec.decode(raw)
+            items = pipeline.recommend_now(state, parsed, user_id.encode())
+            body = msgspec.json.encode({"user_id": user_id, "known_user": raw is not None,
+                                        "model_version": pipeline.recommender.params.version,
+                                        "items": items})
+        return web.bytes(body, content_type="application/json")
 
     @app.page("/users/{user_id}")
     @app.table_route(table=decl.user_state, match_info="user_id")
