@@ -42,6 +42,7 @@ class Metrics:
     model_info: Gauge
     encoder_seconds: Histogram
     pull_seconds: Histogram
+    pull_cache: Counter
     info: Info
 
     @classmethod
@@ -142,6 +143,13 @@ class Metrics:
                 "Time to answer one pull-API recommendation request inside the worker "
                 "(state read, scoring, encoding; HTTP handling excluded).",
                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+                registry=registry,
+            ),
+            pull_cache=Counter(
+                "streamrec_pull_cache_total",
+                "Pull requests answered from the user's latest computed list (hit) or "
+                "scored afresh (miss).",
+                ["outcome"],
                 registry=registry,
             ),
             info=Info("streamrec_worker", "Worker build information.", registry=registry),

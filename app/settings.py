@@ -134,6 +134,13 @@ class Settings(BaseSettings):
     recommendation_size: int = Field(default=10, ge=1, le=1000)
     """Items per published recommendation."""
 
+    pull_cache_users: int = Field(default=50_000, ge=0)
+    """Users whose latest computed list a worker keeps to answer pulls without scoring
+    again (0: always score; ~1.5 KB a user at 10 items)."""
+
+    pull_cache_seconds: float = Field(default=30.0, ge=0)
+    """Oldest cached list a pull may get (the user's own state must also be unchanged)."""
+
     ann_threshold: int = Field(default=200_000, ge=0)
     """Catalogue size from which nearest-neighbour search is approximate (usearch HNSW)
     instead of exact; see BENCHMARKS.md (`streamrec bench index`)."""

@@ -45,6 +45,7 @@ from app.core.recommender import (
     UserView,
     with_sources,
 )
+from app.core.served import ServedLists
 from app.core.state import (
     EventContext,
     ItemState,
@@ -191,6 +192,8 @@ class Pipeline:
         self._catalogue_topic = catalogue_topic
         self._profiles = profiles
         self._users = users
+        self.served = ServedLists(settings.pull_cache_users,
+                                  settings.pull_cache_seconds * 1000)
         self.catalogue_synced = asyncio.Event()
         self._latest_event_ts = 0
         metrics.model_info.labels(recommender.params.version,
@@ -243,14 +246,25 @@ class Pipeline:
         """The profile segments of the user stored under ``key`` (none when unknown)."""
         return segments_of(self._profiles(key))
 
-    def recommend_now(self, state: UserState, request: Request, key: bytes = b""
-                      ) -> list[RecommendedItem]:
+    def recommend_now(self, state: UserState, request: Request, key: bytes = b"",
+                      fresh: bool = False) -> list[RecommendedItem]:
         """Recommendations for a stored user state (the pull API); a new user gets the
-        cold-start answer (popular items, with their profile segments' when known)."""
+        cold-start answer (popular items, with their profile segments' when known). The
+        list last computed for the user answers when nothing it depends on has changed
+        (app.core.served), unless ``fresh``."""
+        version = self.recommender.params.version
+        clock = time.monotonic() * 1000
+        if not fresh and state.last_ts:
+            cached = self.served.get(key, state.last_ts, version, request, clock)
+            self.metrics.pull_cache.labels("hit" if cached is not None else "miss").inc()
+            if cached is not None:
+                return cached
         view = user_view(state, self.encoder.dimension, self.encoder.encode_query,
                          self.segments(key))
         now = state.last_ts or self._latest_event_ts
         items, _ = self.recommender.recommend(view, request, now=now)
+        if state.last_ts:
+            self.served.put(key, state.last_ts, version, request, items, clock)
         return items
 
     async def _recommend(self, result: KeyResult[UserState, Event], request: Request) -> None:
@@ -259,6 +273,8 @@ class Pipeline:
                                          result.applied, request, self.segments(result.key))
         for source, count in counts.items():
             self.metrics.candidates.labels(source).inc(count)
+        self.served.put(result.key, result.state.last_ts, record.model_version, request,
+                        list(record.items), time.monotonic() * 1000)
         await self._recommendations.send(key=result.key, value=_rec_encoder.encode(record))
         self.metrics.recommendations.inc()
         sent_at = result.last_event.message.timestamp

@@ -86,7 +86,8 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
         with metrics.pull_seconds.time():
             raw = decl.user_state.get(user_id.encode())
             state = _codec.decode(raw)
-            items = pipeline.recommend_now(state, parsed, user_id.encode())
+            fresh = request.query.get("fresh", "false").lower() in ("1", "true", "yes")
+            items = pipeline.recommend_now(state, parsed, user_id.encode(), fresh=fresh)
             body = msgspec.json.encode({"user_id": user_id, "known_user": raw is not None,
                                         "model_version": pipeline.recommender.params.version,
                                         "items": items})

@@ -116,7 +116,8 @@ def test_pull_api(kafka: KafkaBroker, worker: WorkerProcess) -> None:
               for i, item in enumerate(["toy-story", "alien"])]
     asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_EVENTS"],
                         [(user.encode(), msgspec.json.encode(e)) for e in events]))
-    worker.wait_metric("streamrec_recommendations_total", 1)
+    # counted once their batch is folded and its recommendations published
+    worker.wait_metric("streamrec_input_records_total", 2, topic="events", outcome="accepted")
 
     def get(path: str) -> tuple[int, dict]:
         status, body = worker._get(path)
@@ -126,6 +127,9 @@ def test_pull_api(kafka: KafkaBroker, worker: WorkerProcess) -> None:
     assert status == 200
     assert body["known_user"] is True
     assert len(body["items"]) == 3
+    # answered from the list computed after kid's last event: the same as scoring afresh
+    worker.wait_metric("streamrec_pull_cache_total", 1, outcome="hit")
+    assert get("/users/kid/recommendations?k=3&fresh=true")[1]["items"] == body["items"]
     assert not {"toy-story", "alien"} & {i["item_id"] for i in body["items"]}
     status, body = get("/users/kid/recommendations?k=5&category=kids&include_seen=true")
     assert {i["item_id"] for i in body["items"]} == {"toy-story", "cars"}
@@ -154,7 +158,7 @@ def test_pull_api(kafka: KafkaBroker, worker: WorkerProcess) -> None:
     later = [View(v=1, event_id="k9", user_id="kid", ts=TS + 9, item_id="cars")]
     asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_EVENTS"],
                         [(b"kid", msgspec.json.encode(e)) for e in later]))
-    worker.wait_metric("streamrec_recommendations_total", 2)
+    worker.wait_metric("streamrec_input_records_total", 3, topic="events", outcome="accepted")
     status, body = get("/users/tot/recommendations?k=3")
     assert body["known_user"] is False
     assert {i["item_id"] for i in body["items"]} == {"toy-story", "alien", "cars"}
