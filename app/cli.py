@@ -270,6 +270,9 @@ def bench_pipeline(
     profile: Annotated[Path | None, typer.Option(
         help="Profile the StreamRec worker with py-spy while it works off the backlog and "
              "write where the time went to this file.")] = None,
+    references: Annotated[bool, typer.Option(
+        help="Also run the reference jobs (decode-only ceiling, naive, Quix Streams); "
+             "--no-references times StreamRec alone, for quick iterations.")] = True,
 ) -> None:
     """One worker on Apache Kafka with the MovieLens-1M catalogue: sustained events/s of
     StreamRec, the naive job, the Quix Streams job and Faust's decode-only ceiling; then
@@ -280,7 +283,8 @@ def bench_pipeline(
         typer.echo(text, err=True)
 
     report = asyncio.run(pipeline_bench.run(
-        events, partitions, broker, latency_seconds, say, pull_rate, pull_seconds, profile))
+        events, partitions, broker, latency_seconds, say, pull_rate, pull_seconds, profile,
+        references))
     if plot_path is not None:
         say(f"wrote {plot_path}" if pipeline_bench.plot(report, plot_path)
             else "matplotlib is not installed: no plot")

@@ -43,6 +43,7 @@ class Metrics:
     encoder_seconds: Histogram
     pull_seconds: Histogram
     pull_cache: Counter
+    loop_lag: Histogram
     info: Info
 
     @classmethod
@@ -150,6 +151,13 @@ class Metrics:
                 "Pull requests answered from the user's latest computed list (hit) or "
                 "scored afresh (miss).",
                 ["outcome"],
+                registry=registry,
+            ),
+            loop_lag=Histogram(
+                "streamrec_event_loop_lag_seconds",
+                "How late a 50 ms sleep on the worker's event loop wakes up: time the loop "
+                "was blocked, during which no request, batch or heartbeat is served.",
+                buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
                 registry=registry,
             ),
             info=Info("streamrec_worker", "Worker build information.", registry=registry),

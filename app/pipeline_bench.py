@@ -163,15 +163,16 @@ async def _pull(base_url: str, users: list[str], rate: float, seconds: float,
     }
 
 
-def _pull_server_shares(before: Samples, after: Samples) -> dict[str, float]:
-    """Share of pull requests the worker answered within each histogram bound (ms), from
-    ``streamrec_pull_seconds`` scraped before and after the pull phase."""
+def _pull_server_shares(before: Samples, after: Samples,
+                        histogram: str = "streamrec_pull_seconds") -> dict[str, float]:
+    """Share of a histogram's observations between two scrapes that fell within each of
+    its bounds (in ms): pull requests answered inside the worker, by default."""
     def count(samples: Samples, bound: str) -> float:
-        return total(samples, "streamrec_pull_seconds_bucket", le=bound)
+        return total(samples, f"{histogram}_bucket", le=bound)
 
     requests = count(after, "+Inf") - count(before, "+Inf")
     bounds = sorted({dict(labels)["le"] for name, labels in after
-                     if name == "streamrec_pull_seconds_bucket"} - {"+Inf"}, key=float)
+                     if name == f"{histogram}_bucket"} - {"+Inf"}, key=float)
     return {f"{float(b) * 1000:g}": (count(after, b) - count(before, b)) / max(requests, 1)
             for b in bounds}
 
@@ -183,6 +184,13 @@ def _start_profiler(run: WorkerRun, target: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([spy, "record", "--pid", str(run.worker.pid), "--rate", "100",
                              "--format", "raw", "--output", str(target), "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def _write_profile(spy: subprocess.Popen[bytes], raw: Path, target: Path) -> None:
+    spy.send_signal(signal.SIGINT)   # py-spy writes its file on SIGINT only
+    await asyncio.to_thread(spy.wait, 60)
+    summary = await asyncio.to_thread(summarise_profile, raw)
+    await asyncio.to_thread(target.write_text, summary)
 
 
 def summarise_profile(raw: Path, top: int = 25) -> str:
@@ -227,7 +235,8 @@ VARIANTS = {
 
 async def run(events: int, partitions: int, broker: str | None, latency_seconds: float,
               say: Callable[[str], None], pull_rate: float = 500.0,
-              pull_seconds: float = 20.0, profile: Path | None = None) -> dict[str, Any]:
+              pull_seconds: float = 20.0, profile: Path | None = None,
+              references: bool = True) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     local: KafkaBroker | None = None
     if broker is None:
@@ -260,7 +269,8 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         producer_rate = len(records) / (time.time() - started)
         rates: dict[str, float] = {}
         empty_items = f"{settings.topic_items}-none"  # variants must not re-embed the catalogue
-        for name, (module, overrides) in VARIANTS.items():
+        variants = VARIANTS if references else {"streamrec": VARIANTS["streamrec"]}
+        for name, (module, overrides) in variants.items():
             group = f"{settings.app_id}-{len(rates)}"
             say(f"{name}: working off the backlog")
             run_.start_worker(module, app_id=group, topic_items=empty_items,
@@ -270,10 +280,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
                 if profile is not None and name == "streamrec" else None
             rates[name] = await _drain_rate(settings, group, ends, run_.alive)
             if spy is not None and profile is not None:
-                spy.send_signal(signal.SIGINT)   # py-spy writes its file on SIGINT only
-                await asyncio.to_thread(spy.wait, 60)
-                summary = await asyncio.to_thread(summarise_profile, workdir / "profile.txt")
-                await asyncio.to_thread(profile.write_text, summary)
+                await _write_profile(spy, workdir / "profile.txt", profile)
                 say(f"  profile: {profile}")
             run_.stop_worker()
             say(f"  {rates[name]:,.0f} events/s")
@@ -308,10 +315,17 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         gc.collect()
         gc.freeze()  # the client's own collections must not show up as server latency
         before = await asyncio.to_thread(scrape, run_.metrics_url)
+        spy = _start_profiler(run_, workdir / "profile-pull.txt") \
+            if profile is not None else None
         pull = await _pull(run_.metrics_url.removesuffix("/metrics"),
                            users, pull_rate, pull_seconds)
         after = await asyncio.to_thread(scrape, run_.metrics_url)
+        if spy is not None and profile is not None:
+            await _write_profile(spy, workdir / "profile-pull.txt",
+                                 profile.with_name(f"{profile.stem}-pull{profile.suffix}"))
         pull["server_within_ms"] = _pull_server_shares(before, after)
+        pull["loop_lag_within_ms"] = _pull_server_shares(
+            before, after, "streamrec_event_loop_lag_seconds")
         pull["cache_hits"] = (total(after, "streamrec_pull_cache_total", outcome="hit")
                               - total(before, "streamrec_pull_cache_total", outcome="hit"))
         say(f"  p50 {pull['p50_ms']:.1f} ms, p99 {pull['p99_ms']:.1f} ms; again, each "
@@ -355,7 +369,8 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
 def markdown(report: dict[str, Any]) -> str:
     lat = report["latency_ms"]
     pull = report["pull"]
-    ceiling = report["variants_events_per_second"]["faust decode-only ceiling"]
+    ceiling = report["variants_events_per_second"].get("faust decode-only ceiling",
+                                                       float("nan"))
     return "\n".join([
         f"{report['cores']} cores shared by Kafka, one worker and the producer; "
         f"{report['partitions']} partitions; {report['catalogue_items']:,} items.",
@@ -396,6 +411,11 @@ def _pull_rows(pull: dict[str, Any], what: str) -> list[str]:
     rows.append(f"| pull API{what}: answered inside the worker within 1 / 2 / 5 ms | "
                 + " / ".join(f"{100 * within.get(b, float('nan')):.1f}%" for b in ("1", "2", "5"))
                 + " |")
+    if "loop_lag_within_ms" in pull:
+        lag = pull["loop_lag_within_ms"]
+        rows.append(f"| pull API{what}: worker's event loop late by at most 5 / 20 / 50 ms | "
+                    + " / ".join(f"{100 * lag.get(b, float('nan')):.1f}%"
+                                 for b in ("5", "20", "50")) + " of probes |")
     return rows
 
 

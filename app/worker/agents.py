@@ -9,6 +9,7 @@ an unexpected error while folding one key sends that key's records to the dead-l
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import traceback
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from app.worker.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
+
+LOOP_PROBE_SECONDS = 0.05
 
 S = TypeVar("S", bound=KeyState)
 R = TypeVar("R", bound=HasEventId)
@@ -228,6 +231,15 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
             metrics.consumer_lag.labels(topic, str(partition)).set(lag)
 
     decl.app.timer(5.0)(report_lag)
+
+    async def watch_loop() -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(LOOP_PROBE_SECONDS)
+            metrics.loop_lag.observe(max(0.0, time.perf_counter() - started
+                                         - LOOP_PROBE_SECONDS))
+
+    decl.app.task(watch_loop)
 
     async def report_table_sizes() -> None:
         for name, table in decl.tables().items():
