@@ -93,27 +93,37 @@ async def _drain(lag: GroupLag, ends: dict[tuple[str, int], int], total: int,
         await asyncio.sleep(0.2)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _drain_rate(settings: Settings, group: str, ends: dict[tuple[str, int], int],
-                      alive: Callable[[], bool], within: float = 900.0) -> float:
-    """Events/s of ``group`` working off a backlog: from its first commit to its last, over
-    the records committed in between (start-up and group joining excluded)."""
+                      alive: Callable[[], bool], pid: int, within: float = 900.0
+                      ) -> tuple[float, float]:
+    """Events/s of ``group`` working off a backlog, and events per CPU-second of its worker
+    process (per core it keeps busy): from its first commit to its last, over the records
+    committed in between (start-up and group joining excluded)."""
     lag = GroupLag(settings, group)
     await lag.start()
     try:
         total_records = sum(ends.values())
         deadline = time.monotonic() + within
-        first: tuple[float, int] | None = None
+        first: tuple[float, int, float] | None = None
         while time.monotonic() < deadline:
             if not alive():
                 raise RuntimeError(f"the {group} worker exited; see its log")
             done = total_records - await lag.lag(ends)
             now = time.monotonic()
             if first is None and done > 0:
-                first = (now, done)
+                first = (now, done, cpu_seconds(pid))
             if done >= total_records:
                 if first is None or now <= first[0]:
-                    return float("nan")
-                return (done - first[1]) / (now - first[0])
+                    return float("nan"), float("nan")
+                cpu = cpu_seconds(pid) - first[2]
+                return ((done - first[1]) / (now - first[0]),
+                        (done - first[1]) / cpu if cpu > 0 else float("nan"))
             await asyncio.sleep(0.05)
         raise TimeoutError(f"group {group} did not finish the backlog")
     finally:
@@ -268,6 +278,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         started = await produce_records(broker, settings.topic_events, records, None, {}, ends)
         producer_rate = len(records) / (time.time() - started)
         rates: dict[str, float] = {}
+        per_core: dict[str, float] = {}   # events per CPU-second of the worker process
         empty_items = f"{settings.topic_items}-none"  # variants must not re-embed the catalogue
         variants = VARIANTS if references else {"streamrec": VARIANTS["streamrec"]}
         for name, (module, overrides) in variants.items():
@@ -278,12 +289,14 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
                               commit_interval_seconds=str(BENCH_COMMIT_SECONDS), **overrides)
             spy = _start_profiler(run_, workdir / "profile.txt") \
                 if profile is not None and name == "streamrec" else None
-            rates[name] = await _drain_rate(settings, group, ends, run_.alive)
+            assert run_.worker is not None
+            rates[name], per_core[name] = await _drain_rate(settings, group, ends, run_.alive,
+                                                            run_.worker.pid)
             if spy is not None and profile is not None:
                 await _write_profile(spy, workdir / "profile.txt", profile)
                 say(f"  profile: {profile}")
             run_.stop_worker()
-            say(f"  {rates[name]:,.0f} events/s")
+            say(f"  {rates[name]:,.0f} events/s, {per_core[name]:,.0f} per CPU-second")
         throughput = rates["streamrec"]
         run_.start_worker(app_id=f"{settings.app_id}-latency", topic_items=empty_items,
                           data_dir=str(workdir / "latency"))
@@ -343,6 +356,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             "events": len(records),
             "events_per_second": throughput,
             "variants_events_per_second": rates,
+            "variants_events_per_cpu_second": per_core,
             "producer_events_per_second": producer_rate,
             "latency_rate_per_second": rate,
             "latency_events": len(paced),
@@ -376,9 +390,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['partitions']} partitions; {report['catalogue_items']:,} items.",
         "",
         "| one worker working off a backlog of "
-        f"{report['events']:,} events | events/s | x decode-only |",
-        "| --- | ---: | ---: |",
-        *[f"| {name} | {rate:,.0f} | {rate / ceiling:.2f} |"
+        f"{report['events']:,} events | events/s | x decode-only | events per CPU-second "
+        "of the worker |",
+        "| --- | ---: | ---: | ---: |",
+        *[f"| {name} | {rate:,.0f} | {rate / ceiling:.2f} | "
+          f"{report.get('variants_events_per_cpu_second', {}).get(name, float('nan')):,.0f} |"
           for name, rate in report["variants_events_per_second"].items()],
         "",
         "| measure | value |",

@@ -100,7 +100,7 @@ def _load(variant: str, path: Path, threads: int) -> tuple[Callable[[list[str]],
         return encode_t, tokenize_t, size
     from app.encoder.runtime import Encoder
 
-    encoder = Encoder(path, threads=threads, batch_size=128, cache_size=0)
+    encoder = Encoder(path, threads=threads, batch_size=128, cache_size=0, spinning=True)
     return (lambda texts: encoder.encode(texts), encoder.tokenize,
             (path / "model.onnx").stat().st_size)
 

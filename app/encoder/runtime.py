@@ -77,9 +77,14 @@ class Manifest:
         )
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int, spinning: bool = False) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    # ONNX Runtime's threads spin on a core after every run by default, waiting for the next
+    # one: right for back-to-back batches (the encoder benchmark), a waste in a worker that
+    # embeds a few search queries now and then beside Kafka and the event loop
+    options.add_session_config_entry("session.intra_op.allow_spinning",
+                                     "1" if spinning else "0")
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -106,6 +111,7 @@ class Encoder:
         batch_size: int = 32,
         max_length: int | None = None,
         cache_size: int = 4096,
+        spinning: bool = False,
     ) -> None:
         self.manifest = Manifest.load(model_dir)
         self.dimension = self.manifest.dimension
@@ -117,7 +123,7 @@ class Encoder:
         self.tokenizer.no_padding()
         self._pad_id = int(self.manifest.raw.get("pad_token_id", 0))
         self.session = ort.InferenceSession(
-            str(model_dir / model_file), sess_options=session_options(threads),
+            str(model_dir / model_file), sess_options=session_options(threads, spinning),
             providers=["CPUExecutionProvider"],
         )
         self._inputs = {i.name for i in self.session.get_inputs()}

@@ -29,6 +29,7 @@ from app.core.state import EventContext, StateCodec, UserState, apply_batch, eve
 from app.encoder.runtime import Encoder
 from app.settings import Settings, get_settings
 from app.worker.agents import limits, now_ms
+from app.worker.main import one_blas_thread
 from app.worker.pipeline import apply_catalogue_record, make_recommender, recommend_after
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ def build(settings: Settings) -> Application:
 
 
 def main() -> None:
+    one_blas_thread()  # the same numpy work as the Faust worker, under the same limits
     settings = get_settings()
     logging.basicConfig(level=settings.log_level.upper())
     settings.data_dir.mkdir(parents=True, exist_ok=True)

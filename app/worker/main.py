@@ -83,10 +83,22 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def one_blas_thread() -> None:
+    """Keep numpy's BLAS to the calling thread. A worker's products are small (a user
+    against a few thousand items); OpenBLAS's helper threads spin between them, and on two
+    cores shared with Kafka they cost more than they save: 3,830 events per CPU-second
+    with them, 7,325 without (BENCHMARKS.md, pipeline). Threads of ONNX Runtime are
+    configured with the encoder."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def run_worker(settings: Settings) -> None:
     """Run one worker until it is stopped (SIGINT/SIGTERM). Starts the embedded broker first
     when no broker is configured and none is listening on the embedded port."""
     broker = start_if_needed(settings)
+    one_blas_thread()
     try:
         loop = _new_loop()
         loop.run_until_complete(prepare(settings))
