@@ -44,6 +44,7 @@ class Metrics:
     pull_seconds: Histogram
     pull_cache: Counter
     loop_lag: Histogram
+    gc_pause: Histogram
     info: Info
 
     @classmethod
@@ -158,6 +159,13 @@ class Metrics:
                 "How late a 50 ms sleep on the worker's event loop wakes up: time the loop "
                 "was blocked, during which no request, batch or heartbeat is served.",
                 buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+                registry=registry,
+            ),
+            gc_pause=Histogram(
+                "streamrec_gc_pause_seconds",
+                "Python garbage-collector runs by generation: each blocks the event loop.",
+                ["generation"],
+                buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
                 registry=registry,
             ),
             info=Info("streamrec_worker", "Worker build information.", registry=registry),

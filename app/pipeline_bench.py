@@ -339,6 +339,12 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         pull["server_within_ms"] = _pull_server_shares(before, after)
         pull["loop_lag_within_ms"] = _pull_server_shares(
             before, after, "streamrec_event_loop_lag_seconds")
+        pull["gc_pauses"] = {
+            g: total(after, "streamrec_gc_pause_seconds_count", generation=g)
+            - total(before, "streamrec_gc_pause_seconds_count", generation=g)
+            for g in ("0", "1", "2")}
+        pull["gc_pause_within_ms"] = _pull_server_shares(
+            before, after, "streamrec_gc_pause_seconds")
         pull["cache_hits"] = (total(after, "streamrec_pull_cache_total", outcome="hit")
                               - total(before, "streamrec_pull_cache_total", outcome="hit"))
         say(f"  p50 {pull['p50_ms']:.1f} ms, p99 {pull['p99_ms']:.1f} ms; again, each "

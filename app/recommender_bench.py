@@ -19,18 +19,12 @@ from app.core.covisit import CoVisitation
 from app.core.recommender import Catalogue, Recommender, Request, UserView
 from app.data import movielens
 
-CONFIGS: dict[str, tuple[int, int, bool]] = {
-    # name: (recent items used, neighbours per item, sorted-neighbour cache)
-    "50 recent x 100 neighbours, no cache": (50, 100, False),
-    "50 recent x 100 neighbours, cache": (50, 100, True),
-    "20 recent x 30 neighbours, cache (default)": (20, 30, True),
+CONFIGS: dict[str, tuple[int, int]] = {
+    # name: (recent items used, neighbours per recent item)
+    "50 recent x 100 neighbours": (50, 100),
+    "20 recent x 50 neighbours (default)": (20, 50),
+    "20 recent x 30 neighbours": (20, 30),
 }
-
-
-class _Uncached(CoVisitation):
-    def neighbours(self, item: str, k: int) -> list[tuple[str, float]]:
-        found = self.edges.get(item, {})
-        return sorted(found.items(), key=lambda kv: kv[1], reverse=True)[:k]
 
 
 def run(users: int, ratings: int, say: Callable[[str], None]) -> dict[str, Any]:
@@ -48,8 +42,8 @@ def run(users: int, ratings: int, say: Callable[[str], None]) -> dict[str, Any]:
     views = [UserView(catalogue.index.vector(items[-1]), [(i, "view", 1.0) for i in items[-50:]],
                       set()) for items in list(histories.values())[:users]]
     results: dict[str, float] = {}
-    for name, (recent, per_item, cached) in CONFIGS.items():
-        graph = CoVisitation() if cached else _Uncached()
+    for name, (recent, per_item) in CONFIGS.items():
+        graph = CoVisitation()
         for items in histories.values():
             for i, item in enumerate(items):
                 graph.observe(items[max(0, i - graph.window):i], item)

@@ -75,6 +75,16 @@ logger.started.level = INFO
 """
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: 16 bytes, URL-safe base64 without padding, never starting
+    with "-" (kafka-storage would read it as an option: 1 start in 64 failed so, as Kafka's
+    own Uuid.randomUuid() also avoids)."""
+    while True:
+        found = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not found.startswith("-"):
+            return found
+
+
 class KafkaBroker:
     """One KRaft broker+controller process in ``workdir``."""
 
@@ -126,7 +136,7 @@ class KafkaBroker:
         log4j = self.workdir / "log4j2.properties"
         log4j.write_text(_LOG4J)
         classpath = f"{libs}/*"
-        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster = new_cluster_id()
         java = self._java()
         jvm = ["-Xms256m", "-Xmx768m", f"-Dlog4j2.configurationFile={log4j}"]
         for attempt in (1, 2, 3):

@@ -10,6 +10,7 @@ an unexpected error while folding one key sends that key's records to the dead-l
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 import traceback
@@ -104,6 +105,20 @@ class DeadLetters:
                 rejection, message.topic, message.partition, message.offset, now_ms()
             ),
         )
+
+
+def time_collections(metrics: Metrics) -> None:
+    """Time every run of Python's garbage collector into ``streamrec_gc_pause_seconds``."""
+    started: list[float] = []
+
+    def on_collect(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            metrics.gc_pause.labels(str(info["generation"])).observe(
+                time.perf_counter() - started[0])
+
+    gc.callbacks.append(on_collect)
 
 
 def limits(settings: Settings) -> Limits:
@@ -240,6 +255,7 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
                                          - LOOP_PROBE_SECONDS))
 
     decl.app.task(watch_loop)
+    time_collections(metrics)
 
     async def report_table_sizes() -> None:
         for name, table in decl.tables().items():

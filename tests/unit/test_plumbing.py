@@ -81,3 +81,12 @@ def test_consumer_lag_per_partition() -> None:
 
     lags = consumer_lag(SimpleNamespace(consumer=Consumer()), {"events"})
     assert lags == {("events", 0): 10, ("events", 1): 7}
+
+
+def test_kraft_cluster_ids_never_look_like_an_option() -> None:
+    from app.broker.apache import new_cluster_id
+
+    ids = {new_cluster_id() for _ in range(2000)}   # ~31 of 2000 would start with "-" otherwise
+    assert len(ids) == 2000
+    assert not any(i.startswith("-") for i in ids)
+    assert all(len(i) == 22 for i in ids)
