@@ -187,6 +187,10 @@ class Metrics:
             metrics.candidates.labels(source)
         for purpose in ("items", "queries"):
             metrics.encoder_seconds.labels(purpose)
+        for outcome in ("hit", "miss"):
+            metrics.pull_cache.labels(outcome)
+        for generation in ("0", "1", "2"):
+            metrics.gc_pause.labels(generation)
         return metrics
 
 

@@ -77,6 +77,21 @@ def build() -> Dashboard:
             "Processing errors by stage", "ops",
             _query("sum by (topic) (rate(streamrec_processing_errors_total"
                    "[$__rate_interval]))", "{{topic}}")))
+        .with_panel(_series(
+            "Event loop lag p99 and GC pauses p99", "s",
+            _query("histogram_quantile(0.99, sum by (le, instance) "
+                   "(rate(streamrec_event_loop_lag_seconds_bucket[$__rate_interval])))",
+                   "loop {{instance}}"),
+            _query("histogram_quantile(0.99, sum by (le, generation) "
+                   "(rate(streamrec_gc_pause_seconds_bucket[$__rate_interval])))",
+                   "gc gen {{generation}}", ref="B")))
+        .with_panel(_series(
+            "Pull API: time inside the worker p99, and cache hits", "s",
+            _query("histogram_quantile(0.99, sum by (le) "
+                   "(rate(streamrec_pull_seconds_bucket[$__rate_interval])))", "p99"),
+            _query("sum(rate(streamrec_pull_cache_total{outcome=\"hit\"}[$__rate_interval])) "
+                   "/ sum(rate(streamrec_pull_cache_total[$__rate_interval]))",
+                   "cache hit ratio", ref="B")))
         .with_panel(
             Stat().title("Workers up").span(12).height(8).datasource(DATASOURCE)
             .with_target(_query('sum(up{job="streamrec"})', "up")))
