@@ -70,7 +70,8 @@ class Candidates:
 class Scored:
     total: FloatArray
     semantic: FloatArray
-    parts: dict[str, FloatArray]
+    parts: dict[str, FloatArray]      # each feature times its weight: what the total sums
+    features: dict[str, FloatArray]   # the same features unweighted (what a learner fits)
 
 
 def score(user: FloatArray | None, candidates: Candidates, params: RankerParams) -> Scored:
@@ -82,15 +83,19 @@ def score(user: FloatArray | None, candidates: Candidates, params: RankerParams)
         u = project(user[None, :], params.w1, params.b1)[0]
         semantic = (project(candidates.vectors, params.w2, params.b2) @ u).astype(np.float32)
     popularity = _scaled(candidates.popularity)
-    parts = {
-        "semantic": params.semantic * semantic,
-        "covisit": params.covisit * _scaled(candidates.covisit),
-        "popularity": params.popularity * popularity,
-        "freshness": params.freshness * candidates.freshness,
-        "novelty": params.novelty * (1.0 - popularity),
+    features = {
+        "semantic": semantic,
+        "covisit": _scaled(candidates.covisit),
+        "popularity": popularity,
+        "freshness": candidates.freshness,
+        "novelty": (1.0 - popularity).astype(np.float32),
     }
+    weights = {"semantic": params.semantic, "covisit": params.covisit,
+               "popularity": params.popularity, "freshness": params.freshness,
+               "novelty": params.novelty}
+    parts = {name: weights[name] * value for name, value in features.items()}
     total = np.sum(np.stack(list(parts.values())), axis=0).astype(np.float32)
-    return Scored(total, semantic, parts)
+    return Scored(total, semantic, parts, features)
 
 
 def allowed(candidates: Candidates, blocked: set[str], allow_categories: set[str] | None,

@@ -1,0 +1,97 @@
+"""The online learner recovers a known answer from a synthetic click stream."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.core.learning import (
+    FEATURES,
+    LearnerConfig,
+    LearnerState,
+    click_probability,
+    learning_rate,
+    to_params,
+    update,
+)
+from app.core.ranking import RankerParams
+
+F = len(FEATURES)
+
+
+def synthetic_stream(true_weights: np.ndarray, bias: float, batches: int, size: int,
+                     seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(batches):
+        x = rng.uniform(0.0, 1.0, size=(size, F))
+        p = 1.0 / (1.0 + np.exp(-(x @ true_weights + bias)))
+        out.append((x, (rng.uniform(size=size) < p).astype(np.float64)))
+    return out
+
+
+def test_the_learner_converges_to_the_weights_that_generated_the_clicks() -> None:
+    truth = np.array([3.0, 2.0, 0.0, 0.5, 0.0])  # semantic and co-visitation matter most
+    state = LearnerState.from_params(RankerParams())   # starts from the defaults
+    config = LearnerConfig(l2=0.0)
+    for x, y in synthetic_stream(truth, -3.0, batches=4000, size=64):
+        state = update(state, x, y, config)
+    assert state.seen == 4000 * 64
+    cosine = float(state.weights @ truth / np.linalg.norm(state.weights) / np.linalg.norm(truth))
+    assert cosine > 0.98, (state.weights, cosine)
+    assert np.allclose(state.weights, truth, atol=0.35), state.weights
+    assert abs(state.bias + 3.0) < 0.4
+    # and it ranks a held-out set like the truth does
+    x = np.random.default_rng(9).uniform(size=(200, F))
+    learnt, true = np.argsort(-(x @ state.weights)), np.argsort(-(x @ truth))
+    assert len(set(learnt[:20]) & set(true[:20])) >= 16
+
+
+def test_steps_are_clipped_decay_and_weights_stay_non_negative() -> None:
+    state = LearnerState.from_params(RankerParams())
+    config = LearnerConfig(learning_rate=1.0, max_gradient=0.1)
+    x = np.full((8, F), 100.0)                      # absurd features, all clicked
+    after = update(state, x, np.ones(8), config)
+    moved = np.append(after.weights - state.weights, after.bias - state.bias)
+    assert np.linalg.norm(moved) <= 0.1 + 1e-9      # one batch moves at most lr * clip
+    assert learning_rate(config, 0) > learning_rate(config, 1_000) > learning_rate(config, 9_000)
+    none_clicked = update(state, np.ones((8, F)), np.zeros(8), LearnerConfig(learning_rate=50.0))
+    assert (none_clicked.weights >= 0).all()
+    assert update(state, np.zeros((0, F)), np.zeros(0)) is state
+
+
+def test_without_signal_the_weights_return_to_the_prior() -> None:
+    state = LearnerState.from_params(RankerParams())
+    pushed = LearnerState(weights=state.prior + 1.0, prior=state.prior)
+    config = LearnerConfig(l2=1.0, learning_rate=0.5)
+    x = np.zeros((16, F))                           # features carry no information
+    for _ in range(2000):
+        pushed = update(pushed, x, np.full(16, 0.5), config)
+    assert np.allclose(pushed.weights, state.prior, atol=0.05)
+
+
+def test_learnt_weights_become_versioned_ranker_parameters() -> None:
+    state = LearnerState.from_params(RankerParams())
+    assert np.allclose(click_probability(state, np.zeros((1, F))), 0.5)
+    params = to_params(LearnerState(weights=np.array([2.0, 1.0, 0.1, 0.0, 0.0]),
+                                    prior=state.prior), RankerParams(mmr_lambda=0.9), "learnt-7")
+    assert params.version == "learnt-7"
+    assert (params.semantic, params.covisit, params.popularity) == (2.0, 1.0, 0.1)
+    assert params.mmr_lambda == 0.9
+
+
+def test_features_are_the_rankers_parts_before_weighting() -> None:
+    from app.core.learning import features_of
+    from app.core.ranking import Candidates, score
+
+    vectors = np.eye(3, dtype=np.float32)
+    candidates = Candidates(item_ids=["a", "b", "c"], vectors=vectors,
+                            covisit=np.array([2.0, 1.0, 0.0], dtype=np.float32),
+                            covisit_source=["x", "x", None],
+                            popularity=np.array([0.0, 4.0, 2.0], dtype=np.float32),
+                            freshness=np.array([1.0, 0.5, 0.0], dtype=np.float32))
+    params = RankerParams(semantic=2.0, covisit=3.0, popularity=0.5, freshness=0.1)
+    scored = score(vectors[0], candidates, params)
+    assert features_of(scored, 0).tolist() == [1.0, 1.0, 0.0, 1.0, 1.0]
+    assert features_of(scored, 1).tolist() == [0.0, 0.5, 1.0, 0.5, 0.0]
+    weights = np.array([getattr(params, name) for name in FEATURES])
+    assert np.isclose(features_of(scored, 1) @ weights, scored.total[1])
