@@ -1,0 +1,121 @@
+"""Attribution: joining feedback with what was recommended (pure functions).
+
+Every published recommendation is remembered per user (bounded: the newest ``MAX_SHOWN``
+lists, each for at most ``ttl_ms``), with each item's position and the ranker's unweighted
+features. A feedback event names a ``rec_id`` and an item; joined with the remembered list
+it becomes training examples for the learner:
+
+- the item acted on is a positive, weighted by what the action says (a purchase more than
+  a click);
+- the items shown *above* it that were passed over are negatives ("skip-above": a user who
+  clicks position 4 has looked at positions 1-3 and preferred 4), so no impression log and
+  no labelling delay are needed;
+- impressions alone teach nothing by themselves: they are counted.
+
+A purchase of a recommended item within ``conversion_window_ms`` of its recommendation is a
+conversion. Feedback whose list is unknown or expired is unattributable: counted and
+returned as such, never dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+from msgspec import Struct
+
+from app.contract.records import Feedback, FeedbackType
+from app.core.state import KeyState
+
+MAX_SHOWN = 32                       # lists remembered per user
+TTL_MS = 24 * 3_600_000              # how long a list can be answered
+CONVERSION_WINDOW_MS = 24 * 3_600_000
+REWARDS = {FeedbackType.CLICK: 1.0, FeedbackType.FAVOURITE: 1.0,
+           FeedbackType.ADD_TO_CART: 1.0, FeedbackType.PURCHASE: 1.0}
+EXAMPLE_WEIGHTS = {FeedbackType.CLICK: 1.0, FeedbackType.FAVOURITE: 1.5,
+                   FeedbackType.ADD_TO_CART: 2.0, FeedbackType.PURCHASE: 3.0}
+
+
+class ShownItem(Struct, array_like=True, frozen=True):
+    item_id: str
+    position: int                    # 0 = first
+    features: tuple[float, ...]      # app.core.learning.FEATURES order
+
+
+class Shown(Struct, array_like=True, frozen=True):
+    rec_id: str
+    model_version: str
+    variant: str
+    produced_at: int
+    items: tuple[ShownItem, ...]
+
+
+class AttributionState(KeyState, array_like=True, frozen=True):
+    """One user's recently shown lists, oldest first, and attribution counters."""
+
+    shown: tuple[Shown, ...] = ()
+    counts: dict[str, int] = {}
+
+
+@dataclass(frozen=True)
+class Example:
+    features: tuple[float, ...]
+    reward: float                   # 1 acted on, 0 passed over
+    weight: float                   # how much the example counts
+    model_version: str
+    variant: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one feedback event meant: its examples (empty when there is nothing to learn),
+    whether it converted, and why it was not attributed (``None`` when it was)."""
+
+    examples: tuple[Example, ...]
+    conversion: bool
+    unattributed: str | None
+    shown: Shown | None = None
+
+
+def _bump(counts: dict[str, int], key: str) -> dict[str, int]:
+    return {**counts, key: counts.get(key, 0) + 1}
+
+
+def remember(state: AttributionState, shown: Shown, now_ms: int,
+             ttl_ms: int = TTL_MS, max_shown: int = MAX_SHOWN) -> AttributionState:
+    """Remember a published list; forget expired ones and the oldest beyond the bound."""
+    kept = tuple(s for s in state.shown if now_ms - s.produced_at <= ttl_ms
+                 and s.rec_id != shown.rec_id)
+    return msgspec.structs.replace(state, shown=(*kept, shown)[-max_shown:])
+
+
+def attribute(state: AttributionState, feedback: Feedback, ttl_ms: int = TTL_MS,
+              conversion_window_ms: int = CONVERSION_WINDOW_MS
+              ) -> tuple[AttributionState, Outcome]:
+    """Join one feedback event with the list it answers."""
+    shown = next((s for s in reversed(state.shown) if s.rec_id == feedback.rec_id), None)
+    reason = None
+    if shown is None:
+        reason = "unknown_rec"
+    elif feedback.ts - shown.produced_at > ttl_ms:
+        reason = "expired"
+    item = None if shown is None else next(
+        (i for i in shown.items if i.item_id == feedback.item_id), None)
+    if reason is None and item is None:
+        reason = "item_not_shown"
+    if reason is not None or shown is None or item is None:
+        counts = _bump(state.counts, f"unattributed:{reason}")
+        return (msgspec.structs.replace(state, counts=counts),
+                Outcome((), False, reason, shown))
+    counts = _bump(state.counts, f"attributed:{feedback.type.value}")
+    if feedback.type is FeedbackType.IMPRESSION:
+        return msgspec.structs.replace(state, counts=counts), Outcome((), False, None, shown)
+    weight = EXAMPLE_WEIGHTS[feedback.type]
+    examples = [Example(item.features, REWARDS[feedback.type], weight, shown.model_version,
+                        shown.variant)]
+    examples += [Example(above.features, 0.0, weight, shown.model_version, shown.variant)
+                 for above in shown.items if above.position < item.position]
+    conversion = (feedback.type is FeedbackType.PURCHASE
+                  and feedback.ts - shown.produced_at <= conversion_window_ms)
+    return (msgspec.structs.replace(state, counts=counts),
+            Outcome(tuple(examples), conversion, None, shown))

@@ -1,0 +1,75 @@
+"""Feedback joined with what was shown: examples, conversions, unattributable counts."""
+
+from __future__ import annotations
+
+from app.contract.records import Feedback, FeedbackType
+from app.core.attribution import (
+    AttributionState,
+    Shown,
+    ShownItem,
+    attribute,
+    remember,
+)
+from app.core.state import StateCodec
+
+HOUR = 3_600_000
+
+
+def shown(rec_id: str, at: int, items: list[str]) -> Shown:
+    return Shown(rec_id=rec_id, model_version="default-2", variant="frozen", produced_at=at,
+                 items=tuple(ShownItem(item, n, (float(n), 1.0, 0.0, 0.0, 1.0))
+                             for n, item in enumerate(items)))
+
+
+def feedback(kind: FeedbackType, rec_id: str, item: str, ts: int) -> Feedback:
+    return Feedback(v=1, type=kind, event_id=f"{kind}-{item}-{ts}", user_id="u",
+                    rec_id=rec_id, item_id=item, ts=ts)
+
+
+def test_a_click_is_a_positive_and_the_items_above_it_negatives() -> None:
+    state = remember(AttributionState(), shown("r1", 0, ["a", "b", "c", "d"]), now_ms=0)
+    state, outcome = attribute(state, feedback(FeedbackType.CLICK, "r1", "c", HOUR))
+    assert outcome.unattributed is None
+    assert [(e.features[0], e.reward) for e in outcome.examples] == [
+        (2.0, 1.0), (0.0, 0.0), (1.0, 0.0)]          # c clicked; a and b passed over
+    assert not outcome.conversion
+    assert state.counts == {"attributed:click": 1}
+    state, first = attribute(state, feedback(FeedbackType.PURCHASE, "r1", "a", 2 * HOUR))
+    assert [e.reward for e in first.examples] == [1.0]   # nothing above the first item
+    assert first.examples[0].weight == 3.0
+    assert first.conversion
+    late = attribute(state, feedback(FeedbackType.PURCHASE, "r1", "a", 23 * HOUR),
+                     conversion_window_ms=HOUR)[1]
+    assert not late.conversion
+
+
+def test_impressions_are_counted_and_teach_nothing() -> None:
+    state = remember(AttributionState(), shown("r1", 0, ["a", "b"]), now_ms=0)
+    state, outcome = attribute(state, feedback(FeedbackType.IMPRESSION, "r1", "b", 1))
+    assert outcome.examples == ()
+    assert outcome.unattributed is None
+    assert state.counts == {"attributed:impression": 1}
+
+
+def test_unattributable_feedback_is_counted_with_its_reason() -> None:
+    state = remember(AttributionState(), shown("r1", 0, ["a", "b"]), now_ms=0)
+    for rec_id, item, ts, reason in [("nope", "a", 1, "unknown_rec"),
+                                     ("r1", "z", 1, "item_not_shown"),
+                                     ("r1", "a", 25 * HOUR, "expired")]:
+        state, outcome = attribute(state, feedback(FeedbackType.CLICK, rec_id, item, ts))
+        assert outcome.unattributed == reason
+        assert outcome.examples == ()
+    assert state.counts == {"unattributed:unknown_rec": 1, "unattributed:item_not_shown": 1,
+                            "unattributed:expired": 1}
+
+
+def test_memory_is_bounded_by_count_and_age_and_survives_encoding() -> None:
+    state = AttributionState()
+    for n in range(50):
+        state = remember(state, shown(f"r{n}", n * HOUR, ["a"]), now_ms=n * HOUR,
+                         max_shown=8)
+    assert [s.rec_id for s in state.shown] == [f"r{n}" for n in range(42, 50)]
+    state = remember(state, shown("late", 80 * HOUR, ["a"]), now_ms=80 * HOUR)
+    assert [s.rec_id for s in state.shown] == ["late"]          # the rest expired
+    codec = StateCodec(AttributionState)
+    assert codec.decode(codec.encode(state)) == state
