@@ -97,11 +97,17 @@ def user_view(state: UserState, dimension: int, embed_query: Callable[[str], Flo
 def learn_sequence(recommender: Recommender, state: UserState, applied: Sequence[Event],
                    segments: Sequence[str] = ()) -> None:
     """Feed co-visitation and popularity (overall, and per profile segment of the user)
-    with a user's newly applied item events."""
+    with a user's newly applied item events. Another event on the item just touched (a
+    view, then its purchase) is one visit, not two: the sequence did not move, and a memory
+    regrown from stored users counts it once too."""
     order = [item for item, _, _ in state.recent]
+    previous: str | None = None
     for event in applied:
         if isinstance(event, Search):
             continue
+        if event.item_id == previous:
+            continue
+        previous = event.item_id
         position = order.index(event.item_id) if event.item_id in order else len(order)
         kind = str(type(event).__struct_config__.tag)
         weight = SEQUENCE_WEIGHTS[kind]

@@ -270,3 +270,22 @@ def test_popularity_decays_ranks_and_keeps_its_top_without_scanning() -> None:
     assert np.isfinite(pop.value("later", 10_000 * day))
     assert pop.value("later", 10_000 * day) == pytest.approx(1.0)
     assert pop.value("old", 10_000 * day) == 0.0
+
+
+def test_a_view_then_purchase_of_the_same_item_is_one_visit() -> None:
+    from app.worker.pipeline import learn_sequence, rebuild_memory
+
+    cat = catalogue()
+    context = EventContext(item_vector=cat.index.vector, query_vectors={}, dimension=D)
+    live, state = Recommender(cat), UserState()
+    for n, item in enumerate(["alien", "aliens", "predator"]):
+        batch = [View(v=1, event_id=f"v{n}", user_id="u", ts=n, item_id=item),
+                 Purchase(v=1, event_id=f"p{n}", user_id="u", ts=n, item_id=item, price=1.0)]
+        result = apply_batch(state, batch, 64, event_fold(context))
+        learn_sequence(live, result.state, result.applied)
+        state = result.state
+    assert live.covisit.edges["alien"] == {"aliens": 1.0, "predator": 0.5}  # not doubled
+    assert live.popularity.value("alien", 2) == pytest.approx(1.0, rel=1e-3)
+    regrown = Recommender(cat)
+    rebuild_memory(regrown, [(state, ())])
+    assert regrown.covisit.edges == live.covisit.edges
