@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import __version__
-from app.contract.records import EVENT_TYPES
+from app.contract.records import EVENT_TYPES, FeedbackType
 from app.contract.validate import Reason
 
 INPUT_TOPICS = ("events", "items", "feedback", "users")
@@ -45,10 +45,13 @@ class Metrics:
     pull_cache: Counter
     loop_lag: Histogram
     gc_pause: Histogram
+    feedback: Counter
     info: Info
 
     @classmethod
-    def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
+    def create(cls, registry: CollectorRegistry | None = None,
+               variants: tuple[str, ...] = ("frozen", "learning")) -> Metrics:
+        """``variants``: the A/B experiment's, whose feedback series exist from the start."""
         registry = registry if registry is not None else CollectorRegistry()
         metrics = cls(
             registry=registry,
@@ -168,6 +171,14 @@ class Metrics:
                 buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
                 registry=registry,
             ),
+            feedback=Counter(
+                "streamrec_feedback_total",
+                "Accepted feedback by A/B variant of its user and type (impression, click, "
+                "favourite, add_to_cart, purchase): click-through per variant is "
+                "clicks / impressions.",
+                ["variant", "type"],
+                registry=registry,
+            ),
             info=Info("streamrec_worker", "Worker build information.", registry=registry),
         )
         metrics.info.info({"version": __version__})
@@ -191,6 +202,9 @@ class Metrics:
             metrics.pull_cache.labels(outcome)
         for generation in ("0", "1", "2"):
             metrics.gc_pause.labels(generation)
+        for variant in variants:
+            for kind in FeedbackType:
+                metrics.feedback.labels(variant, kind.value)
         return metrics
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core.experiments import Experiment
+
 ENV_PREFIX = "STREAMREC_"
 
 
@@ -134,6 +136,16 @@ class Settings(BaseSettings):
     recommendation_size: int = Field(default=10, ge=1, le=1000)
     """Items per published recommendation."""
 
+    experiment: str = Field(default="ranker", min_length=1, max_length=64)
+    """Name of the running A/B experiment: users are split among its variants by a keyed
+    hash of their id (the same split on every worker); a new name reshuffles them."""
+
+    experiment_variants: str = Field(default="frozen=0.5,learning=0.5",
+                                     pattern=r"^[a-z0-9_-]+=[0-9.]+(,[a-z0-9_-]+=[0-9.]+)*$")
+    """The experiment's variants and their shares, ``name=share,...``. Until the learner
+    serves the "learning" variant both see the same ranker (an A/A split: its click-through
+    difference is the noise floor)."""
+
     pull_cache_users: int = Field(default=50_000, ge=0)
     """Users whose latest computed list a worker keeps to answer pulls without scoring
     again (0: always score; ~1.5 KB a user at 10 items)."""
@@ -181,6 +193,11 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no broker is configured and the embedded broker is used."""
         return not self.broker_url.strip()
+
+    def ab_test(self) -> Experiment:
+        """The running experiment, from ``experiment`` and ``experiment_variants``."""
+        shares = dict(pair.split("=") for pair in self.experiment_variants.split(","))
+        return Experiment(self.experiment, {k: float(v) for k, v in shares.items()})
 
     def bootstrap_servers(self) -> str:
         """`host:port,...` without a scheme, for aiokafka."""

@@ -117,6 +117,11 @@ def build() -> Dashboard:
                    "(rate(streamrec_batch_seconds_bucket[$__rate_interval])))",
                    "{{topic}}")))
         .with_panel(_series(
+            "Click-through by experiment variant", "percentunit",
+            _query('sum by (variant) (rate(streamrec_feedback_total{type="click"}'
+                   "[$__rate_interval])) / sum by (variant) (rate(streamrec_feedback_total"
+                   '{type="impression"}[$__rate_interval]))', "{{variant}}")))
+        .with_panel(_series(
             "Model version per worker", "short",
             _query("max by (instance, version, encoder) (streamrec_model_info)",
                    "{{instance}} {{version}} {{encoder}}")))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from app.contract.deadletter import deadletter_headers
 from app.contract.records import Event, Feedback, ItemOp, UserProfile
 from app.contract.validate import Limits, Reason, Rejection, Validator, validators
+from app.core.experiments import variant_of
 from app.core.state import (
     FeedbackState,
     HasEventId,
@@ -202,6 +203,13 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
         for event in events:
             metrics.events.labels(str(type(event).__struct_config__.tag)).inc()
 
+    experiment = decl.settings.ab_test()
+
+    def count_feedback(records: Sequence[Feedback]) -> None:
+        for record in records:
+            metrics.feedback.labels(variant_of(experiment, record.user_id),
+                                    record.type.value).inc()
+
     return [
         (decl.events, Flow[UserState, Event](
             "events", check.events, StateCodec(UserState), fold_event, decl.user_state,
@@ -215,7 +223,7 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
         )),
         (decl.feedback, Flow[FeedbackState, Feedback](
             "feedback", check.feedback, StateCodec(FeedbackState), fold_feedback,
-            decl.feedback_state,
+            decl.feedback_state, count_feedback,
         )),
         (decl.users, Flow[ProfileState, UserProfile](
             "users", check.users, StateCodec(ProfileState), fold_profile,

@@ -52,7 +52,7 @@ async def prepare(settings: Settings) -> None:
 
 def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     decl = declare(settings)
-    metrics = metrics or Metrics.create()
+    metrics = metrics or Metrics.create(variants=tuple(settings.ab_test().shares))
     encoder = Encoder(settings.model_dir())
     recommender = make_recommender(settings, encoder.dimension)
     profile_codec = StateCodec(ProfileState)

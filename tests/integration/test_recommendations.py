@@ -10,6 +10,8 @@ import msgspec
 
 from app.broker.apache import KafkaBroker
 from app.contract.records import (
+    Feedback,
+    FeedbackType,
     ItemUpsert,
     Purchase,
     Recommendation,
@@ -17,7 +19,9 @@ from app.contract.records import (
     UserProfile,
     View,
 )
+from app.core.experiments import variant_of
 from app.metrics import scrape
+from app.settings import Settings
 from tests.support.kafka_io import produce, read_topic
 from tests.support.worker import WorkerProcess
 
@@ -103,6 +107,18 @@ def test_events_become_explained_filtered_recommendations(kafka: KafkaBroker,
     assert all(value == 0 for value in lag_series.values())
     worker.wait_metric("streamrec_table_keys", 1, table="user-state")  # one user
     worker.wait_metric("streamrec_table_keys", 1, table="item-state")
+    # feedback on the list is counted by the user's A/B variant (the same split everywhere)
+    rec = decoded[-1]
+    feedback = [Feedback(v=1, type=kind, event_id=f"f-{kind}", user_id=user, rec_id=rec.rec_id,
+                         item_id=rec.items[0].item_id, ts=TS + 10)
+                for kind in (FeedbackType.IMPRESSION, FeedbackType.CLICK)]
+    asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_FEEDBACK"],
+                        [(user.encode(), msgspec.json.encode(f)) for f in feedback]))
+    variant = variant_of(Settings().ab_test(), user)
+    worker.wait_metric("streamrec_feedback_total", 1, variant=variant, type="click")
+    worker.wait_metric("streamrec_feedback_total", 1, variant=variant, type="impression")
+    other = ({"frozen", "learning"} - {variant}).pop()
+    assert worker.metric("streamrec_feedback_total", variant=other) == 0
 
 
 def test_pull_api(kafka: KafkaBroker, worker: WorkerProcess) -> None:
