@@ -173,8 +173,8 @@ async def _pull(base_url: str, users: list[str], rate: float, seconds: float,
     }
 
 
-def _pull_server_shares(before: Samples, after: Samples,
-                        histogram: str = "streamrec_pull_seconds") -> dict[str, float]:
+def _histogram_shares(before: Samples, after: Samples,
+                      histogram: str = "streamrec_pull_seconds") -> dict[str, float]:
     """Share of a histogram's observations between two scrapes that fell within each of
     its bounds (in ms): pull requests answered inside the worker, by default."""
     def count(samples: Samples, bound: str) -> float:
@@ -336,14 +336,14 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         if spy is not None and profile is not None:
             await _write_profile(spy, workdir / "profile-pull.txt",
                                  profile.with_name(f"{profile.stem}-pull{profile.suffix}"))
-        pull["server_within_ms"] = _pull_server_shares(before, after)
-        pull["loop_lag_within_ms"] = _pull_server_shares(
+        pull["server_within_ms"] = _histogram_shares(before, after)
+        pull["loop_lag_within_ms"] = _histogram_shares(
             before, after, "streamrec_event_loop_lag_seconds")
         pull["gc_pauses"] = {
             g: total(after, "streamrec_gc_pause_seconds_count", generation=g)
             - total(before, "streamrec_gc_pause_seconds_count", generation=g)
             for g in ("0", "1", "2")}
-        pull["gc_pause_within_ms"] = _pull_server_shares(
+        pull["gc_pause_within_ms"] = _histogram_shares(
             before, after, "streamrec_gc_pause_seconds")
         pull["cache_hits"] = (total(after, "streamrec_pull_cache_total", outcome="hit")
                               - total(before, "streamrec_pull_cache_total", outcome="hit"))
@@ -351,7 +351,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             "request scored afresh (fresh=true)")
         pull_fresh = await _pull(run_.metrics_url.removesuffix("/metrics"),
                                  users, pull_rate, pull_seconds, fresh=True)
-        pull_fresh["server_within_ms"] = _pull_server_shares(
+        pull_fresh["server_within_ms"] = _histogram_shares(
             after, await asyncio.to_thread(scrape, run_.metrics_url))
         succeeded = True
         return {

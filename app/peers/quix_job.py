@@ -35,7 +35,6 @@ from app.worker.pipeline import apply_catalogue_record, make_recommender, recomm
 log = logging.getLogger(__name__)
 
 
-
 def load_catalogue(settings: Settings, catalogue: Catalogue, within: float = 120.0) -> int:
     """Read the whole compacted catalogue topic into ``catalogue``; returns its size."""
     consumer = Consumer({

@@ -36,6 +36,11 @@ def _csv(value: str | None) -> frozenset[str]:
     return frozenset(v.strip() for v in (value or "").split(",") if v.strip())
 
 
+def flag(query: Any, name: str) -> bool:
+    """A boolean query parameter: 1, true or yes (any case) is true; absent is false."""
+    return str(query.get(name, "false")).lower() in ("1", "true", "yes")
+
+
 def parse_request(query: Any) -> Request | str:
     """A pull request from query parameters, or the reason it is invalid."""
     try:
@@ -50,7 +55,7 @@ def parse_request(query: Any) -> Request | str:
         exclude=_csv(query.get("exclude")),
         allow_categories=allow or None,
         deny_categories=_csv(query.get("not_category")),
-        exclude_seen=query.get("include_seen", "false").lower() not in ("1", "true", "yes"),
+        exclude_seen=not flag(query, "include_seen"),
     )
 
 
@@ -86,8 +91,8 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
         with metrics.pull_seconds.time():
             raw = decl.user_state.get(user_id.encode())
             state = _codec.decode(raw)
-            fresh = request.query.get("fresh", "false").lower() in ("1", "true", "yes")
-            items = pipeline.recommend_now(state, parsed, user_id.encode(), fresh=fresh)
+            items = pipeline.recommend_now(state, parsed, user_id.encode(),
+                                           fresh=flag(request.query, "fresh"))
             body = msgspec.json.encode({"user_id": user_id, "known_user": raw is not None,
                                         "model_version": pipeline.recommender.params.version,
                                         "items": items})
