@@ -240,8 +240,10 @@ class Pipeline:
     async def after_profiles(self, results: list[KeyResult[ProfileState, UserProfile]]
                              ) -> None:
         """A profile that puts a user in new segments counts their history so far for those
-        segments: the same counts a regrowth of memory would give."""
+        segments: the same counts a regrowth of memory would give. The user's cached list
+        is dropped: a new user's answer depends on their segments."""
         for result in results:
+            self.served.forget(result.key)
             added = (set(segments_of(result.state.profile))
                      - set(segments_of(result.before.profile)))
             if added:

@@ -179,3 +179,20 @@ def test_pull_api(kafka: KafkaBroker, worker: WorkerProcess) -> None:
     assert body["known_user"] is False
     assert {i["item_id"] for i in body["items"]} == {"toy-story", "alien", "cars"}
     assert {i["explanation"]["text"] for i in body["items"]} == {"popular with people like you"}
+    # a new user's answer depends on their segments: the list cached before their profile
+    # arrived is not served after it (the next pull scores afresh)
+    kit = [View(v=1, event_id="kit-1", user_id="kit", ts=TS + 20, item_id="alien")]
+    asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_EVENTS"],
+                        [(b"kit", msgspec.json.encode(e)) for e in kit]))
+    worker.wait_metric("streamrec_input_records_total", 4, topic="events", outcome="accepted")
+    hits = worker.metric("streamrec_pull_cache_total", outcome="hit")
+    misses = worker.metric("streamrec_pull_cache_total", outcome="miss")
+    assert get("/users/kit/recommendations?k=10")[0] == 200
+    assert worker.metric("streamrec_pull_cache_total", outcome="hit") == hits + 1
+    kit_profile = UserProfile(v=1, event_id="p-kit", user_id="kit", ts=TS, age_band="1-12")
+    asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_USERS"],
+                        [(b"kit", msgspec.json.encode(kit_profile))]))
+    worker.wait_metric("streamrec_input_records_total", 3, topic="users", outcome="accepted")
+    after = get("/users/kit/recommendations?k=10")[1]["items"]
+    assert worker.metric("streamrec_pull_cache_total", outcome="miss") == misses + 1
+    assert after == get("/users/kit/recommendations?k=10&fresh=true")[1]["items"]
