@@ -22,10 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import msgspec
-from msgspec import Struct
 
 from app.contract.records import Feedback, FeedbackType
-from app.core.state import KeyState
+from app.core.state import FeedbackState, Shown
 
 MAX_SHOWN = 32                       # lists remembered per user
 TTL_MS = 24 * 3_600_000              # how long a list can be answered
@@ -34,27 +33,6 @@ REWARDS = {FeedbackType.CLICK: 1.0, FeedbackType.FAVOURITE: 1.0,
            FeedbackType.ADD_TO_CART: 1.0, FeedbackType.PURCHASE: 1.0}
 EXAMPLE_WEIGHTS = {FeedbackType.CLICK: 1.0, FeedbackType.FAVOURITE: 1.5,
                    FeedbackType.ADD_TO_CART: 2.0, FeedbackType.PURCHASE: 3.0}
-
-
-class ShownItem(Struct, array_like=True, frozen=True):
-    item_id: str
-    position: int                    # 0 = first
-    features: tuple[float, ...]      # app.core.learning.FEATURES order
-
-
-class Shown(Struct, array_like=True, frozen=True):
-    rec_id: str
-    model_version: str
-    variant: str
-    produced_at: int
-    items: tuple[ShownItem, ...]
-
-
-class AttributionState(KeyState, array_like=True, frozen=True):
-    """One user's recently shown lists, oldest first, and attribution counters."""
-
-    shown: tuple[Shown, ...] = ()
-    counts: dict[str, int] = {}
 
 
 @dataclass(frozen=True)
@@ -81,17 +59,17 @@ def _bump(counts: dict[str, int], key: str) -> dict[str, int]:
     return {**counts, key: counts.get(key, 0) + 1}
 
 
-def remember(state: AttributionState, shown: Shown, now_ms: int,
-             ttl_ms: int = TTL_MS, max_shown: int = MAX_SHOWN) -> AttributionState:
+def remember(state: FeedbackState, shown: Shown, now_ms: int,
+             ttl_ms: int = TTL_MS, max_shown: int = MAX_SHOWN) -> FeedbackState:
     """Remember a published list; forget expired ones and the oldest beyond the bound."""
     kept = tuple(s for s in state.shown if now_ms - s.produced_at <= ttl_ms
                  and s.rec_id != shown.rec_id)
     return msgspec.structs.replace(state, shown=(*kept, shown)[-max_shown:])
 
 
-def attribute(state: AttributionState, feedback: Feedback, ttl_ms: int = TTL_MS,
+def attribute(state: FeedbackState, feedback: Feedback, ttl_ms: int = TTL_MS,
               conversion_window_ms: int = CONVERSION_WINDOW_MS
-              ) -> tuple[AttributionState, Outcome]:
+              ) -> tuple[FeedbackState, Outcome]:
     """Join one feedback event with the list it answers."""
     shown = next((s for s in reversed(state.shown) if s.rec_id == feedback.rec_id), None)
     reason = None

@@ -17,15 +17,17 @@ learnt weights become the next :class:`RankerParams` as they are.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 
-from app.core.ranking import RankerParams, Scored
+from app.core.ranking import FEATURES, RankerParams, Scored
 
 FloatArray = npt.NDArray[np.float64]
-FEATURES = ("semantic", "covisit", "popularity", "freshness", "novelty")
+__all__ = ["FEATURES", "LearnerConfig", "LearnerState", "click_probability", "features_of",
+           "learning_rate", "update"]
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,11 @@ class LearnerState:
         return cls(weights=weights, prior=weights.copy())
 
 
-def features_of(scored: Scored, row: int) -> FloatArray:
-    """One candidate's unweighted ranker features, in FEATURES order."""
-    return np.array([float(scored.features[name][row]) for name in FEATURES],
-                    dtype=np.float64)
+def features_of(scored: Scored, rows: Sequence[int]) -> FloatArray:
+    """The unweighted ranker features of candidates ``rows`` ([len(rows), len(FEATURES)])."""
+    index = np.asarray(rows, dtype=np.intp)
+    return np.stack([scored.features[name][index] for name in FEATURES],
+                    axis=1).astype(np.float64)
 
 
 def click_probability(state: LearnerState, features: FloatArray) -> FloatArray:
@@ -68,14 +71,18 @@ def learning_rate(config: LearnerConfig, steps: int) -> float:
 
 
 def update(state: LearnerState, features: FloatArray, rewards: FloatArray,
-           config: LearnerConfig = LearnerConfig()) -> LearnerState:
+           config: LearnerConfig = LearnerConfig(), weights: FloatArray | None = None
+           ) -> LearnerState:
     """One gradient step on a mini-batch: ``features`` [n, len(FEATURES)], ``rewards`` [n]
-    in {0, 1} (or a conversion weight in [0, 1])."""
+    in {0, 1} (or a conversion weight in [0, 1]), each example counted by ``weights`` [n]
+    (a purchase more than a click; all 1 when None)."""
     if len(rewards) == 0:
         return state
-    error = click_probability(state, features) - rewards          # d(log loss)/d(logit)
-    gradient = np.append(features.T @ error / len(rewards)
-                         + config.l2 * (state.weights - state.prior), error.mean())
+    counts = np.ones(len(rewards)) if weights is None else weights
+    error = (click_probability(state, features) - rewards) * counts  # d(log loss)/d(logit)
+    gradient = np.append(features.T @ error / counts.sum()
+                         + config.l2 * (state.weights - state.prior),
+                         error.sum() / counts.sum())
     norm = float(np.linalg.norm(gradient))
     if norm > config.max_gradient:
         gradient *= config.max_gradient / norm
@@ -83,10 +90,3 @@ def update(state: LearnerState, features: FloatArray, rewards: FloatArray,
     weights = np.maximum(state.weights - rate * gradient[:-1], 0.0)
     return replace(state, weights=weights, bias=state.bias - rate * float(gradient[-1]),
                    steps=state.steps + 1, seen=state.seen + len(rewards))
-
-
-def to_params(state: LearnerState, base: RankerParams, version: str) -> RankerParams:
-    """The ranker parameters these weights stand for (everything else from ``base``)."""
-    semantic, covisit, popularity, freshness, novelty = (float(w) for w in state.weights)
-    return replace(base, version=version, semantic=semantic, covisit=covisit,
-                   popularity=popularity, freshness=freshness, novelty=novelty)

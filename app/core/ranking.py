@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
+FEATURES = ("semantic", "covisit", "popularity", "freshness", "novelty")  # what weights scale
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,7 @@ def score(user: FloatArray | None, candidates: Candidates, params: RankerParams)
         "freshness": candidates.freshness,
         "novelty": (1.0 - popularity).astype(np.float32),
     }
-    weights = {"semantic": params.semantic, "covisit": params.covisit,
-               "popularity": params.popularity, "freshness": params.freshness,
-               "novelty": params.novelty}
+    weights = {name: float(getattr(params, name)) for name in FEATURES}
     parts = {name: weights[name] * value for name, value in features.items()}
     total = np.sum(np.stack(list(parts.values())), axis=0).astype(np.float32)
     return Scored(total, semantic, parts, features)

@@ -18,8 +18,17 @@ import numpy.typing as npt
 from app.contract.records import Explanation, RecommendedItem
 from app.core.catalogue import CatalogueEntry, PriceStats, VectorIndex
 from app.core.covisit import CoVisitation
+from app.core.learning import features_of
 from app.core.profile import DAY_MS
-from app.core.ranking import Candidates, RankerParams, Why, allowed, explain, mmr, score
+from app.core.ranking import (
+    Candidates,
+    RankerParams,
+    Why,
+    allowed,
+    explain,
+    mmr,
+    score,
+)
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -158,6 +167,13 @@ class Request:
     deny_categories: frozenset[str] = frozenset()
 
 
+@dataclass(frozen=True)
+class Ranking:
+    items: list[RecommendedItem]
+    counts: dict[str, int]                 # candidates per source
+    features: list[tuple[float, ...]]      # per item, in learning.FEATURES order
+
+
 def with_sources(params: RankerParams, sources: frozenset[str]) -> RankerParams:
     """Ranker parameters for an ablation: a switched-off source's score term is off too."""
     return replace(params,
@@ -189,9 +205,6 @@ class Recommender:
     def _new_with_profile(self, user: UserView) -> bool:
         """A new user (few recent items) whose profile segments are known."""
         return len(user.recent) < self.new_user_events and bool(user.segments)
-
-    def _segment_value(self, user: UserView, item: str, now: int) -> float:
-        return float(self._segment_values(user, [item], now)[0])
 
     def _segment_values(self, user: UserView, ids: list[str], now: int) -> FloatArray:
         total = np.zeros(len(ids), dtype=np.float32)
@@ -265,35 +278,47 @@ class Recommender:
         )
         return candidates, counts
 
-    def recommend(self, user: UserView, request: Request, now: int
+    def recommend(self, user: UserView, request: Request, now: int,
+                  params: RankerParams | None = None
                   ) -> tuple[list[RecommendedItem], dict[str, int]]:
+        ranking = self.rank(user, request, now, params)
+        return ranking.items, ranking.counts
+
+    def rank(self, user: UserView, request: Request, now: int,
+             params: RankerParams | None = None, extra: int = 0) -> Ranking:
+        """The top ``request.k`` items (``extra`` more ranked below them, for exploration),
+        scored with ``params`` (the recommender's own when None), explained, with each
+        item's unweighted ranker features (what a learner fits)."""
+        params = params or self.params
         candidates, counts = self.candidates(user, request, now)
         if not candidates.item_ids:
-            return [], counts
+            return Ranking([], counts, [])
         blocked = self._blocked(user, request) | {
             i for i in candidates.item_ids if not self.catalogue.items[i].in_stock}
         keep = allowed(candidates, blocked,
                        set(request.allow_categories) if request.allow_categories else None,
                        set(request.deny_categories))
-        scored = score(user.interest, candidates, self.params)
+        scored = score(user.interest, candidates, params)
         relevance = np.where(keep, scored.total, -np.inf).astype(np.float32)
-        rows = [r for r in mmr(relevance, candidates.vectors, request.k, self.params.mmr_lambda)
+        rows = [r for r in mmr(relevance, candidates.vectors, request.k + extra,
+                               params.mmr_lambda)
                 if np.isfinite(relevance[r])]
         kinds = {item: kind for item, kind, _ in user.recent}
         new_user = self._new_with_profile(user)
         history = [(i, self.catalogue.index.vector(i)) for i, _, _ in user.recent[-20:]
                    if i in self.catalogue.index]
+        segment = (self._segment_values(user, [candidates.item_ids[r] for r in rows], now)
+                   if new_user else np.zeros(len(rows), dtype=np.float32))
         out = []
         for rank, row in enumerate(rows, start=1):
             why = explain(row, candidates, scored,
                           [(i, v) for i, v in history if v is not None], user.query)
             out.append(RecommendedItem(
                 item_id=candidates.item_ids[row], rank=rank, score=float(scored.total[row]),
-                explanation=self._explanation(
-                    why, kinds, new_user and self._segment_value(
-                        user, candidates.item_ids[row], now) > 0),
+                explanation=self._explanation(why, kinds, bool(segment[rank - 1] > 0)),
             ))
-        return out, counts
+        features = [tuple(row) for row in features_of(scored, rows).tolist()]
+        return Ranking(out, counts, features)
 
     @staticmethod
     def _blocked(user: UserView, request: Request) -> set[str]:

@@ -54,11 +54,29 @@ class UserState(KeyState, array_like=True, frozen=True):
     query_ts: int = 0
 
 
+class ShownItem(Struct, array_like=True, frozen=True):
+    item_id: str
+    position: int                    # 0 = first
+    features: tuple[float, ...]      # the ranker's unweighted features (learning.FEATURES)
+
+
+class Shown(Struct, array_like=True, frozen=True):
+    """A published list, as attribution needs it (app.core.attribution)."""
+
+    rec_id: str
+    model_version: str
+    variant: str
+    produced_at: int
+    items: tuple[ShownItem, ...]
+
+
 class FeedbackState(KeyState, array_like=True, frozen=True):
-    """Per-user feedback counters (attribution arrives with the feedback issue)."""
+    """Per-user feedback counters (by type, and attributed/unattributed by reason) and the
+    recently shown lists feedback is joined with (bounded: app.core.attribution)."""
 
     counts: dict[str, int] = {}
     last_ts: int = 0
+    shown: tuple[Shown, ...] = ()
 
 
 class ProfileState(KeyState, array_like=True, frozen=True):

@@ -1,19 +1,38 @@
-"""Versioned ranker parameters: the last N versions, and when to roll back (pure functions).
+"""Versioned ranker parameters: what a version holds, which one serves, when to roll back
+(pure functions and plain data).
 
-Every parameter update the learner publishes is a new version; a worker keeps the newest
-``keep`` and serves the current one. A new version is rolled back when its online
-click-through is significantly below its predecessor's: a one-sided two-proportion z-test on
-clicks over impressions, decided only once both have enough impressions, so noise on a few
-hundred impressions cannot flip the ranker back and forth. An operator can roll back by
-command the same way.
+The learner publishes a new version after every mini-batch of rewards (``learning-<g>.<n>``).
+Versions come in *generations*: a generation ends once its lists have been shown
+``min_impressions`` times, and its last version is kept as a *checkpoint* (the newest ``keep``
+are kept). Rollback judges generations, not single versions (one version serves for about a
+second: far too few impressions to judge): when a generation's click-through is
+significantly below its predecessor's (a one-sided two-proportion z-test, decided only with
+enough impressions on both sides, so noise on a few hundred impressions cannot flip the
+ranker back and forth), the head goes back to the predecessor's checkpoint. A generation is
+judged one generation late, so the clicks on its lists have had time to arrive (impressions
+are counted when a list is published, clicks only when the user comes back). An operator can
+roll back by command the same way (`streamrec model rollback`).
+
+On the ``models`` topic (compacted) the key ``head`` holds the version the learning variant
+serves and ``checkpoint:<g>`` the kept checkpoints; every worker follows the whole topic.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 
+import msgspec
+import numpy as np
+from msgspec import Struct
+
+from app.core.learning import LearnerState
 from app.core.ranking import RankerParams
+
+HEAD = b"head"
+CHECKPOINT_PREFIX = b"checkpoint:"
+_VERSION = re.compile(r"^learning-(\d+)\.(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -24,6 +43,9 @@ class Traffic:
     @property
     def ctr(self) -> float:
         return self.clicks / self.impressions if self.impressions else 0.0
+
+    def __add__(self, other: Traffic) -> Traffic:
+        return Traffic(self.impressions + other.impressions, self.clicks + other.clicks)
 
 
 @dataclass(frozen=True)
@@ -48,24 +70,96 @@ def compare(new: Traffic, old: Traffic, z_critical: float = 2.33,
     return Verdict(False, z, "not significantly worse")
 
 
-@dataclass(frozen=True)
-class History:
-    """The newest ``keep`` parameter versions, current last."""
+class ModelVersion(Struct, frozen=True, kw_only=True):
+    """One published parameter version: the ranker weights (``FEATURES`` order) and the
+    learner's state behind them, so that a trainer can resume from any version."""
 
-    versions: tuple[RankerParams, ...] = field(default_factory=lambda: (RankerParams(),))
-    keep: int = 5
+    version: str
+    generation: int
+    weights: tuple[float, ...]
+    bias: float = 0.0
+    steps: int = 0
+    seen: int = 0                     # rewards learnt from, all versions before included
+    published_at: int = 0             # ms
+    reward_at: int = 0                # ms: when the newest reward behind it was produced
+    origin: str = "trainer"           # trainer | rollback | command
+    note: str = ""
 
-    @property
-    def current(self) -> RankerParams:
-        return self.versions[-1]
 
-    def push(self, params: RankerParams) -> History:
-        if any(p.version == params.version for p in self.versions):
-            raise ValueError(f"version {params.version} is already known")
-        return replace(self, versions=(*self.versions, params)[-self.keep:])
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(ModelVersion).decode
 
-    def roll_back(self) -> History:
-        """Back to the previous version (the current one is dropped); the oldest stays."""
-        if len(self.versions) < 2:
-            return self
-        return replace(self, versions=self.versions[:-1])
+
+def encode_version(version: ModelVersion) -> bytes:
+    return _encode(version)
+
+
+def decode_version(value: bytes) -> ModelVersion:
+    return _decode(value)
+
+
+def generation_of(version: str) -> int | None:
+    """The generation of a learning version (``learning-3.41`` -> 3); None for others."""
+    match = _VERSION.match(version)
+    return int(match.group(1)) if match else None
+
+
+def version_name(generation: int, step: int) -> str:
+    return f"learning-{generation}.{step}"
+
+
+def checkpoint_key(generation: int) -> bytes:
+    return CHECKPOINT_PREFIX + str(generation).encode()
+
+
+def as_params(version: ModelVersion, base: RankerParams) -> RankerParams:
+    """The ranker parameters a version stands for (everything it does not learn from
+    ``base``)."""
+    semantic, covisit, popularity, freshness, novelty = (float(w) for w in version.weights)
+    return replace(base, version=version.version, semantic=semantic, covisit=covisit,
+                   popularity=popularity, freshness=freshness, novelty=novelty)
+
+
+def learner_of(version: ModelVersion, prior: LearnerState) -> LearnerState:
+    """The learner state saved in a version (the prior stays the documented defaults)."""
+    return replace(prior, weights=np.array(version.weights, dtype=np.float64),
+                   bias=version.bias, steps=version.steps, seen=version.seen)
+
+
+@dataclass
+class Registry:
+    """What a worker knows of the ``models`` topic: the head and the kept checkpoints."""
+
+    head: ModelVersion | None = None
+    checkpoints: dict[int, ModelVersion] = field(default_factory=dict)
+    applied: int = 0                  # records read
+
+    def apply(self, key: bytes | None, value: bytes | None) -> ModelVersion | None:
+        """One record of the topic; returns the new head when it changed."""
+        self.applied += 1
+        if not key:
+            return None
+        if key.startswith(CHECKPOINT_PREFIX):
+            generation = int(key[len(CHECKPOINT_PREFIX):])
+            if value:
+                self.checkpoints[generation] = decode_version(value)
+            else:
+                self.checkpoints.pop(generation, None)
+            return None
+        if key == HEAD and value:
+            self.head = decode_version(value)
+            return self.head
+        return None
+
+    def rollback_target(self, to: str | None = None) -> ModelVersion | None:
+        """The checkpoint a rollback by command goes to: the named version, else the
+        newest checkpoint older than the head's generation."""
+        ordered = sorted(self.checkpoints.values(), key=lambda v: v.generation)
+        if to is not None:
+            return next((v for v in ordered if v.version == to), None)
+        if self.head is None:
+            return ordered[-1] if ordered else None
+        head = self.head
+        older = [v for v in ordered if v.generation < head.generation
+                 and v.version != head.version]
+        return older[-1] if older else None

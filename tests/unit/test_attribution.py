@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 from app.contract.records import Feedback, FeedbackType
-from app.core.attribution import (
-    AttributionState,
-    Shown,
-    ShownItem,
-    attribute,
-    remember,
-)
-from app.core.state import StateCodec
+from app.core.attribution import attribute, remember
+from app.core.state import FeedbackState, Shown, ShownItem, StateCodec
 
 HOUR = 3_600_000
 
@@ -27,7 +21,7 @@ def feedback(kind: FeedbackType, rec_id: str, item: str, ts: int) -> Feedback:
 
 
 def test_a_click_is_a_positive_and_the_items_above_it_negatives() -> None:
-    state = remember(AttributionState(), shown("r1", 0, ["a", "b", "c", "d"]), now_ms=0)
+    state = remember(FeedbackState(), shown("r1", 0, ["a", "b", "c", "d"]), now_ms=0)
     state, outcome = attribute(state, feedback(FeedbackType.CLICK, "r1", "c", HOUR))
     assert outcome.unattributed is None
     assert [(e.features[0], e.reward) for e in outcome.examples] == [
@@ -44,7 +38,7 @@ def test_a_click_is_a_positive_and_the_items_above_it_negatives() -> None:
 
 
 def test_impressions_are_counted_and_teach_nothing() -> None:
-    state = remember(AttributionState(), shown("r1", 0, ["a", "b"]), now_ms=0)
+    state = remember(FeedbackState(), shown("r1", 0, ["a", "b"]), now_ms=0)
     state, outcome = attribute(state, feedback(FeedbackType.IMPRESSION, "r1", "b", 1))
     assert outcome.examples == ()
     assert outcome.unattributed is None
@@ -52,7 +46,7 @@ def test_impressions_are_counted_and_teach_nothing() -> None:
 
 
 def test_unattributable_feedback_is_counted_with_its_reason() -> None:
-    state = remember(AttributionState(), shown("r1", 0, ["a", "b"]), now_ms=0)
+    state = remember(FeedbackState(), shown("r1", 0, ["a", "b"]), now_ms=0)
     for rec_id, item, ts, reason in [("nope", "a", 1, "unknown_rec"),
                                      ("r1", "z", 1, "item_not_shown"),
                                      ("r1", "a", 25 * HOUR, "expired")]:
@@ -64,12 +58,12 @@ def test_unattributable_feedback_is_counted_with_its_reason() -> None:
 
 
 def test_memory_is_bounded_by_count_and_age_and_survives_encoding() -> None:
-    state = AttributionState()
+    state = FeedbackState()
     for n in range(50):
         state = remember(state, shown(f"r{n}", n * HOUR, ["a"]), now_ms=n * HOUR,
                          max_shown=8)
     assert [s.rec_id for s in state.shown] == [f"r{n}" for n in range(42, 50)]
     state = remember(state, shown("late", 80 * HOUR, ["a"]), now_ms=80 * HOUR)
     assert [s.rec_id for s in state.shown] == ["late"]          # the rest expired
-    codec = StateCodec(AttributionState)
+    codec = StateCodec(FeedbackState)
     assert codec.decode(codec.encode(state)) == state

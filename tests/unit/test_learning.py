@@ -10,7 +10,6 @@ from app.core.learning import (
     LearnerState,
     click_probability,
     learning_rate,
-    to_params,
     update,
 )
 from app.core.ranking import RankerParams
@@ -70,13 +69,28 @@ def test_without_signal_the_weights_return_to_the_prior() -> None:
 
 
 def test_learnt_weights_become_versioned_ranker_parameters() -> None:
+    from app.core.versions import ModelVersion, as_params
+
     state = LearnerState.from_params(RankerParams())
     assert np.allclose(click_probability(state, np.zeros((1, F))), 0.5)
-    params = to_params(LearnerState(weights=np.array([2.0, 1.0, 0.1, 0.0, 0.0]),
-                                    prior=state.prior), RankerParams(mmr_lambda=0.9), "learnt-7")
-    assert params.version == "learnt-7"
+    version = ModelVersion(version="learning-7.1", generation=7,
+                           weights=(2.0, 1.0, 0.1, 0.0, 0.0))
+    params = as_params(version, RankerParams(mmr_lambda=0.9))
+    assert params.version == "learning-7.1"
     assert (params.semantic, params.covisit, params.popularity) == (2.0, 1.0, 0.1)
     assert params.mmr_lambda == 0.9
+
+
+def test_example_weights_count_like_repeated_examples() -> None:
+    state = LearnerState.from_params(RankerParams())
+    x = np.array([[1.0, 0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0]])
+    y = np.array([1.0, 0.0])
+    weighted = update(state, x, y, LearnerConfig(max_gradient=100.0),
+                      weights=np.array([3.0, 1.0]))
+    repeated = update(state, np.array([x[0], x[0], x[0], x[1]]), np.array([1.0, 1, 1, 0]),
+                      LearnerConfig(max_gradient=100.0))
+    assert np.allclose(weighted.weights, repeated.weights)
+    assert np.isclose(weighted.bias, repeated.bias)
 
 
 def test_features_are_the_rankers_parts_before_weighting() -> None:
@@ -91,7 +105,7 @@ def test_features_are_the_rankers_parts_before_weighting() -> None:
                             freshness=np.array([1.0, 0.5, 0.0], dtype=np.float32))
     params = RankerParams(semantic=2.0, covisit=3.0, popularity=0.5, freshness=0.1)
     scored = score(vectors[0], candidates, params)
-    assert features_of(scored, 0).tolist() == [1.0, 1.0, 0.0, 1.0, 1.0]
-    assert features_of(scored, 1).tolist() == [0.0, 0.5, 1.0, 0.5, 0.0]
+    rows = features_of(scored, [0, 1])
+    assert rows.tolist() == [[1.0, 1.0, 0.0, 1.0, 1.0], [0.0, 0.5, 1.0, 0.5, 0.0]]
     weights = np.array([getattr(params, name) for name in FEATURES])
-    assert np.isclose(features_of(scored, 1) @ weights, scored.total[1])
+    assert np.allclose(rows @ weights, scored.total[[0, 1]])

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
-
+from app.core.learning import LearnerState
 from app.core.ranking import RankerParams
-from app.core.versions import History, Traffic, compare
+from app.core.versions import (
+    HEAD,
+    ModelVersion,
+    Registry,
+    Traffic,
+    as_params,
+    checkpoint_key,
+    compare,
+    decode_version,
+    encode_version,
+    generation_of,
+    learner_of,
+)
 
 
 def test_a_significantly_worse_version_is_rolled_back() -> None:
@@ -21,14 +32,31 @@ def test_a_significantly_worse_version_is_rolled_back() -> None:
     assert not compare(Traffic(5_000, 0), Traffic(5_000, 0)).roll_back
 
 
-def test_history_keeps_the_newest_versions_and_rolls_back_to_the_previous() -> None:
-    history = History(keep=3)
-    assert history.current.version == RankerParams().version
-    for n in range(1, 5):
-        history = history.push(RankerParams(version=f"learnt-{n}", semantic=float(n)))
-    assert [p.version for p in history.versions] == ["learnt-2", "learnt-3", "learnt-4"]
-    history = history.roll_back()
-    assert history.current.version == "learnt-3"
-    assert history.roll_back().roll_back().current.version == "learnt-2"  # the oldest stays
-    with pytest.raises(ValueError, match="already known"):
-        history.push(RankerParams(version="learnt-2"))
+def test_the_registry_follows_head_and_checkpoints_of_the_models_topic() -> None:
+    registry = Registry()
+    v = {g: ModelVersion(version=f"learning-{g}.3", generation=g, weights=(1.0,) * 5)
+         for g in (1, 2, 3)}
+    for g in (1, 2):
+        assert registry.apply(checkpoint_key(g), encode_version(v[g])) is None
+    head = registry.apply(HEAD, encode_version(v[3]))
+    assert head == v[3]
+    assert registry.head == v[3]
+    assert registry.rollback_target() == v[2]          # the newest older checkpoint
+    assert registry.rollback_target("learning-1.3") == v[1]
+    assert registry.rollback_target("learning-9.9") is None
+    registry.apply(checkpoint_key(2), None)              # a tombstone forgets it
+    assert registry.rollback_target() == v[1]
+    assert registry.apply(None, b"x") is None
+    assert registry.applied == 5
+
+
+def test_versions_name_their_generation() -> None:
+    assert generation_of("learning-12.40") == 12
+    assert generation_of("default-2") is None
+    version = ModelVersion(version="learning-1.1", generation=1, weights=(1.0, 2.0, 0.0, 0.0,
+                                                                          0.5), bias=-1.0)
+    assert decode_version(encode_version(version)) == version
+    learner = learner_of(version, LearnerState.from_params(RankerParams()))
+    assert learner.weights.tolist() == [1.0, 2.0, 0.0, 0.0, 0.5]
+    assert learner.bias == -1.0
+    assert as_params(version, RankerParams()).covisit == 2.0

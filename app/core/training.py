@@ -1,0 +1,171 @@
+"""The trainer: rewards in, parameter versions out (pure functions over plain data).
+
+Workers send the trainer :class:`Batch` records on the one-partition ``examples`` topic:
+the events agent how many items each model version showed, the feedback agent the learning
+examples attributed feedback produced (app.core.attribution) and the clicks by version. One
+trainer (the worker that owns the topic's partition) folds them with :func:`step`:
+
+1. shown and clicks are added to their generation's :class:`Traffic` (app.core.versions);
+2. examples update the learner (app.core.learning) and become the new head version;
+3. a generation that has shown ``min_impressions`` items closes: its head is kept as a
+   checkpoint, and its parent generation is judged against the grandparent; significantly
+   fewer clicks and the head goes back to the grandparent's checkpoint (a new generation
+   starts from it, the descendants of the bad one are dropped).
+
+A rollback by command (a head whose origin is ``command``) is adopted the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from msgspec import Struct
+
+from app.core.learning import LearnerConfig, LearnerState, update
+from app.core.versions import (
+    HEAD,
+    ModelVersion,
+    Traffic,
+    Verdict,
+    checkpoint_key,
+    compare,
+    encode_version,
+    generation_of,
+    learner_of,
+    version_name,
+)
+
+
+class Batch(Struct, frozen=True, kw_only=True):
+    """One record of the ``examples`` topic."""
+
+    features: list[tuple[float, ...]] = []
+    rewards: list[float] = []
+    weights: list[float] = []
+    shown: dict[str, int] = {}        # items shown, by model version
+    clicks: dict[str, int] = {}       # clicks attributed, by model version
+    produced_at: int = 0              # ms: newest feedback behind the examples
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    min_impressions: int = 2_000      # items shown that close a generation
+    z_critical: float = 2.33
+    keep: int = 5                     # checkpoints kept
+
+
+@dataclass(frozen=True)
+class Trainer:
+    config: TrainerConfig
+    learner: LearnerState
+    head: ModelVersion
+    generation: int                   # the one being trained
+    step: int = 0
+    parent: dict[int, int] = field(default_factory=dict)      # generation -> its parent
+    traffic: dict[int, Traffic] = field(default_factory=dict)
+    checkpoints: dict[int, ModelVersion] = field(default_factory=dict)
+    adopted_at: int = 0               # published_at of the last head adopted from outside
+
+
+Publication = tuple[bytes, bytes | None]
+
+
+def _version(trainer: Trainer, learner: LearnerState, generation: int, step: int, now: int,
+             reward_at: int, origin: str = "trainer", note: str = "") -> ModelVersion:
+    return ModelVersion(version=version_name(generation, step), generation=generation,
+                        weights=tuple(float(w) for w in learner.weights), bias=learner.bias,
+                        steps=learner.steps, seen=learner.seen, published_at=now,
+                        reward_at=reward_at, origin=origin, note=note)
+
+
+def start(config: TrainerConfig, prior: LearnerState, head: ModelVersion | None,
+          checkpoints: dict[int, ModelVersion], now: int) -> Trainer:
+    """A trainer resuming from the topic's head and checkpoints (or from the prior)."""
+    learner = prior if head is None else learner_of(head, prior)
+    if head is None:
+        head = ModelVersion(version=version_name(0, 0), generation=0,
+                            weights=tuple(float(w) for w in prior.weights), published_at=now)
+    generation = max([head.generation, *checkpoints]) + 1
+    return Trainer(config, learner, head, generation, parent={generation: head.generation},
+                   checkpoints=dict(checkpoints), adopted_at=head.published_at)
+
+
+def adopt(trainer: Trainer, head: ModelVersion) -> Trainer:
+    """Follow a head published by someone else (a rollback by command): train on from it,
+    in a new generation whose parent is the head's."""
+    generation = trainer.generation + 1
+    return replace(trainer, learner=learner_of(head, trainer.learner), head=head,
+                   generation=generation, step=0,
+                   parent={**trainer.parent, generation: head.generation},
+                   adopted_at=head.published_at)
+
+
+def _count(trainer: Trainer, batch: Batch) -> dict[int, Traffic]:
+    traffic = dict(trainer.traffic)
+    for counts, clicks in ((batch.shown, False), (batch.clicks, True)):
+        for version, n in counts.items():
+            generation = generation_of(version)
+            if generation is None:
+                continue
+            add = Traffic(0, n) if clicks else Traffic(n, 0)
+            traffic[generation] = traffic.get(generation, Traffic()) + add
+    return traffic
+
+
+def step(trainer: Trainer, batch: Batch, now: int
+         ) -> tuple[Trainer, list[Publication], Verdict | None]:
+    """Fold one batch: the new trainer, the records to publish on the ``models`` topic, and
+    the verdict when a generation was judged."""
+    trainer = replace(trainer, traffic=_count(trainer, batch))
+    out: list[Publication] = []
+    if batch.rewards:
+        learner = update(trainer.learner, np.array(batch.features, dtype=np.float64),
+                         np.array(batch.rewards, dtype=np.float64), trainer.config.learner,
+                         weights=np.array(batch.weights, dtype=np.float64))
+        head = _version(trainer, learner, trainer.generation, trainer.step + 1, now,
+                        batch.produced_at)
+        trainer = replace(trainer, learner=learner, head=head, step=trainer.step + 1)
+        out.append((HEAD, encode_version(head)))
+    shown = trainer.traffic.get(trainer.generation, Traffic()).impressions
+    if shown < trainer.config.min_impressions or trainer.step == 0:
+        return trainer, out, None
+    return _close(trainer, out, now)
+
+
+def _close(trainer: Trainer, out: list[Publication], now: int
+           ) -> tuple[Trainer, list[Publication], Verdict | None]:
+    """Close the current generation: keep its checkpoint, judge its parent."""
+    closing = trainer.generation
+    checkpoints = {**trainer.checkpoints, closing: trainer.head}
+    out.append((checkpoint_key(closing), encode_version(trainer.head)))
+    judged = trainer.parent.get(closing)
+    grandparent = trainer.parent.get(judged) if judged is not None else None
+    verdict = None
+    if judged is not None and grandparent is not None and grandparent in checkpoints:
+        verdict = compare(trainer.traffic.get(judged, Traffic()),
+                          trainer.traffic.get(grandparent, Traffic()),
+                          trainer.config.z_critical, trainer.config.min_impressions)
+    generation = closing + 1
+    if verdict is not None and verdict.roll_back and grandparent is not None:
+        restored = checkpoints[grandparent]
+        for bad in (judged, closing):
+            if bad is not None and bad in checkpoints:
+                del checkpoints[bad]
+                out.append((checkpoint_key(bad), None))
+        learner = learner_of(restored, trainer.learner)
+        head = _version(trainer, learner, generation, 0, now, restored.reward_at,
+                        origin="rollback",
+                        note=f"generation {judged} rolled back to {restored.version}: "
+                             f"{verdict.reason}")
+        out.append((HEAD, encode_version(head)))
+        parent = grandparent
+    else:
+        learner, head, parent = trainer.learner, trainer.head, closing
+    for old in sorted(checkpoints)[:-trainer.config.keep]:
+        del checkpoints[old]
+        out.append((checkpoint_key(old), None))
+    return (replace(trainer, learner=learner, head=head, generation=generation, step=0,
+                    parent={**trainer.parent, generation: parent}, checkpoints=checkpoints),
+            out, verdict)

@@ -1,0 +1,105 @@
+"""The trainer: examples become versions, generations close, a worse one is rolled back."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.core.learning import FEATURES, LearnerConfig, LearnerState
+from app.core.ranking import RankerParams
+from app.core.training import Batch, TrainerConfig, adopt, start, step
+from app.core.versions import HEAD, ModelVersion, checkpoint_key, decode_version
+
+PRIOR = LearnerState.from_params(RankerParams())
+
+
+def examples(rng: np.random.Generator, truth: np.ndarray, n: int, produced_at: int = 0
+             ) -> Batch:
+    x = rng.uniform(size=(n, len(FEATURES)))
+    clicked = rng.uniform(size=n) < 1 / (1 + np.exp(-(x @ truth - 3.0)))
+    return Batch(features=[tuple(row) for row in x], rewards=clicked.astype(float).tolist(),
+                 weights=[1.0] * n, produced_at=produced_at)
+
+
+def test_rewards_become_versions_that_converge_on_the_known_answer() -> None:
+    rng = np.random.default_rng(0)
+    truth = np.array([3.0, 2.0, 0.0, 0.5, 0.0])
+    config = TrainerConfig(learner=LearnerConfig(l2=0.0), min_impressions=10**9)
+    trainer = start(config, PRIOR, None, {}, now=0)
+    heads = []
+    for n in range(3000):
+        trainer, out, verdict = step(trainer, examples(rng, truth, 64, produced_at=n), now=n)
+        assert verdict is None
+        assert [key for key, _ in out] == [HEAD]
+        heads.append(decode_version(out[0][1] or b""))
+    assert [h.version for h in heads[:2]] == ["learning-1.1", "learning-1.2"]
+    assert heads[-1].reward_at == 2999
+    assert heads[-1].seen == 3000 * 64
+    weights = np.array(heads[-1].weights)
+    assert float(weights @ truth / np.linalg.norm(weights) / np.linalg.norm(truth)) > 0.98
+
+
+def traffic(version: str, shown: int, clicks: int) -> Batch:
+    return Batch(shown={version: shown}, clicks={version: clicks})
+
+
+def test_a_generation_with_significantly_fewer_clicks_is_rolled_back() -> None:
+    rng = np.random.default_rng(1)
+    truth = np.array([1.0, 1.0, 0.0, 0.0, 0.0])
+    config = TrainerConfig(min_impressions=5_000, keep=5)
+    trainer = start(config, PRIOR, None, {}, now=0)
+    ctr = {1: 0.10, 2: 0.10, 3: 0.05, 4: 0.10}       # generation 3 is worse
+    published: list[tuple[bytes, bytes | None]] = []
+    verdicts = []
+    for generation in (1, 2, 3, 4):
+        assert trainer.generation == generation
+        trainer, out, _ = step(trainer, examples(rng, truth, 32), now=generation)
+        version = trainer.head.version
+        assert version == f"learning-{generation}.1"
+        trainer, more, verdict = step(
+            trainer, traffic(version, 6_000, int(6_000 * ctr[generation])), now=generation)
+        published += out + more
+        verdicts.append(verdict)
+    # generation 2 judged against 1 when 3 closed (not worse); 3 against 2 when 4 closed
+    assert verdicts[0] is None
+    assert verdicts[1] is None
+    assert verdicts[2] is not None
+    assert not verdicts[2].roll_back
+    assert verdicts[3] is not None
+    assert verdicts[3].roll_back
+    assert verdicts[3].z < -2.33
+    head = trainer.head
+    assert head.origin == "rollback"
+    assert head.version == "learning-5.0"
+    restored = decode_version(dict(published)[checkpoint_key(2)] or b"")
+    assert head.weights == restored.weights
+    assert "learning-2.1" in head.note
+    assert set(trainer.checkpoints) == {1, 2}        # 3 and 4 descend from the bad one
+    assert (checkpoint_key(3), None) in published
+    assert (checkpoint_key(4), None) in published
+    assert published[-1] == (HEAD, published[-1][1])
+    assert trainer.parent[5] == 2                    # judged against what it came back to
+
+
+def test_a_rollback_by_command_is_adopted_and_trained_on() -> None:
+    rng = np.random.default_rng(2)
+    trainer = start(TrainerConfig(), PRIOR, None, {}, now=0)
+    trainer, _, _ = step(trainer, examples(rng, np.ones(5), 16), now=1)
+    command = ModelVersion(version="learning-0.9", generation=0, weights=(0.5,) * 5,
+                           published_at=7, origin="command")
+    trainer = adopt(trainer, command)
+    assert trainer.adopted_at == 7
+    assert trainer.generation == 2
+    assert trainer.learner.weights.tolist() == [0.5] * 5
+    trainer, out, _ = step(trainer, examples(rng, np.ones(5), 16), now=8)
+    assert decode_version(out[0][1] or b"").version == "learning-2.1"
+
+
+def test_a_trainer_resumes_from_the_topic() -> None:
+    head = ModelVersion(version="learning-4.7", generation=4, weights=(2.0,) * 5, steps=90)
+    checkpoint = ModelVersion(version="learning-3.5", generation=3, weights=(1.0,) * 5)
+    trainer = start(TrainerConfig(), PRIOR, head, {3: checkpoint}, now=0)
+    assert trainer.generation == 5
+    assert trainer.parent[5] == 4
+    assert trainer.learner.steps == 90
+    assert trainer.learner.weights.tolist() == [2.0] * 5
+    assert trainer.learner.prior.tolist() == PRIOR.prior.tolist()
