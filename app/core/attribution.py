@@ -26,9 +26,10 @@ import msgspec
 from app.contract.records import Feedback, FeedbackType
 from app.core.state import FeedbackState, Shown
 
-MAX_SHOWN = 32                       # lists remembered per user
+MAX_SHOWN = 16                       # lists remembered per user
 TTL_MS = 24 * 3_600_000              # how long a list can be answered
 CONVERSION_WINDOW_MS = 24 * 3_600_000
+UNATTRIBUTED = ("unknown_rec", "expired", "item_not_shown")   # reasons
 REWARDS = {FeedbackType.CLICK: 1.0, FeedbackType.FAVOURITE: 1.0,
            FeedbackType.ADD_TO_CART: 1.0, FeedbackType.PURCHASE: 1.0}
 EXAMPLE_WEIGHTS = {FeedbackType.CLICK: 1.0, FeedbackType.FAVOURITE: 1.5,

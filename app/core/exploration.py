@@ -15,6 +15,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import msgspec
+
+from app.core.recommender import Ranking
+
 
 @dataclass(frozen=True)
 class Exploration:
@@ -49,3 +53,15 @@ def explore(ranked: Sequence[str], k: int, policy: Exploration, rec_id: str
         return shown, None
     shown[slot] = chosen
     return shown, chosen
+
+
+def explored(ranking: Ranking, k: int, policy: Exploration, rec_id: str) -> Ranking:
+    """The list to show from a ranking ``policy.pool`` longer than ``k``: its first k items,
+    one slot given to an item from below them when this list explores (ranks renumbered,
+    each item keeps its own explanation and features)."""
+    position = {item.item_id: n for n, item in enumerate(ranking.items)}
+    shown, _ = explore(list(position), k, policy, rec_id)
+    rows = [position[item] for item in shown]
+    items = [msgspec.structs.replace(ranking.items[row], rank=rank)
+             for rank, row in enumerate(rows, start=1)]
+    return Ranking(items, ranking.counts, [ranking.features[row] for row in rows])

@@ -48,6 +48,21 @@ class Batch(Struct, frozen=True, kw_only=True):
     produced_at: int = 0              # ms: newest feedback behind the examples
 
 
+def merge(batches: list[Batch]) -> Batch:
+    """Many records of the topic as one mini-batch (counts summed, examples joined)."""
+    shown: dict[str, int] = {}
+    clicks: dict[str, int] = {}
+    for batch in batches:
+        for target, counts in ((shown, batch.shown), (clicks, batch.clicks)):
+            for version, n in counts.items():
+                target[version] = target.get(version, 0) + n
+    return Batch(features=[f for b in batches for f in b.features],
+                 rewards=[r for b in batches for r in b.rewards],
+                 weights=[w for b in batches for w in b.weights],
+                 shown=shown, clicks=clicks,
+                 produced_at=max((b.produced_at for b in batches), default=0))
+
+
 @dataclass(frozen=True)
 class TrainerConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)

@@ -10,6 +10,15 @@ latencies measured are the pipeline's, not those of a backlog the producer built
 
 Every recommendation published is read back; the last one each user received is what
 `streamrec eval` scores. Nothing is scored here.
+
+The ``feedback`` variant also simulates users reacting to what they were shown: when the
+item a user rates next is among the top ``SHOWN`` items of the list published after their
+previous rating, a click on it is produced to the feedback topic (the rest of the list was
+seen and passed over). Users are split by the worker's A/B experiment: the learning half is
+served what the trainer learns from those clicks, the frozen half the defaults. Clicks are
+produced as soon as the list is read back, so the trainer may learn from a click up to the
+producer's window (a few thousand events) before the stream reaches it; a user's last
+rating (the target) never causes a click.
 """
 
 from __future__ import annotations
@@ -24,10 +33,11 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.broker.admin import ensure_topics, wait_until_ready
-from app.contract.records import Recommendation
+from app.contract.records import Feedback, FeedbackType, Recommendation
+from app.core.experiments import Experiment, variant_of
 from app.data import movielens
 from app.demo import item_record, rating_records
 from app.evaluation.split import Split
@@ -39,7 +49,11 @@ VARIANTS = {
     "streamrec": "encoder,covisit,popular",
     "no-encoder": "covisit,popular",
     "no-covisit": "encoder,popular",
+    "feedback": "encoder,covisit,popular",     # with simulated clicks and the A/B split
 }
+FEEDBACK_VARIANTS = frozenset({"feedback"})
+SHOWN = 10                # the top of a list a simulated user looks at
+CURVE_POINTS = 20         # the learning curve: click-through per twentieth of the lists
 
 
 @dataclass
@@ -55,6 +69,12 @@ class ReplayRun:
     lists: dict[str, list[str]] = field(default_factory=dict)   # last list per user
     explanation_kinds: dict[str, int] = field(default_factory=dict)
     latency_ms: list[float] = field(default_factory=list)
+    # the feedback variant: A/B assignment, and per list read back (in order) its variant
+    # index, whether it was clicked and its model version's index in ``versions``
+    experiment: dict[str, Any] = field(default_factory=dict)
+    user_variants: dict[str, str] = field(default_factory=dict)
+    shown_log: list[tuple[int, int, int]] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -82,16 +102,33 @@ def _processed(url: str) -> float:
     return total(scrape(url), "streamrec_input_records_total", topic="events")
 
 
-class _Collector:
-    """Reads the recommendations topic from the start; keeps each user's last list."""
+def next_ratings(split: Split) -> dict[str, tuple[str, int]]:
+    """For each streamed event id, the item and time of the same user's next streamed
+    rating (a user's last streamed rating has none: what follows it is the target)."""
+    following: dict[str, tuple[str, int]] = {}
+    previous: dict[str, str] = {}
+    for rating in split.stream:
+        base = previous.get(rating.user_id)
+        if base is not None:
+            for suffix in ("view", "purchase"):
+                following[f"{base}-{suffix}"] = (rating.item_id, rating.ts_ms)
+        previous[rating.user_id] = f"{split.dataset}-{rating.row}"
+    return following
 
-    def __init__(self, bootstrap: str, topic: str, sent: dict[str, float]) -> None:
+
+class _Collector:
+    """Reads the recommendations topic from the start; keeps each user's last list; with
+    ``react`` set, clicks for the simulated users (see the module's docstring)."""
+
+    def __init__(self, bootstrap: str, topic: str, sent: dict[str, float],
+                 react: _Reactions | None = None) -> None:
         self._bootstrap, self._topic, self._sent = bootstrap, topic, sent
         self.lists: dict[str, list[str]] = {}
         self.kinds: dict[str, int] = {}
         self.latency_ms: list[float] = []
         self.count = 0
         self.stop = asyncio.Event()
+        self.react = react
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(self._topic, bootstrap_servers=self._bootstrap,
@@ -99,17 +136,21 @@ class _Collector:
                                     max_partition_fetch_bytes=8 * 1024 * 1024)
         decode = msgspec.json.Decoder(Recommendation).decode
         await consumer.start()
+        if self.react is not None:
+            await self.react.start()
         try:
             while not self.stop.is_set():
                 for messages in (await consumer.getmany(timeout_ms=200,
                                                         max_records=2000)).values():
                     for message in messages:
                         if message.value:
-                            self._take(decode(message.value))
+                            await self._take(decode(message.value))
         finally:
             await consumer.stop()
+            if self.react is not None:
+                await self.react.stop()
 
-    def _take(self, rec: Recommendation) -> None:
+    async def _take(self, rec: Recommendation) -> None:
         self.count += 1
         self.lists[rec.user_id] = [item.item_id for item in rec.items]
         for item in rec.items[:10]:
@@ -118,6 +159,48 @@ class _Collector:
         sent = self._sent.get(rec.source_event_id)
         if sent is not None:
             self.latency_ms.append((rec.produced_at / 1000 - sent) * 1000)
+        if self.react is not None:
+            await self.react.take(rec)
+
+
+class _Reactions:
+    """Simulated users: a click when the next rated item is in the top of the list."""
+
+    def __init__(self, bootstrap: str, topic: str, split: Split, experiment: Experiment
+                 ) -> None:
+        self._bootstrap, self._topic = bootstrap, topic
+        self._next = next_ratings(split)
+        self._experiment = experiment
+        self.variants = list(experiment.shares)
+        self.user_variants: dict[str, str] = {}
+        self.log: list[tuple[int, int, int]] = []
+        self.versions: dict[str, int] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self._encode = msgspec.json.Encoder().encode
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, linger_ms=5)
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def take(self, rec: Recommendation) -> None:
+        variant = self.user_variants.setdefault(
+            rec.user_id, variant_of(self._experiment, rec.user_id))
+        version = self.versions.setdefault(rec.model_version, len(self.versions))
+        following = self._next.get(rec.source_event_id)
+        shown = [item.item_id for item in rec.items[:SHOWN]]
+        clicked = following is not None and following[0] in shown
+        self.log.append((self.variants.index(variant), int(clicked), version))
+        if clicked and following is not None and self._producer is not None:
+            feedback = Feedback(v=1, type=FeedbackType.CLICK, event_id=f"click-{rec.rec_id}",
+                                user_id=rec.user_id, rec_id=rec.rec_id,
+                                item_id=following[0], ts=following[1],
+                                position=shown.index(following[0]))
+            await self._producer.send(self._topic, self._encode(feedback),
+                                      key=rec.user_id.encode())
 
 
 async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int = 50,
@@ -127,13 +210,17 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
     """Stream ``split`` through a fresh worker (its own topics and group) and collect what it
     published."""
     run = WorkerRun(broker, workdir / variant, partitions, name="replay",
-                    recommendation_size=str(k), candidate_sources=VARIANTS[variant])
+                    recommendation_size=str(k), candidate_sources=VARIANTS[variant],
+                    shown_items=str(SHOWN))
     settings = run.settings
     await wait_until_ready(settings)
     await ensure_topics(settings)
     run.start_worker()
     sent: dict[str, float] = {}
-    collector = _Collector(broker, settings.topic_recommendations, sent)
+    experiment = settings.ab_test()
+    react = (_Reactions(broker, settings.topic_feedback, split, experiment)
+             if variant in FEEDBACK_VARIANTS else None)
+    collector = _Collector(broker, settings.topic_recommendations, sent, react)
     collecting = asyncio.create_task(collector.run())
     try:
         await run.wait_metric("streamrec_catalogue_items", 0)
@@ -171,6 +258,11 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         recommendations=collector.count, lists=collector.lists,
         explanation_kinds=collector.kinds,
         latency_ms=np.round(np.array(collector.latency_ms), 2).tolist(),
+        experiment={"name": experiment.name, "shares": dict(experiment.shares)}
+        if react else {},
+        user_variants=react.user_variants if react else {},
+        shown_log=react.log if react else [],
+        versions=list(react.versions) if react else [],
     )
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from app.evaluation import baselines
 from app.evaluation.metrics import Scores, evaluate, ndcg_at, rank_of
-from app.evaluation.replay import ReplayRun, summary
+from app.evaluation.replay import CURVE_POINTS, SHOWN, ReplayRun, summary
 from app.evaluation.split import Split
 from app.plots import pyplot
 
@@ -64,6 +64,52 @@ def _history_curve(lists: Mapping[str, Sequence[str]], split: Split) -> list[flo
     return [float(np.mean(v)) if v else None for v in values]
 
 
+def _per_user_ndcg(lists: Mapping[str, Sequence[str]], split: Split, users: Sequence[str]
+                   ) -> np.ndarray:
+    return np.array([ndcg_at(rank_of(lists.get(u, ()), split.targets[u].item_id), 10)
+                     for u in users])
+
+
+def _mean_with_error(values: np.ndarray) -> dict[str, float]:
+    error = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    return {"mean": float(values.mean()) if len(values) else 0.0, "stderr": error}
+
+
+def learning_vs_frozen(split: Split, run: ReplayRun, lists: Mapping[str, Sequence[str]],
+                       plain: Mapping[str, Sequence[str]] | None) -> dict[str, Any]:
+    """The feedback run's A/B: per variant, its users' NDCG@10 and click-through, the
+    learning curve (click-through per twentieth of the lists), and the same users' NDCG@10
+    in the plain `streamrec` run when there is one (a paired comparison on the same users:
+    there, nobody was served learnt parameters)."""
+    variants = list(run.experiment.get("shares", {}))
+    log = np.array(run.shown_log, dtype=np.int64).reshape(-1, 3)
+    out: dict[str, Any] = {"variants": {}, "curve": {}, "versions": len(run.versions)}
+    chunks = np.array_split(np.arange(len(log)), CURVE_POINTS) if len(log) else []
+    for index, variant in enumerate(variants):
+        users = [u for u in split.targets if run.user_variants.get(u) == variant]
+        mine = log[log[:, 0] == index] if len(log) else log
+        row: dict[str, Any] = {
+            "users": len(users),
+            "ndcg10": _mean_with_error(_per_user_ndcg(lists, split, users)),
+            "lists": len(mine), "clicks": int(mine[:, 1].sum()) if len(mine) else 0,
+        }
+        row["ctr"] = row["clicks"] / (row["lists"] * SHOWN) if row["lists"] else 0.0
+        if plain is not None:
+            paired = (_per_user_ndcg(lists, split, users)
+                      - _per_user_ndcg(plain, split, users))
+            row["ndcg10_in_plain_run"] = _mean_with_error(
+                _per_user_ndcg(plain, split, users))
+            row["paired_difference"] = _mean_with_error(paired)
+        out["variants"][variant] = row
+        curve = []
+        for chunk in chunks:
+            part = log[chunk]
+            part = part[part[:, 0] == index]
+            curve.append(float(part[:, 1].mean()) / SHOWN if len(part) else None)
+        out["curve"][variant] = curve
+    return out
+
+
 def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
                   say: Callable[[str], None] = print) -> dict[str, Any]:
     models: dict[str, dict[str, list[str]]] = {}
@@ -90,7 +136,11 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
             "hidden items": _score(lists, split, hidden).row() if hidden else None,
             "ndcg10_by_history": _history_curve(lists, split),
         }
+    plain = models.get("streamrec")
+    ab = {run.variant: learning_vs_frozen(split, run, models[run.variant], plain)
+          for run in runs if run.experiment}
     return {
+        "ab": ab,
         "dataset": split.dataset,
         "users": len(users),
         "items": len(split.items),
@@ -169,6 +219,7 @@ def markdown(report: dict[str, Any], command: str, images: Mapping[str, str]) ->
             "until late. Scores of the users whose target is one of them:", "",
             *_table({name: m["hidden items"] for name, m in models.items()}), "",
         ]) if report.get("hidden_items") else []),
+        *_ab_markdown(report.get("ab", {})),
         "## The replay", "",
         "| variant | events | seconds | events/s | recommendations | latency p50 | p99 | "
         "history items removed at evaluation |",
@@ -199,6 +250,44 @@ def markdown(report: dict[str, Any], command: str, images: Mapping[str, str]) ->
         "",
     ]
     return "\n".join(lines)
+
+
+def _ab_markdown(ab: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for run, result in ab.items():
+        rows = result["variants"]
+        lines += [
+            f"## Feedback loop: learning vs frozen (`{run}` run)", "",
+            "One replay, one stream, users split by the worker's A/B experiment: the "
+            "learning half is served what the trainer learns from simulated clicks (the next "
+            f"rated item among a list's top {SHOWN}), the frozen half the defaults. NDCG@10 "
+            "is each half's users' (+- standard error); the plain `streamrec` run served "
+            "nobody learnt parameters, so the same users there give a paired comparison. "
+            f"{result['versions']:,} model versions served.", "",
+            "| variant | users | NDCG@10 | same users, plain run | paired difference | "
+            "lists | clicks | click-through |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name, row in rows.items():
+            plain = row.get("ndcg10_in_plain_run")
+            diff = row.get("paired_difference")
+            lines.append(
+                f"| {name} | {row['users']:,} | {row['ndcg10']['mean']:.4f} +- "
+                f"{row['ndcg10']['stderr']:.4f} | "
+                + (f"{plain['mean']:.4f} | {diff['mean']:+.4f} +- {diff['stderr']:.4f} | "
+                   if plain and diff else "- | - | ")
+                + f"{row['lists']:,} | {row['clicks']:,} | {row['ctr']:.4f} |")
+        if "learning" in rows and "frozen" in rows:
+            learning, frozen = rows["learning"], rows["frozen"]
+            lift = learning["ndcg10"]["mean"] / max(frozen["ndcg10"]["mean"], 1e-9) - 1
+            lines += ["", f"Learning vs frozen NDCG@10: {lift:+.1%} (goal: +10%, "
+                      f"{'met' if lift >= 0.10 else 'NOT met'})."]
+            diff = learning.get("paired_difference")
+            if diff:
+                paired = diff["mean"] / max(learning["ndcg10_in_plain_run"]["mean"], 1e-9)
+                lines += [f"Paired on the learning users (vs the plain run): {paired:+.1%}."]
+        lines.append("")
+    return lines
 
 
 def save(fig: Any, path: Path) -> str:
@@ -259,6 +348,17 @@ def plots(report: dict[str, Any], runs: Sequence[ReplayRun], folder: Path
     ax.set_title(f"{dataset}: latency during the replay")
     ax.legend(fontsize=7)
     out["latency during the replay"] = save(fig, folder / f"{dataset}-latency.png")
+
+    for run_name, result in report.get("ab", {}).items():
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        for variant, curve in result["curve"].items():
+            ax.plot(np.arange(1, len(curve) + 1) / len(curve) * 100,
+                    [np.nan if v is None else v for v in curve], marker="o", label=variant)
+        ax.set_xlabel("lists published (% of the replay)")
+        ax.set_ylabel(f"click-through (top {SHOWN})")
+        ax.set_title(f"{dataset}: learning curve of the `{run_name}` run")
+        ax.legend(fontsize=8)
+        out[f"learning curve ({run_name})"] = save(fig, folder / f"{dataset}-{run_name}-curve.png")
     return out
 
 

@@ -119,12 +119,24 @@ def build() -> Dashboard:
         .with_panel(_series(
             "Click-through by experiment variant", "percentunit",
             _query('sum by (variant) (rate(streamrec_feedback_total{type="click"}'
-                   "[$__rate_interval])) / sum by (variant) (rate(streamrec_feedback_total"
-                   '{type="impression"}[$__rate_interval]))', "{{variant}}")))
+                   "[$__rate_interval])) / sum by (variant) "
+                   "(rate(streamrec_shown_items_total[$__rate_interval]))", "{{variant}}")))
         .with_panel(_series(
             "Model version per worker", "short",
-            _query("max by (instance, version, encoder) (streamrec_model_info)",
-                   "{{instance}} {{version}} {{encoder}}")))
+            _query("max by (instance, variant, version, encoder) (streamrec_model_info)",
+                   "{{instance}} {{variant}} {{version}} {{encoder}}")))
+        .with_panel(_series(
+            "Learnt ranker weights", "short",
+            _query("max by (feature) (streamrec_model_weight)", "{{feature}}")))
+        .with_panel(_series(
+            "Model updates, rollbacks and delay p99", "short",
+            _query("sum(rate(streamrec_model_updates_total[$__rate_interval]))",
+                   "versions applied/s", ref="A"),
+            _query("sum by (origin) (increase(streamrec_model_rollbacks_total"
+                   "[$__rate_interval]))", "rollbacks ({{origin}})", ref="B"),
+            _query("histogram_quantile(0.99, sum by (le) "
+                   "(rate(streamrec_model_update_delay_seconds_bucket[$__rate_interval])))",
+                   "reward to served p99 (s)", ref="C")))
     )
 
 

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOOP_PROBE_SECONDS = 0.05
+TRAINER_WITHIN_SECONDS = 0.2   # the trainer's mini-batch: what arrived within this time
 
 S = TypeVar("S", bound=KeyState)
 R = TypeVar("R", bound=HasEventId)
@@ -224,6 +225,8 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
         (decl.feedback, Flow[FeedbackState, Feedback](
             "feedback", check.feedback, StateCodec(FeedbackState), fold_feedback,
             decl.feedback_state, count_feedback,
+            prepare=pipeline.feedback.prepare_feedback if pipeline else None,
+            after=pipeline.feedback.after_feedback if pipeline else None,
         )),
         (decl.users, Flow[ProfileState, UserProfile](
             "users", check.users, StateCodec(ProfileState), fold_profile,
@@ -239,6 +242,17 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
     deadletters = DeadLetters(decl.deadletter, metrics)
     if pipeline is not None:
         decl.app.task(pipeline.follow_catalogue)
+        decl.app.task(pipeline.follow_models)
+        learner = pipeline.feedback
+
+        async def trainer(stream: Any) -> None:
+            async for values in stream.take(settings.batch_max, TRAINER_WITHIN_SECONDS):
+                try:
+                    await learner.train(values)
+                except Exception as exc:  # noqa: BLE001 - the next batch may train again
+                    count_failure(metrics, "examples", exc)
+
+        decl.app.agent(decl.examples, name="streamrec.trainer")(trainer)
 
         async def keep_memory() -> None:
             await pipeline.keep_memory(decl.app, decl.user_state)

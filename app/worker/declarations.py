@@ -28,6 +28,8 @@ class Declarations:
     recommendations: Any
     deadletter: Any
     catalogue: Any
+    examples: Any
+    models: Any
     user_state: Any
     item_state: Any
     feedback_state: Any
@@ -99,6 +101,8 @@ def declare(settings: Settings) -> Declarations:
         recommendations=raw_topic(settings.topic_recommendations),
         deadletter=raw_topic(settings.topic_deadletter),
         catalogue=raw_topic(settings.topic_catalogue),
+        examples=raw_topic(settings.topic_examples),
+        models=raw_topic(settings.topic_models),
         user_state=state_table("user-state", "UserState per user (msgpack)"),
         item_state=state_table("item-state", "ItemState per item (msgpack)"),
         feedback_state=state_table("feedback-state", "FeedbackState per user (msgpack)"),

@@ -12,13 +12,17 @@ import faust
 
 from app.broker.admin import cluster_id, ensure_topics
 from app.broker.embedded import check_embedded, start_if_needed
-from app.contract.records import UserProfile
-from app.core.state import ProfileState, StateCodec, UserState
+from app.contract.records import Event, UserProfile
+from app.core.attribution import remember
+from app.core.state import FeedbackState, ProfileState, Shown, StateCodec, UserState
 from app.encoder.runtime import Encoder
 from app.metrics import Metrics
 from app.settings import Settings
 from app.worker import agents, web
+from app.worker.agents import KeyResult
 from app.worker.declarations import Declarations, declare
+from app.worker.faust_compat import acting_as
+from app.worker.feedback import FeedbackLoop
 from app.worker.pipeline import Pipeline, make_recommender
 
 log = logging.getLogger(__name__)
@@ -65,10 +69,22 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     def user_of(key: bytes) -> UserState:
         return user_codec.decode(decl.user_state.get(key))
 
+    feedback_codec = StateCodec(FeedbackState)
+
+    def remember_shown(result: KeyResult[UserState, Event], shown: Shown) -> None:
+        with acting_as(result.last_event):   # the feedback table's partition is the user's
+            state = feedback_codec.decode(decl.feedback_state.get(result.key))
+            decl.feedback_state[result.key] = feedback_codec.encode(
+                remember(state, shown, shown.produced_at))
+
+    feedback = FeedbackLoop(settings, metrics, recommender.params, recommender.sources,
+                            encoder.manifest.model_name, decl.examples, decl.models)
     pipeline = Pipeline(settings, metrics, encoder, recommender, decl.recommendations,
-                        decl.catalogue, profiles=profile_of, users=user_of)
+                        decl.catalogue, feedback, profiles=profile_of, users=user_of,
+                        remember=remember_shown)
     agents.attach(decl, metrics, pipeline)
-    web.attach(decl, metrics, pipeline, ready=pipeline.catalogue_synced.is_set)
+    web.attach(decl, metrics, pipeline, ready=lambda: (pipeline.catalogue_synced.is_set()
+                                                        and feedback.synced.is_set()))
     return decl
 
 

@@ -35,11 +35,13 @@ from app.contract.records import (
 )
 from app.core.catalogue import CatalogueEntry, entry, item_text
 from app.core.covisit import CoVisitation
+from app.core.exploration import Exploration, explored
 from app.core.profile import DAY_MS, SEQUENCE_WEIGHTS, decay, segments_of
 from app.core.ranking import RankerParams
 from app.core.recommender import (
     Catalogue,
     Popularity,
+    Ranking,
     Recommender,
     Request,
     UserView,
@@ -50,6 +52,8 @@ from app.core.state import (
     EventContext,
     ItemState,
     ProfileState,
+    Shown,
+    ShownItem,
     StateCodec,
     UserState,
     event_fold,
@@ -59,6 +63,7 @@ from app.encoder.runtime import Encoder, FloatArray
 from app.metrics import Metrics
 from app.settings import Settings
 from app.worker.agents import KeyResult, count_failure, now_ms
+from app.worker.feedback import LEARNING, FeedbackLoop
 
 log = logging.getLogger(__name__)
 
@@ -118,20 +123,40 @@ def learn_sequence(recommender: Recommender, state: UserState, applied: Sequence
 
 def recommend_after(recommender: Recommender, encoder: Encoder, state: UserState,
                     applied: Sequence[Event], request: Request,
-                    segments: tuple[str, ...] = ()
-                    ) -> tuple[Recommendation, dict[str, int]]:
+                    segments: tuple[str, ...] = (), params: RankerParams | None = None,
+                    exploration: Exploration | None = None
+                    ) -> tuple[Recommendation, Ranking]:
     """The recommendation that follows a user's newly applied events (co-visitation and
-    popularity learn from them first), and the candidates it drew per source."""
+    popularity learn from them first), scored with ``params`` (the recommender's own when
+    None) and, when ``exploration`` is on, one slot explored; with its ranking (candidates
+    per source, each item's features)."""
     learn_sequence(recommender, state, applied, segments)
     view = user_view(state, encoder.dimension, encoder.encode_query, segments)
-    items, counts = recommender.recommend(view, request, now=state.last_ts)
+    rec_id = uuid.uuid4().hex
+    params = params or recommender.params
+    exploring = exploration is not None and exploration.epsilon > 0
+    ranking = recommender.rank(view, request, state.last_ts, params,
+                               extra=exploration.pool if exploring and exploration else 0)
+    if exploring and exploration:
+        ranking = explored(ranking, request.k, exploration, rec_id)
     last = applied[-1]
     record = Recommendation(
-        v=1, rec_id=uuid.uuid4().hex, user_id=last.user_id, items=items,
-        model_version=recommender.params.version, source_event_id=last.event_id,
+        v=1, rec_id=rec_id, user_id=last.user_id, items=ranking.items,
+        model_version=params.version, source_event_id=last.event_id,
         source_event_time=last.ts, produced_at=now_ms(), tenant=last.tenant,
     )
-    return record, counts
+    return record, ranking
+
+
+def shown_list(record: Recommendation, ranking: Ranking, variant: str, size: int) -> Shown:
+    """What attribution remembers of a published list: its top ``size`` items with their
+    features, stamped with the event time of the event behind it (feedback is timed in
+    event time too)."""
+    return Shown(rec_id=record.rec_id, model_version=record.model_version, variant=variant,
+                 produced_at=record.source_event_time,
+                 items=tuple(ShownItem(item.item_id, position, features)
+                             for position, (item, features) in enumerate(
+                                 zip(record.items[:size], ranking.features, strict=False))))
 
 
 def rebuild_memory(recommender: Recommender,
@@ -188,22 +213,27 @@ def apply_catalogue_record(catalogue: Catalogue, key: bytes | None, value: bytes
 class Pipeline:
     def __init__(self, settings: Settings, metrics: Metrics, encoder: Encoder,
                  recommender: Recommender, recommendations: Any, catalogue_topic: Any,
+                 feedback: FeedbackLoop,
                  profiles: Callable[[bytes], UserProfile | None] = lambda key: None,
-                 users: Callable[[bytes], UserState] = lambda key: UserState()) -> None:
+                 users: Callable[[bytes], UserState] = lambda key: UserState(),
+                 remember: Callable[[KeyResult[UserState, Event], Shown], None]
+                 = lambda result, shown: None) -> None:
+        """``remember`` keeps a published list for attribution (the feedback table)."""
         self.settings = settings
         self.metrics = metrics
         self.encoder = encoder
         self.recommender = recommender
+        self.feedback = feedback
         self._recommendations = recommendations
         self._catalogue_topic = catalogue_topic
         self._profiles = profiles
         self._users = users
+        self._remember = remember
+        self._exploration = Exploration(epsilon=settings.exploration_epsilon)
         self.served = ServedLists(settings.pull_cache_users,
                                   settings.pull_cache_seconds * 1000)
         self.catalogue_synced = asyncio.Event()
         self._latest_event_ts = 0
-        metrics.model_info.labels(recommender.params.version,
-                                  encoder.manifest.model_name).set(1)
 
     async def _embed(self, texts: list[str], purpose: str, kind: str = "passage"
                      ) -> FloatArray:
@@ -236,6 +266,7 @@ class Pipeline:
                 await self._recommend(result, request)
             except Exception as exc:  # noqa: BLE001 - state is saved; count and go on
                 count_failure(self.metrics, "recommendations", exc)
+        await self.feedback.flush_shown()
 
     async def after_profiles(self, results: list[KeyResult[ProfileState, UserProfile]]
                              ) -> None:
@@ -255,36 +286,45 @@ class Pipeline:
         return segments_of(self._profiles(key))
 
     def recommend_now(self, state: UserState, request: Request, key: bytes = b"",
-                      fresh: bool = False) -> list[RecommendedItem]:
-        """Recommendations for a stored user state (the pull API); a new user gets the
-        cold-start answer (popular items, with their profile segments' when known). The
-        list last computed for the user answers when nothing it depends on has changed
+                      fresh: bool = False) -> tuple[list[RecommendedItem], str]:
+        """Recommendations for a stored user state (the pull API), and the version of the
+        ranker that made them (the user's A/B variant's); a new user gets the cold-start
+        answer (popular items, with their profile segments' when known). The list last
+        computed for the user answers when nothing it depends on has changed
         (app.core.served), unless ``fresh``."""
-        version = self.recommender.params.version
+        params = self.feedback.params_for(self.feedback.variant(key.decode()))
+        version = params.version
         clock = time.monotonic() * 1000
         if not fresh and state.last_ts:
             cached = self.served.get(key, state.last_ts, version, request, clock)
             self.metrics.pull_cache.labels("hit" if cached is not None else "miss").inc()
             if cached is not None:
-                return cached
+                return cached, version
         view = user_view(state, self.encoder.dimension, self.encoder.encode_query,
                          self.segments(key))
         now = state.last_ts or self._latest_event_ts
-        items, _ = self.recommender.recommend(view, request, now=now)
+        items, _ = self.recommender.recommend(view, request, now=now, params=params)
         if state.last_ts:
             self.served.put(key, state.last_ts, version, request, items, clock)
-        return items
+        return items, version
 
     async def _recommend(self, result: KeyResult[UserState, Event], request: Request) -> None:
         self._latest_event_ts = max(self._latest_event_ts, result.state.last_ts)
-        record, counts = recommend_after(self.recommender, self.encoder, result.state,
-                                         result.applied, request, self.segments(result.key))
-        for source, count in counts.items():
+        variant = self.feedback.variant(result.applied[-1].user_id)
+        params = self.feedback.params_for(variant)
+        record, ranking = recommend_after(
+            self.recommender, self.encoder, result.state, result.applied, request,
+            self.segments(result.key), params,
+            self._exploration if variant == LEARNING else None)
+        for source, count in ranking.counts.items():
             self.metrics.candidates.labels(source).inc(count)
         self.served.put(result.key, result.state.last_ts, record.model_version, request,
                         list(record.items), time.monotonic() * 1000)
         await self._recommendations.send(key=result.key, value=_rec_encoder.encode(record))
         self.metrics.recommendations.inc()
+        shown = shown_list(record, ranking, variant, self.settings.shown_items)
+        self._remember(result, shown)
+        self.feedback.count_shown(variant, record.model_version, len(shown.items))
         sent_at = result.last_event.message.timestamp
         if sent_at:
             self.metrics.latency.observe(max(0.0, record.produced_at / 1000 - float(sent_at)))
@@ -327,35 +367,52 @@ class Pipeline:
 
     async def follow_catalogue(self) -> None:
         """Read the whole catalogue topic, then keep following it."""
-        settings = self.settings
-        consumer = AIOKafkaConsumer(
-            settings.topic_catalogue,
-            bootstrap_servers=settings.bootstrap_servers(),
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **client_security(settings),
-        )
-        await consumer.start()
-        try:
-            ends: dict[Any, int] = {}
-            while not ends:
-                assigned = consumer.assignment()
-                if assigned:
-                    ends = await consumer.end_offsets(list(assigned))
-                else:
-                    await asyncio.sleep(0.1)
-            while True:
-                batches = await consumer.getmany(timeout_ms=200, max_records=5000)
-                for messages in batches.values():
-                    for message in messages:
-                        self.apply_catalogue(message.key, message.value)
-                if not self.catalogue_synced.is_set() and await _caught_up(consumer, ends):
-                    self.catalogue_synced.set()
-                    log.info("catalogue loaded: %d items", len(self.recommender.catalogue.index))
-                    settle_garbage_collector()
-        finally:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
+        def loaded() -> None:
+            log.info("catalogue loaded: %d items", len(self.recommender.catalogue.index))
+            settle_garbage_collector()
+
+        await follow(self.settings, self.settings.topic_catalogue, self.apply_catalogue,
+                     self.catalogue_synced, loaded)
+
+    async def follow_models(self) -> None:
+        """Read the whole models topic, then keep following it."""
+        await follow(self.settings, self.settings.topic_models, self.feedback.apply_model,
+                     self.feedback.synced)
+
+
+async def follow(settings: Settings, topic: str,
+                 apply: Callable[[bytes | None, bytes | None], None],
+                 synced: asyncio.Event, on_synced: Callable[[], None] = lambda: None) -> None:
+    """Apply every record of ``topic`` from its beginning, outside any consumer group, and
+    go on following it; ``synced`` is set (and ``on_synced`` called) once what the topic
+    held at the start is read."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.bootstrap_servers(),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **client_security(settings),
+    )
+    await consumer.start()
+    try:
+        ends: dict[Any, int] = {}
+        while not ends:
+            assigned = consumer.assignment()
+            if assigned:
+                ends = await consumer.end_offsets(list(assigned))
+            else:
+                await asyncio.sleep(0.1)
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            for messages in batches.values():
+                for message in messages:
+                    apply(message.key, message.value)
+            if not synced.is_set() and await _caught_up(consumer, ends):
+                synced.set()
+                on_synced()
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
 
 
 async def _caught_up(consumer: AIOKafkaConsumer, ends: dict[Any, int]) -> bool:

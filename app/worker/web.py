@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.core.ranking import FEATURES
 from app.core.recommender import Request
 from app.core.state import StateCodec, UserState
+from app.core.versions import ModelVersion
 from app.metrics import Metrics
 from app.worker.declarations import Declarations
 
@@ -91,11 +93,11 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
         with metrics.pull_seconds.time():
             raw = decl.user_state.get(user_id.encode())
             state = _codec.decode(raw)
-            items = pipeline.recommend_now(state, parsed, user_id.encode(),
-                                           fresh=flag(request.query, "fresh"))
+            items, version = pipeline.recommend_now(state, parsed, user_id.encode(),
+                                                    fresh=flag(request.query, "fresh"))
             body = msgspec.json.encode({"user_id": user_id, "known_user": raw is not None,
-                                        "model_version": pipeline.recommender.params.version,
-                                        "items": items})
+                                        "variant": pipeline.feedback.variant(user_id),
+                                        "model_version": version, "items": items})
         return web.bytes(body, content_type="application/json")
 
     @app.page("/users/{user_id}")
@@ -115,6 +117,26 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
             "interest_weight": state.interest_weight,
             "last_search": state.query or None,
             "state_bytes": len(raw),
+        })
+
+    @app.page("/model")
+    async def model_view(web: Any, request: Any) -> Any:
+        loop = pipeline.feedback
+        registry = loop.registry
+
+        def described(version: ModelVersion) -> dict[str, Any]:
+            return {"version": version.version, "generation": version.generation,
+                    "weights": dict(zip(FEATURES, version.weights, strict=True)),
+                    "examples_seen": version.seen, "origin": version.origin,
+                    "note": version.note, "published_at": version.published_at}
+
+        return web.json({
+            "experiment": loop.experiment.name,
+            "variants": {variant: {"share": share,
+                                   "version": loop.params_for(variant).version}
+                         for variant, share in loop.experiment.shares.items()},
+            "head": described(registry.head) if registry.head else None,
+            "checkpoints": [described(v) for _, v in sorted(registry.checkpoints.items())],
         })
 
     @app.page("/items/{item_id}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from app.broker.apache import free_port
 from app.broker.embedded import stop_process
 from app.metrics import scrape, total
+from app.settings import Settings
 
 
 def isolated_env(bootstrap: str | None, data_dir: Path, partitions: int = 4) -> dict[str, str]:
@@ -24,13 +25,7 @@ def isolated_env(bootstrap: str | None, data_dir: Path, partitions: int = 4) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     env.update({
         "STREAMREC_APP_ID": f"test-{tag}",
-        "STREAMREC_TOPIC_EVENTS": f"events-{tag}",
-        "STREAMREC_TOPIC_ITEMS": f"items-{tag}",
-        "STREAMREC_TOPIC_FEEDBACK": f"feedback-{tag}",
-        "STREAMREC_TOPIC_USERS": f"users-{tag}",
-        "STREAMREC_TOPIC_RECOMMENDATIONS": f"recommendations-{tag}",
-        "STREAMREC_TOPIC_DEADLETTER": f"deadletter-{tag}",
-        "STREAMREC_TOPIC_CATALOGUE": f"catalogue-{tag}",
+        **{f"STREAMREC_TOPIC_{t.upper()}": f"{t}-{tag}" for t in Settings.topic_names()},
         "STREAMREC_PARTITIONS": str(partitions),
         "STREAMREC_DATA_DIR": str(data_dir),
         "STREAMREC_WEB_PORT": str(free_port()),

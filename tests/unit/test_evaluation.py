@@ -112,3 +112,45 @@ def test_hidden_items_lose_their_early_interactions_but_targets_stay() -> None:
         else:
             assert kept_it
     assert hide_items(ratings, 0.1, until=0.8)[1] == hidden   # seeded: the same items
+
+
+def test_a_simulated_click_is_the_users_next_streamed_rating_never_the_target() -> None:
+    from app.evaluation.replay import next_ratings
+
+    ratings = [_r(0, "u", "a", 1), _r(1, "v", "x", 1), _r(2, "u", "b", 2), _r(3, "u", "c", 3),
+               _r(4, "v", "y", 4)]
+    split = leave_last_out(ratings, ["a", "b", "c", "x", "y"])
+    following = next_ratings(split)
+    assert following[f"{split.dataset}-0-view"] == ("b", 2)
+    assert following[f"{split.dataset}-0-purchase"] == ("b", 2)
+    assert f"{split.dataset}-2-view" not in following   # c is u's target: no click
+    assert f"{split.dataset}-1-view" not in following   # y is v's target
+
+
+def test_learning_vs_frozen_scores_each_half_and_pairs_it_with_the_plain_run() -> None:
+    from app.evaluation.replay import ReplayRun
+    from app.evaluation.report import learning_vs_frozen
+
+    ratings = [_r(n, f"u{n % 4}", f"i{n}", n) for n in range(12)]
+    split = leave_last_out(ratings, [f"i{n}" for n in range(12)])
+    targets = {u: t.item_id for u, t in split.targets.items()}
+    run = ReplayRun(dataset="t", variant="feedback", sources="", k=10, events=0, seconds=1,
+                    events_per_second=0, recommendations=4,
+                    experiment={"name": "ranker", "shares": {"frozen": 0.5, "learning": 0.5}},
+                    user_variants={"u0": "frozen", "u1": "frozen", "u2": "learning",
+                                   "u3": "learning"},
+                    shown_log=[(0, 0, 0), (1, 1, 1), (1, 1, 1), (0, 1, 0)],
+                    versions=["default-2", "learning-1.1"])
+    lists = {u: [targets[u]] if run.user_variants[u] == "learning" else ["i0"]
+             for u in targets}
+    plain = {u: ["i0"] for u in targets}
+    result = learning_vs_frozen(split, run, lists, plain)
+    learning, frozen = result["variants"]["learning"], result["variants"]["frozen"]
+    assert learning["ndcg10"]["mean"] == 1.0
+    assert frozen["ndcg10"]["mean"] == 0.0
+    assert learning["paired_difference"]["mean"] == 1.0
+    assert frozen["paired_difference"]["mean"] == 0.0
+    assert (learning["lists"], learning["clicks"]) == (2, 2)
+    assert learning["ctr"] == 2 / (2 * 10)
+    assert result["versions"] == 2
+    assert len(result["curve"]["learning"]) == 20

@@ -40,3 +40,22 @@ def test_short_lists_and_bad_policies() -> None:
         Exploration(epsilon=1.5)
     with pytest.raises(ValueError, match="first"):
         Exploration(slot=0)
+
+
+def test_an_explored_ranking_renumbers_and_keeps_each_items_features() -> None:
+    from app.contract.records import Explanation, RecommendedItem
+    from app.core.exploration import explored
+    from app.core.recommender import Ranking
+
+    items = [RecommendedItem(item_id=i, rank=n + 1, score=1.0 / (n + 1),
+                             explanation=Explanation(kind="popular", text="popular"))
+             for n, i in enumerate(RANKED)]
+    ranking = Ranking(items, {"popular": 50}, [(float(n),) for n in range(len(RANKED))])
+    out = explored(ranking, 10, Exploration(epsilon=1.0, slot=9, pool=40), "rec-1")
+    assert [i.rank for i in out.items] == list(range(1, 11))
+    assert [i.item_id for i in out.items[:9]] == RANKED[:9]
+    chosen = out.items[9].item_id
+    assert chosen in RANKED[10:50]
+    assert out.features[9] == (float(RANKED.index(chosen)),)
+    plain = explored(ranking, 10, Exploration(epsilon=0.0), "rec-1")
+    assert [i.item_id for i in plain.items] == RANKED[:10]

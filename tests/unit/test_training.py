@@ -6,7 +6,7 @@ import numpy as np
 
 from app.core.learning import FEATURES, LearnerConfig, LearnerState
 from app.core.ranking import RankerParams
-from app.core.training import Batch, TrainerConfig, adopt, start, step
+from app.core.training import Batch, TrainerConfig, adopt, merge, start, step
 from app.core.versions import HEAD, ModelVersion, checkpoint_key, decode_version
 
 PRIOR = LearnerState.from_params(RankerParams())
@@ -103,3 +103,16 @@ def test_a_trainer_resumes_from_the_topic() -> None:
     assert trainer.learner.steps == 90
     assert trainer.learner.weights.tolist() == [2.0] * 5
     assert trainer.learner.prior.tolist() == PRIOR.prior.tolist()
+
+
+def test_records_merge_into_one_mini_batch() -> None:
+    merged = merge([Batch(features=[(1.0,) * 5], rewards=[1.0], weights=[2.0],
+                          clicks={"learning-1.1": 1}, produced_at=5),
+                    Batch(shown={"learning-1.1": 10, "learning-1.2": 10}),
+                    Batch(features=[(0.0,) * 5], rewards=[0.0], weights=[1.0],
+                          shown={"learning-1.1": 10}, produced_at=3)])
+    assert merged.rewards == [1.0, 0.0]
+    assert merged.weights == [2.0, 1.0]
+    assert merged.shown == {"learning-1.1": 20, "learning-1.2": 10}
+    assert merged.clicks == {"learning-1.1": 1}
+    assert merged.produced_at == 5

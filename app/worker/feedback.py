@@ -1,0 +1,187 @@
+"""The worker's side of the feedback loop: glue between Faust and the pure learning core.
+
+- events: each published list is remembered for attribution (the feedback table, keyed by
+  user like the events, so the list and its feedback meet on one worker), and how many
+  items each learnt version showed is sent to the trainer;
+- feedback: joined with the remembered list (app.core.attribution); the examples and
+  clicks by version go to the one-partition ``examples`` topic;
+- examples: one trainer (whichever worker owns that partition) folds them into the learner
+  (app.core.training) and publishes versions on the compacted ``models`` topic;
+- models: every worker follows that whole topic (like the catalogue) and serves its head to
+  the users of the experiment's ``learning`` variant; other variants keep the documented
+  defaults (the frozen control).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from app.contract.records import Feedback, FeedbackType
+from app.core.attribution import Outcome, attribute
+from app.core.experiments import variant_of
+from app.core.learning import LearnerConfig, LearnerState
+from app.core.ranking import FEATURES, RankerParams
+from app.core.recommender import with_sources
+from app.core.state import FeedbackState, fold_feedback
+from app.core.training import Batch, Trainer, TrainerConfig, adopt, merge, start, step
+from app.core.versions import ModelVersion, Registry, as_params, generation_of
+from app.metrics import Metrics
+from app.settings import Settings
+from app.worker.agents import KeyResult, count_failure, now_ms
+
+log = logging.getLogger(__name__)
+
+LEARNING = "learning"       # the variant served by the learnt head
+_batch_encoder = msgspec.msgpack.Encoder()
+_batch_decoder = msgspec.msgpack.Decoder(Batch)
+
+
+class FeedbackLoop:
+    def __init__(self, settings: Settings, metrics: Metrics, base: RankerParams,
+                 sources: frozenset[str], encoder_name: str, examples_topic: Any,
+                 models_topic: Any) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.experiment = settings.ab_test()
+        self.registry = Registry()
+        self.synced = asyncio.Event()
+        self._base, self._sources, self._encoder_name = base, sources, encoder_name
+        self._examples, self._models = examples_topic, models_topic
+        self._params: dict[str, RankerParams] = {}
+        self._shown: dict[str, int] = {}
+        self._outcomes: list[tuple[Feedback, Outcome]] = []
+        self._trainer: Trainer | None = None
+        self.config = TrainerConfig(
+            learner=LearnerConfig(learning_rate=settings.learning_rate),
+            min_impressions=settings.generation_impressions)
+        for variant in self.experiment.shares:
+            metrics.model_info.labels(variant, base.version, encoder_name).set(1)
+
+    # --- serving --------------------------------------------------------------------------
+
+    def variant(self, user_id: str) -> str:
+        return variant_of(self.experiment, user_id)
+
+    def params_for(self, variant: str) -> RankerParams:
+        """What a variant is served with: the learnt head for ``learning``, else the base."""
+        return self._params.get(variant, self._base)
+
+    def apply_model(self, key: bytes | None, value: bytes | None) -> None:
+        """One record of the models topic."""
+        head = self.registry.apply(key, value)
+        if head is not None:
+            self.use(head)
+
+    def use(self, head: ModelVersion) -> None:
+        previous = self.params_for(LEARNING).version
+        params = with_sources(as_params(head, self._base), self._sources)
+        self._params[LEARNING] = params
+        if LEARNING in self.experiment.shares:
+            self.metrics.model_info.remove(LEARNING, previous, self._encoder_name)
+            self.metrics.model_info.labels(LEARNING, params.version, self._encoder_name).set(1)
+        for name in FEATURES:
+            self.metrics.model_weight.labels(name).set(getattr(params, name))
+        self.metrics.model_updates.inc()
+        if self.synced.is_set() and head.reward_at:
+            self.metrics.model_delay.observe(max(0.0, time.time() - head.reward_at / 1000))
+
+    # --- events: what was shown -------------------------------------------------------------
+
+    def count_shown(self, variant: str, version: str, items: int) -> None:
+        self.metrics.shown.labels(variant).inc(items)
+        if generation_of(version) is not None:
+            self._shown[version] = self._shown.get(version, 0) + items
+
+    async def flush_shown(self) -> None:
+        """Tell the trainer how many items each learnt version showed (once per batch)."""
+        if self._shown:
+            shown, self._shown = self._shown, {}
+            await self._examples.send(value=_batch_encoder.encode(Batch(shown=shown)))
+
+    # --- feedback: attribution --------------------------------------------------------------
+
+    async def prepare_feedback(self, records: list[Feedback]
+                               ) -> Callable[[FeedbackState, Feedback], FeedbackState]:
+        """A fold that counts each feedback and joins it with its shown list, keeping each
+        outcome for :meth:`after_feedback`."""
+        outcomes: list[tuple[Feedback, Outcome]] = []
+        self._outcomes = outcomes
+
+        def fold(state: FeedbackState, feedback: Feedback) -> FeedbackState:
+            state, outcome = attribute(fold_feedback(state, feedback), feedback)
+            outcomes.append((feedback, outcome))
+            return state
+
+        return fold
+
+    async def after_feedback(self, results: list[KeyResult[FeedbackState, Feedback]]) -> None:
+        outcomes, self._outcomes = self._outcomes, []
+        batch = examples_of(outcomes, self.metrics)
+        if batch.rewards or batch.clicks:
+            stamps = [r.last_event.message.timestamp for r in results]
+            produced = int(max(stamps) * 1000) if stamps and all(stamps) else now_ms()
+            batch = msgspec.structs.replace(batch, produced_at=produced)
+            await self._examples.send(value=_batch_encoder.encode(batch))
+
+    # --- the trainer ----------------------------------------------------------------------
+
+    async def train(self, values: Sequence[bytes]) -> None:
+        """Fold a batch of ``examples`` records into the learner; publish what it yields."""
+        batches = []
+        for value in values:
+            try:
+                batches.append(_batch_decoder.decode(value))
+            except msgspec.DecodeError as exc:
+                count_failure(self.metrics, "examples", exc)
+        if not batches:
+            return
+        await self.synced.wait()
+        trainer = self._trainer or start(
+            self.config, LearnerState.from_params(self._base), self.registry.head,
+            self.registry.checkpoints, now_ms())
+        head = self.registry.head
+        if head is not None and head.origin == "command" and head.published_at > trainer.adopted_at:
+            trainer = adopt(trainer, head)
+            self.metrics.rollbacks.labels("command").inc()
+            log.warning("trainer follows a rollback by command to %s", head.version)
+        merged = merge(batches)
+        trainer, out, verdict = step(trainer, merged, now_ms())
+        self._trainer = trainer
+        positives = sum(1 for r in merged.rewards if r > 0)
+        self.metrics.examples.labels("positive").inc(positives)
+        self.metrics.examples.labels("negative").inc(len(merged.rewards) - positives)
+        for key, record in out:
+            await self._models.send(key=key, value=record)
+        if verdict is not None and verdict.roll_back:
+            self.metrics.rollbacks.labels("auto").inc()
+            log.warning("learning variant rolled back: %s", trainer.head.note)
+
+
+def examples_of(outcomes: Sequence[tuple[Feedback, Outcome]], metrics: Metrics) -> Batch:
+    """The trainer's batch from a feedback batch's outcomes (metrics counted on the way)."""
+    features: list[tuple[float, ...]] = []
+    rewards: list[float] = []
+    weights: list[float] = []
+    clicks: dict[str, int] = {}
+    for feedback, outcome in outcomes:
+        if outcome.unattributed is not None:
+            metrics.unattributed.labels(outcome.unattributed).inc()
+            continue
+        shown = outcome.shown
+        if shown is None:
+            continue
+        if outcome.conversion:
+            metrics.conversions.labels(shown.variant).inc()
+        if feedback.type is FeedbackType.CLICK:
+            clicks[shown.model_version] = clicks.get(shown.model_version, 0) + 1
+        for example in outcome.examples:
+            features.append(example.features)
+            rewards.append(example.reward)
+            weights.append(example.weight)
+    return Batch(features=features, rewards=rewards, weights=weights, clicks=clicks)
