@@ -20,17 +20,19 @@ def feedback(kind: FeedbackType, rec_id: str, item: str, ts: int) -> Feedback:
                     rec_id=rec_id, item_id=item, ts=ts)
 
 
-def test_a_click_is_a_positive_and_the_items_above_it_negatives() -> None:
+def test_a_click_is_preferred_to_every_other_shown_item_in_pairs() -> None:
     state = remember(FeedbackState(), shown("r1", 0, ["a", "b", "c", "d"]), now_ms=0)
     state, outcome = attribute(state, feedback(FeedbackType.CLICK, "r1", "c", HOUR))
     assert outcome.unattributed is None
+    # c (feature 2) against a (0), b (1) and d (3): each difference 1, its negation 0
     assert [(e.features[0], e.reward) for e in outcome.examples] == [
-        (2.0, 1.0), (0.0, 0.0), (1.0, 0.0)]          # c clicked; a and b passed over
+        (2.0, 1.0), (-2.0, 0.0), (1.0, 1.0), (-1.0, 0.0), (-1.0, 1.0), (1.0, 0.0)]
+    assert all(e.features[1] == 0.0 for e in outcome.examples)   # equal features cancel
     assert not outcome.conversion
     assert state.counts == {"attributed:click": 1}
     state, first = attribute(state, feedback(FeedbackType.PURCHASE, "r1", "a", 2 * HOUR))
-    assert [e.reward for e in first.examples] == [1.0]   # nothing above the first item
-    assert first.examples[0].weight == 3.0
+    assert len(first.examples) == 6
+    assert {e.weight for e in first.examples} == {3.0}
     assert first.conversion
     late = attribute(state, feedback(FeedbackType.PURCHASE, "r1", "a", 23 * HOUR),
                      conversion_window_ms=HOUR)[1]

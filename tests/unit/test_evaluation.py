@@ -153,4 +153,5 @@ def test_learning_vs_frozen_scores_each_half_and_pairs_it_with_the_plain_run() -
     assert (learning["lists"], learning["clicks"]) == (2, 2)
     assert learning["ctr"] == 2 / (2 * 10)
     assert result["versions"] == 2
+    assert result["effect"]["ndcg10"] == 1.0        # learning +1 on its users, frozen 0
     assert len(result["curve"]["learning"]) == 20
