@@ -179,6 +179,48 @@ def model_rollback(
 
 
 @cli.command()
+def tune(
+    dataset: Annotated[str, typer.Option(help="ml-100k or ml-1m: the logged behaviour.")]
+    = "ml-100k",
+    epochs: Annotated[int, typer.Option(help="Passes over the behaviour.")] = 3,
+    learning_rate: Annotated[float, typer.Option(help="Gradient step size.")] = 1.0,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature of cosines.")]
+    = 0.1,
+    evaluate: Annotated[bool, typer.Option(
+        help="Score the split's targets with and without the projection (in-process).")]
+    = True,
+    publish_it: Annotated[bool, typer.Option(
+        "--publish", help="Publish it on the models topic (STREAMREC_BROKER_URL): every "
+                          "worker serves it to the learning variant without a restart.")]
+    = False,
+    out: Annotated[Path, typer.Option(help="Where the projection and its summary go.")]
+    = Path("var/tune"),
+) -> None:
+    """Fine-tune the semantic score's projection W1 on logged behaviour (a MovieLens split's
+    stream through the worker's own state fold), measure it, optionally publish it."""
+    from app.core.tuning import TuneConfig
+    from app.encoder.runtime import Encoder
+    from app.evaluation.split import load
+    from app.evaluation.tune import publish, run_tune
+
+    settings = get_settings()
+
+    def say(text: str) -> None:
+        typer.echo(text, err=True)
+
+    config = TuneConfig(epochs=epochs, learning_rate=learning_rate, temperature=temperature)
+    result = run_tune(load(dataset), Encoder(settings.model_dir()), config, evaluate, out, say)
+    typer.echo(json.dumps(result, indent=2))
+    if publish_it:
+        import numpy as np
+
+        w1 = np.load(out / f"projection-{result['projection']}.npy")
+        head = asyncio.run(publish(settings, w1, result["projection"],
+                                   f"tuned on {dataset} ({result['pairs']:,} pairs)"))
+        say(f"published {head.version}: the learning variant serves it")
+
+
+@cli.command()
 def experiment(
     worker_url: Annotated[list[str] | None, typer.Option(
         "--worker", help="A worker's base URL (repeat for each); default: this host's.")

@@ -27,6 +27,7 @@ from app.core.ranking import (
     allowed,
     explain,
     mmr,
+    project,
     score,
 )
 
@@ -225,15 +226,20 @@ class Recommender:
                                + segment / max(float(segment.max(initial=0.0)), 1e-9))
         return blended.astype(np.float32)
 
-    def candidates(self, user: UserView, request: Request, now: int
-                   ) -> tuple[Candidates, dict[str, int]]:
+    def candidates(self, user: UserView, request: Request, now: int,
+                   params: RankerParams | None = None) -> tuple[Candidates, dict[str, int]]:
         """The union of every source's candidates, with their features; plus how many each
-        source proposed (a metric)."""
+        source proposed (a metric). The encoder's are the items nearest the user's interest
+        through the ranker's user projection W1 (items are indexed as they are: W2 must be
+        the identity for the search to match the score)."""
+        params = params or self.params
         blocked = self._blocked(user, request)
         found: dict[str, None] = {}
         counts = {"encoder": 0, "covisit": 0, "popular": 0}
         if user.interest is not None and "encoder" in self.sources:
-            for item, _ in self.catalogue.index.search(user.interest, self.per_source, blocked):
+            query = user.interest if params.w1 is None and params.b1 is None else project(
+                user.interest[None, :], params.w1, params.b1)[0]
+            for item, _ in self.catalogue.index.search(query, self.per_source, blocked):
                 found[item] = None
                 counts["encoder"] += 1
         if user.query is not None and "encoder" in self.sources:
@@ -290,7 +296,7 @@ class Recommender:
         scored with ``params`` (the recommender's own when None), explained, with each
         item's unweighted ranker features (what a learner fits)."""
         params = params or self.params
-        candidates, counts = self.candidates(user, request, now)
+        candidates, counts = self.candidates(user, request, now, params)
         if not candidates.item_ids:
             return Ranking([], counts, [])
         blocked = self._blocked(user, request) | {

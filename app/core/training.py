@@ -12,7 +12,8 @@ trainer (the worker that owns the topic's partition) folds them with :func:`step
    fewer clicks and the head goes back to the grandparent's checkpoint (a new generation
    starts from it, the descendants of the bad one are dropped).
 
-A rollback by command (a head whose origin is ``command``) is adopted the same way.
+A head published by someone else (a rollback by command, a tuned projection from
+`streamrec tune`) is adopted: the trainer trains on from it, keeping its projection.
 """
 
 from __future__ import annotations
@@ -87,12 +88,12 @@ class Trainer:
 Publication = tuple[bytes, bytes | None]
 
 
-def _version(trainer: Trainer, learner: LearnerState, generation: int, step: int, now: int,
-             reward_at: int, origin: str = "trainer", note: str = "") -> ModelVersion:
+def _version(learner: LearnerState, generation: int, step: int, now: int, reward_at: int,
+             projection: str, origin: str = "trainer", note: str = "") -> ModelVersion:
     return ModelVersion(version=version_name(generation, step), generation=generation,
                         weights=tuple(float(w) for w in learner.weights), bias=learner.bias,
                         steps=learner.steps, seen=learner.seen, published_at=now,
-                        reward_at=reward_at, origin=origin, note=note)
+                        reward_at=reward_at, origin=origin, note=note, projection=projection)
 
 
 def start(config: TrainerConfig, prior: LearnerState, head: ModelVersion | None,
@@ -108,8 +109,8 @@ def start(config: TrainerConfig, prior: LearnerState, head: ModelVersion | None,
 
 
 def adopt(trainer: Trainer, head: ModelVersion) -> Trainer:
-    """Follow a head published by someone else (a rollback by command): train on from it,
-    in a new generation whose parent is the head's."""
+    """Follow a head published by someone else (a rollback by command, a tuned projection):
+    train on from it, in a new generation whose parent is the head's."""
     generation = trainer.generation + 1
     return replace(trainer, learner=learner_of(head, trainer.learner), head=head,
                    generation=generation, step=0,
@@ -139,8 +140,8 @@ def step(trainer: Trainer, batch: Batch, now: int
         learner = update(trainer.learner, np.array(batch.features, dtype=np.float64),
                          np.array(batch.rewards, dtype=np.float64), trainer.config.learner,
                          weights=np.array(batch.weights, dtype=np.float64))
-        head = _version(trainer, learner, trainer.generation, trainer.step + 1, now,
-                        batch.produced_at)
+        head = _version(learner, trainer.generation, trainer.step + 1, now,
+                        batch.produced_at, trainer.head.projection)
         trainer = replace(trainer, learner=learner, head=head, step=trainer.step + 1)
         out.append((HEAD, encode_version(head)))
     shown = trainer.traffic.get(trainer.generation, Traffic()).impressions
@@ -170,8 +171,8 @@ def _close(trainer: Trainer, out: list[Publication], now: int
                 del checkpoints[bad]
                 out.append((checkpoint_key(bad), None))
         learner = learner_of(restored, trainer.learner)
-        head = _version(trainer, learner, generation, 0, now, restored.reward_at,
-                        origin="rollback",
+        head = _version(learner, generation, 0, now, restored.reward_at,
+                        restored.projection, origin="rollback",
                         note=f"generation {judged} rolled back to {restored.version}: "
                              f"{verdict.reason}")
         out.append((HEAD, encode_version(head)))

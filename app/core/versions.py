@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 from msgspec import Struct
 
 from app.core.learning import LearnerState
@@ -32,6 +33,7 @@ from app.core.ranking import RankerParams
 
 HEAD = b"head"
 CHECKPOINT_PREFIX = b"checkpoint:"
+PROJECTION_PREFIX = b"projection:"     # a tuned W1 (float16, row-major), by id
 _VERSION = re.compile(r"^learning-(\d+)\.(\d+)$")
 
 
@@ -82,8 +84,9 @@ class ModelVersion(Struct, frozen=True, kw_only=True):
     seen: int = 0                     # rewards learnt from, all versions before included
     published_at: int = 0             # ms
     reward_at: int = 0                # ms: when the newest reward behind it was produced
-    origin: str = "trainer"           # trainer | rollback | command
+    origin: str = "trainer"           # trainer | rollback | command | tune
     note: str = ""
+    projection: str = ""              # id of the tuned W1 it serves ("" : the identity)
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -96,6 +99,22 @@ def encode_version(version: ModelVersion) -> bytes:
 
 def decode_version(value: bytes) -> ModelVersion:
     return _decode(value)
+
+
+def encode_projection(w1: npt.NDArray[np.float32]) -> bytes:
+    return np.ascontiguousarray(w1, dtype="<f2").tobytes()
+
+
+def decode_projection(value: bytes) -> npt.NDArray[np.float32]:
+    flat = np.frombuffer(value, dtype="<f2").astype(np.float32)
+    dimension = math.isqrt(len(flat))
+    if dimension * dimension != len(flat):
+        raise ValueError(f"a projection of {len(flat)} values is not square")
+    return flat.reshape(dimension, dimension)
+
+
+def projection_key(projection: str) -> bytes:
+    return PROJECTION_PREFIX + projection.encode()
 
 
 def generation_of(version: str) -> int | None:
@@ -112,12 +131,14 @@ def checkpoint_key(generation: int) -> bytes:
     return CHECKPOINT_PREFIX + str(generation).encode()
 
 
-def as_params(version: ModelVersion, base: RankerParams) -> RankerParams:
+def as_params(version: ModelVersion, base: RankerParams,
+              w1: npt.NDArray[np.float32] | None = None) -> RankerParams:
     """The ranker parameters a version stands for (everything it does not learn from
-    ``base``)."""
+    ``base``); ``w1`` is its tuned projection, when it has one."""
     semantic, covisit, popularity, freshness, novelty = (float(w) for w in version.weights)
     return replace(base, version=version.version, semantic=semantic, covisit=covisit,
-                   popularity=popularity, freshness=freshness, novelty=novelty)
+                   popularity=popularity, freshness=freshness, novelty=novelty,
+                   w1=w1 if w1 is not None else base.w1)
 
 
 def learner_of(version: ModelVersion, prior: LearnerState) -> LearnerState:
@@ -132,12 +153,20 @@ class Registry:
 
     head: ModelVersion | None = None
     checkpoints: dict[int, ModelVersion] = field(default_factory=dict)
+    projections: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
     applied: int = 0                  # records read
 
     def apply(self, key: bytes | None, value: bytes | None) -> ModelVersion | None:
         """One record of the topic; returns the new head when it changed."""
         self.applied += 1
         if not key:
+            return None
+        if key.startswith(PROJECTION_PREFIX):
+            name = key[len(PROJECTION_PREFIX):].decode()
+            if value:
+                self.projections[name] = decode_projection(value)
+            else:
+                self.projections.pop(name, None)
             return None
         if key.startswith(CHECKPOINT_PREFIX):
             generation = int(key[len(CHECKPOINT_PREFIX):])

@@ -38,6 +38,7 @@ from app.worker.agents import KeyResult, count_failure, now_ms
 log = logging.getLogger(__name__)
 
 LEARNING = "learning"       # the variant served by the learnt head
+ADOPTED = frozenset({"command", "tune"})   # heads the trainer follows when it sees them
 _batch_encoder = msgspec.msgpack.Encoder()
 _batch_decoder = msgspec.msgpack.Decoder(Batch)
 
@@ -80,7 +81,11 @@ class FeedbackLoop:
 
     def use(self, head: ModelVersion) -> None:
         previous = self.params_for(LEARNING).version
-        params = with_sources(as_params(head, self._base), self._sources)
+        w1 = self.registry.projections.get(head.projection) if head.projection else None
+        if head.projection and w1 is None:
+            log.error("version %s names projection %s, which is not on the models topic: "
+                      "served without it", head.version, head.projection)
+        params = with_sources(as_params(head, self._base, w1), self._sources)
         self._params[LEARNING] = params
         if LEARNING in self.experiment.shares:
             self.metrics.model_info.remove(LEARNING, previous, self._encoder_name)
@@ -146,10 +151,12 @@ class FeedbackLoop:
             self.config, LearnerState.from_params(self._base), self.registry.head,
             self.registry.checkpoints, now_ms())
         head = self.registry.head
-        if head is not None and head.origin == "command" and head.published_at > trainer.adopted_at:
+        if (head is not None and head.origin in ADOPTED
+                and head.published_at > trainer.adopted_at):
             trainer = adopt(trainer, head)
-            self.metrics.rollbacks.labels("command").inc()
-            log.warning("trainer follows a rollback by command to %s", head.version)
+            if head.origin == "command":
+                self.metrics.rollbacks.labels("command").inc()
+            log.warning("trainer follows %s (%s): %s", head.version, head.origin, head.note)
         merged = merge(batches)
         trainer, out, verdict = step(trainer, merged, now_ms())
         self._trainer = trainer

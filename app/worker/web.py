@@ -128,7 +128,8 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
             return {"version": version.version, "generation": version.generation,
                     "weights": dict(zip(FEATURES, version.weights, strict=True)),
                     "examples_seen": version.seen, "origin": version.origin,
-                    "note": version.note, "published_at": version.published_at}
+                    "note": version.note, "published_at": version.published_at,
+                    "projection": version.projection or None}
 
         return web.json({
             "experiment": loop.experiment.name,

@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import pytest
 
 from app.broker.apache import KafkaBroker, free_port
 from app.contract.records import Feedback, FeedbackType, Recommendation, View
 from app.core.experiments import Experiment, variant_of
 from app.core.ranking import RankerParams
+from app.evaluation.tune import publish
+from app.settings import Settings
 from tests.integration.test_recommendations import CATALOGUE, TS, _items
 from tests.support.kafka_io import produce, read_topic
 from tests.support.worker import WorkerProcess, isolated_env
@@ -144,6 +147,17 @@ def test_clicks_teach_a_version_every_worker_serves_and_a_rollback_restores_one(
         for w in workers:
             assert w.metric("streamrec_model_updates_total") >= 4
             assert w.metric("streamrec_model_update_delay_seconds_count") >= 1
+        # a tuned projection published on the models topic is served without a restart
+        w1 = np.eye(384, dtype=np.float32)[::-1].copy()
+        tuned = asyncio.run(publish(Settings.model_validate(
+            {k.removeprefix("STREAMREC_").lower(): v for k, v in env.items()
+             if k.startswith("STREAMREC_")}), w1, "t1", "test"))
+        _wait_head(workers, lambda h: h["version"] == tuned.version
+                   and h["projection"] == "t1", within=10)
+        asyncio.run(produce(bootstrap, env["STREAMREC_TOPIC_EVENTS"], _views(2), batched=True))
+        recs = _recs_of_round(bootstrap, recs_topic, 3 * len(USERS), 2)
+        assert {r.model_version for r in recs if r.user_id in learning} == {tuned.version}
+
         shown = sum(w.metric("streamrec_shown_items_total", variant="learning")
                     for w in workers)
         clicks = sum(w.metric("streamrec_feedback_total", variant="learning", type="click")

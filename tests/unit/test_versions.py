@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from app.core.learning import LearnerState
 from app.core.ranking import RankerParams
 from app.core.versions import (
@@ -60,3 +62,25 @@ def test_versions_name_their_generation() -> None:
     assert learner.weights.tolist() == [1.0, 2.0, 0.0, 0.0, 0.5]
     assert learner.bias == -1.0
     assert as_params(version, RankerParams()).covisit == 2.0
+
+
+def test_a_tuned_projection_travels_as_float16_and_is_served_with_its_version() -> None:
+    import numpy as np
+
+    from app.core.versions import decode_projection, encode_projection, projection_key
+
+    w1 = np.arange(16, dtype=np.float32).reshape(4, 4) / 8
+    registry = Registry()
+    registry.apply(projection_key("p1"), encode_projection(w1))
+    assert np.array_equal(registry.projections["p1"], w1)      # exact in float16 here
+    head = ModelVersion(version="tuned-p1", generation=0, weights=(1.0,) * 5,
+                        projection="p1", origin="tune")
+    registry.apply(HEAD, encode_version(head))
+    params = as_params(head, RankerParams(), registry.projections[head.projection])
+    assert params.w1 is not None
+    assert params.version == "tuned-p1"
+    assert as_params(head, RankerParams()).w1 is None
+    registry.apply(projection_key("p1"), None)
+    assert registry.projections == {}
+    with pytest.raises(ValueError, match="square"):
+        decode_projection(b"\x00" * 6)

@@ -1,0 +1,32 @@
+"""Fine-tuning the projection: a known structure in the behaviour is learnt."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.core.ranking import RankerParams, project
+from app.core.tuning import TuneConfig, as_projection, fit, loss
+
+
+def test_the_projection_learns_which_item_follows_which() -> None:
+    rng = np.random.default_rng(0)
+    d, n = 16, 40
+    items = rng.normal(size=(n, d)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    follows = rng.permutation(n)                 # after item i, users take follows[i]
+    before = rng.integers(0, n, size=4000)
+    users = items[before] + 0.05 * rng.normal(size=(4000, d)).astype(np.float32)
+    users /= np.linalg.norm(users, axis=1, keepdims=True)
+    targets = follows[before]
+    config = TuneConfig(epochs=30, learning_rate=2.0, temperature=0.1, batch=256)
+    identity = np.eye(d, dtype=np.float32)
+    m = fit(users, targets, items, config)
+    assert loss(m, users, targets, items, config) < 0.5 * loss(identity, users, targets,
+                                                                   items, config)
+    # served as W1 of cos(W1 u, r): the item that follows ranks first for most users
+    w1 = as_projection(m)
+    params = RankerParams(w1=w1)
+    scores = project(users[:500], params.w1, None) @ items.T
+    assert (scores.argmax(axis=1) == targets[:500]).mean() > 0.9
+    untuned = (users[:500] @ items.T).argmax(axis=1)
+    assert (untuned == targets[:500]).mean() < 0.2
