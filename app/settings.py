@@ -149,9 +149,9 @@ class Settings(BaseSettings):
 
     experiment_variants: str = Field(default="frozen=0.5,learning=0.5",
                                      pattern=r"^[a-z0-9_-]+=[0-9.]+(,[a-z0-9_-]+=[0-9.]+)*$")
-    """The experiment's variants and their shares, ``name=share,...``. Until the learner
-    serves the "learning" variant both see the same ranker (an A/A split: its click-through
-    difference is the noise floor)."""
+    """The experiment's variants and their shares, ``name=share,...``. The ``learning``
+    variant is served the online learner's newest version, every other variant the
+    defaults (docs/feedback.md); a share of 0 for ``learning`` stops serving learnt ones."""
 
     shown_items: int = Field(default=10, ge=1, le=100)
     """Top items of each published list remembered for attribution: feedback on them

@@ -139,24 +139,43 @@ class Why:
     query: str | None = None
 
 
-def explain(index: int, candidates: Candidates, scored: Scored,
+def explain(rows: Sequence[int], candidates: Candidates, scored: Scored,
             history: Sequence[tuple[str, FloatArray]], query: tuple[str, FloatArray] | None
-            ) -> Why:
-    """Name the signal that contributed most to candidate ``index``: the co-visited recent
-    item, else the history item or search query most similar to it, else popularity."""
-    parts = {name: float(values[index]) for name, values in scored.parts.items()}
-    strongest = max(parts, key=lambda name: parts[name])
-    source = candidates.covisit_source[index]
-    if strongest == "covisit" and source is not None:
-        return Why("covisit", item_id=source)
-    if strongest == "semantic" and (history or query):
-        vector = candidates.vectors[index]
-        best_item = max(history, key=lambda h: float(h[1] @ vector), default=None)
-        item_sim = float(best_item[1] @ vector) if best_item else -np.inf
-        if query is not None and float(query[1] @ vector) >= item_sim:
-            return Why("search", query=query[0])
-        if best_item is not None:
-            return Why("history", item_id=best_item[0])
-    if source is not None and parts["covisit"] > 0:
-        return Why("covisit", item_id=source)
-    return Why("popular")
+            ) -> list[Why]:
+    """Name, for each candidate of ``rows``, the signal that contributed most: the
+    co-visited recent item, else the history item or search query most similar to it, else
+    popularity. One matrix product for all rows (history x candidates), not one per pair."""
+    if not rows:
+        return []
+    index = np.asarray(rows, dtype=np.intp)
+    names = list(scored.parts)
+    parts = np.stack([scored.parts[name][index] for name in names], axis=1)
+    strongest = parts.argmax(axis=1)
+    covisit_part = scored.parts["covisit"][index] if "covisit" in scored.parts else (
+        np.zeros(len(index)))
+    vectors = candidates.vectors[index]
+    if history:
+        similarity = vectors @ np.stack([vector for _, vector in history]).T
+        best, best_similarity = similarity.argmax(axis=1), similarity.max(axis=1)
+    query_similarity = vectors @ query[1] if query is not None else None
+    out: list[Why] = []
+    for n, row in enumerate(rows):
+        source = candidates.covisit_source[row]
+        name = names[int(strongest[n])]
+        if name == "covisit" and source is not None:
+            out.append(Why("covisit", item_id=source))
+            continue
+        if name == "semantic" and (history or query is not None):
+            item_similarity = float(best_similarity[n]) if history else -np.inf
+            if query is not None and query_similarity is not None and float(
+                    query_similarity[n]) >= item_similarity:
+                out.append(Why("search", query=query[0]))
+                continue
+            if history:
+                out.append(Why("history", item_id=history[int(best[n])][0]))
+                continue
+        if source is not None and covisit_part[n] > 0:
+            out.append(Why("covisit", item_id=source))
+        else:
+            out.append(Why("popular"))
+    return out

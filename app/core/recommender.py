@@ -315,14 +315,12 @@ class Recommender:
                    if i in self.catalogue.index]
         segment = (self._segment_values(user, [candidates.item_ids[r] for r in rows], now)
                    if new_user else np.zeros(len(rows), dtype=np.float32))
-        out = []
-        for rank, row in enumerate(rows, start=1):
-            why = explain(row, candidates, scored,
-                          [(i, v) for i, v in history if v is not None], user.query)
-            out.append(RecommendedItem(
-                item_id=candidates.item_ids[row], rank=rank, score=float(scored.total[row]),
-                explanation=self._explanation(why, kinds, bool(segment[rank - 1] > 0)),
-            ))
+        whys = explain(rows, candidates, scored,
+                       [(i, v) for i, v in history if v is not None], user.query)
+        out = [RecommendedItem(
+            item_id=candidates.item_ids[row], rank=rank, score=float(scored.total[row]),
+            explanation=self._explanation(why, kinds, bool(segment[rank - 1] > 0)))
+            for rank, (row, why) in enumerate(zip(rows, whys, strict=True), start=1)]
         features = [tuple(row) for row in features_of(scored, rows).tolist()]
         return Ranking(out, counts, features)
 

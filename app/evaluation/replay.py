@@ -280,7 +280,7 @@ def _flow_control(run: WorkerRun, window: int) -> Callable[[int], Awaitable[None
                 raise RuntimeError(f"the worker exited; see {run.log}")
             processed = await asyncio.to_thread(_processed, run.metrics_url)
             if n - processed >= window // 2:
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.1)   # each look renders /metrics in the worker
 
     return gate
 

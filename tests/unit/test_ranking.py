@@ -139,10 +139,13 @@ def test_explanations_name_the_strongest_signal() -> None:
     cands = candidates(covisit=[0, 0, 0, 0, 5.0], source=[None, None, None, None, "b2"])
     scored = score(A1, cands, RankerParams())
     history = [("a2", A2), ("b2", B2)]
-    assert explain(4, cands, scored, history, None).item_id == "b2"
-    assert explain(4, cands, scored, history, None).kind == "covisit"
-    assert explain(0, cands, scored, history, None) == explain(0, cands, scored, history, None)
-    assert explain(0, cands, scored, history, None).item_id == "a2"
-    assert explain(0, cands, scored, history, ("space", A1)).kind == "search"
+    assert explain([4], cands, scored, history, None)[0].item_id == "b2"
+    assert explain([4], cands, scored, history, None)[0].kind == "covisit"
+    assert explain([0], cands, scored, history, None)[0].item_id == "a2"
+    assert explain([0], cands, scored, history, ("space", A1))[0].kind == "search"
+    assert explain([0, 4], cands, scored, history, None) == [
+        explain([0], cands, scored, history, None)[0],
+        explain([4], cands, scored, history, None)[0]]           # rows are independent
+    assert explain([], cands, scored, history, None) == []
     cold = score(None, candidates(popularity=[1, 2, 3, 4, 5]), RankerParams())
-    assert explain(4, candidates(popularity=[1, 2, 3, 4, 5]), cold, [], None).kind == "popular"
+    assert explain([4], candidates(popularity=[1, 2, 3, 4, 5]), cold, [], None)[0].kind == "popular"
