@@ -30,3 +30,24 @@ def test_the_projection_learns_which_item_follows_which() -> None:
     assert (scores.argmax(axis=1) == targets[:500]).mean() > 0.9
     untuned = (users[:500] @ items.T).argmax(axis=1)
     assert (untuned == targets[:500]).mean() < 0.2
+
+
+def test_behaviour_pairs_the_interest_before_each_event_with_its_item() -> None:
+    from app.core.catalogue import VectorIndex
+    from app.data.movielens import Rating
+    from app.evaluation.split import leave_last_out
+    from app.evaluation.tune import behaviour
+
+    index = VectorIndex(4)
+    for n, item in enumerate("abcd"):
+        index.upsert(item, np.eye(4, dtype=np.float32)[n])
+    ratings = [Rating(0, "u", "a", 3.0, 1), Rating(1, "u", "b", 3.0, 2),
+               Rating(2, "u", "c", 3.0, 3), Rating(3, "u", "d", 3.0, 4)]
+    split = leave_last_out(ratings, list("abcd"))
+    users, targets, items, ids = behaviour(split, index, 4)
+    assert ids == list("abcd")
+    assert targets.tolist() == [1, 2]            # b after a, c after a and b; d withheld
+    assert users.shape == (2, 4)
+    assert users[0].argmax() == 0                 # before b: interest is a
+    assert np.allclose(np.linalg.norm(users, axis=1), 1.0)
+    assert np.array_equal(items, np.eye(4, dtype=np.float32))
