@@ -25,12 +25,14 @@ from msgspec import Struct
 
 from app.core.learning import LearnerConfig, LearnerState, update
 from app.core.versions import (
+    CONTROL,
     HEAD,
     ModelVersion,
     Traffic,
     Verdict,
     checkpoint_key,
     compare,
+    compare_with_control,
     encode_version,
     generation_of,
     learner_of,
@@ -44,8 +46,8 @@ class Batch(Struct, frozen=True, kw_only=True):
     features: list[tuple[float, ...]] = []
     rewards: list[float] = []
     weights: list[float] = []
-    shown: dict[str, int] = {}        # items shown, by model version
-    clicks: dict[str, int] = {}       # clicks attributed, by model version
+    shown: dict[str, int] = {}        # items shown, by learnt version (and ``CONTROL``)
+    clicks: dict[str, int] = {}       # clicks attributed, by learnt version (and ``CONTROL``)
     produced_at: int = 0              # ms: newest feedback behind the examples
 
 
@@ -81,6 +83,7 @@ class Trainer:
     step: int = 0
     parent: dict[int, int] = field(default_factory=dict)      # generation -> its parent
     traffic: dict[int, Traffic] = field(default_factory=dict)
+    control: dict[int, Traffic] = field(default_factory=dict)   # during each generation
     checkpoints: dict[int, ModelVersion] = field(default_factory=dict)
     adopted_at: int = 0               # published_at of the last head adopted from outside
 
@@ -118,23 +121,39 @@ def adopt(trainer: Trainer, head: ModelVersion) -> Trainer:
                    adopted_at=head.published_at)
 
 
-def _count(trainer: Trainer, batch: Batch) -> dict[int, Traffic]:
-    traffic = dict(trainer.traffic)
+def _count(trainer: Trainer, batch: Batch) -> Trainer:
+    """Learnt versions' traffic goes to their generation, the control's to the generation
+    being trained while it arrives (the period it was served in)."""
+    traffic, control = dict(trainer.traffic), dict(trainer.control)
     for counts, clicks in ((batch.shown, False), (batch.clicks, True)):
         for version, n in counts.items():
-            generation = generation_of(version)
-            if generation is None:
-                continue
             add = Traffic(0, n) if clicks else Traffic(n, 0)
-            traffic[generation] = traffic.get(generation, Traffic()) + add
-    return traffic
+            if version == CONTROL:
+                now = trainer.generation
+                control[now] = control.get(now, Traffic()) + add
+                continue
+            generation = generation_of(version)
+            if generation is not None:
+                traffic[generation] = traffic.get(generation, Traffic()) + add
+    return replace(trainer, traffic=traffic, control=control)
+
+
+def judge(trainer: Trainer, new: int, old: int) -> Verdict:
+    """Generation ``new`` against ``old``: relative to the control when both had one."""
+    config = trainer.config
+    traffic = (trainer.traffic.get(new, Traffic()), trainer.traffic.get(old, Traffic()))
+    if new in trainer.control and old in trainer.control:
+        return compare_with_control(traffic[0], trainer.control[new], traffic[1],
+                                    trainer.control[old], config.z_critical,
+                                    config.min_impressions)
+    return compare(*traffic, config.z_critical, config.min_impressions)
 
 
 def step(trainer: Trainer, batch: Batch, now: int
          ) -> tuple[Trainer, list[Publication], Verdict | None]:
     """Fold one batch: the new trainer, the records to publish on the ``models`` topic, and
     the verdict when a generation was judged."""
-    trainer = replace(trainer, traffic=_count(trainer, batch))
+    trainer = _count(trainer, batch)
     out: list[Publication] = []
     if batch.rewards:
         learner = update(trainer.learner, np.array(batch.features, dtype=np.float64),
@@ -160,9 +179,7 @@ def _close(trainer: Trainer, out: list[Publication], now: int
     grandparent = trainer.parent.get(judged) if judged is not None else None
     verdict = None
     if judged is not None and grandparent is not None and grandparent in checkpoints:
-        verdict = compare(trainer.traffic.get(judged, Traffic()),
-                          trainer.traffic.get(grandparent, Traffic()),
-                          trainer.config.z_critical, trainer.config.min_impressions)
+        verdict = judge(trainer, judged, grandparent)
     generation = closing + 1
     if verdict is not None and verdict.roll_back and grandparent is not None:
         restored = checkpoints[grandparent]

@@ -8,10 +8,14 @@ are kept). Rollback judges generations, not single versions (one version serves 
 second: far too few impressions to judge): when a generation's click-through is
 significantly below its predecessor's (a one-sided two-proportion z-test, decided only with
 enough impressions on both sides, so noise on a few hundred impressions cannot flip the
-ranker back and forth), the head goes back to the predecessor's checkpoint. A generation is
-judged one generation late, so the clicks on its lists have had time to arrive (impressions
-are counted when a list is published, clicks only when the user comes back). An operator can
-roll back by command the same way (`streamrec model rollback`).
+ranker back and forth), the head goes back to the predecessor's checkpoint. When the
+experiment has a control (users served the defaults at the same time), each generation's
+click-through is taken relative to the control's over the same period, so a drift of the
+traffic itself is not read as a worse model (measured: ten rollbacks in one ML-1M replay
+without it, as the stream's own click-through fell). A generation is judged one generation
+late, so the clicks on its lists have had time to arrive (impressions are counted when a
+list is published, clicks only when the user comes back). An operator can roll back by
+command the same way (`streamrec model rollback`).
 
 On the ``models`` topic (compacted) the key ``head`` holds the version the learning variant
 serves and ``checkpoint:<g>`` the kept checkpoints; every worker follows the whole topic.
@@ -32,6 +36,7 @@ from app.core.learning import LearnerState
 from app.core.ranking import RankerParams
 
 HEAD = b"head"
+CONTROL = "control"       # the key of the control variants' traffic in the trainer's counts
 CHECKPOINT_PREFIX = b"checkpoint:"
 PROJECTION_PREFIX = b"projection:"     # a tuned W1 (float16, row-major), by id
 _VERSION = re.compile(r"^learning-(\d+)\.(\d+)$")
@@ -70,6 +75,29 @@ def compare(new: Traffic, old: Traffic, z_critical: float = 2.33,
     if z < -z_critical:
         return Verdict(True, z, f"click-through {new.ctr:.4f} vs {old.ctr:.4f}: z = {z:.2f}")
     return Verdict(False, z, "not significantly worse")
+
+
+def compare_with_control(new: Traffic, new_control: Traffic, old: Traffic,
+                         old_control: Traffic, z_critical: float = 2.33,
+                         min_impressions: int = 1_000) -> Verdict:
+    """Whether ``new`` clicks significantly less *relative to the control served at the
+    same time* than ``old`` did relative to its control (one-sided z on the difference of
+    the two click-through differences). Click-through drifts with the traffic itself (time
+    of day, a catalogue change, a replay's later years): a raw comparison of consecutive
+    generations reads that drift as a worse model; the concurrent control cancels it."""
+    if min(new.impressions, new_control.impressions, old.impressions,
+           old_control.impressions) < min_impressions:
+        return Verdict(False, 0.0, "not enough impressions yet")
+    lift_new, lift_old = new.ctr - new_control.ctr, old.ctr - old_control.ctr
+    variance = sum(t.ctr * (1 - t.ctr) / t.impressions
+                   for t in (new, new_control, old, old_control))
+    if variance == 0:
+        return Verdict(False, 0.0, "no variation in clicks")
+    z = (lift_new - lift_old) / math.sqrt(variance)
+    if z < -z_critical:
+        return Verdict(True, z, f"click-through {new.ctr:.4f} vs control {new_control.ctr:.4f}"
+                                f", was {old.ctr:.4f} vs {old_control.ctr:.4f}: z = {z:.2f}")
+    return Verdict(False, z, "not significantly worse against the control")
 
 
 class ModelVersion(Struct, frozen=True, kw_only=True):

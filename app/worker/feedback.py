@@ -30,7 +30,7 @@ from app.core.ranking import FEATURES, RankerParams
 from app.core.recommender import with_sources
 from app.core.state import FeedbackState, fold_feedback
 from app.core.training import Batch, Trainer, TrainerConfig, adopt, merge, start, step
-from app.core.versions import ModelVersion, Registry, as_params, generation_of
+from app.core.versions import CONTROL, ModelVersion, Registry, as_params, generation_of
 from app.metrics import Metrics
 from app.settings import Settings
 from app.worker.agents import KeyResult, count_failure, now_ms
@@ -100,8 +100,9 @@ class FeedbackLoop:
 
     def count_shown(self, variant: str, version: str, items: int) -> None:
         self.metrics.shown.labels(variant).inc(items)
-        if generation_of(version) is not None:
-            self._shown[version] = self._shown.get(version, 0) + items
+        key = traffic_key(variant, version)
+        if key is not None:
+            self._shown[key] = self._shown.get(key, 0) + items
 
     async def flush_shown(self) -> None:
         """Tell the trainer how many items each learnt version showed (once per batch)."""
@@ -170,6 +171,14 @@ class FeedbackLoop:
             log.warning("learning variant rolled back: %s", trainer.head.note)
 
 
+def traffic_key(variant: str, version: str) -> str | None:
+    """Under which key the trainer counts a list's traffic: its learnt version, or the
+    control for the other variants (None: a learning-variant list under the defaults)."""
+    if variant != LEARNING:
+        return CONTROL
+    return version if generation_of(version) is not None else None
+
+
 def examples_of(outcomes: Sequence[tuple[Feedback, Outcome]], metrics: Metrics) -> Batch:
     """The trainer's batch from a feedback batch's outcomes (metrics counted on the way)."""
     features: list[tuple[float, ...]] = []
@@ -185,8 +194,9 @@ def examples_of(outcomes: Sequence[tuple[Feedback, Outcome]], metrics: Metrics) 
             continue
         if outcome.conversion:
             metrics.conversions.labels(shown.variant).inc()
-        if feedback.type is FeedbackType.CLICK:
-            clicks[shown.model_version] = clicks.get(shown.model_version, 0) + 1
+        key = traffic_key(shown.variant, shown.model_version)
+        if feedback.type is FeedbackType.CLICK and key is not None:
+            clicks[key] = clicks.get(key, 0) + 1
         for example in outcome.examples:
             features.append(example.features)
             rewards.append(example.reward)

@@ -98,7 +98,7 @@ def test_shown_counts_reach_the_trainer_once_per_batch_and_train_it() -> None:
     asyncio.run(loop.flush_shown())                     # nothing new: nothing sent
     assert len(examples.sent) == 1
     assert msgspec.msgpack.decode(examples.sent[0][1], type=Batch).shown == {
-        "learning-1.1": 10}
+        "learning-1.1": 10, "control": 10}
     assert _value(metrics, "streamrec_shown_items_total", variant="frozen") == 10
 
     loop.synced.set()

@@ -7,7 +7,7 @@ import numpy as np
 from app.core.learning import FEATURES, LearnerConfig, LearnerState
 from app.core.ranking import RankerParams
 from app.core.training import Batch, TrainerConfig, adopt, merge, start, step
-from app.core.versions import HEAD, ModelVersion, checkpoint_key, decode_version
+from app.core.versions import CONTROL, HEAD, ModelVersion, checkpoint_key, decode_version
 
 PRIOR = LearnerState.from_params(RankerParams())
 
@@ -116,3 +116,21 @@ def test_records_merge_into_one_mini_batch() -> None:
     assert merged.shown == {"learning-1.1": 20, "learning-1.2": 10}
     assert merged.clicks == {"learning-1.1": 1}
     assert merged.produced_at == 5
+
+
+def test_a_drop_the_control_shows_too_is_the_traffic_not_the_model() -> None:
+    rng = np.random.default_rng(3)
+    trainer = start(TrainerConfig(min_impressions=5_000), PRIOR, None, {}, now=0)
+    verdicts = []
+    for generation, base in zip((1, 2, 3, 4), (0.10, 0.10, 0.05, 0.05), strict=True):
+        trainer, _, _ = step(trainer, examples(rng, np.ones(5), 16), now=generation)
+        version = trainer.head.version
+        batch = Batch(shown={version: 6_000, CONTROL: 6_000},
+                      clicks={version: int(6_000 * base), CONTROL: int(6_000 * base)})
+        trainer, _, verdict = step(trainer, batch, now=generation)
+        verdicts.append(verdict)
+    # generation 3 clicked half as much as 2, and so did the control at the same time
+    assert verdicts[3] is not None
+    assert not verdicts[3].roll_back
+    assert "control" in verdicts[3].reason
+    assert trainer.head.origin == "trainer"

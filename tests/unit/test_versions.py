@@ -34,6 +34,20 @@ def test_a_significantly_worse_version_is_rolled_back() -> None:
     assert not compare(Traffic(5_000, 0), Traffic(5_000, 0)).roll_back
 
 
+def test_against_a_control_only_the_relative_drop_counts() -> None:
+    from app.core.versions import compare_with_control
+
+    old, old_control = Traffic(20_000, 1_000), Traffic(20_000, 1_000)      # 5% both
+    drift = compare_with_control(Traffic(20_000, 600), Traffic(20_000, 600), old, old_control)
+    assert not drift.roll_back                       # both fell to 3%: the traffic changed
+    worse = compare_with_control(Traffic(20_000, 600), Traffic(20_000, 1_000), old,
+                                 old_control)
+    assert worse.roll_back                           # the control held at 5%: the model
+    assert worse.z < -2.33
+    early = compare_with_control(Traffic(500, 0), Traffic(20_000, 1_000), old, old_control)
+    assert early.reason == "not enough impressions yet"
+
+
 def test_the_registry_follows_head_and_checkpoints_of_the_models_topic() -> None:
     registry = Registry()
     v = {g: ModelVersion(version=f"learning-{g}.3", generation=g, weights=(1.0,) * 5)
