@@ -182,8 +182,8 @@ def model_rollback(
 def tune(
     dataset: Annotated[str, typer.Option(help="ml-100k or ml-1m: the logged behaviour.")]
     = "ml-100k",
-    epochs: Annotated[int, typer.Option(help="Passes over the behaviour.")] = 3,
-    learning_rate: Annotated[float, typer.Option(help="Gradient step size.")] = 1.0,
+    epochs: Annotated[int, typer.Option(help="Passes over the behaviour.")] = 10,
+    learning_rate: Annotated[float, typer.Option(help="Gradient step size.")] = 0.1,
     temperature: Annotated[float, typer.Option(help="Softmax temperature of cosines.")]
     = 0.1,
     evaluate: Annotated[bool, typer.Option(

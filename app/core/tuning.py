@@ -23,8 +23,8 @@ IntArray = npt.NDArray[np.int64]
 
 @dataclass(frozen=True)
 class TuneConfig:
-    epochs: int = 3
-    learning_rate: float = 1.0
+    epochs: int = 10
+    learning_rate: float = 0.1
     temperature: float = 0.1      # logits are cosines / temperature
     batch: int = 512
     l2: float = 0.0               # pull towards the identity

@@ -262,12 +262,12 @@ def markdown(report: dict[str, Any], command: str, images: Mapping[str, str]) ->
     return "\n".join(lines)
 
 
-def _ab_markdown(ab: Mapping[str, Any]) -> list[str]:
+def _ab_markdown(ab: Mapping[str, Any], level: str = "##") -> list[str]:
     lines: list[str] = []
     for run, result in ab.items():
         rows = result["variants"]
         lines += [
-            f"## Feedback loop: learning vs frozen (`{run}` run)", "",
+            f"{level} Feedback loop: learning vs frozen (`{run}` run)", "",
             "One replay, one stream, users split by the worker's A/B experiment: the "
             "learning half is served what the trainer learns from simulated clicks (the next "
             f"rated item among a list's top {SHOWN}), the frozen half the defaults. NDCG@10 "
@@ -403,6 +403,7 @@ def update_benchmarks(path: Path, dataset: str, report: dict[str, Any], command:
                 f"({report['hidden_item_users']:,}):", "",
            *_table({name: m["hidden items"] for name, m in models.items()})]
           if report.get("hidden_items") else []),
+        *(["", *_ab_markdown(report["ab"], "####")] if report.get("ab") else []),
         end,
     ])
     text = path.read_text() if path.exists() else ""
