@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,6 +76,7 @@ class ReplayRun:
     user_variants: dict[str, str] = field(default_factory=dict)
     shown_log: list[tuple[int, int, int]] = field(default_factory=list)
     versions: list[str] = field(default_factory=list)
+    model: dict[str, Any] = field(default_factory=dict)     # the worker's GET /model at the end
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -96,6 +98,14 @@ def stream_records(split: Split) -> list[tuple[bytes, bytes, str]]:
         pairs = zip(records, ids, strict=False)  # a view, and a purchase for rating >= 4
         out.extend((key, value, event_id) for (key, value), event_id in pairs)
     return out
+
+
+def _model_of(metrics_url: str) -> dict[str, Any]:
+    """The worker's GET /model: the learning variant's head and checkpoints."""
+    url = metrics_url.removesuffix("/metrics") + "/model"
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - our worker
+        result: dict[str, Any] = json.loads(response.read())
+    return result
 
 
 def _processed(url: str) -> float:
@@ -248,6 +258,7 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         deadline = time.monotonic() + 120
         while collector.count < published and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
+        model = await asyncio.to_thread(_model_of, run.metrics_url) if react else {}
     finally:
         collector.stop.set()
         await collecting
@@ -263,6 +274,7 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         user_variants=react.user_variants if react else {},
         shown_log=react.log if react else [],
         versions=list(react.versions) if react else [],
+        model=model,
     )
 
 

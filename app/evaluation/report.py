@@ -83,7 +83,9 @@ def learning_vs_frozen(split: Split, run: ReplayRun, lists: Mapping[str, Sequenc
     there, nobody was served learnt parameters)."""
     variants = list(run.experiment.get("shares", {}))
     log = np.array(run.shown_log, dtype=np.int64).reshape(-1, 3)
-    out: dict[str, Any] = {"variants": {}, "curve": {}, "versions": len(run.versions)}
+    out: dict[str, Any] = {"variants": {}, "curve": {}, "versions": len(run.versions),
+                           "rollbacks": sum(1 for v in run.versions if v.endswith(".0")),
+                           "head": (run.model or {}).get("head")}
     chunks = np.array_split(np.arange(len(log)), CURVE_POINTS) if len(log) else []
     for index, variant in enumerate(variants):
         users = [u for u in split.targets if run.user_variants.get(u) == variant]
@@ -273,7 +275,10 @@ def _ab_markdown(ab: Mapping[str, Any], level: str = "##") -> list[str]:
             f"rated item among a list's top {SHOWN}), the frozen half the defaults. NDCG@10 "
             "is each half's users' (+- standard error); the plain `streamrec` run served "
             "nobody learnt parameters, so the same users there give a paired comparison. "
-            f"{result['versions']:,} model versions served.", "",
+            f"{result['versions']:,} model versions served, {result['rollbacks']} automatic "
+            "rollbacks." + (" Weights at the end: " + ", ".join(
+                f"{name} {value:.3f}" for name, value in result["head"]["weights"].items())
+                + "." if result.get("head") else ""), "",
             "| variant | users | NDCG@10 | same users, plain run | paired difference | "
             "lists | clicks | click-through |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
