@@ -46,13 +46,14 @@ _batch_decoder = msgspec.msgpack.Decoder(Batch)
 class FeedbackLoop:
     def __init__(self, settings: Settings, metrics: Metrics, base: RankerParams,
                  sources: frozenset[str], encoder_name: str, examples_topic: Any,
-                 models_topic: Any) -> None:
+                 models_topic: Any, dimension: int = 384) -> None:
         self.settings = settings
         self.metrics = metrics
         self.experiment = settings.ab_test()
         self.registry = Registry()
         self.synced = asyncio.Event()
         self._base, self._sources, self._encoder_name = base, sources, encoder_name
+        self._dimension = dimension
         self._examples, self._models = examples_topic, models_topic
         self._params: dict[str, RankerParams] = {}
         self._shown: dict[str, int] = {}
@@ -82,9 +83,10 @@ class FeedbackLoop:
     def use(self, head: ModelVersion) -> None:
         previous = self.params_for(LEARNING).version
         w1 = self.registry.projections.get(head.projection) if head.projection else None
-        if head.projection and w1 is None:
-            log.error("version %s names projection %s, which is not on the models topic: "
-                      "served without it", head.version, head.projection)
+        if head.projection and (w1 is None or w1.shape != (self._dimension,) * 2):
+            log.error("version %s names projection %s, which is not on the models topic or "
+                      "not for this encoder: served without it", head.version, head.projection)
+            w1 = None
         params = with_sources(as_params(head, self._base, w1), self._sources)
         self._params[LEARNING] = params
         if LEARNING in self.experiment.shares:
@@ -105,7 +107,8 @@ class FeedbackLoop:
             self._shown[key] = self._shown.get(key, 0) + items
 
     async def flush_shown(self) -> None:
-        """Tell the trainer how many items each learnt version showed (once per batch)."""
+        """Tell the trainer how many items each learnt version and the control showed (once
+        per batch)."""
         if self._shown:
             shown, self._shown = self._shown, {}
             await self._examples.send(value=_batch_encoder.encode(Batch(shown=shown)))

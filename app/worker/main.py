@@ -78,7 +78,8 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
                 remember(state, shown, shown.produced_at))
 
     feedback = FeedbackLoop(settings, metrics, recommender.params, recommender.sources,
-                            encoder.manifest.model_name, decl.examples, decl.models)
+                            encoder.manifest.model_name, decl.examples, decl.models,
+                            encoder.dimension)
     pipeline = Pipeline(settings, metrics, encoder, recommender, decl.recommendations,
                         decl.catalogue, feedback, profiles=profile_of, users=user_of,
                         remember=remember_shown)

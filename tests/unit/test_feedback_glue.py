@@ -111,3 +111,17 @@ def test_shown_counts_reach_the_trainer_once_per_batch_and_train_it() -> None:
     assert head.weights[0] > 1.0 > head.weights[1]     # the clicked feature gained
     assert _value(metrics, "streamrec_learning_examples_total", reward="positive") == 1
     assert _value(metrics, "streamrec_processing_errors_total", topic="examples") == 1
+
+
+def test_a_projection_for_another_encoder_is_not_served() -> None:
+    import numpy as np
+
+    from app.core.versions import encode_projection, projection_key
+
+    loop, _, _, _ = _loop()
+    loop.apply_model(projection_key("small"), encode_projection(np.eye(8, dtype=np.float32)))
+    loop.apply_model(HEAD, encode_version(ModelVersion(
+        version="tuned-small", generation=0, weights=(1.0,) * 5, projection="small",
+        origin="tune")))
+    assert loop.params_for(LEARNING).version == "tuned-small"
+    assert loop.params_for(LEARNING).w1 is None
