@@ -442,7 +442,7 @@ def replay(
     variants: Annotated[str, typer.Option(
         help="Pipeline variants, comma-separated: streamrec, no-encoder, no-covisit, and "
              "feedback (simulated clicks; the learning-vs-frozen A/B).")]
-    = "streamrec,no-encoder,no-covisit",
+    = "streamrec,feedback,no-encoder,no-covisit",
     k: Annotated[int, typer.Option(help="Items per published recommendation.")] = 50,
     rate: Annotated[float | None, typer.Option(
         help="Events/s (default: as fast as the worker accepts).")] = None,
