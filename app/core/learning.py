@@ -1,9 +1,11 @@
 """Online learning of the ranker's weights from rewards (pure functions over numpy).
 
 The ranker scores a candidate as ``sum_i w_i * part_i`` (parts: semantic, co-visitation,
-popularity, freshness, novelty; app.core.ranking). Feedback says which shown items were
-clicked (or bought) and which were only seen. The learner fits the click probability
-``sigmoid(w . parts + b)`` by stochastic gradient steps on the log loss, with
+popularity, freshness, novelty; app.core.ranking). Feedback says which shown item was
+preferred to the others; attribution (app.core.attribution) turns that into examples whose
+features are differences of parts, so ``sigmoid(w . x + b)`` fitted here is the probability
+of a preference (the bias stays near zero: each pair comes with its negation). Fitted by
+stochastic gradient steps on the weighted log loss, with
 
 - a learning rate that decays as ``lr / sqrt(1 + steps / decay_steps)``,
 - the gradient clipped to a maximum norm (one odd batch cannot swing the ranker),
