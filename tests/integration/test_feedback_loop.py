@@ -23,6 +23,7 @@ from app.core.experiments import Experiment, variant_of
 from app.core.ranking import RankerParams
 from app.evaluation.tune import publish
 from app.settings import Settings
+from app.tools import experiment_summary
 from tests.integration.test_recommendations import CATALOGUE, TS, _items
 from tests.support.kafka_io import produce, read_topic
 from tests.support.worker import WorkerProcess, isolated_env
@@ -164,6 +165,14 @@ def test_clicks_teach_a_version_every_worker_serves_and_a_rollback_restores_one(
                      for w in workers)
         assert shown >= 2 * 5 * len(learning)
         assert clicks >= 2 * len(learning)
+        # the experiment summary (`streamrec experiment`) sums the same over both workers
+        summary = experiment_summary([w.base_url + "/metrics" for w in workers],
+                                     ["frozen", "learning"])
+        assert summary["workers"] == 2
+        assert summary["variants"]["learning"]["shown"] == shown
+        assert summary["variants"]["learning"]["clicks"] == clicks
+        assert summary["variants"]["frozen"]["clicks"] > 0
+        assert "z_vs_frozen" in summary["variants"]["learning"]
     finally:
         for w in workers:
             w.stop()
