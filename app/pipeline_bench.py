@@ -187,6 +187,14 @@ def _histogram_shares(before: Samples, after: Samples,
             for b in bounds}
 
 
+def own_learning_topics(settings: Settings, job: str) -> dict[str, str]:
+    """Each job its own examples and models topics: a job's trainer (a fresh consumer
+    group) would otherwise read every example the jobs before it produced (the naive job
+    alone sends one per event) and serve their models."""
+    return {"topic_examples": f"{settings.topic_examples}-{job}",
+            "topic_models": f"{settings.topic_models}-{job}"}
+
+
 def _start_profiler(run: WorkerRun, target: Path) -> subprocess.Popen[bytes]:
     """py-spy sampling the StreamRec worker (100 Hz, collapsed stacks) until stopped."""
     assert run.worker is not None
@@ -286,7 +294,8 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             say(f"{name}: working off the backlog")
             run_.start_worker(module, app_id=group, topic_items=empty_items,
                               data_dir=str(workdir / group),
-                              commit_interval_seconds=str(BENCH_COMMIT_SECONDS), **overrides)
+                              commit_interval_seconds=str(BENCH_COMMIT_SECONDS),
+                              **own_learning_topics(settings, group), **overrides)
             spy = _start_profiler(run_, workdir / "profile.txt") \
                 if profile is not None and name == "streamrec" else None
             assert run_.worker is not None
@@ -299,7 +308,8 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             say(f"  {rates[name]:,.0f} events/s, {per_core[name]:,.0f} per CPU-second")
         throughput = rates["streamrec"]
         run_.start_worker(app_id=f"{settings.app_id}-latency", topic_items=empty_items,
-                          data_dir=str(workdir / "latency"))
+                          data_dir=str(workdir / "latency"),
+                          **own_learning_topics(settings, f"{settings.app_id}-latency"))
         await run_.wait_metric("streamrec_catalogue_items", len(movies))
         lag = GroupLag(settings, f"{settings.app_id}-latency")
         await lag.start()
