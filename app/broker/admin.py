@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 _TOPIC_EXISTS = 36
 _COMPACTED = {"cleanup.policy": "compact"}
 _DEADLETTER = {"retention.ms": str(14 * 24 * 3600 * 1000)}
+# the trainer's input: a restarted trainer resumes from its committed offset, a new one (a
+# new app id) re-learns from what is kept here; a week bounds both the topic and that
+_EXAMPLES = {"retention.ms": str(7 * 24 * 3600 * 1000)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +45,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_recommendations, n, {}),
         TopicSpec(settings.topic_deadletter, n, dict(_DEADLETTER)),
         TopicSpec(settings.topic_catalogue, n, dict(_COMPACTED)),
-        TopicSpec(settings.topic_examples, 1, {}),
+        TopicSpec(settings.topic_examples, 1, dict(_EXAMPLES)),
         TopicSpec(settings.topic_models, 1, dict(_COMPACTED)),
     ]
 

@@ -40,6 +40,8 @@ def test_user_keyed_topics_are_co_partitioned() -> None:
     assert {s.partitions for s in specs if s.name in {"examples", "models"}} == {1}
     compacted = {s.name for s in specs if s.configs.get("cleanup.policy") == "compact"}
     assert compacted == {"items", "users", "catalogue", "models"}
+    examples = next(s for s in specs if s.name == "examples")
+    assert examples.configs == {"retention.ms": str(7 * 24 * 3600 * 1000)}
 
 
 def test_a_foreign_broker_on_the_embedded_port_is_refused() -> None:
