@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from app.broker.reading import read_to_end
 from app.broker.security import client_security
 from app.contract.deadletter import read_headers
 from app.core.versions import HEAD, ModelVersion, Registry, Traffic, compare, encode_version
@@ -98,31 +99,21 @@ async def tail(settings: Settings, topic: str, from_beginning: bool, count: int 
 async def read_models(settings: Settings, within: float = 30.0) -> Registry:
     """The models topic read to its end: the learning variant's head and checkpoints."""
     registry = Registry()
-    consumer = AIOKafkaConsumer(settings.topic_models,
-                                bootstrap_servers=settings.bootstrap_servers(),
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                **client_security(settings))
-    await consumer.start()
-    try:
-        deadline = time.monotonic() + within
-        while not consumer.assignment():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no partition of {settings.topic_models} assigned")
-            await consumer.getmany(timeout_ms=100)
-        ends = await consumer.end_offsets(list(consumer.assignment()))
-
-        async def behind() -> bool:
-            return any([await consumer.position(tp) < end for tp, end in ends.items()])
-
-        while await behind():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{settings.topic_models} not read to its end")
-            for messages in (await consumer.getmany(timeout_ms=200)).values():
-                for message in messages:
-                    registry.apply(message.key, message.value)
-    finally:
-        await consumer.stop()
+    await read_to_end(settings, settings.topic_models, registry.apply, within)
     return registry
+
+
+async def send_models(settings: Settings, records: Iterable[tuple[bytes, bytes]]) -> None:
+    """Publish records on the models topic, in order (a projection before the head that
+    names it)."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(),
+                                max_request_size=4 * 1024 * 1024, **client_security(settings))
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(settings.topic_models, value, key=key)
+    finally:
+        await producer.stop()
 
 
 async def roll_back(settings: Settings, to: str | None) -> ModelVersion:
@@ -137,13 +128,7 @@ async def roll_back(settings: Settings, to: str | None) -> ModelVersion:
     head = msgspec.structs.replace(
         target, origin="command", published_at=int(time.time() * 1000), reward_at=0,
         note=f"rolled back by command from {registry.head.version if registry.head else '-'}")
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(),
-                                **client_security(settings))
-    await producer.start()
-    try:
-        await producer.send_and_wait(settings.topic_models, encode_version(head), key=HEAD)
-    finally:
-        await producer.stop()
+    await send_models(settings, [(HEAD, encode_version(head))])
     return head
 
 

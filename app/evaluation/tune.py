@@ -21,9 +21,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from aiokafka import AIOKafkaProducer
 
-from app.broker.security import client_security
 from app.contract.records import Event
 from app.core.catalogue import VectorIndex
 from app.core.ranking import FEATURES, RankerParams
@@ -50,7 +48,7 @@ from app.evaluation.offline import catalogue_of, simulate
 from app.evaluation.report import _score, without_history
 from app.evaluation.split import Split
 from app.settings import Settings
-from app.tools import read_models
+from app.tools import read_models, send_models
 
 _events = msgspec.json.Decoder(Event)
 
@@ -136,22 +134,14 @@ def run_tune(split: Split, encoder: Encoder, config: TuneConfig, evaluate: bool,
 async def publish(settings: Settings, w1: FloatArray, name: str, note: str) -> ModelVersion:
     """The projection and a head that serves it (the current head's weights, or the
     defaults) on the models topic."""
-    registry = await read_models(settings)
-    current = registry.head
+    current = (await read_models(settings)).head
     weights = current.weights if current is not None else tuple(
-        float(getattr(RankerParams(), name)) for name in FEATURES)
+        float(getattr(RankerParams(), feature)) for feature in FEATURES)
     head = ModelVersion(
         version=f"tuned-{name}", generation=current.generation if current else 0,
         weights=weights, bias=current.bias if current else 0.0,
         steps=current.steps if current else 0, seen=current.seen if current else 0,
         published_at=int(time.time() * 1000), origin="tune", note=note, projection=name)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(),
-                                max_request_size=4 * 1024 * 1024, **client_security(settings))
-    await producer.start()
-    try:
-        await producer.send_and_wait(settings.topic_models, encode_projection(w1),
-                                     key=projection_key(name))
-        await producer.send_and_wait(settings.topic_models, encode_version(head), key=HEAD)
-    finally:
-        await producer.stop()
+    await send_models(settings, [(projection_key(name), encode_projection(w1)),
+                                 (HEAD, encode_version(head))])
     return head

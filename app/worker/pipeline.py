@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import time
@@ -22,9 +21,8 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from aiokafka import AIOKafkaConsumer
 
-from app.broker.security import client_security
+from app.broker.reading import follow
 from app.contract.records import (
     Event,
     ItemOp,
@@ -378,45 +376,3 @@ class Pipeline:
         """Read the whole models topic, then keep following it."""
         await follow(self.settings, self.settings.topic_models, self.feedback.apply_model,
                      self.feedback.synced)
-
-
-async def follow(settings: Settings, topic: str,
-                 apply: Callable[[bytes | None, bytes | None], None],
-                 synced: asyncio.Event, on_synced: Callable[[], None] = lambda: None) -> None:
-    """Apply every record of ``topic`` from its beginning, outside any consumer group, and
-    go on following it; ``synced`` is set (and ``on_synced`` called) once what the topic
-    held at the start is read."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.bootstrap_servers(),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **client_security(settings),
-    )
-    await consumer.start()
-    try:
-        ends: dict[Any, int] = {}
-        while not ends:
-            assigned = consumer.assignment()
-            if assigned:
-                ends = await consumer.end_offsets(list(assigned))
-            else:
-                await asyncio.sleep(0.1)
-        while True:
-            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
-            for messages in batches.values():
-                for message in messages:
-                    apply(message.key, message.value)
-            if not synced.is_set() and await _caught_up(consumer, ends):
-                synced.set()
-                on_synced()
-    finally:
-        with contextlib.suppress(Exception):
-            await consumer.stop()
-
-
-async def _caught_up(consumer: AIOKafkaConsumer, ends: dict[Any, int]) -> bool:
-    for tp, end in ends.items():
-        if int(await consumer.position(tp)) < end:
-            return False
-    return True

@@ -1,0 +1,69 @@
+"""Reading a whole topic outside any consumer group: the catalogue and the models topic,
+which every worker (and an operator's command) reads from the beginning."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+
+from app.broker.security import client_security
+from app.settings import Settings
+
+Apply = Callable[[bytes | None, bytes | None], object]   # a return value is ignored
+
+
+async def follow(settings: Settings, topic: str, apply: Apply, synced: asyncio.Event,
+                 on_synced: Callable[[], None] = lambda: None,
+                 keep_following: bool = True) -> None:
+    """Apply every record of ``topic`` from its beginning, outside any consumer group;
+    ``synced`` is set (and ``on_synced`` called) once what the topic held at the start is
+    read. Then go on following it, or return when not ``keep_following``."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.bootstrap_servers(),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **client_security(settings),
+    )
+    await consumer.start()
+    try:
+        ends: dict[Any, int] = {}
+        while not ends:
+            assigned = consumer.assignment()
+            if assigned:
+                ends = await consumer.end_offsets(list(assigned))
+            else:
+                await asyncio.sleep(0.1)
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            for messages in batches.values():
+                for message in messages:
+                    apply(message.key, message.value)
+            if not synced.is_set() and await _caught_up(consumer, ends):
+                synced.set()
+                on_synced()
+                if not keep_following:
+                    return
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+
+
+async def read_to_end(settings: Settings, topic: str, apply: Apply, within: float) -> None:
+    """Apply what ``topic`` holds now, from its beginning; TimeoutError after ``within`` s."""
+    try:
+        await asyncio.wait_for(follow(settings, topic, apply, asyncio.Event(),
+                                      keep_following=False), within)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{topic} not read to its end in {within:.0f}s") from exc
+
+
+async def _caught_up(consumer: AIOKafkaConsumer, ends: dict[Any, int]) -> bool:
+    for tp, end in ends.items():
+        if int(await consumer.position(tp)) < end:
+            return False
+    return True
