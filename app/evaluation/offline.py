@@ -6,16 +6,24 @@ pipeline would publish it. Quality figures are never quoted from here, only from
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import msgspec
 import numpy as np
 
 from app.contract.records import Event, ItemUpsert
-from app.core.catalogue import entry, item_text
+from app.core.catalogue import VectorIndex, entry, item_text
 from app.core.recommender import Catalogue, Recommender, Request
-from app.core.state import EventContext, StateCodec, UserState, apply_batch, event_fold
+from app.core.state import (
+    Applied,
+    EventContext,
+    StateCodec,
+    UserState,
+    apply_batch,
+    event_fold,
+)
 from app.data import movielens
+from app.data.movielens import Rating
 from app.demo import item_record, rating_records
 from app.encoder.runtime import Encoder
 from app.evaluation.split import Split
@@ -35,20 +43,29 @@ def catalogue_of(split: Split, encoder: Encoder) -> Catalogue:
     return catalogue
 
 
+def folded(split: Split, index: VectorIndex, dimension: int
+           ) -> Iterator[tuple[Rating, UserState, Applied[UserState, Event]]]:
+    """The split's stream through the worker's state fold: each rating with its user's state
+    before it and what folding its events gave."""
+    fold = event_fold(EventContext(item_vector=index.vector, query_vectors={},
+                                   dimension=dimension))
+    states: dict[str, UserState] = {}
+    empty = StateCodec(UserState).empty
+    for rating in split.stream:
+        before = states.get(rating.user_id, empty)
+        events = [_events.decode(value) for _, value in rating_records(split.dataset, rating)]
+        result = apply_batch(before, events, 128, fold)
+        states[rating.user_id] = result.state
+        yield rating, before, result
+
+
 def simulate(split: Split, encoder: Encoder, make: Callable[[Catalogue], Recommender],
              catalogue: Catalogue, k: int = 50) -> dict[str, list[str]]:
     recommender = make(catalogue)
-    fold = event_fold(EventContext(item_vector=catalogue.index.vector, query_vectors={},
-                                   dimension=encoder.dimension))
     last = {r.user_id: n for n, r in enumerate(split.stream)}
-    states: dict[str, UserState] = {}
-    empty = StateCodec(UserState).empty
     lists: dict[str, list[str]] = {}
     request = Request(k=k)
-    for n, rating in enumerate(split.stream):
-        events = [_events.decode(value) for _, value in rating_records(split.dataset, rating)]
-        result = apply_batch(states.get(rating.user_id, empty), events, 128, fold)
-        states[rating.user_id] = result.state
+    for n, (rating, _, result) in enumerate(folded(split, catalogue.index, encoder.dimension)):
         learn_sequence(recommender, result.state, result.applied)
         if last[rating.user_id] == n:
             view = user_view(result.state, encoder.dimension, encoder.encode_query)

@@ -19,21 +19,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 
-from app.contract.records import Event
 from app.core.catalogue import VectorIndex
 from app.core.ranking import FEATURES, RankerParams
 from app.core.recommender import Catalogue, Recommender
-from app.core.state import (
-    EventContext,
-    StateCodec,
-    UserState,
-    apply_batch,
-    event_fold,
-    interest_of,
-)
+from app.core.state import interest_of
 from app.core.tuning import TuneConfig, as_projection, fit, loss
 from app.core.versions import (
     HEAD,
@@ -42,15 +33,12 @@ from app.core.versions import (
     encode_version,
     projection_key,
 )
-from app.demo import rating_records
 from app.encoder.runtime import Encoder, FloatArray
-from app.evaluation.offline import catalogue_of, simulate
+from app.evaluation.offline import catalogue_of, folded, simulate
 from app.evaluation.report import _score, without_history
 from app.evaluation.split import Split
 from app.settings import Settings
 from app.tools import read_models, send_models
-
-_events = msgspec.json.Decoder(Event)
 
 
 def behaviour(split: Split, index: VectorIndex, dimension: int
@@ -59,20 +47,13 @@ def behaviour(split: Split, index: VectorIndex, dimension: int
     ids = [item for item in split.items if item in index]
     row = {item: n for n, item in enumerate(ids)}
     items = index.vectors(ids).astype(np.float32)
-    fold = event_fold(EventContext(item_vector=index.vector, query_vectors={},
-                                   dimension=dimension))
-    empty = StateCodec(UserState).empty
-    states: dict[str, UserState] = {}
     users: list[FloatArray] = []
     targets: list[int] = []
-    for rating in split.stream:
-        state = states.get(rating.user_id, empty)
-        unit = interest_of(state, dimension).unit() if state.interest else None
+    for rating, before, _ in folded(split, index, dimension):
+        unit = interest_of(before, dimension).unit() if before.interest else None
         if unit is not None and rating.item_id in row:
             users.append(unit)
             targets.append(row[rating.item_id])
-        events = [_events.decode(value) for _, value in rating_records(split.dataset, rating)]
-        states[rating.user_id] = apply_batch(state, events, 128, fold).state
     return (np.array(users, dtype=np.float32), np.array(targets, dtype=np.int64), items, ids)
 
 
