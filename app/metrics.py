@@ -184,8 +184,8 @@ class Metrics:
             feedback=Counter(
                 "streamrec_feedback_total",
                 "Accepted feedback by A/B variant of its user and type (impression, click, "
-                "favourite, add_to_cart, purchase): click-through per variant is "
-                "clicks / impressions.",
+                "favourite, add_to_cart, purchase): click-through per variant is clicks / "
+                "streamrec_shown_items_total.",
                 ["variant", "type"],
                 registry=registry,
             ),

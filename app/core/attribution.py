@@ -46,9 +46,8 @@ EXAMPLE_WEIGHTS = {FeedbackType.CLICK: 1.0, FeedbackType.FAVOURITE: 1.5,
 class Example:
     features: tuple[float, ...]
     reward: float                   # 1 acted on, 0 passed over
-    weight: float                   # how much the example counts
-    model_version: str
-    variant: str
+    weight: float                   # how much the example counts (the list it came from,
+                                    # its version and variant, are the Outcome's ``shown``)
 
 
 @dataclass(frozen=True)
@@ -101,11 +100,8 @@ def attribute(state: FeedbackState, feedback: Feedback, ttl_ms: int = TTL_MS,
         if other.item_id == item.item_id:
             continue
         difference = tuple(a - b for a, b in zip(item.features, other.features, strict=True))
-        examples += [
-            Example(difference, REWARDS[feedback.type], weight, shown.model_version,
-                    shown.variant),
-            Example(tuple(-d for d in difference), 0.0, weight, shown.model_version,
-                    shown.variant)]
+        examples += [Example(difference, REWARDS[feedback.type], weight),
+                     Example(tuple(-d for d in difference), 0.0, weight)]
     conversion = (feedback.type is FeedbackType.PURCHASE
                   and feedback.ts - shown.produced_at <= conversion_window_ms)
     return (msgspec.structs.replace(state, counts=counts),

@@ -132,11 +132,12 @@ def recommend_after(recommender: Recommender, encoder: Encoder, state: UserState
     view = user_view(state, encoder.dimension, encoder.encode_query, segments)
     rec_id = uuid.uuid4().hex
     params = params or recommender.params
-    exploring = exploration is not None and exploration.epsilon > 0
-    ranking = recommender.rank(view, request, state.last_ts, params,
-                               extra=exploration.pool if exploring and exploration else 0)
-    if exploring and exploration:
-        ranking = explored(ranking, request.k, exploration, rec_id)
+    if exploration is not None and exploration.epsilon > 0:
+        ranking = explored(recommender.rank(view, request, state.last_ts, params,
+                                            extra=exploration.pool),
+                           request.k, exploration, rec_id)
+    else:
+        ranking = recommender.rank(view, request, state.last_ts, params)
     last = applied[-1]
     record = Recommendation(
         v=1, rec_id=rec_id, user_id=last.user_id, items=ranking.items,
