@@ -90,18 +90,17 @@ def learning_vs_frozen(split: Split, run: ReplayRun, lists: Mapping[str, Sequenc
     for index, variant in enumerate(variants):
         users = [u for u in split.targets if run.user_variants.get(u) == variant]
         mine = log[log[:, 0] == index] if len(log) else log
+        ndcg = _per_user_ndcg(lists, split, users)
         row: dict[str, Any] = {
             "users": len(users),
-            "ndcg10": _mean_with_error(_per_user_ndcg(lists, split, users)),
+            "ndcg10": _mean_with_error(ndcg),
             "lists": len(mine), "clicks": int(mine[:, 1].sum()) if len(mine) else 0,
         }
         row["ctr"] = row["clicks"] / (row["lists"] * SHOWN) if row["lists"] else 0.0
         if plain is not None:
-            paired = (_per_user_ndcg(lists, split, users)
-                      - _per_user_ndcg(plain, split, users))
-            row["ndcg10_in_plain_run"] = _mean_with_error(
-                _per_user_ndcg(plain, split, users))
-            row["paired_difference"] = _mean_with_error(paired)
+            ndcg_plain = _per_user_ndcg(plain, split, users)
+            row["ndcg10_in_plain_run"] = _mean_with_error(ndcg_plain)
+            row["paired_difference"] = _mean_with_error(ndcg - ndcg_plain)
         out["variants"][variant] = row
         curve = []
         for chunk in chunks:
