@@ -187,6 +187,20 @@ def _histogram_shares(before: Samples, after: Samples,
             for b in bounds}
 
 
+def batch_shape(samples: Samples) -> dict[str, float]:
+    """How the events agent's work was cut, from a worker's /metrics: its batches, the
+    events in them, the time spent on each, and the recommendations published (one per
+    user and batch)."""
+    batches = total(samples, "streamrec_batch_records_count", topic="events")
+    events = total(samples, "streamrec_batch_records_sum", topic="events")
+    published = total(samples, "streamrec_recommendations_total")
+    busy = total(samples, "streamrec_batch_seconds_sum", topic="events")
+    return {"batches": batches, "events": events, "recommendations": published,
+            "ms_per_batch": 1000 * busy / batches if batches else float("nan"),
+            "events_per_batch": events / batches if batches else float("nan"),
+            "events_per_recommendation": events / published if published else float("nan")}
+
+
 def own_learning_topics(settings: Settings, job: str) -> dict[str, str]:
     """Each job its own examples and models topics: a job's trainer (a fresh consumer
     group) would otherwise read every example the jobs before it produced (the naive job
@@ -209,6 +223,8 @@ async def _write_profile(spy: subprocess.Popen[bytes], raw: Path, target: Path) 
     await asyncio.to_thread(spy.wait, 60)
     summary = await asyncio.to_thread(summarise_profile, raw)
     await asyncio.to_thread(target.write_text, summary)
+    # the collapsed stacks themselves, for a flame graph or a closer look
+    await asyncio.to_thread(shutil.copyfile, raw, target.with_suffix(".stacks"))
 
 
 def summarise_profile(raw: Path, top: int = 25) -> str:
@@ -287,6 +303,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         producer_rate = len(records) / (time.time() - started)
         rates: dict[str, float] = {}
         per_core: dict[str, float] = {}   # events per CPU-second of the worker process
+        shape: dict[str, float] = {}      # the StreamRec job's batches and recommendations
         empty_items = f"{settings.topic_items}-none"  # variants must not re-embed the catalogue
         variants = VARIANTS if references else {"streamrec": VARIANTS["streamrec"]}
         for name, (module, overrides) in variants.items():
@@ -304,6 +321,11 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             if spy is not None and profile is not None:
                 await _write_profile(spy, workdir / "profile.txt", profile)
                 say(f"  profile: {profile}")
+            if name == "streamrec":
+                shape = batch_shape(await asyncio.to_thread(scrape, run_.metrics_url))
+                say(f"  {shape['events_per_batch']:,.0f} events per batch "
+                    f"({shape['ms_per_batch']:,.1f} ms each), "
+                    f"{shape['events_per_recommendation']:,.1f} per recommendation")
             run_.stop_worker()
             say(f"  {rates[name]:,.0f} events/s, {per_core[name]:,.0f} per CPU-second")
         throughput = rates["streamrec"]
@@ -322,10 +344,17 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         collector = asyncio.create_task(_collect(broker, settings.topic_recommendations,
                                                  recs, stop))
         await asyncio.sleep(2.0)
+        before = await asyncio.to_thread(scrape, run_.metrics_url)
         sent: dict[str, float] = {}
         ends = {}
         await produce_records(broker, settings.topic_events, paced, rate, sent, ends)
         await _drain(lag, ends, len(paced), say)
+        after = await asyncio.to_thread(scrape, run_.metrics_url)
+        paced_shape = batch_shape({key: value - before.get(key, 0.0)
+                                   for key, value in after.items()})
+        say(f"  {paced_shape['events_per_batch']:,.0f} events per batch "
+            f"({paced_shape['ms_per_batch']:,.1f} ms each), "
+            f"{paced_shape['events_per_recommendation']:,.1f} per recommendation")
         await asyncio.sleep(2.0)
         stop.set()
         await collector
@@ -373,6 +402,8 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             "events_per_second": throughput,
             "variants_events_per_second": rates,
             "variants_events_per_cpu_second": per_core,
+            "backlog_batches": shape,
+            "latency_batches": paced_shape,
             "producer_events_per_second": producer_rate,
             "latency_rate_per_second": rate,
             "latency_events": len(paced),
@@ -416,6 +447,14 @@ def markdown(report: dict[str, Any]) -> str:
         "| measure | value |",
         "| --- | ---: |",
         f"| catalogue embedded and indexed | {report['catalogue_seconds']:.1f} s |",
+        *([f"| StreamRec's backlog: events per batch / per recommendation | "
+           f"{report['backlog_batches']['events_per_batch']:,.0f} / "
+           f"{report['backlog_batches']['events_per_recommendation']:,.1f} |"]
+          if report.get("backlog_batches") else []),
+        *([f"| latency load: events per batch / per recommendation | "
+           f"{report['latency_batches']['events_per_batch']:,.0f} / "
+           f"{report['latency_batches']['events_per_recommendation']:,.1f} |"]
+          if report.get("latency_batches") else []),
         f"| producer alone, events/s | {report['producer_events_per_second']:,.0f} |",
         f"| latency load | {report['latency_rate_per_second']:,.0f} events/s |",
         f"| event -> recommendation p50 | {lat['p50']:.1f} ms |",
