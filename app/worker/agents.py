@@ -39,7 +39,7 @@ from app.core.state import (
 from app.metrics import Metrics
 from app.settings import Settings
 from app.worker.declarations import Declarations
-from app.worker.faust_compat import acting_as, consumer_lag, table_keys
+from app.worker.faust_compat import acting_as, consumer_lag, table_keys, take_batches
 
 if TYPE_CHECKING:
     from app.worker.pipeline import Pipeline
@@ -289,9 +289,14 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
     decl.app.timer(15.0)(report_table_sizes)
     for topic, flow in flows(decl, metrics, pipeline):
 
-        async def agent(stream: Any, flow: Flow[Any, Any] = flow) -> None:
-            async for batch in stream.take_events(
-                settings.batch_max, settings.batch_within_seconds
+        def waiting(topic: str = topic.get_topic_name()) -> int:
+            return sum(consumer_lag(decl.app, {topic}).values())
+
+        async def agent(stream: Any, flow: Flow[Any, Any] = flow,
+                        behind: Callable[[], int] = waiting) -> None:
+            async for batch in take_batches(
+                stream, settings.batch_max, settings.batch_within_seconds,
+                settings.batch_backlog_seconds, behind,
             ):
                 await process_batch(flow, batch, deadletters, metrics, settings.dedup_window)
 

@@ -4,12 +4,16 @@ Faust tables find the partition of a changelog write through the "current event"
 variable, which Faust sets only on its per-event path. Inside ``stream.take_events()`` the
 agent handles a whole batch, so before it writes a key's state it sets the current event to
 that key's last event itself (faust-streaming issue #497). A test covers this.
+
+Agents take their batches with :func:`take_batches`, Faust's ``take_events`` with a window
+that grows under a backlog (docs/pipeline.md, "Batches and freshness").
 """
 
 from __future__ import annotations
 
+import asyncio
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -61,3 +65,83 @@ def table_keys(table: Any) -> int:
         estimate = db.property_int_value("rocksdb.estimate-num-keys")
         total += int(estimate or 0)
     return total
+
+
+def take_batches(stream: Any, max_: int, within: float, backlog_within: float,
+                 behind: Callable[[], int]) -> AsyncIterator[list[Any]]:
+    """Batches of a stream's events, as ``stream.take_events(max_, within)`` gives them
+    (each acked once the caller asks for the next), except under a backlog: while at least
+    ``max_`` more records wait on the broker (``behind()``) and the batch keeps filling
+    fast (a tenth of ``max_`` in the last ``within``), it waits another ``within``, up to
+    ``backlog_within`` in all. A bigger batch covers more of each user's burst (one
+    recommendation instead of several for states the next batch would replace); at
+    ordinary rates nothing waits on the broker and a batch closes after ``within`` as
+    before. Built on the private hooks of Faust's own ``take_events``: a processor that
+    buffers each event, and the stream's passive drainer.
+
+    (Measured and rejected: opening a batch's window when the previous batch is handed
+    out rather than when the caller is done with it. Batches at half load shrank, cost
+    more per event, and the worker fell seconds behind: p50 1.2 s instead of 24 ms.)"""
+    batches = _take_batches(stream, max_, within, backlog_within, behind)
+    active = getattr(stream, "_active_agens", None)   # closed when the stream stops, as
+    if active is not None:                            # Faust does with take_events
+        active.add(batches)
+    return batches
+
+
+async def _take_batches(stream: Any, max_: int, within: float, backlog_within: float,
+                        behind: Callable[[], int]) -> AsyncIterator[list[Any]]:
+    loop = asyncio.get_running_loop()
+    fast = max(1, max_ // 10)
+    events: list[Any] = []
+    full = asyncio.Event()
+    consumed = asyncio.Event()
+    consuming: asyncio.Future[None] | None = None
+
+    async def buffer(value: Any) -> Any:
+        nonlocal consuming
+        if consuming is not None:   # the caller is working on the last batch: wait for it
+            try:
+                await consuming
+            finally:
+                consuming = None
+        event = stream.current_event
+        if event is None:
+            raise RuntimeError("an event reached the batch buffer without its context")
+        events.append(event)
+        if len(events) >= max_:
+            full.set()
+            consumed.clear()
+            await stream.wait(consumed)
+        return value
+
+    acks = stream.enable_acks
+    stream.enable_acks = False   # acked here, once the caller is done with a batch
+    stream.add_processor(buffer)
+    stream._enable_passive(aiter(stream.channel))
+    try:
+        while not stream.should_stop:
+            await stream.wait_for_stopped(full, timeout=within)
+            waited, held = within, 0
+            while (len(events) - held >= fast and waited < backlog_within
+                   and not full.is_set() and behind() >= max_):
+                held = len(events)
+                await stream.wait_for_stopped(full, timeout=within)
+                waited += within
+            if not events:
+                continue
+            consuming = loop.create_future()
+            batch = list(events)
+            try:
+                yield batch
+            finally:
+                events.clear()
+                for event in batch:
+                    await stream.ack(event)
+                if not consuming.done():
+                    consuming.set_result(None)
+                full.clear()
+                consumed.set()
+    finally:
+        stream.enable_acks = acks
+        stream._processors.remove(buffer)

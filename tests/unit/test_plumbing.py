@@ -93,3 +93,50 @@ def test_kraft_cluster_ids_never_look_like_an_option() -> None:
     assert len(ids) == 2000
     assert not any(i.startswith("-") for i in ids)
     assert all(len(i) == 22 for i in ids)
+
+
+def _batch_sizes(waiting_on_broker: int) -> list[int]:
+    """take_batches over a Faust channel fed 60 events every 15 ms (600 in all): the batch
+    sizes, with ``waiting_on_broker`` records reported as not yet read."""
+    import asyncio
+
+    from app.worker.faust_compat import take_batches
+
+    async def run() -> list[int]:
+        app = faust.App("take-batches-test", broker="kafka://localhost:1", store="memory://")
+        app.flow_control.resume()   # (a started app does this)
+        channel = app.channel()
+        stream = channel.stream()
+        sizes: list[int] = []
+        everything = asyncio.Event()
+
+        async def consume() -> None:
+            async for batch in take_batches(stream, 1000, 0.05, 1.0,
+                                            lambda: waiting_on_broker):
+                sizes.append(len(batch))
+                if sum(sizes) >= 600:
+                    everything.set()
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.01)
+        for _ in range(10):
+            for value in range(60):
+                await channel.send(value=value)
+            await asyncio.sleep(0.015)
+        await everything.wait()
+        task.cancel()
+        # iterating a stream made the app's Kafka consumer, whose thread has a loop of its
+        # own (never started here): close it
+        app.consumer._thread.thread_loop.close()
+        return sizes
+
+    return asyncio.run(asyncio.wait_for(run(), 20))
+
+
+def test_batches_grow_only_while_a_backlog_waits_on_the_broker() -> None:
+    ordinary = _batch_sizes(waiting_on_broker=0)
+    backlog = _batch_sizes(waiting_on_broker=5_000)
+    assert sum(ordinary) == sum(backlog) == 600   # every event, once
+    assert len(ordinary) >= 3                      # each batch closed after `within`
+    assert max(backlog) > 2 * max(ordinary)        # kept filling while events kept coming
+
