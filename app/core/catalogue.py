@@ -152,6 +152,7 @@ class VectorIndex:
         self._row: dict[str, int] = {}
         self._free: list[int] = []
         self._used = 0
+        self.version = 0   # bumped by every change: answers cached for a version stay true
 
     def __len__(self) -> int:
         return len(self._row)
@@ -160,6 +161,7 @@ class VectorIndex:
         return item_id in self._row
 
     def upsert(self, item_id: str, vector: FloatArray, available: bool = True) -> None:
+        self.version += 1
         row = self._row.get(item_id)
         if row is None:
             row = self._free.pop() if self._free else self._next_row()
@@ -197,6 +199,7 @@ class VectorIndex:
         return self._used - 1
 
     def remove(self, item_id: str) -> None:
+        self.version += 1
         row = self._row.pop(item_id, None)
         if row is not None:
             self._live[row] = False
@@ -245,16 +248,20 @@ class VectorIndex:
     def exact_search(self, query: FloatArray, k: int, exclude: set[str] | None = None
                      ) -> list[tuple[str, float]]:
         """The exact k live items with the highest inner product with ``query``."""
-        scores = self._matrix[: self._used] @ query
-        scores = np.where(self._live[: self._used], scores, -np.inf)
+        used = self._used
+        scores = self._matrix[:used] @ query
+        scores[~self._live[:used]] = -np.inf
         if exclude:
-            for item in exclude:
-                row = self._row.get(item)
-                if row is not None and row < self._used:
-                    scores[row] = -np.inf
-        k = min(k, int(np.isfinite(scores).sum()))
+            row = self._row.get
+            rows = [r for r in map(row, exclude) if r is not None]
+            scores[rows] = -np.inf
+        k = min(k, used)
         if k <= 0:
             return []
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top])]
-        return [(str(self._ids[i]), float(scores[i])) for i in top]
+        ids, values = self._ids, scores[top].tolist()
+        found = [(ids[i], v) for i, v in zip(top.tolist(), values, strict=True)]
+        if values[-1] == -np.inf:   # fewer live, unexcluded items than asked for
+            found = [(i, v) for i, v in found if v != -np.inf]
+        return found

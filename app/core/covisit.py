@@ -109,11 +109,17 @@ class CoVisitation:
 
     def observe(self, history: Sequence[str], item: str, weight: float = 1.0) -> None:
         """Record that ``item`` follows ``history`` (the user's items, oldest first)."""
+        target = self._id(item)
+        out, most = self.out, 2 * self.max_neighbours
         for distance, previous in enumerate(reversed(history[-self.window:]), start=1):
             if previous == item:
                 continue
             strength = weight / distance
-            self._add(previous, item, strength)
+            edges = out.get(previous)
+            if edges is None:
+                edges = out[previous] = _Out()
+            if edges.add(target, strength) > most:
+                edges.keep_strongest(self.max_neighbours)
             if self.backward:
                 self._add(item, previous, strength * self.backward)
 
@@ -171,12 +177,15 @@ class CoVisitation:
         flat = np.concatenate(ids)
         contribution = np.concatenate(contributions)
         source_of = np.concatenate(sources)
-        targets, inverse = np.unique(flat, return_inverse=True)
-        totals: Floats = np.bincount(inverse, weights=contribution,
-                                     minlength=len(targets)).astype(np.float64)
+        # summed over the whole id space (a few thousand floats) rather than over np.unique
+        reached = np.zeros(len(self.names), dtype=bool)
+        reached[flat] = True
+        targets = np.flatnonzero(reached)
+        totals: Floats = np.bincount(flat, weights=contribution,
+                                     minlength=len(self.names))[targets]
         # per target, the strongest contribution (the earliest recent item on ties)
-        by_target = np.lexsort((-contribution, inverse))
-        firsts = by_target[np.r_[0, np.flatnonzero(np.diff(inverse[by_target])) + 1]]
+        strongest = np.argsort(-contribution, kind="stable")
+        _, firsts = np.unique(flat[strongest], return_index=True)
         order = np.argsort(-totals, kind="stable")
-        return Neighbourhood(self.names, self.index, targets, totals, source_of[firsts],
-                             contributors, order)
+        return Neighbourhood(self.names, self.index, targets, totals,
+                             source_of[strongest[firsts]], contributors, order)

@@ -82,7 +82,9 @@ def score(user: FloatArray | None, candidates: Candidates, params: RankerParams)
         semantic = np.zeros(n, dtype=np.float32)
     else:
         u = project(user[None, :], params.w1, params.b1)[0]
-        semantic = (project(candidates.vectors, params.w2, params.b2) @ u).astype(np.float32)
+        items = candidates.vectors if params.w2 is None and params.b2 is None else project(
+            candidates.vectors, params.w2, params.b2)   # (item vectors are unit rows)
+        semantic = (items @ u).astype(np.float32)
     popularity = _scaled(candidates.popularity)
     features = {
         "semantic": semantic,
@@ -113,11 +115,29 @@ def allowed(candidates: Candidates, blocked: set[str], allow_categories: set[str
 
 def mmr(relevance: FloatArray, vectors: FloatArray, k: int, lam: float) -> list[int]:
     """Maximal marginal relevance: repeatedly take the item maximising
-    lam * relevance - (1 - lam) * (its highest cosine to anything already taken)."""
+    lam * relevance - (1 - lam) * (its highest cosine to anything already taken).
+
+    Only candidates that can win a round take part: while fewer than k are taken, one of
+    the k most relevant is still there, worth at least lam * (k-th relevance) - (1 - lam);
+    a candidate worth at most lam * relevance + (1 - lam) below that never wins (cosines
+    lie in [-1, 1]). The picks are the same; the loop runs over tens of rows, not
+    hundreds."""
+    n = len(relevance)
+    if n == 0 or k <= 0:
+        return []
+    finite = np.flatnonzero(np.isfinite(relevance))
+    if 0.0 < lam <= 1.0 and len(finite) > k:
+        kth = np.partition(relevance[finite], len(finite) - k)[len(finite) - k]
+        floor = kth - 2.0 * (1.0 - lam) / lam - 1e-6
+        contenders = finite[relevance[finite] >= floor]   # ascending: ties keep their order
+        picks = _mmr(relevance[contenders], vectors[contenders], k, lam)
+        return [int(contenders[p]) for p in picks]
+    return _mmr(relevance, vectors, k, lam)
+
+
+def _mmr(relevance: FloatArray, vectors: FloatArray, k: int, lam: float) -> list[int]:
     n = len(relevance)
     chosen: list[int] = []
-    if n == 0 or k <= 0:
-        return chosen
     closest = np.full(n, -np.inf, dtype=np.float32)
     available = np.ones(n, dtype=bool)
     for _ in range(min(k, n)):

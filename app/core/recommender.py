@@ -35,6 +35,8 @@ FloatArray = npt.NDArray[np.float32]
 
 SOURCES = frozenset({"encoder", "covisit", "popular"})
 FRESHNESS_HALF_LIFE_MS = 30 * DAY_MS  # a new item's freshness halves every 30 days
+QUERY_MARGIN = 64        # items kept beyond what a query needs, for the ones a user blocks
+QUERY_CACHE_SIZE = 1024  # recent queries whose nearest items are kept
 VERBS = {"view": "viewed", "add_to_cart": "added", "purchase": "bought", "search": "searched"}
 
 
@@ -195,6 +197,9 @@ class Recommender:
     # what is popular per profile segment: the answer for new users whose profile is known
     segment_popularity: dict[str, Popularity] = field(default_factory=dict)
     new_user_events: int = 5       # fewer recent items than this: a new user
+    # each recent search query's nearest items, for the catalogue version they were found in
+    _query_cache: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    _query_version: int = field(default=-1, repr=False)
 
     def learn_segments(self, segments: Sequence[str], item_id: str, weight: float,
                        ts: int) -> None:
@@ -243,8 +248,7 @@ class Recommender:
                 found[item] = None
                 counts["encoder"] += 1
         if user.query is not None and "encoder" in self.sources:
-            for item, _ in self.catalogue.index.search(user.query[1], self.per_source // 4,
-                                                       blocked):
+            for item in self._query_hits(user.query, self.per_source // 4, blocked):
                 found[item] = None
         recent = user.recent[-self.covisit_recent:]
         co = self.covisit.candidates(((i, w) for i, _, w in recent), self.covisit_neighbours) \
@@ -283,6 +287,29 @@ class Recommender:
             categories=[x.category for x in info],
         )
         return candidates, counts
+
+    def _query_hits(self, query: tuple[str, FloatArray], k: int, blocked: set[str]
+                    ) -> list[str]:
+        """The k items nearest a search query, leaving out ``blocked``. A query's nearest
+        items depend only on the catalogue, and a search steers a user's lists for a day:
+        its top k + QUERY_MARGIN are kept per query until the catalogue changes, and the
+        blocked ones are dropped from them (the same k as a search that excludes them,
+        unless more than the margin are blocked: then it searches)."""
+        index = self.catalogue.index
+        if self._query_version != index.version:
+            self._query_cache.clear()
+            self._query_version = index.version
+        text, vector = query
+        ranked = self._query_cache.pop(text, None)
+        if ranked is None:
+            ranked = [item for item, _ in index.search(vector, k + QUERY_MARGIN)]
+            if len(self._query_cache) >= QUERY_CACHE_SIZE:
+                del self._query_cache[next(iter(self._query_cache))]
+        self._query_cache[text] = ranked   # (re)inserted last: the oldest goes first
+        hits = [item for item in ranked if item not in blocked][:k]
+        if len(hits) < k and len(ranked) == k + QUERY_MARGIN:
+            hits = [item for item, _ in index.search(vector, k, blocked)]
+        return hits
 
     def recommend(self, user: UserView, request: Request, now: int,
                   params: RankerParams | None = None

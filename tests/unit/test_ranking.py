@@ -135,6 +135,22 @@ def test_mmr_diversifies() -> None:
     assert mmr(filtered, VECTORS, 5, lam=0.85) == [0, 2]  # never a filtered or repeated item
 
 
+def test_mmr_leaves_out_only_candidates_that_cannot_win() -> None:
+    """The pruned MMR picks exactly what the loop over every candidate picks."""
+    from app.core.ranking import _mmr
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        n = int(rng.integers(1, 300))
+        vectors = rng.standard_normal((n, 16)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        relevance = (rng.standard_normal(n) * rng.choice([0.05, 0.3, 1.0])).astype(np.float32)
+        relevance[rng.random(n) < 0.2] = -np.inf
+        if trial % 10 == 0:
+            relevance[: n // 2] = relevance[0]   # ties
+        k, lam = int(rng.integers(1, 25)), float(rng.choice([0.3, 0.8, 0.95, 1.0]))
+        assert mmr(relevance, vectors, k, lam) == _mmr(relevance, vectors, k, lam)
+
+
 def test_explanations_name_the_strongest_signal() -> None:
     cands = candidates(covisit=[0, 0, 0, 0, 5.0], source=[None, None, None, None, "b2"])
     scored = score(A1, cands, RankerParams())

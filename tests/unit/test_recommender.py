@@ -289,3 +289,30 @@ def test_a_view_then_purchase_of_the_same_item_is_one_visit() -> None:
     regrown = Recommender(cat)
     rebuild_memory(regrown, [(state, ())])
     assert regrown.covisit.edges == live.covisit.edges
+
+
+def test_a_query_s_nearest_items_are_kept_until_the_catalogue_changes() -> None:
+    """The kept answer is the searched one: blocked items left out, a margin too small
+    falls back to searching, and a catalogue change is seen at once."""
+    import app.core.recommender as module
+
+    rng = np.random.default_rng(3)
+    cat = Catalogue(8)
+    for n in range(300):
+        vector = rng.standard_normal(8).astype(np.float32)
+        cat.upsert(entry(ItemUpsert(v=1, event_id=f"c{n}", item_id=f"i{n}", ts=0,
+                                    title=f"i{n}"), vector / np.linalg.norm(vector), "t"))
+    recommender = Recommender(cat)
+    query = ("space films", unit(*rng.standard_normal(8)))
+
+    def searched(blocked: set[str]) -> list[str]:
+        return [item for item, _ in cat.index.search(query[1], 25, blocked)]
+
+    for blocked in (set(), set(searched(set())[:10]), set(searched(set())[:5]) | {"i7"}):
+        assert recommender._query_hits(query, 25, blocked) == searched(blocked)
+    too_many = set(searched(set())[: 25 + module.QUERY_MARGIN])   # more than the margin
+    assert recommender._query_hits(query, 25, too_many) == searched(too_many)
+    best = searched(set())[0]
+    cat.delete(best)
+    assert best not in recommender._query_hits(query, 25, set())
+    assert recommender._query_hits(query, 25, set()) == searched(set())
