@@ -182,7 +182,7 @@ class CoVisitation:
         reached[flat] = True
         targets = np.flatnonzero(reached)
         totals: Floats = np.bincount(flat, weights=contribution,
-                                     minlength=len(self.names))[targets]
+                                     minlength=len(self.names))[targets].astype(np.float64)
         # per target, the strongest contribution (the earliest recent item on ties)
         strongest = np.argsort(-contribution, kind="stable")
         _, firsts = np.unique(flat[strongest], return_index=True)
