@@ -174,13 +174,19 @@ class Encoder:
             out[chunk] = self.run(ids, mask)
         return out
 
-    def encode_query(self, text: str) -> FloatArray:
-        """One query, through the LRU cache."""
+    def cached_query(self, text: str) -> FloatArray | None:
+        """A query's vector if the LRU cache holds it (no model run)."""
         with self._cache_lock:
             cached = self._cache.get(text)
             if cached is not None:
                 self._cache.move_to_end(text)
-                return cached
+            return cached
+
+    def encode_query(self, text: str) -> FloatArray:
+        """One query, through the LRU cache."""
+        cached = self.cached_query(text)
+        if cached is not None:
+            return cached
         vector: FloatArray = self.encode([text], kind="query")[0]
         vector.setflags(write=False)
         with self._cache_lock:

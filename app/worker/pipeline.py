@@ -249,11 +249,13 @@ class Pipeline:
 
     async def prepare_events(self, records: list[Event]) -> Callable[[UserState, Event],
                                                                      UserState]:
-        queries = sorted({r.query for r in records if isinstance(r, Search)})
-        vectors = list(await self._embed(queries, "queries", "query")) if queries else []
+        queries = {r.query for r in records if isinstance(r, Search)}
+        known = {q: v for q in queries if (v := self.encoder.cached_query(q)) is not None}
+        new = sorted(queries - known.keys())   # only these need the model (in a thread)
+        vectors = list(await self._embed(new, "queries", "query")) if new else []
         context = EventContext(
             item_vector=self.recommender.catalogue.index.vector,
-            query_vectors=dict(zip(queries, vectors, strict=True)),
+            query_vectors={**known, **dict(zip(new, vectors, strict=True))},
             dimension=self.encoder.dimension,
         )
         return event_fold(context)
