@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import msgspec
 import typer
 
 from app import __version__
+from app.logs import configure_logging
 from app.settings import get_settings, settings_markdown
 
 cli = typer.Typer(
@@ -33,9 +33,7 @@ cli.add_typer(model_cli, name="model")
 
 
 def _logging() -> None:
-    level = get_settings().log_level.upper()
-    logging.basicConfig(level=level, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    configure_logging(get_settings().log_level)
 
 
 @cli.command()
@@ -380,7 +378,8 @@ def bench_pipeline(
     = None,
     profile: Annotated[Path | None, typer.Option(
         help="Profile the StreamRec worker with py-spy while it works off the backlog and "
-             "write where the time went to this file.")] = None,
+             "write where the time went to this file (and to F-latency, F-pull for the "
+             "paced and pull phases).")] = None,
     references: Annotated[bool, typer.Option(
         help="Also run the reference jobs (decode-only ceiling, naive, Quix Streams); "
              "--no-references times StreamRec alone, for quick iterations.")] = True,

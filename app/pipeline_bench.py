@@ -347,8 +347,13 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         before = await asyncio.to_thread(scrape, run_.metrics_url)
         sent: dict[str, float] = {}
         ends = {}
+        spy = _start_profiler(run_, workdir / "profile-latency.txt") \
+            if profile is not None else None
         await produce_records(broker, settings.topic_events, paced, rate, sent, ends)
         await _drain(lag, ends, len(paced), say)
+        if spy is not None and profile is not None:
+            await _write_profile(spy, workdir / "profile-latency.txt",
+                                 profile.with_name(f"{profile.stem}-latency{profile.suffix}"))
         after = await asyncio.to_thread(scrape, run_.metrics_url)
         paced_shape = batch_shape({key: value - before.get(key, 0.0)
                                    for key, value in after.items()})

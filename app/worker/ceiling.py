@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import faust
-
 from app.settings import get_settings
 from app.worker.declarations import _app
-from app.worker.main import _new_loop
+from app.worker.main import _new_loop, faust_worker
 
 
 def main() -> None:
@@ -30,9 +28,7 @@ def main() -> None:
                 _ = event.message.value
 
     app.agent(events, name="streamrec.ceiling")(drain)
-    worker: Any = faust.Worker(app, loop=_new_loop(), loglevel=settings.log_level, quiet=True,
-                               redirect_stdouts=False)
-    worker.execute_from_commandline()
+    faust_worker(app, _new_loop(), settings).execute_from_commandline()
 
 
 if __name__ == "__main__":

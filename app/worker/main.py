@@ -16,6 +16,7 @@ from app.contract.records import Event, UserProfile
 from app.core.attribution import remember
 from app.core.state import FeedbackState, ProfileState, Shown, StateCodec, UserState
 from app.encoder.runtime import Encoder
+from app.logs import configure_logging
 from app.metrics import Metrics
 from app.settings import Settings
 from app.worker import agents, web
@@ -111,6 +112,13 @@ def one_blas_thread() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
+def faust_worker(app: Any, loop: asyncio.AbstractEventLoop, settings: Settings) -> Any:
+    """Faust's worker for ``app``, logging as every StreamRec process does (app.logs)."""
+    configure_logging(settings.log_level)
+    return faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True,
+                        redirect_stdouts=False, override_logging=False)
+
+
 def run_worker(settings: Settings) -> None:
     """Run one worker until it is stopped (SIGINT/SIGTERM). Starts the embedded broker first
     when no broker is configured and none is listening on the embedded port."""
@@ -120,10 +128,7 @@ def run_worker(settings: Settings) -> None:
         loop = _new_loop()
         loop.run_until_complete(prepare(settings))
         decl = build(settings)
-        worker: Any = faust.Worker(
-            decl.app, loop=loop, loglevel=settings.log_level, quiet=True, redirect_stdouts=False
-        )
-        worker.execute_from_commandline()
+        faust_worker(decl.app, loop, settings).execute_from_commandline()
     finally:
         if broker is not None:
             broker.stop()
