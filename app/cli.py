@@ -378,8 +378,12 @@ def bench_pipeline(
     = None,
     profile: Annotated[Path | None, typer.Option(
         help="Profile the StreamRec worker with py-spy while it works off the backlog and "
-             "write where the time went to this file (and to F-latency, F-pull for the "
-             "paced and pull phases).")] = None,
+             "write where the time went to this file (and to F-pull for the pull phase).")]
+    = None,
+    profile_paced: Annotated[bool, typer.Option(
+        help="With --profile, also profile the paced phase (to F-latency). The sampler "
+             "shares the cores: the latency measured is then not the figure of record.")]
+    = False,
     references: Annotated[bool, typer.Option(
         help="Also run the reference jobs (decode-only ceiling, naive, Quix Streams); "
              "--no-references times StreamRec alone, for quick iterations.")] = True,
@@ -394,7 +398,7 @@ def bench_pipeline(
 
     report = asyncio.run(pipeline_bench.run(
         events, partitions, broker, latency_seconds, say, pull_rate, pull_seconds, profile,
-        references))
+        references, profile_paced))
     if plot_path is not None:
         say(f"wrote {plot_path}" if pipeline_bench.plot(report, plot_path)
             else "matplotlib is not installed: no plot")

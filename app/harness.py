@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 
 from app.broker.admin import end_tracker
 from app.broker.apache import free_port
-from app.broker.embedded import stop_process
+from app.broker.embedded import die_with_parent, stop_process
 from app.metrics import scrape, total
 from app.settings import Settings
 
@@ -55,7 +55,8 @@ class WorkerRun:
         args = [sys.executable, "-m", module] + (["worker"] if module == "app.cli" else [])
         with self.log.open("ab") as log:
             self.worker = subprocess.Popen(args, env=env, stdout=log,
-                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           preexec_fn=die_with_parent)
 
     def alive(self) -> bool:
         return self.worker is not None and self.worker.poll() is None

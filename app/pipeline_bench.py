@@ -270,7 +270,7 @@ VARIANTS = {
 async def run(events: int, partitions: int, broker: str | None, latency_seconds: float,
               say: Callable[[str], None], pull_rate: float = 500.0,
               pull_seconds: float = 20.0, profile: Path | None = None,
-              references: bool = True) -> dict[str, Any]:
+              references: bool = True, profile_paced: bool = False) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     local: KafkaBroker | None = None
     if broker is None:
@@ -348,7 +348,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         sent: dict[str, float] = {}
         ends = {}
         spy = _start_profiler(run_, workdir / "profile-latency.txt") \
-            if profile is not None else None
+            if profile is not None and profile_paced else None
         await produce_records(broker, settings.topic_events, paced, rate, sent, ends)
         await _drain(lag, ends, len(paced), say)
         if spy is not None and profile is not None:

@@ -20,7 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
-from app.broker.embedded import stop_process
+from app.broker.embedded import die_with_parent, stop_process
 
 HERE = Path(__file__).parent
 POM = HERE / "kafka-pom.xml"
@@ -156,6 +156,7 @@ class KafkaBroker:
         self._process = subprocess.Popen(
             [java, *jvm, "-cp", classpath, "kafka.Kafka", str(props)],
             stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         logfile.close()
         deadline = time.monotonic() + timeout

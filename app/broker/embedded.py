@@ -36,6 +36,8 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 SESSION_TIMEOUT_SECONDS = 10.0
+PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 CLUSTER_ID_PREFIX = "streamrec-embedded-"
 
 
@@ -66,6 +68,15 @@ def tansu_binary(cache_dir: Path) -> Path:
             shutil.copyfile(path, target)
         target.chmod(target.stat().st_mode | stat.S_IXUSR)
         return target
+
+
+def die_with_parent() -> None:
+    """For ``Popen(preexec_fn=...)``: the child is sent SIGTERM when the thread that
+    started it exits (Linux; elsewhere nothing). A killed benchmark or test run then leaves
+    no worker or broker behind: an orphaned worker whose broker has gone retries forever,
+    logging errors and burning a core that the next measurement shares."""
+    if _prctl is not None:   # (resolved beforehand: the child only makes the call)
+        _prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:

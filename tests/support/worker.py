@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 from app.broker.apache import free_port
-from app.broker.embedded import stop_process
+from app.broker.embedded import die_with_parent, stop_process
 from app.metrics import scrape, total
 from app.settings import Settings
 
@@ -55,6 +55,7 @@ class WorkerProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "worker"],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
             )
         return self
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import faust
 import pytest
 from faust.streams import current_event
@@ -140,3 +142,34 @@ def test_batches_grow_only_while_a_backlog_waits_on_the_broker() -> None:
     assert len(ordinary) >= 3                      # each batch closed after `within`
     assert max(backlog) > 2 * max(ordinary)        # kept filling while events kept coming
 
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_started_worker_or_broker_dies_with_the_process_that_started_it() -> None:
+    """A killed benchmark or test run must leave nothing behind (die_with_parent)."""
+    import subprocess
+    import time
+
+    code = ("import subprocess, sys, time\n"
+            "from app.broker.embedded import die_with_parent\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+            " preexec_fn=die_with_parent)\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+
+    def state() -> str:   # Z: exited, waiting for init to reap it
+        try:
+            with open(f"/proc/{child}/status") as status:
+                return next(line.split()[1] for line in status if line.startswith("State:"))
+        except FileNotFoundError:
+            return "gone"
+
+    deadline = time.monotonic() + 10
+    while state() not in ("Z", "gone") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state() in ("Z", "gone")
