@@ -156,11 +156,11 @@ def test_a_started_worker_or_broker_dies_with_the_process_that_started_it() -> N
             " preexec_fn=die_with_parent)\n"
             "print(child.pid, flush=True)\n"
             "time.sleep(60)\n")
-    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert parent.stdout is not None
-    child = int(parent.stdout.readline())
-    parent.kill()
-    parent.wait()
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                          text=True) as parent:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        parent.kill()
 
     def state() -> str:   # Z: exited, waiting for init to reap it
         try:
