@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import faust
 import pytest
@@ -97,9 +98,9 @@ def test_kraft_cluster_ids_never_look_like_an_option() -> None:
     assert all(len(i) == 22 for i in ids)
 
 
-def _batch_sizes(waiting_on_broker: int) -> list[int]:
-    """take_batches over a Faust channel fed 60 events every 15 ms (600 in all): the batch
-    sizes, with ``waiting_on_broker`` records reported as not yet read."""
+def _batch_sizes(waiting_on_broker: int | Callable[[], int], chunks: int = 10) -> list[int]:
+    """take_batches over a Faust channel fed 60 events every 15 ms (``chunks`` times): the
+    batch sizes, with ``waiting_on_broker`` records reported as not yet read."""
     import asyncio
 
     from app.worker.faust_compat import take_batches
@@ -113,15 +114,16 @@ def _batch_sizes(waiting_on_broker: int) -> list[int]:
         everything = asyncio.Event()
 
         async def consume() -> None:
-            async for batch in take_batches(stream, 1000, 0.05, 1.0,
-                                            lambda: waiting_on_broker):
+            behind = waiting_on_broker if callable(waiting_on_broker) else (
+                lambda: int(waiting_on_broker))
+            async for batch in take_batches(stream, 1000, 0.05, 1.0, behind):
                 sizes.append(len(batch))
-                if sum(sizes) >= 600:
+                if sum(sizes) >= 60 * chunks:
                     everything.set()
 
         task = asyncio.create_task(consume())
         await asyncio.sleep(0.01)
-        for _ in range(10):
+        for _ in range(chunks):
             for value in range(60):
                 await channel.send(value=value)
             await asyncio.sleep(0.015)
@@ -141,6 +143,17 @@ def test_batches_grow_only_while_a_backlog_waits_on_the_broker() -> None:
     assert sum(ordinary) == sum(backlog) == 600   # every event, once
     assert len(ordinary) >= 3                      # each batch closed after `within`
     assert max(backlog) > 2 * max(ordinary)        # kept filling while events kept coming
+
+
+def test_batches_grow_only_while_the_backlog_shrinks() -> None:
+    """A worker that does not gain on its backlog stops growing batches (else it would
+    wait for slowly arriving records and stay behind); one that works it off keeps on."""
+    remaining = iter(range(100_000, 0, -1_000))
+    stuck = _batch_sizes(waiting_on_broker=5_000, chunks=40)
+    shrinking = _batch_sizes(waiting_on_broker=lambda: next(remaining), chunks=40)
+    assert sum(stuck) == sum(shrinking) == 2_400
+    assert sorted(stuck)[-2] < 300          # only the first batch grew
+    assert sorted(shrinking)[-2] >= 400     # every batch may grow
 
 
 
