@@ -136,9 +136,10 @@ class Settings(BaseSettings):
     """Longest an agent waits to fill a batch at ordinary rates."""
 
     batch_backlog_seconds: float = Field(default=0.05, gt=0)
-    """Longest an agent waits to fill a batch under a backlog (``batch_max`` more records
-    waiting on the broker, and the batch still filling fast): bigger batches, fewer
-    recommendations for states the next batch replaces (docs/pipeline.md)."""
+    """Longest an agent waits to fill a batch while working off a backlog (``batch_max``
+    more records waiting on the broker and fewer than at the last batch, the batch still
+    filling fast): bigger batches, fewer recommendations for states the next batch
+    replaces (docs/pipeline.md)."""
 
     commit_interval_seconds: float = Field(default=2.8, gt=0)
     """How often a worker commits its input offsets (Faust's default, 2.8 s). What a

@@ -39,7 +39,13 @@ from app.core.state import (
 from app.metrics import Metrics
 from app.settings import Settings
 from app.worker.declarations import Declarations
-from app.worker.faust_compat import acting_as, consumer_lag, table_keys, take_batches
+from app.worker.faust_compat import (
+    acting_as,
+    consumer_lag,
+    table_keys,
+    take_batches,
+    unprocessed,
+)
 
 if TYPE_CHECKING:
     from app.worker.pipeline import Pipeline
@@ -289,11 +295,11 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
     decl.app.timer(15.0)(report_table_sizes)
     for topic, flow in flows(decl, metrics, pipeline):
 
-        def waiting(topic: str = topic.get_topic_name()) -> int:
-            return sum(consumer_lag(decl.app, {topic}).values())
+        def waiting(processed: dict[Any, int], topic: str = topic.get_topic_name()) -> int:
+            return unprocessed(decl.app, topic, processed)
 
         async def agent(stream: Any, flow: Flow[Any, Any] = flow,
-                        behind: Callable[[], int] = waiting) -> None:
+                        behind: Callable[[dict[Any, int]], int] = waiting) -> None:
             async for batch in take_batches(
                 stream, settings.batch_max, settings.batch_within_seconds,
                 settings.batch_backlog_seconds, behind,

@@ -52,6 +52,29 @@ def consumer_lag(app: Any, topics: set[str]) -> dict[tuple[str, int], int]:
     return lags
 
 
+def unprocessed(app: Any, topic: str, processed: dict[Any, int]) -> int:
+    """Records of this worker's partitions of ``topic`` not processed yet: each partition's
+    high-water mark minus the offset after the last one ``processed`` (a partition with
+    nothing processed yet counts what is not read). Unlike the read lag, this moves with
+    the work done, not with the consumer's read-ahead (which runs in fetch-sized jumps and
+    stalls while the stream's buffer is full)."""
+    consumer = app.consumer
+    read_offsets = getattr(consumer, "_read_offset", {})
+    total = 0
+    for tp in consumer.assignment():
+        if tp.topic != topic:
+            continue
+        try:
+            highwater = consumer.highwater(tp)
+        except Exception:  # noqa: BLE001, S112 - not fetched yet, or no longer assigned
+            continue
+        if highwater is None:
+            continue
+        last = processed.get(tp, read_offsets.get(tp))
+        total += max(0, highwater - (0 if last is None else last + 1))
+    return total
+
+
 def table_keys(table: Any) -> int:
     """Keys a table holds for this worker's active partitions: RocksDB's own estimate per
     partition database (no scan, so cheap with millions of users); a store without one
@@ -68,10 +91,11 @@ def table_keys(table: Any) -> int:
 
 
 def take_batches(stream: Any, max_: int, within: float, backlog_within: float,
-                 behind: Callable[[], int]) -> AsyncIterator[list[Any]]:
+                 behind: Callable[[dict[Any, int]], int]) -> AsyncIterator[list[Any]]:
     """Batches of a stream's events, as ``stream.take_events(max_, within)`` gives them
     (each acked once the caller asks for the next), except while a backlog is worked off:
-    while at least ``max_`` more records wait on the broker (``behind()``) and the batch
+    while at least ``max_`` records wait (``behind(processed)``: not yet processed, given
+    the last offset processed per partition) and the batch
     keeps filling fast (a tenth of ``max_`` in the last ``within``), it waits another
     ``within``, up to ``backlog_within`` in all. A bigger batch covers more of each
     user's burst (one recommendation instead of several for states the next batch would
@@ -95,13 +119,14 @@ def take_batches(stream: Any, max_: int, within: float, backlog_within: float,
 
 
 async def _take_batches(stream: Any, max_: int, within: float, backlog_within: float,
-                        behind: Callable[[], int]) -> AsyncIterator[list[Any]]:
+                        behind: Callable[[dict[Any, int]], int]) -> AsyncIterator[list[Any]]:
     loop = asyncio.get_running_loop()
     fast = max(1, max_ // 10)
     events: list[Any] = []
     full = asyncio.Event()
     consumed = asyncio.Event()
     consuming: asyncio.Future[None] | None = None
+    processed: dict[Any, int] = {}   # partition -> last offset the caller is done with
 
     async def buffer(value: Any) -> Any:
         nonlocal consuming
@@ -128,7 +153,7 @@ async def _take_batches(stream: Any, max_: int, within: float, backlog_within: f
         before: int | None = None   # the backlog when the last batch was cut, if any
         while not stream.should_stop:
             await stream.wait_for_stopped(full, timeout=within)
-            backlog = behind()
+            backlog = behind(processed)
             # grow only while working the backlog off: a worker that fell behind input
             # arriving a few records at a time fills batches slowly, and growing them would
             # hold it at the input's pace, behind for good (measured; see the docstring)
@@ -139,7 +164,7 @@ async def _take_batches(stream: Any, max_: int, within: float, backlog_within: f
                 held = len(events)
                 await stream.wait_for_stopped(full, timeout=within)
                 waited += within
-                backlog = behind()
+                backlog = behind(processed)
                 grow = backlog >= max_
             before = backlog if backlog >= max_ else None
             if not events:
@@ -152,6 +177,10 @@ async def _take_batches(stream: Any, max_: int, within: float, backlog_within: f
                 events.clear()
                 for event in batch:
                     await stream.ack(event)
+                    message = event.message
+                    if message.tp is not None and message.offset is not None:
+                        processed[message.tp] = max(message.offset,
+                                                    processed.get(message.tp, -1))
                 if not consuming.done():
                     consuming.set_result(None)
                 full.clear()

@@ -114,8 +114,10 @@ def _batch_sizes(waiting_on_broker: int | Callable[[], int], chunks: int = 10) -
         everything = asyncio.Event()
 
         async def consume() -> None:
-            behind = waiting_on_broker if callable(waiting_on_broker) else (
-                lambda: int(waiting_on_broker))
+            def behind(processed: dict[object, int]) -> int:
+                return (waiting_on_broker() if callable(waiting_on_broker)
+                        else waiting_on_broker)
+
             async for batch in take_batches(stream, 1000, 0.05, 1.0, behind):
                 sizes.append(len(batch))
                 if sum(sizes) >= 60 * chunks:
