@@ -201,6 +201,12 @@ def batch_shape(samples: Samples) -> dict[str, float]:
             "events_per_recommendation": events / published if published else float("nan")}
 
 
+def shape_line(shape: dict[str, float]) -> str:
+    return (f"  {shape['events_per_batch']:,.0f} events per batch "
+            f"({shape['ms_per_batch']:,.1f} ms each), "
+            f"{shape['events_per_recommendation']:,.1f} per recommendation")
+
+
 def own_learning_topics(settings: Settings, job: str) -> dict[str, str]:
     """Each job its own examples and models topics: a job's trainer (a fresh consumer
     group) would otherwise read every example the jobs before it produced (the naive job
@@ -323,9 +329,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
                 say(f"  profile: {profile}")
             if name == "streamrec":
                 shape = batch_shape(await asyncio.to_thread(scrape, run_.metrics_url))
-                say(f"  {shape['events_per_batch']:,.0f} events per batch "
-                    f"({shape['ms_per_batch']:,.1f} ms each), "
-                    f"{shape['events_per_recommendation']:,.1f} per recommendation")
+                say(shape_line(shape))
             run_.stop_worker()
             say(f"  {rates[name]:,.0f} events/s, {per_core[name]:,.0f} per CPU-second")
         throughput = rates["streamrec"]
@@ -357,9 +361,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         after = await asyncio.to_thread(scrape, run_.metrics_url)
         paced_shape = batch_shape({key: value - before.get(key, 0.0)
                                    for key, value in after.items()})
-        say(f"  {paced_shape['events_per_batch']:,.0f} events per batch "
-            f"({paced_shape['ms_per_batch']:,.1f} ms each), "
-            f"{paced_shape['events_per_recommendation']:,.1f} per recommendation")
+        say(shape_line(paced_shape))
         await asyncio.sleep(2.0)
         stop.set()
         await collector
@@ -452,14 +454,11 @@ def markdown(report: dict[str, Any]) -> str:
         "| measure | value |",
         "| --- | ---: |",
         f"| catalogue embedded and indexed | {report['catalogue_seconds']:.1f} s |",
-        *([f"| StreamRec's backlog: events per batch / per recommendation | "
-           f"{report['backlog_batches']['events_per_batch']:,.0f} / "
-           f"{report['backlog_batches']['events_per_recommendation']:,.1f} |"]
-          if report.get("backlog_batches") else []),
-        *([f"| latency load: events per batch / per recommendation | "
-           f"{report['latency_batches']['events_per_batch']:,.0f} / "
-           f"{report['latency_batches']['events_per_recommendation']:,.1f} |"]
-          if report.get("latency_batches") else []),
+        *[f"| {what}: events per batch / per recommendation | "
+          f"{report[key]['events_per_batch']:,.0f} / "
+          f"{report[key]['events_per_recommendation']:,.1f} |"
+          for what, key in (("StreamRec's backlog", "backlog_batches"),
+                            ("latency load", "latency_batches")) if report.get(key)],
         f"| producer alone, events/s | {report['producer_events_per_second']:,.0f} |",
         f"| latency load | {report['latency_rate_per_second']:,.0f} events/s |",
         f"| event -> recommendation p50 | {lat['p50']:.1f} ms |",

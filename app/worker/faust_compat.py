@@ -30,13 +30,13 @@ def acting_as(event: Any) -> Iterator[None]:
         _current_event.reset(token)
 
 
-def consumer_lag(app: Any, topics: set[str]) -> dict[tuple[str, int], int]:
-    """Records not yet read, per assigned partition of ``topics``: the high-water mark from
-    the last fetch minus the next offset to read (Faust keeps the last read offset in a
-    private map). Partitions not fetched yet are left out."""
+def _waiting(app: Any, topics: set[str], done: dict[Any, int]
+             ) -> Iterator[tuple[Any, int]]:
+    """Per assigned partition of ``topics``: the records after the last offset ``done``
+    (else after the last one read: Faust keeps it in a private map) up to the high-water
+    mark of the last fetch. Partitions not fetched yet are left out."""
     consumer = app.consumer
     read_offsets = getattr(consumer, "_read_offset", {})
-    lags: dict[tuple[str, int], int] = {}
     for tp in consumer.assignment():
         if tp.topic not in topics:
             continue
@@ -46,10 +46,13 @@ def consumer_lag(app: Any, topics: set[str]) -> dict[tuple[str, int], int]:
             continue
         if highwater is None:
             continue
-        last_read = read_offsets.get(tp)
-        next_read = 0 if last_read is None else last_read + 1
-        lags[(tp.topic, tp.partition)] = max(0, highwater - next_read)
-    return lags
+        last = done.get(tp, read_offsets.get(tp))
+        yield tp, max(0, highwater - (0 if last is None else last + 1))
+
+
+def consumer_lag(app: Any, topics: set[str]) -> dict[tuple[str, int], int]:
+    """Records not yet read, per assigned partition of ``topics``."""
+    return {(tp.topic, tp.partition): lag for tp, lag in _waiting(app, topics, {})}
 
 
 def unprocessed(app: Any, topic: str, processed: dict[Any, int]) -> int:
@@ -58,21 +61,7 @@ def unprocessed(app: Any, topic: str, processed: dict[Any, int]) -> int:
     nothing processed yet counts what is not read). Unlike the read lag, this moves with
     the work done, not with the consumer's read-ahead (which runs in fetch-sized jumps and
     stalls while the stream's buffer is full)."""
-    consumer = app.consumer
-    read_offsets = getattr(consumer, "_read_offset", {})
-    total = 0
-    for tp in consumer.assignment():
-        if tp.topic != topic:
-            continue
-        try:
-            highwater = consumer.highwater(tp)
-        except Exception:  # noqa: BLE001, S112 - not fetched yet, or no longer assigned
-            continue
-        if highwater is None:
-            continue
-        last = processed.get(tp, read_offsets.get(tp))
-        total += max(0, highwater - (0 if last is None else last + 1))
-    return total
+    return sum(waiting for _, waiting in _waiting(app, {topic}, processed))
 
 
 def table_keys(table: Any) -> int:
