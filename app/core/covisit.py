@@ -109,17 +109,11 @@ class CoVisitation:
 
     def observe(self, history: Sequence[str], item: str, weight: float = 1.0) -> None:
         """Record that ``item`` follows ``history`` (the user's items, oldest first)."""
-        target = self._id(item)
-        out, most = self.out, 2 * self.max_neighbours
         for distance, previous in enumerate(reversed(history[-self.window:]), start=1):
             if previous == item:
                 continue
             strength = weight / distance
-            edges = out.get(previous)
-            if edges is None:
-                edges = out[previous] = _Out()
-            if edges.add(target, strength) > most:
-                edges.keep_strongest(self.max_neighbours)
+            self._add(previous, item, strength)
             if self.backward:
                 self._add(item, previous, strength * self.backward)
 
