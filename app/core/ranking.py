@@ -3,7 +3,13 @@
 The semantic score is the design's s = cos(W1 u + b1, W2 r + b2), u the user's interest and
 r an item vector; with no learnt projections W1 = W2 = I and b1 = b2 = 0 (the defaults), it
 is plain cosine. A small linear ranker adds co-visitation, popularity and freshness; its
-weights are versioned data (:class:`RankerParams`), learnt later from feedback. Maximal
+weights are versioned data (:class:`RankerParams`), learnt online from behaviour and
+feedback (app.core.learning). Beside the recency-weighted co-visitation sum, the ranker sees
+the co-visitation strength from each of the user's ``RECENT_FEATURES`` newest items on its own
+(log-scaled: a weighted sum of logs favours items that several recent items point to) and the
+log of popularity (which may weigh negatively: a discount of the blockbusters every list
+would otherwise hold). Their documented defaults are 0, so a ranker that has learnt nothing
+ranks as before. Maximal
 marginal relevance then trades relevance for diversity, and every pick is explained by the
 signal that contributed most.
 """
@@ -17,7 +23,12 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
-FEATURES = ("semantic", "covisit", "popularity", "freshness", "novelty")  # what weights scale
+RECENT_FEATURES = 5   # co-visitation strength from each of the newest items, as a feature
+COVISIT_RECENT = tuple(f"covisit_{n}" for n in range(1, RECENT_FEATURES + 1))
+# what weights scale
+FEATURES = ("semantic", "covisit", "popularity", "freshness", "novelty", *COVISIT_RECENT,
+            "log_popularity")
+SIGNED = frozenset({"log_popularity"})   # may weigh negatively; the others only help
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,12 @@ class RankerParams:
     popularity: float = 0.05
     freshness: float = 0.05
     novelty: float = 0.0
+    covisit_1: float = 0.0   # log(1 + co-visitation strength from the newest item) ...
+    covisit_2: float = 0.0
+    covisit_3: float = 0.0
+    covisit_4: float = 0.0
+    covisit_5: float = 0.0   # ... from the fifth newest
+    log_popularity: float = 0.0
     mmr_lambda: float = 0.95
     w1: FloatArray | None = None
     b1: FloatArray | None = None
@@ -65,6 +82,9 @@ class Candidates:
     popularity: FloatArray                   # [n], decayed interaction count
     freshness: FloatArray                    # [n], 1 for a brand-new item, decaying to 0
     categories: list[str] = field(default_factory=list)
+    # [n, RECENT_FEATURES]: the stored co-visitation strength from each of the user's
+    # newest items (newest first; 0 without an edge or such an item); None: all 0
+    covisit_recent: FloatArray | None = None
 
 
 @dataclass(frozen=True)
@@ -86,12 +106,17 @@ def score(user: FloatArray | None, candidates: Candidates, params: RankerParams)
             candidates.vectors, params.w2, params.b2)   # (item vectors are unit rows)
         semantic = (items @ u).astype(np.float32)
     popularity = _scaled(candidates.popularity)
+    recent = (np.log1p(candidates.covisit_recent).astype(np.float32)
+              if candidates.covisit_recent is not None
+              else np.zeros((n, RECENT_FEATURES), dtype=np.float32))
     features = {
         "semantic": semantic,
         "covisit": _scaled(candidates.covisit),
         "popularity": popularity,
         "freshness": candidates.freshness,
         "novelty": (1.0 - popularity).astype(np.float32),
+        **{name: recent[:, column] for column, name in enumerate(COVISIT_RECENT)},
+        "log_popularity": np.log1p(candidates.popularity).astype(np.float32),
     }
     weights = {name: float(getattr(params, name)) for name in FEATURES}
     parts = {name: weights[name] * value for name, value in features.items()}
@@ -171,8 +196,8 @@ def explain(rows: Sequence[int], candidates: Candidates, scored: Scored,
     names = list(scored.parts)
     parts = np.stack([scored.parts[name][index] for name in names], axis=1)
     strongest = parts.argmax(axis=1)
-    covisit_part = scored.parts["covisit"][index] if "covisit" in scored.parts else (
-        np.zeros(len(index)))
+    covisit_part = sum((scored.parts[name][index] for name in names
+                        if name.startswith("covisit")), np.zeros(len(index)))
     vectors = candidates.vectors[index]
     if history:
         similarity = vectors @ np.stack([vector for _, vector in history]).T
@@ -182,7 +207,7 @@ def explain(rows: Sequence[int], candidates: Candidates, scored: Scored,
     for n, row in enumerate(rows):
         source = candidates.covisit_source[row]
         name = names[int(strongest[n])]
-        if name == "covisit" and source is not None:
+        if name.startswith("covisit") and source is not None:
             out.append(Why("covisit", item_id=source))
             continue
         if name == "semantic" and (history or query is not None):

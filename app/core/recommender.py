@@ -21,6 +21,7 @@ from app.core.covisit import CoVisitation
 from app.core.learning import features_of
 from app.core.profile import DAY_MS
 from app.core.ranking import (
+    RECENT_FEATURES,
     Candidates,
     RankerParams,
     Why,
@@ -91,6 +92,7 @@ class Popularity:
     _top: dict[str, None] = field(default_factory=dict)
     _ranked: list[str] | None = None
     _floor: float = 0.0   # a lower bound of the weakest kept score
+    _latest: int = 0      # the newest event time counted
 
     REBASE_HALF_LIVES = 256.0  # 2 ** 256 is far inside float64
     TOP_KEPT = 256
@@ -107,6 +109,7 @@ class Popularity:
         return float(2.0 ** max(exponent, -1074.0))
 
     def add(self, item_id: str, weight: float, ts: int) -> None:
+        self._latest = max(self._latest, ts)
         score = self.scores[item_id] = (self.scores.get(item_id, 0.0)
                                         + weight * self._scale(ts))
         top = self._top
@@ -124,9 +127,12 @@ class Popularity:
                 self._ranked = None
 
     def _factor(self, now: int) -> float:
+        """Scaled scores to counts at ``now``; never at a time before the newest count (a
+        user whose last event is years old asks at that time: decaying later counts back to
+        it would be growth, by 2 ** (years / half-life), and overflow)."""
         if self.reference is None:
             return 0.0
-        return float(0.5 ** ((now - self.reference) / self.half_life_ms))
+        return float(0.5 ** ((max(now, self._latest) - self.reference) / self.half_life_ms))
 
     def value(self, item_id: str, now: int) -> float:
         return self.scores.get(item_id, 0.0) * self._factor(now)
@@ -275,6 +281,8 @@ class Recommender:
         covisit, covisit_source = co.lookup(ids) if co is not None else (
             np.zeros(len(ids)), no_sources)
         added = np.fromiter((x.added for x in info), dtype=np.float64, count=len(info))
+        newest = [item for item, _, _ in reversed(user.recent)][:RECENT_FEATURES]
+        newest += [""] * (RECENT_FEATURES - len(newest))   # (no such item: no edges)
         candidates = Candidates(
             item_ids=ids,
             vectors=self.catalogue.index.vectors(ids) if ids else
@@ -285,6 +293,8 @@ class Recommender:
             freshness=np.exp2(-np.maximum(now - added, 0.0) / FRESHNESS_HALF_LIFE_MS
                               ).astype(np.float32),
             categories=[x.category for x in info],
+            covisit_recent=self.covisit.strengths(newest, ids).astype(np.float32)
+            if co is not None else None,
         )
         return candidates, counts
 
@@ -350,6 +360,22 @@ class Recommender:
             for rank, (row, why) in enumerate(zip(rows, whys, strict=True), start=1)]
         features = [tuple(row) for row in features_of(scored, rows).tolist()]
         return Ranking(out, counts, features)
+
+    def candidate_features(self, user: UserView, request: Request, now: int, item: str
+                           ) -> tuple[npt.NDArray[np.float64], int] | None:
+        """The unweighted ranker features (FEATURES order) of the candidates a list for
+        ``user`` would be chosen from, and the row of ``item`` among them; None when
+        ``item`` is not a candidate (what the ranker learns from the user's next item)."""
+        candidates, _ = self.candidates(user, request, now)
+        if item not in candidates.item_ids:
+            return None
+        keep = allowed(candidates, self._blocked(user, request), None, set())
+        at = candidates.item_ids.index(item)
+        if not keep[at]:
+            return None   # an item the list leaves out (seen, bought): nothing to rank
+        rows = np.flatnonzero(keep)
+        scored = score(user.interest, candidates, self.params)
+        return features_of(scored, rows.tolist()), int(np.searchsorted(rows, at))
 
     @staticmethod
     def _blocked(user: UserView, request: Request) -> set[str]:

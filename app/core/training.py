@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from msgspec import Struct
 
-from app.core.learning import LearnerConfig, LearnerState, update
+from app.core.learning import FEATURES, LearnerConfig, LearnerState, update
 from app.core.versions import (
     CONTROL,
     HEAD,
@@ -51,15 +51,23 @@ class Batch(Struct, frozen=True, kw_only=True):
     produced_at: int = 0              # ms: newest feedback behind the examples
 
 
+def _widened(features: tuple[float, ...]) -> tuple[float, ...]:
+    """An example as wide as FEATURES: one from a worker that predates a feature (a rolling
+    upgrade) says nothing of it (a difference of 0)."""
+    width = len(FEATURES)
+    return features[:width] + (0.0,) * (width - len(features))
+
+
 def merge(batches: list[Batch]) -> Batch:
-    """Many records of the topic as one mini-batch (counts summed, examples joined)."""
+    """Many records of the topic as one mini-batch (counts summed, examples joined and
+    widened to FEATURES)."""
     shown: dict[str, int] = {}
     clicks: dict[str, int] = {}
     for batch in batches:
         for target, counts in ((shown, batch.shown), (clicks, batch.clicks)):
             for version, n in counts.items():
                 target[version] = target.get(version, 0) + n
-    return Batch(features=[f for b in batches for f in b.features],
+    return Batch(features=[_widened(f) for b in batches for f in b.features],
                  rewards=[r for b in batches for r in b.rewards],
                  weights=[w for b in batches for w in b.weights],
                  shown=shown, clicks=clicks,

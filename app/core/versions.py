@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -33,7 +34,7 @@ import numpy.typing as npt
 from msgspec import Struct
 
 from app.core.learning import LearnerState
-from app.core.ranking import RankerParams
+from app.core.ranking import FEATURES, RankerParams
 
 HEAD = b"head"
 CONTROL = "control"       # the key of the control variants' traffic in the trainer's counts
@@ -159,20 +160,30 @@ def checkpoint_key(generation: int) -> bytes:
     return CHECKPOINT_PREFIX + str(generation).encode()
 
 
+def weights_by_name(version: ModelVersion, base: RankerParams) -> dict[str, float]:
+    """A version's weights by feature; a version from before a feature existed (a shorter
+    tuple) leaves it at ``base``'s."""
+    named = {name: float(getattr(base, name)) for name in FEATURES}
+    named.update(zip(FEATURES, (float(w) for w in version.weights), strict=False))
+    return named
+
+
 def as_params(version: ModelVersion, base: RankerParams,
               w1: npt.NDArray[np.float32] | None = None) -> RankerParams:
     """The ranker parameters a version stands for (everything it does not learn from
     ``base``); ``w1`` is its tuned projection, when it has one."""
-    semantic, covisit, popularity, freshness, novelty = (float(w) for w in version.weights)
-    return replace(base, version=version.version, semantic=semantic, covisit=covisit,
-                   popularity=popularity, freshness=freshness, novelty=novelty,
-                   w1=w1 if w1 is not None else base.w1)
+    params = replace(base, version=version.version, w1=w1 if w1 is not None else base.w1)
+    named: dict[str, Any] = weights_by_name(version, base)
+    return replace(params, **named)
 
 
 def learner_of(version: ModelVersion, prior: LearnerState) -> LearnerState:
-    """The learner state saved in a version (the prior stays the documented defaults)."""
-    return replace(prior, weights=np.array(version.weights, dtype=np.float64),
-                   bias=version.bias, steps=version.steps, seen=version.seen)
+    """The learner state saved in a version (the prior stays the documented defaults; a
+    feature the version predates starts at its prior)."""
+    weights = prior.prior.copy()
+    weights[:len(version.weights)] = version.weights[:len(weights)]
+    return replace(prior, weights=weights, bias=version.bias, steps=version.steps,
+                   seen=version.seen)
 
 
 @dataclass

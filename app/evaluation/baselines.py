@@ -53,7 +53,7 @@ def covisitation(split: Split, k: int = 50, window: int = 10, recent: int = 20,
     each user's list is taken right after their last streamed rating, so it knows only the
     past, as the pipeline did. ``recency`` weighs each older recent item (tuned on ML-100K,
     like the pipeline's own)."""
-    graph = CoVisitation(window=window, max_neighbours=100)
+    graph = CoVisitation(window=window)    # the pipeline's bound on neighbours
     sequences: dict[str, list[str]] = {}
     last = {r.user_id: n for n, r in enumerate(split.stream)}
     counts: Counter[str] = Counter()

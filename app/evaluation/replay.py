@@ -48,10 +48,16 @@ from app.metrics import scrape, total
 VARIANTS = {
     # name: candidate sources (StreamRec settings), for the ablations
     "streamrec": "encoder,covisit,popular",
+    "frozen": "encoder,covisit,popular",
     "no-encoder": "covisit,popular",
     "no-covisit": "encoder,popular",
     "feedback": "encoder,covisit,popular",     # with simulated clicks and the A/B split
 }
+# who is served what the online learner learns (the worker's A/B experiment): everyone,
+# except in `frozen` (nobody: the documented defaults, the reference the feedback run's
+# halves are paired with) and `feedback` (the worker's default split, half and half)
+EXPERIMENTS = {"frozen": "frozen=1", "feedback": "frozen=0.5,learning=0.5"}
+LEARNING_FOR_ALL = "learning=1"
 FEEDBACK_VARIANTS = frozenset({"feedback"})
 SHOWN = 10                # the top of a list a simulated user looks at
 CURVE_POINTS = 20         # the learning curve: click-through per twentieth of the lists
@@ -221,7 +227,8 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
     published."""
     run = WorkerRun(broker, workdir / variant, partitions, name="replay",
                     recommendation_size=str(k), candidate_sources=VARIANTS[variant],
-                    shown_items=str(SHOWN))
+                    shown_items=str(SHOWN),
+                    experiment_variants=EXPERIMENTS.get(variant, LEARNING_FOR_ALL))
     settings = run.settings
     await wait_until_ready(settings)
     await ensure_topics(settings)

@@ -79,7 +79,7 @@ def learning_vs_frozen(split: Split, run: ReplayRun, lists: Mapping[str, Sequenc
                        plain: Mapping[str, Sequence[str]] | None) -> dict[str, Any]:
     """The feedback run's A/B: per variant, its users' NDCG@10 and click-through, the
     learning curve (click-through per twentieth of the lists), and the same users' NDCG@10
-    in the plain `streamrec` run when there is one (a paired comparison on the same users:
+    in the plain `frozen` run when there is one (a paired comparison on the same users:
     there, nobody was served learnt parameters)."""
     variants = list(run.experiment.get("shares", {}))
     log = np.array(run.shown_log, dtype=np.int64).reshape(-1, 3)
@@ -147,7 +147,7 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
             "hidden items": _score(lists, split, hidden).row() if hidden else None,
             "ndcg10_by_history": _history_curve(lists, split),
         }
-    plain = models.get("streamrec")
+    plain = models.get("frozen")
     ab = {run.variant: learning_vs_frozen(split, run, models[run.variant], plain)
           for run in runs if run.experiment}
     return {
@@ -270,9 +270,11 @@ def _ab_markdown(ab: Mapping[str, Any], level: str = "##") -> list[str]:
         lines += [
             f"{level} Feedback loop: learning vs frozen (`{run}` run)", "",
             "One replay, one stream, users split by the worker's A/B experiment: the "
-            "learning half is served what the trainer learns from simulated clicks (the next "
-            f"rated item among a list's top {SHOWN}), the frozen half the defaults. NDCG@10 "
-            "is each half's users' (+- standard error); the plain `streamrec` run served "
+            "learning half is served what the trainer learns online from every user's "
+            "behaviour (each sampled next item preferred to the candidates they had before "
+            f"it) and from simulated clicks (the next rated item among a list's top {SHOWN}), "
+            "the frozen half the documented defaults. NDCG@10 "
+            "is each half's users' (+- standard error); the plain `frozen` run served "
             "nobody learnt parameters, so the same users there give a paired comparison. "
             f"{result['versions']:,} model versions served, {result['rollbacks']} automatic "
             "rollbacks." + (" Weights at the end: " + ", ".join(
@@ -313,7 +315,7 @@ def _ab_markdown(ab: Mapping[str, Any], level: str = "##") -> list[str]:
             else:
                 lines += ["", f"Learning vs frozen NDCG@10: {lift:+.1%} between different "
                           "users (no plain run to pair with: the split alone can make a gap "
-                          "of this size; replay `streamrec` too)."]
+                          "of this size; replay `frozen` too)."]
         lines.append("")
     return lines
 

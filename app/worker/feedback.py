@@ -113,6 +113,20 @@ class FeedbackLoop:
             shown, self._shown = self._shown, {}
             await self._examples.send(value=_batch_encoder.encode(Batch(shown=shown)))
 
+    def learns(self) -> bool:
+        """Whether anyone is served what the learner learns (the experiment has a
+        ``learning`` variant with a share)."""
+        return self.experiment.shares.get(LEARNING, 0.0) > 0
+
+    async def send_behaviour(self, features: list[tuple[float, ...]], rewards: list[float],
+                             produced_at: int) -> None:
+        """Preferences learnt from users' next items (app.core.learning.preferences) to the
+        trainer, once per batch."""
+        if rewards:
+            await self._examples.send(value=_batch_encoder.encode(Batch(
+                features=features, rewards=rewards, weights=[1.0] * len(rewards),
+                produced_at=produced_at)))
+
     # --- feedback: attribution --------------------------------------------------------------
 
     async def prepare_feedback(self, records: list[Feedback]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import logging
 import time
 import uuid
@@ -21,6 +22,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from app.broker.reading import follow
 from app.contract.records import (
@@ -34,6 +36,7 @@ from app.contract.records import (
 from app.core.catalogue import CatalogueEntry, entry, item_text
 from app.core.covisit import CoVisitation
 from app.core.exploration import Exploration, explored
+from app.core.learning import preferences
 from app.core.profile import DAY_MS, SEQUENCE_WEIGHTS, decay, segments_of
 from app.core.ranking import RankerParams
 from app.core.recommender import (
@@ -147,6 +150,32 @@ def recommend_after(recommender: Recommender, encoder: Encoder, state: UserState
     return record, ranking
 
 
+def sampled(event_id: str, share: float) -> bool:
+    """Whether an event falls in a ``share`` of events (by a hash of its id: the same
+    events are chosen on every replay and every worker)."""
+    digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < share * 2**64
+
+
+def behaviour_example(recommender: Recommender, encoder: Encoder, before: UserState,
+                      applied: Sequence[Event], request: Request, segments: tuple[str, ...],
+                      negatives: int) -> tuple[npt.NDArray[np.float64],
+                                               npt.NDArray[np.float64]] | None:
+    """What a user's next item teaches the ranker: the first item event of a batch, against
+    the candidates the user had before it (their state before the batch; co-visitation and
+    popularity not yet fed with it), as preferences over ``negatives`` of them. None when
+    the item was not among those candidates."""
+    event = next(e for e in applied if not isinstance(e, Search))
+    view = user_view(before, encoder.dimension, encoder.encode_query, segments)
+    found = recommender.candidate_features(view, request, before.last_ts, event.item_id)
+    if found is None:
+        return None
+    features, row = found
+    seed = int.from_bytes(hashlib.blake2b(event.event_id.encode(), digest_size=8).digest(),
+                          "big")
+    return preferences(features, row, negatives, seed)
+
+
 def shown_list(record: Recommendation, ranking: Ranking, variant: str, size: int) -> Shown:
     """What attribution remembers of a published list: its top ``size`` items with their
     features, stamped with the event time of the event behind it (feedback is timed in
@@ -193,6 +222,7 @@ def make_recommender(settings: Settings, dimension: int) -> Recommender:
     """A worker's recommender, with the candidate sources its settings switch on."""
     sources = frozenset(settings.candidate_sources.split(","))
     return Recommender(Catalogue(dimension, settings.ann_threshold), sources=sources,
+                       covisit=CoVisitation(max_neighbours=settings.covisit_edges),
                        params=with_sources(RankerParams(), sources))
 
 
@@ -262,12 +292,39 @@ class Pipeline:
 
     async def after_events(self, results: list[KeyResult[UserState, Event]]) -> None:
         request = Request(k=self.settings.recommendation_size)
+        learn = self.settings.behaviour_sample > 0 and self.feedback.learns()
+        features: list[tuple[float, ...]] = []
+        rewards: list[float] = []
         for result in results:
             try:
+                if learn:   # before the user's events feed co-visitation
+                    self._learn_from(result, request, features, rewards)
                 await self._recommend(result, request)
             except Exception as exc:  # noqa: BLE001 - state is saved; count and go on
                 count_failure(self.metrics, "recommendations", exc)
         await self.feedback.flush_shown()
+        stamps = [r.last_event.message.timestamp for r in results]
+        await self.feedback.send_behaviour(
+            features, rewards, int(max(stamps) * 1000) if stamps and all(stamps) else now_ms())
+
+    def _learn_from(self, result: KeyResult[UserState, Event], request: Request,
+                    features: list[tuple[float, ...]], rewards: list[float]) -> None:
+        """A sampled next item's preferences (behaviour_example), added to the batch's."""
+        first = next((e for e in result.applied if not isinstance(e, Search)), None)
+        before = result.before
+        if (first is None or not before.recent or first.item_id == before.recent[-1][0]
+                or not sampled(first.event_id, self.settings.behaviour_sample)):
+            return
+        example = behaviour_example(self.recommender, self.encoder, before, result.applied,
+                                    request, self.segments(result.key),
+                                    self.settings.behaviour_negatives)
+        if example is None:
+            self.metrics.behaviour.labels("not_a_candidate").inc()
+            return
+        self.metrics.behaviour.labels("learnt").inc()
+        x, y = example
+        features.extend(tuple(row) for row in x.tolist())
+        rewards.extend(y.tolist())
 
     async def after_profiles(self, results: list[KeyResult[ProfileState, UserProfile]]
                              ) -> None:

@@ -126,7 +126,7 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
 
         def described(version: ModelVersion) -> dict[str, Any]:
             return {"version": version.version, "generation": version.generation,
-                    "weights": dict(zip(FEATURES, version.weights, strict=True)),
+                    "weights": dict(zip(FEATURES, version.weights, strict=False)),
                     "examples_seen": version.seen, "origin": version.origin,
                     "note": version.note, "published_at": version.published_at,
                     "projection": version.projection or None}

@@ -102,6 +102,7 @@ def test_shown_counts_reach_the_trainer_once_per_batch_and_train_it() -> None:
     assert _value(metrics, "streamrec_shown_items_total", variant="frozen") == 10
 
     loop.synced.set()
+    # five features wide: examples from a worker that predates the newer ones still teach
     batch = Batch(features=[(1.0, 0.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0, 0.0)],
                   rewards=[1.0, 0.0], weights=[1.0, 1.0], produced_at=5)
     asyncio.run(loop.train([msgspec.msgpack.encode(batch), b"\xc1 not msgpack"]))

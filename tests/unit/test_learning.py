@@ -12,9 +12,14 @@ from app.core.learning import (
     learning_rate,
     update,
 )
-from app.core.ranking import RankerParams
+from app.core.ranking import SIGNED, RankerParams
 
 F = len(FEATURES)
+
+
+def wide(*weights: float) -> np.ndarray:
+    """Weights for the first features, 0 for the rest."""
+    return np.array(list(weights) + [0.0] * (F - len(weights)))
 
 
 def synthetic_stream(true_weights: np.ndarray, bias: float, batches: int, size: int,
@@ -29,7 +34,7 @@ def synthetic_stream(true_weights: np.ndarray, bias: float, batches: int, size: 
 
 
 def test_the_learner_converges_to_the_weights_that_generated_the_clicks() -> None:
-    truth = np.array([3.0, 2.0, 0.0, 0.5, 0.0])  # semantic and co-visitation matter most
+    truth = wide(3.0, 2.0, 0.0, 0.5, 0.0)  # semantic and co-visitation matter most
     state = LearnerState.from_params(RankerParams())   # starts from the defaults
     config = LearnerConfig(l2=0.0)
     for x, y in synthetic_stream(truth, -3.0, batches=4000, size=64):
@@ -54,7 +59,9 @@ def test_steps_are_clipped_decay_and_weights_stay_non_negative() -> None:
     assert np.linalg.norm(moved) <= 0.1 + 1e-9      # one batch moves at most lr * clip
     assert learning_rate(config, 0) > learning_rate(config, 1_000) > learning_rate(config, 9_000)
     none_clicked = update(state, np.ones((8, F)), np.zeros(8), LearnerConfig(learning_rate=50.0))
-    assert (none_clicked.weights >= 0).all()
+    signed = np.array([name in SIGNED for name in FEATURES])
+    assert (none_clicked.weights[~signed] >= 0).all()
+    assert (none_clicked.weights[signed] < 0).all()   # a discount may be learnt
     assert update(state, np.zeros((0, F)), np.zeros(0)) is state
 
 
@@ -83,7 +90,7 @@ def test_learnt_weights_become_versioned_ranker_parameters() -> None:
 
 def test_example_weights_count_like_repeated_examples() -> None:
     state = LearnerState.from_params(RankerParams())
-    x = np.array([[1.0, 0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0]])
+    x = np.array([wide(1.0), wide(0.0, 1.0)])
     y = np.array([1.0, 0.0])
     weighted = update(state, x, y, LearnerConfig(max_gradient=100.0),
                       weights=np.array([3.0, 1.0]))
@@ -106,6 +113,36 @@ def test_features_are_the_rankers_parts_before_weighting() -> None:
     params = RankerParams(semantic=2.0, covisit=3.0, popularity=0.5, freshness=0.1)
     scored = score(vectors[0], candidates, params)
     rows = features_of(scored, [0, 1])
-    assert rows.tolist() == [[1.0, 1.0, 0.0, 1.0, 1.0], [0.0, 0.5, 1.0, 0.5, 0.0]]
+    log = [np.log1p(np.float32(v)) for v in (0.0, 4.0)]     # log popularity
+    assert np.allclose(rows, [[1.0, 1.0, 0.0, 1.0, 1.0, 0, 0, 0, 0, 0, log[0]],
+                              [0.0, 0.5, 1.0, 0.5, 0.0, 0, 0, 0, 0, 0, log[1]]])
     weights = np.array([getattr(params, name) for name in FEATURES])
     assert np.allclose(rows @ weights, scored.total[[0, 1]])
+
+
+def test_preferences_from_next_items_recover_the_ranking_that_chose_them() -> None:
+    """A synthetic stream with a known answer: each 'user' picks one of 50 candidates with
+    probability softmax(truth . features); the learner sees only which one, as preferences
+    over 10 others (app.core.learning.preferences)."""
+    from app.core.learning import preferences
+
+    rng = np.random.default_rng(1)
+    truth = wide(0.0, 2.0, 0.0, 0.0, 0.0, 1.5, 0.5)
+    truth[FEATURES.index("log_popularity")] = -1.0            # a discount, learnt as such
+    state = LearnerState.from_params(RankerParams())
+    for n in range(3000):
+        x = rng.uniform(size=(50, F))
+        p = np.exp(x @ truth)
+        chosen = int(rng.choice(50, p=p / p.sum()))
+        pairs, labels = preferences(x, chosen, 10, seed=n)
+        assert pairs.shape == (20, F)
+        assert labels.sum() == 10
+        state = update(state, pairs, labels)
+    cosine = float(state.weights @ truth / np.linalg.norm(state.weights)
+                   / np.linalg.norm(truth))
+    assert cosine > 0.9, (state.weights, cosine)
+    assert state.weights[FEATURES.index("log_popularity")] < -0.3
+    assert abs(state.bias) < 0.1        # each pair comes with its negation
+    x = np.random.default_rng(2).uniform(size=(200, F))
+    learnt, best = np.argsort(-(x @ state.weights)), np.argsort(-(x @ truth))
+    assert len(set(learnt[:20]) & set(best[:20])) >= 14

@@ -3,12 +3,15 @@ feeds it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from app.contract.records import ItemUpsert, Purchase, Search, View
 from app.core.catalogue import VectorIndex, clean_label, entry, item_text
 from app.core.covisit import CoVisitation
+from app.core.learning import FEATURES
 from app.core.profile import DAY_MS
 from app.core.ranking import RankerParams
 from app.core.recommender import (
@@ -270,6 +273,12 @@ def test_popularity_decays_ranks_and_keeps_its_top_without_scanning() -> None:
     assert np.isfinite(pop.value("later", 10_000 * day))
     assert pop.value("later", 10_000 * day) == pytest.approx(1.0)
     assert pop.value("old", 10_000 * day) == 0.0
+    # asked at a time older than what it counted (a user back after years): the counts as of
+    # the newest one, not decayed backwards into growth (which overflowed float32)
+    stale = Popularity(half_life_ms=day)
+    stale.add("a", 1.0, 0)
+    stale.add("b", 1.0, 200 * day)
+    assert stale.values(["a", "b"], 0).tolist() == pytest.approx([0.0, 1.0])
 
 
 def test_a_view_then_purchase_of_the_same_item_is_one_visit() -> None:
@@ -316,3 +325,82 @@ def test_a_query_s_nearest_items_are_kept_until_the_catalogue_changes() -> None:
     cat.delete(best)
     assert best not in recommender._query_hits(query, 25, set())
     assert recommender._query_hits(query, 25, set()) == searched(set())
+
+
+def test_each_newest_item_s_covisitation_is_a_feature_of_its_own() -> None:
+    from app.core.ranking import COVISIT_RECENT, score
+
+    graph = CoVisitation()
+    graph.observe(["alien"], "aliens")          # alien -> aliens: 1
+    graph.observe(["cars", "alien"], "titanic")  # alien -> titanic: 1, cars -> titanic: 0.5
+    assert graph.strengths(["alien", "cars", "nothing"], ["aliens", "titanic", "cars"]
+                           ).tolist() == [[1.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, 0.0, 0.0]]
+    rec = Recommender(catalogue(), covisit=graph)
+    user = UserView(interest=VECTORS["alien"], purchased=set(),
+                    recent=[("cars", "view", 0.5), ("alien", "view", 1.0)])   # newest last
+    candidates, _ = rec.candidates(user, Request(k=5), now=0)
+    scored = score(user.interest, candidates, RankerParams())
+    titanic = candidates.item_ids.index("titanic")
+    newest, second = (scored.features[name][titanic] for name in COVISIT_RECENT[:2])
+    assert (newest, second) == pytest.approx((np.log1p(1.0), np.log1p(0.5)))
+    # documented defaults weigh them 0: the ranking is the one without them
+    plain = score(user.interest, replace(candidates, covisit_recent=None), RankerParams())
+    assert np.allclose(plain.total, scored.total)
+
+
+def test_the_candidates_a_next_item_was_chosen_from_are_its_features() -> None:
+    graph = CoVisitation()
+    for _ in range(3):
+        graph.observe(["toy-story"], "cars")
+    graph.observe(["toy-story"], "notebook")
+    rec = Recommender(catalogue(), covisit=graph)
+    user = UserView(interest=VECTORS["toy-story"], recent=[("toy-story", "view", 1.0)],
+                    purchased={"notebook"})
+    features, row = rec.candidate_features(user, Request(), 0, "cars") or (None, -1)
+    assert features is not None
+    candidates, _ = rec.candidates(user, Request(), now=0)
+    assert "notebook" in candidates.item_ids                   # co-visited, but bought:
+    assert len(features) == len(candidates.item_ids) - 1     # not ranked
+    assert features[row][FEATURES.index("covisit_1")] == pytest.approx(np.log1p(3.0))
+    assert rec.candidate_features(user, Request(), 0, "notebook") is None   # bought
+    assert rec.candidate_features(user, Request(), 0, "toy-story") is None  # just seen
+    assert rec.candidate_features(user, Request(), 0, "not-in-catalogue") is None
+
+
+def test_a_users_next_item_teaches_the_ranker_from_the_state_before_it() -> None:
+    from app.worker.pipeline import behaviour_example, learn_sequence, sampled
+
+    cat = catalogue()
+    context = EventContext(item_vector=cat.index.vector, query_vectors={}, dimension=D)
+    rec = Recommender(cat)
+    for user in ("a", "b", "c"):                 # others watched toy story, then cars
+        state = UserState()
+        for n, item in enumerate(["toy-story", "cars"]):
+            result = apply_batch(state, [View(v=1, event_id=f"{user}{n}", user_id=user, ts=n,
+                                              item_id=item)], 64, event_fold(context))
+            learn_sequence(rec, result.state, result.applied)
+            state = result.state
+    before = apply_batch(UserState(), [View(v=1, event_id="u0", user_id="u", ts=0,
+                                            item_id="toy-story")], 64,
+                         event_fold(context)).state
+    applied = [View(v=1, event_id="u1", user_id="u", ts=1, item_id="cars")]
+    example = behaviour_example(rec, _Encoder(), before, applied, Request(), (), negatives=3)
+    assert example is not None
+    x, y = example
+    assert y.tolist() == [1.0] * 3 + [0.0] * 3            # cars preferred to 3 others
+    assert (x[:3, FEATURES.index("covisit_1")] > 0).all()  # only cars follows toy story
+    assert np.allclose(x[:3], -x[3:])
+    again = behaviour_example(rec, _Encoder(), before, applied, Request(), (), negatives=3)
+    assert again is not None
+    assert np.array_equal(again[0], x)   # seeded by the event id
+    share = np.mean([sampled(f"event-{n}", 0.3) for n in range(4000)])
+    assert 0.27 < share < 0.33
+    assert not sampled("e", 0.0)
+    assert sampled("e", 1.0)
+
+
+class _Encoder:
+    dimension = D
+
+    def encode_query(self, text: str) -> np.ndarray:
+        return VECTORS["alien"]

@@ -10,6 +10,12 @@ from app.core.training import Batch, TrainerConfig, adopt, merge, start, step
 from app.core.versions import CONTROL, HEAD, ModelVersion, checkpoint_key, decode_version
 
 PRIOR = LearnerState.from_params(RankerParams())
+F = len(FEATURES)
+
+
+def wide(*weights: float) -> np.ndarray:
+    """Weights for the first features, 0 for the rest."""
+    return np.array(list(weights) + [0.0] * (F - len(weights)))
 
 
 def examples(rng: np.random.Generator, truth: np.ndarray, n: int, produced_at: int = 0
@@ -22,7 +28,7 @@ def examples(rng: np.random.Generator, truth: np.ndarray, n: int, produced_at: i
 
 def test_rewards_become_versions_that_converge_on_the_known_answer() -> None:
     rng = np.random.default_rng(0)
-    truth = np.array([3.0, 2.0, 0.0, 0.5, 0.0])
+    truth = wide(3.0, 2.0, 0.0, 0.5, 0.0)
     config = TrainerConfig(learner=LearnerConfig(l2=0.0), min_impressions=10**9)
     trainer = start(config, PRIOR, None, {}, now=0)
     heads = []
@@ -44,7 +50,7 @@ def traffic(version: str, shown: int, clicks: int) -> Batch:
 
 def test_a_generation_with_significantly_fewer_clicks_is_rolled_back() -> None:
     rng = np.random.default_rng(1)
-    truth = np.array([1.0, 1.0, 0.0, 0.0, 0.0])
+    truth = wide(1.0, 1.0, 0.0, 0.0, 0.0)
     config = TrainerConfig(min_impressions=5_000, keep=5)
     trainer = start(config, PRIOR, None, {}, now=0)
     ctr = {1: 0.10, 2: 0.10, 3: 0.05, 4: 0.10}       # generation 3 is worse
@@ -83,14 +89,14 @@ def test_a_generation_with_significantly_fewer_clicks_is_rolled_back() -> None:
 def test_a_rollback_by_command_is_adopted_and_trained_on() -> None:
     rng = np.random.default_rng(2)
     trainer = start(TrainerConfig(), PRIOR, None, {}, now=0)
-    trainer, _, _ = step(trainer, examples(rng, np.ones(5), 16), now=1)
+    trainer, _, _ = step(trainer, examples(rng, np.ones(F), 16), now=1)
     command = ModelVersion(version="learning-0.9", generation=0, weights=(0.5,) * 5,
                            published_at=7, origin="command")
     trainer = adopt(trainer, command)
     assert trainer.adopted_at == 7
     assert trainer.generation == 2
-    assert trainer.learner.weights.tolist() == [0.5] * 5
-    trainer, out, _ = step(trainer, examples(rng, np.ones(5), 16), now=8)
+    assert trainer.learner.weights.tolist()[:5] == [0.5] * 5
+    trainer, out, _ = step(trainer, examples(rng, np.ones(F), 16), now=8)
     assert decode_version(out[0][1] or b"").version == "learning-2.1"
 
 
@@ -101,7 +107,8 @@ def test_a_trainer_resumes_from_the_topic() -> None:
     assert trainer.generation == 5
     assert trainer.parent[5] == 4
     assert trainer.learner.steps == 90
-    assert trainer.learner.weights.tolist() == [2.0] * 5
+    # a version from before the newer features: they resume at their prior
+    assert trainer.learner.weights.tolist() == [2.0] * 5 + PRIOR.prior[5:].tolist()
     assert trainer.learner.prior.tolist() == PRIOR.prior.tolist()
 
 
@@ -123,7 +130,7 @@ def test_a_drop_the_control_shows_too_is_the_traffic_not_the_model() -> None:
     trainer = start(TrainerConfig(min_impressions=5_000), PRIOR, None, {}, now=0)
     verdicts = []
     for generation, base in zip((1, 2, 3, 4), (0.10, 0.10, 0.05, 0.05), strict=True):
-        trainer, _, _ = step(trainer, examples(rng, np.ones(5), 16), now=generation)
+        trainer, _, _ = step(trainer, examples(rng, np.ones(F), 16), now=generation)
         version = trainer.head.version
         batch = Batch(shown={version: 6_000, CONTROL: 6_000},
                       clicks={version: int(6_000 * base), CONTROL: int(6_000 * base)})
