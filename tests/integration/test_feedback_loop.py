@@ -79,7 +79,8 @@ def _recs_of_round(bootstrap: str, topic: str, expect: int, round_: int
 def test_clicks_teach_a_version_every_worker_serves_and_a_rollback_restores_one(
         kafka: KafkaBroker, tmp_path: Path) -> None:
     env = {**isolated_env(kafka.bootstrap, tmp_path / "a", partitions=4),
-           "STREAMREC_GENERATION_IMPRESSIONS": "20", "STREAMREC_RECOMMENDATION_SIZE": "5"}
+           "STREAMREC_GENERATION_IMPRESSIONS": "20", "STREAMREC_RECOMMENDATION_SIZE": "5",
+           "STREAMREC_BEHAVIOUR_SAMPLE": "0"}   # clicks alone teach here (behaviour: below)
     env_b = {**env, "STREAMREC_DATA_DIR": str(tmp_path / "b"),
              "STREAMREC_WEB_PORT": str(free_port())}
     workers = [WorkerProcess(env, tmp_path / "a.log").start(),
@@ -176,3 +177,32 @@ def test_clicks_teach_a_version_every_worker_serves_and_a_rollback_restores_one(
     finally:
         for w in workers:
             w.stop()
+
+
+def test_users_next_items_teach_a_version_without_any_click(kafka: KafkaBroker,
+                                                            tmp_path: Path) -> None:
+    """Behaviour learning: the second round's views are each user's next item; sampled
+    (all of them here), each becomes preferences over the candidates the user had before,
+    the trainer learns a version from them and the learning variant is served it."""
+    env = {**isolated_env(kafka.bootstrap, tmp_path / "a", partitions=4),
+           "STREAMREC_BEHAVIOUR_SAMPLE": "1", "STREAMREC_RECOMMENDATION_SIZE": "5"}
+    worker = WorkerProcess(env, tmp_path / "a.log").start()
+    bootstrap, recs_topic = kafka.bootstrap, env["STREAMREC_TOPIC_RECOMMENDATIONS"]
+    try:
+        worker.wait_ready()
+        asyncio.run(produce(bootstrap, env["STREAMREC_TOPIC_ITEMS"], _items()))
+        worker.wait_metric("streamrec_catalogue_items", len(CATALOGUE))
+        for round_ in range(3):
+            asyncio.run(produce(bootstrap, env["STREAMREC_TOPIC_EVENTS"], _views(round_),
+                                batched=True))
+            _recs_of_round(bootstrap, recs_topic, (round_ + 1) * len(USERS), round_)
+        head = _wait_head([worker], lambda h: h["origin"] == "trainer", within=30)
+        assert head.startswith("learning-")
+        learnt = worker.metric("streamrec_behaviour_examples_total", outcome="learnt")
+        missed = worker.metric("streamrec_behaviour_examples_total", outcome="not_a_candidate")
+        assert learnt > 0
+        assert learnt + missed == 2 * len(USERS)      # rounds 1 and 2: a next item each
+        assert worker.metric("streamrec_learning_examples_total", reward="positive") > 0
+        assert worker.metric("streamrec_feedback_total", variant="learning", type="click") == 0
+    finally:
+        worker.stop()

@@ -43,9 +43,9 @@ def test_ml100k_feedback_replay_learns_and_reports_learning_vs_frozen(
         kafka: KafkaBroker, tmp_path: Path) -> None:
     """The `feedback` variant: simulated clicks reach the trainer, the learning half is
     served learnt versions, the frozen half the defaults, and eval pairs them with a plain
-    run on the same users."""
+    run (nobody learning) on the same users."""
     split = load("ml-100k")
-    plain = asyncio.run(replay(split, kafka.bootstrap, tmp_path, "streamrec", k=50,
+    plain = asyncio.run(replay(split, kafka.bootstrap, tmp_path, "frozen", k=50,
                                say=lambda _: None))
     run = asyncio.run(replay(split, kafka.bootstrap, tmp_path, "feedback", k=50,
                              say=lambda _: None))
