@@ -82,7 +82,8 @@ class ReplayRun:
     user_variants: dict[str, str] = field(default_factory=dict)
     shown_log: list[tuple[int, int, int]] = field(default_factory=list)
     versions: list[str] = field(default_factory=list)
-    model: dict[str, Any] = field(default_factory=dict)     # the worker's GET /model at the end
+    # the worker's GET /model at the end, and its behaviour examples by outcome
+    model: dict[str, Any] = field(default_factory=dict)
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -265,7 +266,11 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         deadline = time.monotonic() + 120
         while collector.count < published and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
-        model = await asyncio.to_thread(_model_of, run.metrics_url) if react else {}
+        model = await asyncio.to_thread(_model_of, run.metrics_url)
+        final = await asyncio.to_thread(scrape, run.metrics_url)
+        model["behaviour_examples"] = {
+            outcome: total(final, "streamrec_behaviour_examples_total", outcome=outcome)
+            for outcome in ("learnt", "not_a_candidate")}
     finally:
         collector.stop.set()
         await collecting

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -158,14 +158,13 @@ def sampled(event_id: str, share: float) -> bool:
 
 
 def behaviour_example(recommender: Recommender, encoder: Encoder, before: UserState,
-                      applied: Sequence[Event], request: Request, segments: tuple[str, ...],
+                      event: Event, request: Request, segments: tuple[str, ...],
                       negatives: int) -> tuple[npt.NDArray[np.float64],
                                                npt.NDArray[np.float64]] | None:
-    """What a user's next item teaches the ranker: the first item event of a batch, against
-    the candidates the user had before it (their state before the batch; co-visitation and
-    popularity not yet fed with it), as preferences over ``negatives`` of them. None when
-    the item was not among those candidates."""
-    event = next(e for e in applied if not isinstance(e, Search))
+    """What a user's next item teaches the ranker: ``event``'s item against the candidates
+    the user had just before it (``before``: their state then), as preferences over
+    ``negatives`` of them. None when the item was not among those candidates."""
+    assert not isinstance(event, Search)
     view = user_view(before, encoder.dimension, encoder.encode_query, segments)
     found = recommender.candidate_features(view, request, before.last_ts, event.item_id)
     if found is None:
@@ -174,6 +173,22 @@ def behaviour_example(recommender: Recommender, encoder: Encoder, before: UserSt
     seed = int.from_bytes(hashlib.blake2b(event.event_id.encode(), digest_size=8).digest(),
                           "big")
     return preferences(features, row, negatives, seed)
+
+
+def next_items(before: UserState, applied: Sequence[Event], share: float,
+               fold: Callable[[UserState, Event], UserState]
+               ) -> Iterator[tuple[UserState, Event]]:
+    """The sampled item events of a user's batch, each with the user's state just before
+    it (folded from the state before the batch), leaving out an event on the item just
+    touched (a view, then its purchase: the sequence did not move)."""
+    state = before
+    last = max((n for n, e in enumerate(applied) if not isinstance(e, Search)
+                and sampled(e.event_id, share)), default=-1)
+    for event in applied[:last + 1]:
+        if (not isinstance(event, Search) and state.recent
+                and event.item_id != state.recent[-1][0] and sampled(event.event_id, share)):
+            yield state, event
+        state = fold(state, event)
 
 
 def shown_list(record: Recommendation, ranking: Ranking, variant: str, size: int) -> Shown:
@@ -263,6 +278,9 @@ class Pipeline:
                                   settings.pull_cache_seconds * 1000)
         self.catalogue_synced = asyncio.Event()
         self._latest_event_ts = 0
+        self._fold: Callable[[UserState, Event], UserState] = event_fold(EventContext(
+            item_vector=recommender.catalogue.index.vector, query_vectors={},
+            dimension=encoder.dimension))   # the last batch's (prepare_events)
 
     async def _embed(self, texts: list[str], purpose: str, kind: str = "passage"
                      ) -> FloatArray:
@@ -288,7 +306,8 @@ class Pipeline:
             query_vectors={**known, **dict(zip(new, vectors, strict=True))},
             dimension=self.encoder.dimension,
         )
-        return event_fold(context)
+        self._fold = event_fold(context)
+        return self._fold
 
     async def after_events(self, results: list[KeyResult[UserState, Event]]) -> None:
         request = Request(k=self.settings.recommendation_size)
@@ -309,22 +328,20 @@ class Pipeline:
 
     def _learn_from(self, result: KeyResult[UserState, Event], request: Request,
                     features: list[tuple[float, ...]], rewards: list[float]) -> None:
-        """A sampled next item's preferences (behaviour_example), added to the batch's."""
-        first = next((e for e in result.applied if not isinstance(e, Search)), None)
-        before = result.before
-        if (first is None or not before.recent or first.item_id == before.recent[-1][0]
-                or not sampled(first.event_id, self.settings.behaviour_sample)):
-            return
-        example = behaviour_example(self.recommender, self.encoder, before, result.applied,
-                                    request, self.segments(result.key),
-                                    self.settings.behaviour_negatives)
-        if example is None:
-            self.metrics.behaviour.labels("not_a_candidate").inc()
-            return
-        self.metrics.behaviour.labels("learnt").inc()
-        x, y = example
-        features.extend(tuple(row) for row in x.tolist())
-        rewards.extend(y.tolist())
+        """The preferences of the user's sampled next items in this batch (behaviour_example),
+        added to the batch's."""
+        segments = self.segments(result.key)
+        for before, event in next_items(result.before, result.applied,
+                                        self.settings.behaviour_sample, self._fold):
+            example = behaviour_example(self.recommender, self.encoder, before, event,
+                                        request, segments, self.settings.behaviour_negatives)
+            if example is None:
+                self.metrics.behaviour.labels("not_a_candidate").inc()
+                continue
+            self.metrics.behaviour.labels("learnt").inc()
+            x, y = example
+            features.extend(tuple(row) for row in x.tolist())
+            rewards.extend(y.tolist())
 
     async def after_profiles(self, results: list[KeyResult[ProfileState, UserProfile]]
                              ) -> None:

@@ -368,31 +368,40 @@ def test_the_candidates_a_next_item_was_chosen_from_are_its_features() -> None:
 
 
 def test_a_users_next_item_teaches_the_ranker_from_the_state_before_it() -> None:
-    from app.worker.pipeline import behaviour_example, learn_sequence, sampled
+    from app.worker.pipeline import behaviour_example, learn_sequence, next_items, sampled
 
     cat = catalogue()
-    context = EventContext(item_vector=cat.index.vector, query_vectors={}, dimension=D)
+    fold = event_fold(EventContext(item_vector=cat.index.vector, query_vectors={},
+                                   dimension=D))
     rec = Recommender(cat)
     for user in ("a", "b", "c"):                 # others watched toy story, then cars
         state = UserState()
         for n, item in enumerate(["toy-story", "cars"]):
             result = apply_batch(state, [View(v=1, event_id=f"{user}{n}", user_id=user, ts=n,
-                                              item_id=item)], 64, event_fold(context))
+                                              item_id=item)], 64, fold)
             learn_sequence(rec, result.state, result.applied)
             state = result.state
-    before = apply_batch(UserState(), [View(v=1, event_id="u0", user_id="u", ts=0,
-                                            item_id="toy-story")], 64,
-                         event_fold(context)).state
-    applied = [View(v=1, event_id="u1", user_id="u", ts=1, item_id="cars")]
-    example = behaviour_example(rec, _Encoder(), before, applied, Request(), (), negatives=3)
+    # one batch of the user's: toy story, its purchase, cars, then titanic
+    batch = [View(v=1, event_id="u0", user_id="u", ts=0, item_id="toy-story"),
+             Purchase(v=1, event_id="u1", user_id="u", ts=1, item_id="toy-story", price=1.0),
+             View(v=1, event_id="u2", user_id="u", ts=2, item_id="cars"),
+             View(v=1, event_id="u3", user_id="u", ts=3, item_id="titanic")]
+    sampled_items = list(next_items(UserState(), batch, 1.0, fold))
+    # the first item has no history; the purchase repeats the item just touched
+    assert [(before.recent[-1][0], event.event_id) for before, event in sampled_items] == [
+        ("toy-story", "u2"), ("cars", "u3")]
+    before, event = sampled_items[0]
+    assert [item for item, _, _ in before.recent] == ["toy-story"]   # the state just before
+    example = behaviour_example(rec, _Encoder(), before, event, Request(), (), negatives=3)
     assert example is not None
     x, y = example
     assert y.tolist() == [1.0] * 3 + [0.0] * 3            # cars preferred to 3 others
     assert (x[:3, FEATURES.index("covisit_1")] > 0).all()  # only cars follows toy story
     assert np.allclose(x[:3], -x[3:])
-    again = behaviour_example(rec, _Encoder(), before, applied, Request(), (), negatives=3)
+    again = behaviour_example(rec, _Encoder(), before, event, Request(), (), negatives=3)
     assert again is not None
     assert np.array_equal(again[0], x)   # seeded by the event id
+    assert list(next_items(UserState(), batch, 0.0, fold)) == []
     share = np.mean([sampled(f"event-{n}", 0.3) for n in range(4000)])
     assert 0.27 < share < 0.33
     assert not sampled("e", 0.0)
