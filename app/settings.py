@@ -166,12 +166,13 @@ class Settings(BaseSettings):
     learning_rate: float = Field(default=0.5, gt=0)
     """The online learner's initial step size (it decays with the steps taken)."""
 
-    behaviour_sample: float = Field(default=0.02, ge=0, le=1)
+    behaviour_sample: float = Field(default=0.0, ge=0, le=1)
     """Share of users' item events (sampled by event id) whose item teaches the learner:
     preferred to ``behaviour_negatives`` of the candidates the user had just before it
-    (app.core.learning). Each costs one candidate computation (~0.5 ms), so this share
-    trades learning signal for throughput. 0 learns from feedback on lists alone. Only
-    while the experiment has a ``learning`` variant."""
+    (app.core.learning). Off by default: at 0.02 (what the replays run, +11.5% NDCG@10 on
+    MovieLens-1M) the pipeline benchmark's throughput fell from ~10,000 to 6,352 events/s
+    (BENCHMARKS.md); 0 learns from feedback on lists alone. Only while the experiment has
+    a ``learning`` variant."""
 
     behaviour_negatives: int = Field(default=20, ge=1, le=200)
     """Candidates each sampled next item is preferred to (drawn uniformly)."""
@@ -200,12 +201,13 @@ class Settings(BaseSettings):
     """Candidate sources, comma-separated (ablations). Without `encoder` the ranker's
     semantic term is off too; without `covisit`, its co-visitation term."""
 
-    covisit_edges: int = Field(default=300, ge=10, le=10_000)
+    covisit_edges: int = Field(default=100, ge=10, le=10_000)
     """Neighbours each item keeps in the co-visitation graph (the strongest, once it holds
     twice as many): memory is at most items x 2 x this x 16 bytes (300: ~10 KB per item).
     Pruned edges restart from 0, so a small bound loses the long tail of what follows an
     item (MovieLens-1M stand-in with the online learner: NDCG@10 0.142 at 100, 0.156 at
-    300)."""
+    300; the replays run 300). 300 also cost the pull API's p99 (3.4 -> 101 ms in the
+    pipeline benchmark, not yet profiled), hence 100 by default."""
 
     # --- Storage and model ------------------------------------------------------------
     data_dir: Path = Path("var/streamrec")

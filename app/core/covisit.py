@@ -102,7 +102,7 @@ class _Out:
 @dataclass
 class CoVisitation:
     window: int = 10
-    max_neighbours: int = 300
+    max_neighbours: int = 100
     backward: float = 0.0  # weight of the edge from an item back to what preceded it
     # interned item names: id -> name and name -> id
     names: list[str] = field(default_factory=list)

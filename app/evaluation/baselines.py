@@ -48,12 +48,12 @@ def popularity(split: Split, k: int = 50) -> Lists:
 
 
 def covisitation(split: Split, k: int = 50, window: int = 10, recent: int = 20,
-                 recency: float = 0.5) -> Lists:
+                 recency: float = 0.5, neighbours: int = 100) -> Lists:
     """Co-visitation alone, streamed like the pipeline: the graph grows in stream order and
     each user's list is taken right after their last streamed rating, so it knows only the
     past, as the pipeline did. ``recency`` weighs each older recent item (tuned on ML-100K,
     like the pipeline's own)."""
-    graph = CoVisitation(window=window)    # the pipeline's bound on neighbours
+    graph = CoVisitation(window=window, max_neighbours=neighbours)
     sequences: dict[str, list[str]] = {}
     last = {r.user_id: n for n, r in enumerate(split.stream)}
     counts: Counter[str] = Counter()

@@ -58,6 +58,12 @@ VARIANTS = {
 # halves are paired with) and `feedback` (the worker's default split, half and half)
 EXPERIMENTS = {"frozen": "frozen=1", "feedback": "frozen=0.5,learning=0.5"}
 LEARNING_FOR_ALL = "learning=1"
+# the share of item events the learner learns from (STREAMREC_BEHAVIOUR_SAMPLE: off by
+# default in a worker, for its cost in throughput; docs/feedback.md)
+BEHAVIOUR_SAMPLE = "0.02"
+# co-visitation neighbours kept per item (STREAMREC_COVISIT_EDGES: 100 by default in a
+# worker; 300 doubles what the learner gains and costs the pull API's p99, BENCHMARKS.md)
+COVISIT_EDGES = 300
 FEEDBACK_VARIANTS = frozenset({"feedback"})
 SHOWN = 10                # the top of a list a simulated user looks at
 CURVE_POINTS = 20         # the learning curve: click-through per twentieth of the lists
@@ -229,7 +235,8 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
     run = WorkerRun(broker, workdir / variant, partitions, name="replay",
                     recommendation_size=str(k), candidate_sources=VARIANTS[variant],
                     shown_items=str(SHOWN),
-                    experiment_variants=EXPERIMENTS.get(variant, LEARNING_FOR_ALL))
+                    experiment_variants=EXPERIMENTS.get(variant, LEARNING_FOR_ALL),
+                    behaviour_sample=BEHAVIOUR_SAMPLE, covisit_edges=str(COVISIT_EDGES))
     settings = run.settings
     await wait_until_ready(settings)
     await ensure_topics(settings)

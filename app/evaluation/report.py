@@ -18,7 +18,7 @@ import numpy as np
 
 from app.evaluation import baselines
 from app.evaluation.metrics import Scores, evaluate, ndcg_at, rank_of
-from app.evaluation.replay import CURVE_POINTS, SHOWN, ReplayRun, summary
+from app.evaluation.replay import COVISIT_EDGES, CURVE_POINTS, SHOWN, ReplayRun, summary
 from app.evaluation.split import Split
 from app.plots import pyplot
 
@@ -130,7 +130,8 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
     say("baselines: popularity")
     models["popularity"] = baselines.popularity(split)
     say("baselines: co-visitation alone")
-    models["co-visitation alone"] = baselines.covisitation(split)
+    models["co-visitation alone"] = baselines.covisitation(
+        split, neighbours=COVISIT_EDGES)    # the replays' bound on neighbours
     say("baselines: implicit ALS")
     models["implicit ALS"] = baselines.als(
         split, progress=lambda n, of: say(f"  ALS iteration {n}/{of}"))
