@@ -100,7 +100,8 @@ class Metrics:
             processing_errors=Counter(
                 "streamrec_processing_errors_total",
                 "Failures by stage: a topic's key group (its records are dead-lettered), its "
-                "batch preparation or follow-up (-prepare, -after), or a recommendation.",
+                "batch preparation or follow-up (-prepare, -after), a recommendation, or "
+                "learning from a user's next items (behaviour).",
                 ["topic"],
                 registry=registry,
             ),
@@ -264,6 +265,7 @@ class Metrics:
         for event_type in EVENT_TYPES:
             metrics.events.labels(event_type)
         metrics.processing_errors.labels("recommendations")
+        metrics.processing_errors.labels("behaviour")
         for source in ("encoder", "covisit", "popular"):
             metrics.candidates.labels(source)
         for purpose in ("items", "queries"):

@@ -315,9 +315,12 @@ class Pipeline:
         features: list[tuple[float, ...]] = []
         rewards: list[float] = []
         for result in results:
-            try:
-                if learn:   # before the user's events feed co-visitation
+            if learn:   # before the user's events feed co-visitation
+                try:
                     self._learn_from(result, request, features, rewards)
+                except Exception as exc:  # noqa: BLE001 - learning must not cost the list
+                    count_failure(self.metrics, "behaviour", exc)
+            try:
                 await self._recommend(result, request)
             except Exception as exc:  # noqa: BLE001 - state is saved; count and go on
                 count_failure(self.metrics, "recommendations", exc)
