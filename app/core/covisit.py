@@ -44,10 +44,13 @@ class Neighbourhood:
         """Target names, strongest first (the first ``limit``)."""
         return [self.names[t] for t in self.targets[self.order[:limit]]]
 
-    def lookup(self, items: Sequence[str]) -> tuple[Floats, list[str | None]]:
-        """Scores (0 when not a target) and strongest sources (None) of ``items``."""
-        ids = np.fromiter((self.index.get(i, -1) for i in items), dtype=np.int64,
-                          count=len(items))
+    def lookup(self, items: Sequence[str], ids: Ids | None = None
+               ) -> tuple[Floats, list[str | None]]:
+        """Scores (0 when not a target) and strongest sources (None) of ``items`` (whose
+        interned ids are ``ids``, when already known)."""
+        if ids is None:
+            ids = np.fromiter((self.index.get(i, -1) for i in items), dtype=np.int64,
+                              count=len(items))
         if not len(self.targets):
             return np.zeros(len(ids)), [None] * len(ids)
         at = np.minimum(np.searchsorted(self.targets, ids), len(self.targets) - 1)
@@ -108,6 +111,7 @@ class CoVisitation:
     names: list[str] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
     out: dict[str, _Out] = field(default_factory=dict)
+    _scratch: Floats = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
 
     def observe(self, history: Sequence[str], item: str, weight: float = 1.0) -> None:
         """Record that ``item`` follows ``history`` (the user's items, oldest first)."""
@@ -150,24 +154,36 @@ class CoVisitation:
                         key=lambda kv: kv[1], reverse=True)
         return [(self.names[t], s) for t, s in ranked]
 
-    def strengths(self, sources: Sequence[str], items: Sequence[str]) -> Floats:
+    def interned(self, items: Sequence[str]) -> Ids:
+        """The interned ids of ``items`` (-1 for an item the graph has not seen)."""
+        return np.fromiter((self.index.get(i, -1) for i in items), dtype=np.int64,
+                           count=len(items))
+
+    def strengths(self, sources: Sequence[str], items: Sequence[str],
+                  ids: Ids | None = None) -> Floats:
         """The stored strength of each edge source -> item ([len(items), len(sources)]; 0
-        where there is none): what each recent item alone says of each candidate."""
+        where there is none): what each recent item alone says of each candidate. ``ids``:
+        the items' interned ids, when already known. Each source's edges are scattered into
+        a scratch row over the id space and gathered back (no sort), then the row is
+        cleared: the cost is the edges and items, not the graph's size."""
         out = np.zeros((len(items), len(sources)), dtype=np.float64)
         if not items:
             return out
-        ids = np.fromiter((self.index.get(i, -1) for i in items), dtype=np.int64,
-                          count=len(items))
+        ids = self.interned(items) if ids is None else ids
+        known = ids >= 0
+        rows = ids[known]
+        if len(self._scratch) < len(self.names):
+            self._scratch = np.zeros(2 * len(self.names), dtype=np.float64)
+        scratch = self._scratch
         for column, source in enumerate(sources):
             edges = self.out.get(source)
             if edges is None:
                 continue
             n = len(edges.slots)
-            order = np.argsort(edges.ids[:n])
-            sorted_ids = edges.ids[:n][order]
-            at = np.minimum(np.searchsorted(sorted_ids, ids), n - 1)
-            hit = sorted_ids[at] == ids
-            out[hit, column] = edges.strengths[:n][order[at[hit]]]
+            targets = edges.ids[:n]
+            scratch[targets] = edges.strengths[:n]
+            out[known, column] = scratch[rows]
+            scratch[targets] = 0.0
         return out
 
     def candidates(self, recent: Iterable[tuple[str, float]], k: int) -> Neighbourhood:

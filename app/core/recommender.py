@@ -278,7 +278,8 @@ class Recommender:
         ids = [i for i in found if i in self.catalogue.index]
         info = [self.catalogue.items[i] for i in ids]
         no_sources: list[str | None] = [None] * len(ids)
-        covisit, covisit_source = co.lookup(ids) if co is not None else (
+        interned = self.covisit.interned(ids) if co is not None else None
+        covisit, covisit_source = co.lookup(ids, interned) if co is not None else (
             np.zeros(len(ids)), no_sources)
         added = np.fromiter((x.added for x in info), dtype=np.float64, count=len(info))
         newest = [item for item, _, _ in reversed(user.recent)][:RECENT_FEATURES]

@@ -335,6 +335,9 @@ def test_each_newest_item_s_covisitation_is_a_feature_of_its_own() -> None:
     graph.observe(["cars", "alien"], "titanic")  # alien -> titanic: 1, cars -> titanic: 0.5
     assert graph.strengths(["alien", "cars", "nothing"], ["aliens", "titanic", "cars"]
                            ).tolist() == [[1.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, 0.0, 0.0]]
+    # unseen items score 0 and the scratch row is clean again after each call
+    assert graph.strengths(["cars"], ["unseen", "titanic", "aliens"]).tolist() == [
+        [0.0], [0.5], [0.0]]
     rec = Recommender(catalogue(), covisit=graph)
     user = UserView(interest=VECTORS["alien"], purchased=set(),
                     recent=[("cars", "view", 0.5), ("alien", "view", 1.0)])   # newest last
