@@ -52,6 +52,8 @@ class Metrics:
     unattributed: Counter
     examples: Counter
     behaviour: Counter
+    projection_pairs: Counter
+    projection_loss: Gauge
     model_updates: Counter
     model_delay: Histogram
     rollbacks: Counter
@@ -223,6 +225,18 @@ class Metrics:
                 "was among the candidates the user had just before: it becomes preferences "
                 "over other candidates) or not_a_candidate (nothing to learn).",
                 ["outcome"],
+                registry=registry,
+            ),
+            projection_pairs=Counter(
+                "streamrec_projection_pairs_total",
+                "Pairs (a user's interest just before an event, its item) the trainer "
+                "learnt the projection W1 from.",
+                registry=registry,
+            ),
+            projection_loss=Gauge(
+                "streamrec_projection_loss",
+                "Softmax loss of the trainer's last projection step (over the targets and a "
+                "sample of the catalogue), before the step.",
                 registry=registry,
             ),
             model_updates=Counter(

@@ -177,6 +177,17 @@ class Settings(BaseSettings):
     behaviour_negatives: int = Field(default=20, ge=1, le=200)
     """Candidates each sampled next item is preferred to (drawn uniformly)."""
 
+    projection_learning_rate: float = Field(default=0.05, ge=0)
+    """Step size of the online learning of the projection W1 (the design's
+    s = cos(W1 u + b1, W2 r + b2)) from the same sampled next items: the user's interest
+    just before the event and its item, a softmax over the catalogue (app.core.tuning);
+    0 leaves W1 to `streamrec tune`. Nothing is learnt while ``behaviour_sample`` is 0."""
+
+    projection_every_seconds: float = Field(default=5.0, gt=0)
+    """The trainer publishes its newest projection at most this often (a d x d float16
+    matrix on the models topic: 288 KB at d = 384); versions in between name the last one
+    published."""
+
     generation_impressions: int = Field(default=2_000, ge=1)
     """Items a generation of learnt versions shows before it is kept as a checkpoint and its
     predecessor judged (app.core.versions: rollback on significantly lower click-through)."""

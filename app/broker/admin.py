@@ -23,6 +23,10 @@ _DEADLETTER = {"retention.ms": str(14 * 24 * 3600 * 1000)}
 # the trainer's input: a restarted trainer resumes from its committed offset, a new one (a
 # new app id) re-learns from what is kept here; a week bounds both the topic and that
 _EXAMPLES = {"retention.ms": str(7 * 24 * 3600 * 1000)}
+# versions every mini-batch, a ~300 KB projection up to every 5 s: segments roll every 10
+# minutes so that compaction keeps what a starting worker reads to the live records
+_MODELS = {**_COMPACTED, "segment.ms": str(10 * 60 * 1000),
+           "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": str(3600 * 1000)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +50,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_deadletter, n, dict(_DEADLETTER)),
         TopicSpec(settings.topic_catalogue, n, dict(_COMPACTED)),
         TopicSpec(settings.topic_examples, 1, dict(_EXAMPLES)),
-        TopicSpec(settings.topic_models, 1, dict(_COMPACTED)),
+        TopicSpec(settings.topic_models, 1, dict(_MODELS)),
     ]
 
 

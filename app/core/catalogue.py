@@ -217,6 +217,22 @@ class VectorIndex:
         picked: FloatArray = self._matrix[rows]
         return picked
 
+    def softmax_set(self, targets: Iterable[str], negatives: int, seed: int
+                    ) -> tuple[FloatArray, npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """What a sampled softmax over the catalogue runs on: the vectors of every live
+        item when there are at most ``negatives`` of them, else of the targets and
+        ``negatives`` live items drawn uniformly (seeded); the row of each target among
+        them, and which targets are in the catalogue at all (the others have no row)."""
+        wanted = [self._row.get(t) for t in targets]
+        known = np.array([r is not None for r in wanted], dtype=bool)
+        target_rows = np.array([r for r in wanted if r is not None], dtype=np.int64)
+        live = np.flatnonzero(self._live[: self._used]).astype(np.int64)
+        if len(live) > negatives:
+            live = np.random.default_rng(seed).choice(live, negatives, replace=False)
+        rows = np.union1d(live, target_rows)
+        matrix: FloatArray = self._matrix[rows]
+        return matrix, np.searchsorted(rows, target_rows).astype(np.int64), known
+
     def search(self, query: FloatArray, k: int, exclude: set[str] | None = None
                ) -> list[tuple[str, float]]:
         """The k live items with the highest inner product with ``query`` (approximately,

@@ -294,7 +294,7 @@ class Recommender:
             freshness=np.exp2(-np.maximum(now - added, 0.0) / FRESHNESS_HALF_LIFE_MS
                               ).astype(np.float32),
             categories=[x.category for x in info],
-            covisit_recent=self.covisit.strengths(newest, ids).astype(np.float32)
+            covisit_recent=self.covisit.strengths(newest, ids, interned).astype(np.float32)
             if co is not None else None,
         )
         return candidates, counts

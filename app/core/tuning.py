@@ -7,6 +7,11 @@ candidates are the items nearest W1 u. :func:`fit` learns M from logged behaviou
 (the user's interest vector just before an event, the item of that event), by a full
 softmax over the catalogue (every item a negative, no sampling bias), mini-batch gradient
 descent from the identity (the untuned model), L2 towards the identity.
+
+:func:`online_step` is the same fit one mini-batch at a time, for the trainer while the
+system runs: the pairs come from users' next items (app.worker.pipeline), the softmax runs
+over the targets and a uniform sample of the catalogue (all of it when small), the step is
+clipped to a maximum norm.
 """
 
 from __future__ import annotations
@@ -77,6 +82,30 @@ def fit(users: FloatArray, targets: IntArray, items: FloatArray,
             total += batch_loss * len(batch)
         progress(epoch + 1, total / max(1, len(order)))
     return m
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    learning_rate: float = 0.05
+    temperature: float = 0.1
+    max_gradient: float = 1.0     # the step's norm is at most learning_rate * this
+    l2: float = 1e-3              # pull towards the identity
+    negatives: int = 4_096        # catalogue rows the softmax runs over (all when fewer)
+
+
+def online_step(m: FloatArray, users: FloatArray, targets: IntArray, items: FloatArray,
+                config: OnlineConfig = OnlineConfig()) -> tuple[FloatArray, float]:
+    """M after one clipped gradient step on a mini-batch (``users`` [b, d], ``targets`` rows
+    of ``items``: the catalogue or a sample of it holding the targets), and the batch's loss
+    before the step."""
+    if len(targets) == 0:
+        return m, 0.0
+    gradient, batch_loss = _softmax_step(
+        m, users, targets, items, TuneConfig(temperature=config.temperature, l2=config.l2))
+    norm = float(np.linalg.norm(gradient))
+    if norm > config.max_gradient:
+        gradient *= config.max_gradient / norm
+    return (m - config.learning_rate * gradient).astype(np.float32), batch_loss
 
 
 def as_projection(m: FloatArray) -> FloatArray:

@@ -278,6 +278,7 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         model["behaviour_examples"] = {
             outcome: total(final, "streamrec_behaviour_examples_total", outcome=outcome)
             for outcome in ("learnt", "not_a_candidate")}
+        model["projection_pairs"] = total(final, "streamrec_projection_pairs_total")
     finally:
         collector.stop.set()
         await collecting

@@ -85,7 +85,8 @@ def learning_vs_frozen(split: Split, run: ReplayRun, lists: Mapping[str, Sequenc
     log = np.array(run.shown_log, dtype=np.int64).reshape(-1, 3)
     out: dict[str, Any] = {"variants": {}, "curve": {}, "versions": len(run.versions),
                            "rollbacks": sum(1 for v in run.versions if v.endswith(".0")),
-                           "head": (run.model or {}).get("head")}
+                           "head": (run.model or {}).get("head"),
+                           "projection_pairs": (run.model or {}).get("projection_pairs", 0)}
     chunks = np.array_split(np.arange(len(log)), CURVE_POINTS) if len(log) else []
     for index, variant in enumerate(variants):
         users = [u for u in split.targets if run.user_variants.get(u) == variant]
@@ -280,7 +281,11 @@ def _ab_markdown(ab: Mapping[str, Any], level: str = "##") -> list[str]:
             f"{result['versions']:,} model versions served, {result['rollbacks']} automatic "
             "rollbacks." + (" Weights at the end: " + ", ".join(
                 f"{name} {value:.3f}" for name, value in result["head"]["weights"].items())
-                + "." if result.get("head") else ""), "",
+                + "." if result.get("head") else "")
+            + (f" The projection W1 was learnt online from {result['projection_pairs']:,.0f} "
+               f"(interest, next item) pairs; the head serves `{result['head']['projection']}`."
+               if result.get("projection_pairs") and result.get("head")
+               and result["head"].get("projection") else ""), "",
             "| variant | users | NDCG@10 | same users, plain run | paired difference | "
             "lists | clicks | click-through |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -29,7 +29,17 @@ from app.core.learning import LearnerConfig, LearnerState
 from app.core.ranking import FEATURES, RankerParams
 from app.core.recommender import with_sources
 from app.core.state import FeedbackState, fold_feedback
-from app.core.training import Batch, Trainer, TrainerConfig, adopt, merge, start, step
+from app.core.training import (
+    Batch,
+    SoftmaxSet,
+    Trainer,
+    TrainerConfig,
+    adopt,
+    merge,
+    start,
+    step,
+)
+from app.core.tuning import OnlineConfig
 from app.core.versions import CONTROL, ModelVersion, Registry, as_params, generation_of
 from app.metrics import Metrics
 from app.settings import Settings
@@ -56,12 +66,17 @@ class FeedbackLoop:
         self._dimension = dimension
         self._examples, self._models = examples_topic, models_topic
         self._params: dict[str, RankerParams] = {}
+        self._projection: dict[str, str] = {}   # the projection a variant is served with
         self._shown: dict[str, int] = {}
         self._outcomes: list[tuple[Feedback, Outcome]] = []
         self._trainer: Trainer | None = None
+        self.catalogue: SoftmaxSet | None = None   # the projection learns against it
+        rate = settings.projection_learning_rate
         self.config = TrainerConfig(
             learner=LearnerConfig(learning_rate=settings.learning_rate),
-            min_impressions=settings.generation_impressions)
+            min_impressions=settings.generation_impressions,
+            projection=OnlineConfig(learning_rate=rate) if rate > 0 else None,
+            projection_every_ms=int(settings.projection_every_seconds * 1000))
         for variant in self.experiment.shares:
             metrics.model_info.labels(variant, base.version, encoder_name).set(1)
 
@@ -73,6 +88,10 @@ class FeedbackLoop:
     def params_for(self, variant: str) -> RankerParams:
         """What a variant is served with: the learnt head for ``learning``, else the base."""
         return self._params.get(variant, self._base)
+
+    def projection_for(self, variant: str) -> str | None:
+        """The name of the projection W1 a variant is served with (None: the identity)."""
+        return self._projection.get(variant) or None
 
     def apply_model(self, key: bytes | None, value: bytes | None) -> None:
         """One record of the models topic."""
@@ -89,6 +108,7 @@ class FeedbackLoop:
             w1 = None
         params = with_sources(as_params(head, self._base, w1), self._sources)
         self._params[LEARNING] = params
+        self._projection[LEARNING] = head.projection if w1 is not None else ""
         if LEARNING in self.experiment.shares:
             self.metrics.model_info.remove(LEARNING, previous, self._encoder_name)
             self.metrics.model_info.labels(LEARNING, params.version, self._encoder_name).set(1)
@@ -118,14 +138,18 @@ class FeedbackLoop:
         ``learning`` variant with a share)."""
         return self.experiment.shares.get(LEARNING, 0.0) > 0
 
+    def learns_projection(self) -> bool:
+        return self.config.projection is not None
+
     async def send_behaviour(self, features: list[tuple[float, ...]], rewards: list[float],
-                             produced_at: int) -> None:
-        """Preferences learnt from users' next items (app.core.learning.preferences) to the
-        trainer, once per batch."""
-        if rewards:
+                             queries: list[bytes], targets: list[str], produced_at: int
+                             ) -> None:
+        """What users' next items teach, to the trainer, once per batch: preferences for the
+        ranker (app.core.learning.preferences), (interest, item) pairs for the projection."""
+        if rewards or queries:
             await self._examples.send(value=_batch_encoder.encode(Batch(
                 features=features, rewards=rewards, weights=[1.0] * len(rewards),
-                produced_at=produced_at)))
+                produced_at=produced_at, queries=queries, targets=targets)))
 
     # --- feedback: attribution --------------------------------------------------------------
 
@@ -167,17 +191,23 @@ class FeedbackLoop:
         await self.synced.wait()
         trainer = self._trainer or start(
             self.config, LearnerState.from_params(self._base), self.registry.head,
-            self.registry.checkpoints, now_ms())
+            self.registry.checkpoints, now_ms(), self.registry.projections)
         head = self.registry.head
         if (head is not None and head.origin in ADOPTED
                 and head.published_at > trainer.adopted_at):
-            trainer = adopt(trainer, head)
+            trainer = adopt(trainer, head, self.registry.projections)
             if head.origin == "command":
                 self.metrics.rollbacks.labels("command").inc()
             log.warning("trainer follows %s (%s): %s", head.version, head.origin, head.note)
         merged = merge(batches)
-        trainer, out, verdict = step(trainer, merged, now_ms())
+        pairs = trainer.m_pairs
+        # in a thread: the projection's step is matrix work (numpy lets go of the GIL)
+        trainer, out, verdict = await asyncio.to_thread(step, trainer, merged, now_ms(),
+                                                        self.catalogue)
         self._trainer = trainer
+        if trainer.m_pairs > pairs:
+            self.metrics.projection_pairs.inc(trainer.m_pairs - pairs)
+            self.metrics.projection_loss.set(trainer.m_loss)
         positives = sum(1 for r in merged.rewards if r > 0)
         self.metrics.examples.labels("positive").inc(positives)
         self.metrics.examples.labels("negative").inc(len(merged.rewards) - positives)

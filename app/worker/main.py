@@ -81,6 +81,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     feedback = FeedbackLoop(settings, metrics, recommender.params, recommender.sources,
                             encoder.manifest.model_name, decl.examples, decl.models,
                             encoder.dimension)
+    feedback.catalogue = recommender.catalogue.index
     pipeline = Pipeline(settings, metrics, encoder, recommender, decl.recommendations,
                         decl.catalogue, feedback, profiles=profile_of, users=user_of,
                         remember=remember_shown)

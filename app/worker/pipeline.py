@@ -157,22 +157,30 @@ def sampled(event_id: str, share: float) -> bool:
     return int.from_bytes(digest, "big") < share * 2**64
 
 
-def behaviour_example(recommender: Recommender, encoder: Encoder, before: UserState,
-                      event: Event, request: Request, segments: tuple[str, ...],
-                      negatives: int) -> tuple[npt.NDArray[np.float64],
-                                               npt.NDArray[np.float64]] | None:
+def behaviour_example(recommender: Recommender, view: UserView, now: int, event: Event,
+                      request: Request, negatives: int
+                      ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
     """What a user's next item teaches the ranker: ``event``'s item against the candidates
-    the user had just before it (``before``: their state then), as preferences over
-    ``negatives`` of them. None when the item was not among those candidates."""
+    the user had just before it (``view``: their state then, last event at ``now``), as
+    preferences over ``negatives`` of them. None when the item was not among those
+    candidates."""
     assert not isinstance(event, Search)
-    view = user_view(before, encoder.dimension, encoder.encode_query, segments)
-    found = recommender.candidate_features(view, request, before.last_ts, event.item_id)
+    found = recommender.candidate_features(view, request, now, event.item_id)
     if found is None:
         return None
     features, row = found
     seed = int.from_bytes(hashlib.blake2b(event.event_id.encode(), digest_size=8).digest(),
                           "big")
     return preferences(features, row, negatives, seed)
+
+
+def projection_pair(view: UserView, event: Event) -> tuple[bytes, str] | None:
+    """What a user's next item teaches the projection W1: the user's interest just before
+    it (float16) and the item; None for a user with no interest yet."""
+    assert not isinstance(event, Search)
+    if view.interest is None:
+        return None
+    return np.asarray(view.interest, dtype="<f2").tobytes(), event.item_id
 
 
 def next_items(before: UserState, applied: Sequence[Event], share: float,
@@ -314,10 +322,11 @@ class Pipeline:
         learn = self.settings.behaviour_sample > 0 and self.feedback.learns()
         features: list[tuple[float, ...]] = []
         rewards: list[float] = []
+        pairs: list[tuple[bytes, str]] = []
         for result in results:
             if learn:   # before the user's events feed co-visitation
                 try:
-                    self._learn_from(result, request, features, rewards)
+                    self._learn_from(result, request, features, rewards, pairs)
                 except Exception as exc:  # noqa: BLE001 - learning must not cost the list
                     count_failure(self.metrics, "behaviour", exc)
             try:
@@ -327,17 +336,24 @@ class Pipeline:
         await self.feedback.flush_shown()
         stamps = [r.last_event.message.timestamp for r in results]
         await self.feedback.send_behaviour(
-            features, rewards, int(max(stamps) * 1000) if stamps and all(stamps) else now_ms())
+            features, rewards, [q for q, _ in pairs], [t for _, t in pairs],
+            int(max(stamps) * 1000) if stamps and all(stamps) else now_ms())
 
     def _learn_from(self, result: KeyResult[UserState, Event], request: Request,
-                    features: list[tuple[float, ...]], rewards: list[float]) -> None:
-        """The preferences of the user's sampled next items in this batch (behaviour_example),
-        added to the batch's."""
+                    features: list[tuple[float, ...]], rewards: list[float],
+                    pairs: list[tuple[bytes, str]]) -> None:
+        """What the user's sampled next items in this batch teach (behaviour_example,
+        projection_pair), added to the batch's."""
         segments = self.segments(result.key)
+        projection = self.feedback.learns_projection()
         for before, event in next_items(result.before, result.applied,
                                         self.settings.behaviour_sample, self._fold):
-            example = behaviour_example(self.recommender, self.encoder, before, event,
-                                        request, segments, self.settings.behaviour_negatives)
+            view = user_view(before, self.encoder.dimension, self.encoder.encode_query,
+                             segments)
+            if projection and (pair := projection_pair(view, event)) is not None:
+                pairs.append(pair)
+            example = behaviour_example(self.recommender, view, before.last_ts, event,
+                                        request, self.settings.behaviour_negatives)
             if example is None:
                 self.metrics.behaviour.labels("not_a_candidate").inc()
                 continue

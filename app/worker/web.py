@@ -134,7 +134,8 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
         return web.json({
             "experiment": loop.experiment.name,
             "variants": {variant: {"share": share,
-                                   "version": loop.params_for(variant).version}
+                                   "version": loop.params_for(variant).version,
+                                   "projection": loop.projection_for(variant)}
                          for variant, share in loop.experiment.shares.items()},
             "head": described(registry.head) if registry.head else None,
             "checkpoints": [described(v) for _, v in sorted(registry.checkpoints.items())],

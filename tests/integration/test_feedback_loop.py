@@ -182,8 +182,9 @@ def test_clicks_teach_a_version_every_worker_serves_and_a_rollback_restores_one(
 def test_users_next_items_teach_a_version_without_any_click(kafka: KafkaBroker,
                                                             tmp_path: Path) -> None:
     """Behaviour learning: the second round's views are each user's next item; sampled
-    (all of them here), each becomes preferences over the candidates the user had before,
-    the trainer learns a version from them and the learning variant is served it."""
+    (all of them here), each becomes preferences over the candidates the user had before
+    and a pair (interest before, item) for the projection W1; the trainer learns a version
+    and a projection from them and the learning variant is served both."""
     env = {**isolated_env(kafka.bootstrap, tmp_path / "a", partitions=4),
            "STREAMREC_BEHAVIOUR_SAMPLE": "1", "STREAMREC_RECOMMENDATION_SIZE": "5"}
     worker = WorkerProcess(env, tmp_path / "a.log").start()
@@ -204,5 +205,15 @@ def test_users_next_items_teach_a_version_without_any_click(kafka: KafkaBroker,
         assert learnt + missed == 2 * len(USERS)      # rounds 1 and 2: a next item each
         assert worker.metric("streamrec_learning_examples_total", reward="positive") > 0
         assert worker.metric("streamrec_feedback_total", variant="learning", type="click") == 0
+        # the projection: every next item after the first round had an interest before it
+        worker.wait_metric("streamrec_projection_pairs_total", 2 * len(USERS))
+        assert worker.metric("streamrec_projection_pairs_total") == 2 * len(USERS)
+        assert worker.metric("streamrec_projection_loss") > 0
+        model = _model(worker)
+        learnt = model["head"]["projection"]
+        assert learnt
+        assert learnt.startswith("online-")
+        assert model["variants"]["learning"]["projection"] == learnt   # served, not just read
+        assert model["variants"]["frozen"]["projection"] is None
     finally:
         worker.stop()

@@ -371,7 +371,14 @@ def test_the_candidates_a_next_item_was_chosen_from_are_its_features() -> None:
 
 
 def test_a_users_next_item_teaches_the_ranker_from_the_state_before_it() -> None:
-    from app.worker.pipeline import behaviour_example, learn_sequence, next_items, sampled
+    from app.worker.pipeline import (
+        behaviour_example,
+        learn_sequence,
+        next_items,
+        projection_pair,
+        sampled,
+        user_view,
+    )
 
     cat = catalogue()
     fold = event_fold(EventContext(item_vector=cat.index.vector, query_vectors={},
@@ -395,15 +402,22 @@ def test_a_users_next_item_teaches_the_ranker_from_the_state_before_it() -> None
         ("toy-story", "u2"), ("cars", "u3")]
     before, event = sampled_items[0]
     assert [item for item, _, _ in before.recent] == ["toy-story"]   # the state just before
-    example = behaviour_example(rec, _Encoder(), before, event, Request(), (), negatives=3)
+    view = user_view(before, D, _Encoder().encode_query)
+    example = behaviour_example(rec, view, before.last_ts, event, Request(), negatives=3)
     assert example is not None
     x, y = example
     assert y.tolist() == [1.0] * 3 + [0.0] * 3            # cars preferred to 3 others
     assert (x[:3, FEATURES.index("covisit_1")] > 0).all()  # only cars follows toy story
     assert np.allclose(x[:3], -x[3:])
-    again = behaviour_example(rec, _Encoder(), before, event, Request(), (), negatives=3)
+    again = behaviour_example(rec, view, before.last_ts, event, Request(), negatives=3)
     assert again is not None
     assert np.array_equal(again[0], x)   # seeded by the event id
+    pair = projection_pair(view, event)  # what it teaches the projection W1
+    assert pair is not None
+    assert pair[1] == "cars"
+    query = np.frombuffer(pair[0], dtype="<f2")
+    assert np.allclose(query, view.interest, atol=1e-3)   # the interest just before
+    assert np.allclose(query, cat.index.vector("toy-story"), atol=1e-3)
     assert list(next_items(UserState(), batch, 0.0, fold)) == []
     share = np.mean([sampled(f"event-{n}", 0.3) for n in range(4000)])
     assert 0.27 < share < 0.33

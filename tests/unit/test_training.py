@@ -141,3 +141,98 @@ def test_a_drop_the_control_shows_too_is_the_traffic_not_the_model() -> None:
     assert not verdicts[3].roll_back
     assert "control" in verdicts[3].reason
     assert trainer.head.origin == "trainer"
+
+
+class _Catalogue:
+    """Four items on the axes of a 4-d space (app.core.catalogue.VectorIndex's contract)."""
+
+    def __init__(self) -> None:
+        from app.core.catalogue import VectorIndex
+
+        self.index = VectorIndex(4)
+        for n in range(4):
+            self.index.upsert(f"i{n}", np.eye(4, dtype=np.float32)[n])
+
+    def softmax_set(self, targets, negatives, seed):  # type: ignore[no-untyped-def]
+        return self.index.softmax_set(targets, negatives, seed)
+
+
+def pairs(n: int, produced_at: int = 0) -> Batch:
+    """Users interested in item i take item i+1 next."""
+    before = np.arange(n) % 4
+    queries = [np.eye(4, dtype="<f2")[i].tobytes() for i in before]
+    return Batch(queries=queries, targets=[f"i{(i + 1) % 4}" for i in before],
+                 produced_at=produced_at)
+
+
+def test_pairs_teach_the_projection_which_is_published_at_most_every_interval() -> None:
+    from app.core.tuning import OnlineConfig
+    from app.core.versions import decode_projection, projection_key
+
+    config = TrainerConfig(projection=OnlineConfig(learning_rate=0.5), min_impressions=10**9,
+                           projection_every_ms=1_000)
+    trainer = start(config, PRIOR, None, {}, now=0)
+    catalogue = _Catalogue()
+    records: list[tuple[bytes, bytes | None]] = []
+    for now in range(0, 3_000, 100):                # 30 mini-batches over 3 s
+        trainer, out, _ = step(trainer, pairs(8, produced_at=now), now=now, catalogue=catalogue)
+        records += out
+    names = [key for key, value in records if key.startswith(b"projection:") and value]
+    # at 0, 1 and 2 s; without rewards a version is published with each projection only
+    assert names == [projection_key(f"online-1.{s}") for s in (1, 2, 3)]
+    heads = [decode_version(v or b"") for k, v in records if k == HEAD]
+    assert [h.projection for h in heads] == ["online-1.1", "online-1.2", "online-1.3"]
+    assert heads[-1].weights == heads[0].weights    # no rewards: the ranker did not move
+    assert trainer.m_pairs == 30 * 8
+    # superseded projections are deleted once nothing names them
+    assert (projection_key("online-1.1"), None) in records
+    assert (projection_key("online-1.2"), None) in records
+    assert set(trainer.projections) == {"online-1.3"}
+    w1 = decode_projection(dict(records)[projection_key("online-1.3")] or b"")
+    scores = w1 @ np.eye(4, dtype=np.float32)       # W1 u for u on each axis, . each item
+    assert (scores.T.argmax(axis=1) == [1, 2, 3, 0]).all()   # the next item ranks first
+    # pairs with an unknown item or a vector of another width are left out
+    odd = Batch(queries=[np.ones(3, dtype="<f2").tobytes(), np.eye(4, dtype="<f2")[0].tobytes()],
+                targets=["i1", "unknown"])
+    assert step(trainer, odd, now=5_000, catalogue=catalogue)[0].m_pairs == trainer.m_pairs
+
+
+def test_a_rollback_restores_the_projection_of_the_checkpoint() -> None:
+    from app.core.tuning import OnlineConfig
+
+    rng = np.random.default_rng(4)
+    config = TrainerConfig(projection=OnlineConfig(learning_rate=0.5), min_impressions=5_000,
+                           projection_every_ms=0)
+    trainer = start(config, PRIOR, None, {}, now=0)
+    catalogue = _Catalogue()
+    ctr = {1: 0.10, 2: 0.10, 3: 0.05, 4: 0.10}
+    kept: dict[int, np.ndarray] = {}
+    for generation in (1, 2, 3, 4):
+        trainer, _, _ = step(trainer, examples(rng, np.ones(F), 16), now=generation)
+        trainer, _, _ = step(trainer, pairs(8), now=generation, catalogue=catalogue)
+        assert trainer.m is not None
+        kept[generation] = trainer.m.copy()
+        trainer, _, _ = step(trainer, traffic(trainer.head.version, 6_000,
+                                              int(6_000 * ctr[generation])), now=generation)
+    assert trainer.head.origin == "rollback"
+    assert trainer.head.projection == "online-2.2"  # generation 2's last version's
+    assert trainer.m is not None
+    assert np.allclose(trainer.m, kept[2], atol=2e-3)   # float16 on the topic
+    assert not np.allclose(trainer.m, kept[4], atol=2e-3)
+    assert set(trainer.projections) == {"online-1.2", "online-2.2"}   # the checkpoints'
+
+
+def test_a_tuned_head_is_adopted_with_its_projection() -> None:
+    from app.core.tuning import OnlineConfig
+
+    trainer = start(TrainerConfig(projection=OnlineConfig()), PRIOR, None, {}, now=0)
+    assert trainer.m is None                       # nothing published: the identity
+    w1 = np.roll(np.eye(4, dtype=np.float32), 1, axis=0)
+    tuned = ModelVersion(version="tuned-x", generation=0, weights=(1.0,) * F,
+                         published_at=9, origin="tune", projection="tuned-x")
+    trainer = adopt(trainer, tuned, {"tuned-x": w1})
+    assert trainer.m is not None
+    assert np.array_equal(trainer.m, w1.T)
+    resumed = start(TrainerConfig(), PRIOR, tuned, {}, now=0, projections={"tuned-x": w1})
+    assert resumed.m is not None
+    assert np.array_equal(resumed.m, w1.T)
