@@ -296,18 +296,26 @@ def export_model(
                                                    "for `streamrec bench encoder`.")] = None,
     allow_drift: Annotated[bool, typer.Option(help="Write the artifact even if the drift "
                                                    "gate fails (experiments only).")] = False,
+    requantize: Annotated[bool, typer.Option(help="Only requantize the artifact's integer "
+                                                  "weights to the 7-bit range from the "
+                                                  "weights package, re-measure drift and "
+                                                  "rewrite the manifest (needs onnx and the "
+                                                  "weights package, not torch).")] = False,
 ) -> None:
     """Export the encoder to ONNX (optimum), quantize to int8, verify drift, write manifest.
 
     Needs the export extra: pip install -e '.[export]'. Fails if the drift is too large."""
-    from app.encoder.export import DriftTooLarge
+    from app.encoder.export import DriftTooLarge, requantize_artifact
     from app.encoder.export import export_model as run_export
 
     scratch = work or get_settings().data_dir / "export" / model
     groups = None if keep_fp32 is None else tuple(g for g in keep_fp32.split(",") if g)
+    target = out or Path("models") / f"{model}-int8"
     try:
-        run_export(model, out or Path("models") / f"{model}-int8", scratch, groups,
-                   say=typer.echo, allow_drift=allow_drift)
+        if requantize:
+            requantize_artifact(model, target, say=typer.echo)
+            return
+        run_export(model, target, scratch, groups, say=typer.echo, allow_drift=allow_drift)
     except DriftTooLarge as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from exc

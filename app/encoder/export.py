@@ -25,7 +25,9 @@ from app.encoder.drift import Drift, Reference, Thresholds
 from app.encoder.quantize import (
     DEFAULT_KEEP_FP32,
     E5_KEEP_FP32,
+    load_safetensors,
     quantize_dynamic_int8,
+    reduce_weight_range,
     store_weights_int8,
 )
 from app.encoder.runtime import Encoder
@@ -105,6 +107,46 @@ SOURCES = {
              "drift is that dequantized model, not the original fp32 e5",
     ),
 }
+
+
+WEIGHTS_DESCRIPTION = ("int8 in a 7-bit range (reduce_range: no int16 saturation on CPUs "
+                       "without VNNI), symmetric, per output channel")
+
+
+def requantize_artifact(key: str, out: Path, thresholds: Thresholds = DEFAULT_THRESHOLDS,
+                        say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Requantize an artifact's integer weights to the 7-bit range in place, from the fp32
+    weights of its weights package (no torch: the checkpoint is a .safetensors file), then
+    re-measure drift against its stored fp32 reference and rewrite the manifest. For an
+    artifact quantized before ``reduce_range``; a fresh export does the same in one go."""
+    import tempfile
+
+    import onnx
+
+    source = SOURCES[key]
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = source.weights(Path(scratch)) / "model.safetensors"
+        if not checkpoint.exists():
+            raise FileNotFoundError(f"{key}: no fp32 safetensors checkpoint to requantize from")
+        fp32 = load_safetensors(checkpoint)
+    model = onnx.load(str(out / "model.onnx"))
+    count = reduce_weight_range(model, fp32)
+    onnx.save(model, str(out / "model.onnx"))
+    say(f"requantized {count} integer weights to the 7-bit range from {checkpoint.name}")
+    manifest = json.loads((out / "manifest.json").read_text())
+    reference = Reference.load(out / REFERENCE)
+    drift = reference.drift(Encoder(out), drift_set.ALL, corpus_texts())
+    say(f"  mean cosine {drift.mean_cosine:.4f}, min {drift.min_cosine:.4f}, "
+        f"overlap@10 {drift.overlap_at_10:.3f}")
+    manifest.pop("files", None)
+    manifest["quantization"]["weights"] = WEIGHTS_DESCRIPTION
+    manifest["quantization"]["requantized_with"] = _versions("onnx", "onnxruntime")
+    manifest["drift"] = {**manifest["drift"], **drift.as_dict()}
+    written = write_manifest(out, manifest)
+    failures = drift.failures(thresholds)
+    if failures:
+        raise DriftTooLarge("int8 drift too large: " + "; ".join(failures))
+    return written
 
 
 class DriftTooLarge(RuntimeError):  # noqa: N818 - reads better at the call site
@@ -215,7 +257,7 @@ def export_model(
         },
         "quantization": {
             "method": "onnxruntime dynamic int8",
-            "weights": "int8, symmetric, per output channel",
+            "weights": WEIGHTS_DESCRIPTION,
             "activations": "uint8, asymmetric, per tensor, at run time",
             "fp32_activation_groups": list(keep_fp32),
             "fp32_activation_matmuls": len(excluded),
