@@ -90,6 +90,10 @@ class ReplayRun:
     versions: list[str] = field(default_factory=list)
     # the worker's GET /model at the end, and its behaviour examples by outcome
     model: dict[str, Any] = field(default_factory=dict)
+    # every run: per user, [lists answering an event that has a next rating, of them those
+    # whose top SHOWN held it] (a simulated click in the feedback run; a hit everywhere):
+    # the per-user click-through the A/B pairs across runs
+    hits: dict[str, list[int]] = field(default_factory=dict)
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -140,12 +144,16 @@ def next_ratings(split: Split) -> dict[str, tuple[str, int]]:
 
 
 class _Collector:
-    """Reads the recommendations topic from the start; keeps each user's last list; with
-    ``react`` set, clicks for the simulated users (see the module's docstring)."""
+    """Reads the recommendations topic from the start; keeps each user's last list and
+    whether each list's top held the user's next rated item; with ``react`` set, clicks for
+    the simulated users (see the module's docstring)."""
 
     def __init__(self, bootstrap: str, topic: str, sent: dict[str, float],
+                 following: dict[str, tuple[str, int]],
                  react: _Reactions | None = None) -> None:
         self._bootstrap, self._topic, self._sent = bootstrap, topic, sent
+        self._following = following
+        self.hits: dict[str, list[int]] = {}
         self.lists: dict[str, list[str]] = {}
         self.kinds: dict[str, int] = {}
         self.latency_ms: list[float] = []
@@ -182,17 +190,22 @@ class _Collector:
         sent = self._sent.get(rec.source_event_id)
         if sent is not None:
             self.latency_ms.append((rec.produced_at / 1000 - sent) * 1000)
+        following = self._following.get(rec.source_event_id)
+        shown = [item.item_id for item in rec.items[:SHOWN]]
+        hit = following is not None and following[0] in shown
+        if following is not None:
+            counts = self.hits.setdefault(rec.user_id, [0, 0])
+            counts[0] += 1
+            counts[1] += int(hit)
         if self.react is not None:
-            await self.react.take(rec)
+            await self.react.take(rec, shown, following if hit else None)
 
 
 class _Reactions:
     """Simulated users: a click when the next rated item is in the top of the list."""
 
-    def __init__(self, bootstrap: str, topic: str, split: Split, experiment: Experiment
-                 ) -> None:
+    def __init__(self, bootstrap: str, topic: str, experiment: Experiment) -> None:
         self._bootstrap, self._topic = bootstrap, topic
-        self._next = next_ratings(split)
         self._experiment = experiment
         self.variants = list(experiment.shares)
         self.user_variants: dict[str, str] = {}
@@ -209,19 +222,18 @@ class _Reactions:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def take(self, rec: Recommendation) -> None:
+    async def take(self, rec: Recommendation, shown: list[str],
+                   clicked: tuple[str, int] | None) -> None:
+        """``clicked``: the user's next rating (item, time) when it is among ``shown``."""
         variant = self.user_variants.setdefault(
             rec.user_id, variant_of(self._experiment, rec.user_id))
         version = self.versions.setdefault(rec.model_version, len(self.versions))
-        following = self._next.get(rec.source_event_id)
-        shown = [item.item_id for item in rec.items[:SHOWN]]
-        clicked = following is not None and following[0] in shown
-        self.log.append((self.variants.index(variant), int(clicked), version))
-        if clicked and following is not None and self._producer is not None:
+        self.log.append((self.variants.index(variant), int(clicked is not None), version))
+        if clicked is not None and self._producer is not None:
             feedback = Feedback(v=1, type=FeedbackType.CLICK, event_id=f"click-{rec.rec_id}",
                                 user_id=rec.user_id, rec_id=rec.rec_id,
-                                item_id=following[0], ts=following[1],
-                                position=shown.index(following[0]))
+                                item_id=clicked[0], ts=clicked[1],
+                                position=shown.index(clicked[0]))
             await self._producer.send(self._topic, self._encode(feedback),
                                       key=rec.user_id.encode())
 
@@ -243,9 +255,10 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
     run.start_worker()
     sent: dict[str, float] = {}
     experiment = settings.ab_test()
-    react = (_Reactions(broker, settings.topic_feedback, split, experiment)
+    react = (_Reactions(broker, settings.topic_feedback, experiment)
              if variant in FEEDBACK_VARIANTS else None)
-    collector = _Collector(broker, settings.topic_recommendations, sent, react)
+    collector = _Collector(broker, settings.topic_recommendations, sent, next_ratings(split),
+                           react)
     collecting = asyncio.create_task(collector.run())
     try:
         await run.wait_metric("streamrec_catalogue_items", 0)
@@ -295,6 +308,7 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         shown_log=react.log if react else [],
         versions=list(react.versions) if react else [],
         model=model,
+        hits=collector.hits,
     )
 
 

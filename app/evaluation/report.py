@@ -75,12 +75,33 @@ def _mean_with_error(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(values.mean()) if len(values) else 0.0, "stderr": error}
 
 
+def _difference_in_differences(rows: Mapping[str, Mapping[str, Any]], paired: str,
+                               base: str) -> dict[str, float]:
+    """Learning's paired change minus frozen's, absolute and relative to the learning users'
+    figure in the plain run, each with its standard error."""
+    learning, frozen = rows["learning"], rows["frozen"]
+    effect = learning[paired]["mean"] - frozen[paired]["mean"]
+    error = float(np.hypot(learning[paired]["stderr"], frozen[paired]["stderr"]))
+    scale = max(learning[base]["mean"], 1e-9)
+    return {"difference": effect, "stderr": error, "relative": effect / scale,
+            "relative_stderr": error / scale}
+
+
+def _hit_rates(hits: Mapping[str, Sequence[int]], users: Sequence[str]) -> np.ndarray:
+    return np.array([hits[u][1] / hits[u][0] for u in users], dtype=np.float64)
+
+
 def learning_vs_frozen(split: Split, run: ReplayRun, lists: Mapping[str, Sequence[str]],
-                       plain: Mapping[str, Sequence[str]] | None) -> dict[str, Any]:
+                       plain: Mapping[str, Sequence[str]] | None,
+                       plain_hits: Mapping[str, Sequence[int]] | None = None
+                       ) -> dict[str, Any]:
     """The feedback run's A/B: per variant, its users' NDCG@10 and click-through, the
     learning curve (click-through per twentieth of the lists), and the same users' NDCG@10
     in the plain `frozen` run when there is one (a paired comparison on the same users:
-    there, nobody was served learnt parameters)."""
+    there, nobody was served learnt parameters). With the plain run's per-user hits, the
+    same pairing for click-through over every list a user was shown (every list, not one
+    target per user; yet about as noisy on MovieLens-100K, +-6% against +-7%, since two runs
+    batch events differently and so publish different lists)."""
     variants = list(run.experiment.get("shares", {}))
     log = np.array(run.shown_log, dtype=np.int64).reshape(-1, 3)
     out: dict[str, Any] = {"variants": {}, "curve": {}, "versions": len(run.versions),
@@ -102,6 +123,12 @@ def learning_vs_frozen(split: Split, run: ReplayRun, lists: Mapping[str, Sequenc
             ndcg_plain = _per_user_ndcg(plain, split, users)
             row["ndcg10_in_plain_run"] = _mean_with_error(ndcg_plain)
             row["paired_difference"] = _mean_with_error(ndcg - ndcg_plain)
+        if plain_hits is not None and run.hits:
+            both = [u for u in users if u in run.hits and u in plain_hits]
+            rate, rate_plain = _hit_rates(run.hits, both), _hit_rates(plain_hits, both)
+            row["user_ctr"] = _mean_with_error(rate)
+            row["user_ctr_in_plain_run"] = _mean_with_error(rate_plain)
+            row["user_ctr_paired_difference"] = _mean_with_error(rate - rate_plain)
         out["variants"][variant] = row
         curve = []
         for chunk in chunks:
@@ -111,14 +138,11 @@ def learning_vs_frozen(split: Split, run: ReplayRun, lists: Mapping[str, Sequenc
         out["curve"][variant] = curve
     rows = out["variants"]
     if "learning" in rows and "frozen" in rows and plain is not None:
-        learning, frozen = rows["learning"], rows["frozen"]
-        effect = (learning["paired_difference"]["mean"]
-                  - frozen["paired_difference"]["mean"])
-        error = float(np.hypot(learning["paired_difference"]["stderr"],
-                               frozen["paired_difference"]["stderr"]))
-        base = max(learning["ndcg10_in_plain_run"]["mean"], 1e-9)
-        out["effect"] = {"ndcg10": effect, "stderr": error, "relative": effect / base,
-                         "relative_stderr": error / base}
+        effect = _difference_in_differences(rows, "paired_difference", "ndcg10_in_plain_run")
+        out["effect"] = {"ndcg10": effect.pop("difference"), **effect}
+        if "user_ctr_paired_difference" in rows["learning"]:
+            out["ctr_effect"] = _difference_in_differences(
+                rows, "user_ctr_paired_difference", "user_ctr_in_plain_run")
     return out
 
 
@@ -150,7 +174,9 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
             "ndcg10_by_history": _history_curve(lists, split),
         }
     plain = models.get("frozen")
-    ab = {run.variant: learning_vs_frozen(split, run, models[run.variant], plain)
+    plain_hits = next((run.hits for run in runs if run.variant == "frozen" and run.hits),
+                      None)
+    ab = {run.variant: learning_vs_frozen(split, run, models[run.variant], plain, plain_hits)
           for run in runs if run.experiment}
     return {
         "ab": ab,
@@ -318,6 +344,16 @@ def _ab_markdown(ab: Mapping[str, Any], level: str = "##") -> list[str]:
                     f"they already differ by {split:+.1%} in the plain run, where nobody was "
                     "served learnt parameters: that gap is which users fell in which half, "
                     "not learning."]
+                ctr = result.get("ctr_effect")
+                if ctr is not None:
+                    lines += [
+                        "", f"**Effect of learning on click-through: {ctr['relative']:+.1%} "
+                        f"+- {ctr['relative_stderr']:.1%}** ({ctr['difference']:+.4f} +- "
+                        f"{ctr['stderr']:.4f}): the same difference in differences over "
+                        "each user's click-through across every list they were shown (a "
+                        f"click: the next rated item in the top {SHOWN}; the plain run's "
+                        "lists are scored the same way, with no clicks sent). Each user "
+                        "counts once, over every list rather than one target."]
             else:
                 lines += ["", f"Learning vs frozen NDCG@10: {lift:+.1%} between different "
                           "users (no plain run to pair with: the split alone can make a gap "

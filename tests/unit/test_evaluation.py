@@ -140,11 +140,16 @@ def test_learning_vs_frozen_scores_each_half_and_pairs_it_with_the_plain_run() -
                     user_variants={"u0": "frozen", "u1": "frozen", "u2": "learning",
                                    "u3": "learning"},
                     shown_log=[(0, 0, 0), (1, 1, 1), (1, 1, 1), (0, 1, 0)],
-                    versions=["default-2", "learning-1.1"])
+                    versions=["default-2", "learning-1.1"],
+                    hits={"u0": [4, 1], "u1": [2, 0], "u2": [4, 2], "u3": [5, 5]})
     lists = {u: [targets[u]] if run.user_variants[u] == "learning" else ["i0"]
              for u in targets}
     plain = {u: ["i0"] for u in targets}
-    result = learning_vs_frozen(split, run, lists, plain)
+    # the plain run: the frozen users as in the feedback run, the learning users less often
+    # shown their next item; u3 got no list in the plain run and is left out of the pairing
+    plain_hits = {"u0": [4, 1], "u1": [2, 0], "u2": [4, 1]}
+    assert "ctr_effect" not in learning_vs_frozen(split, run, lists, plain)
+    result = learning_vs_frozen(split, run, lists, plain, plain_hits)
     learning, frozen = result["variants"]["learning"], result["variants"]["frozen"]
     assert learning["ndcg10"]["mean"] == 1.0
     assert frozen["ndcg10"]["mean"] == 0.0
@@ -154,4 +159,10 @@ def test_learning_vs_frozen_scores_each_half_and_pairs_it_with_the_plain_run() -
     assert learning["ctr"] == 2 / (2 * 10)
     assert result["versions"] == 2
     assert result["effect"]["ndcg10"] == 1.0        # learning +1 on its users, frozen 0
+    assert learning["user_ctr"]["mean"] == 0.5      # u2 only: u3 has no plain-run lists
+    assert learning["user_ctr_paired_difference"]["mean"] == 0.25
+    assert frozen["user_ctr_paired_difference"]["mean"] == 0.0
+    ctr = result["ctr_effect"]
+    assert ctr["difference"] == 0.25
+    assert ctr["relative"] == 1.0                   # against u2's 0.25 in the plain run
     assert len(result["curve"]["learning"]) == 20
