@@ -110,10 +110,7 @@ def store_weights_int8(source: Path, target: Path) -> int:
     dequantize = []
     for name, axis in axes.items():
         weight = numpy_helper.to_array(inits[name]).astype(np.float32)
-        scale = np.abs(weight).max(axis=1 - axis) / 127.0
-        scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
-        shaped = scale[None, :] if axis == 1 else scale[:, None]
-        quantized = np.clip(np.round(weight / shaped), -127, 127).astype(np.int8)
+        quantized, scale = symmetric_int8(weight, axis, 127)
         model.graph.initializer.remove(inits[name])
         model.graph.initializer.extend([
             numpy_helper.from_array(quantized, f"{name}_int8"),
@@ -130,12 +127,20 @@ def store_weights_int8(source: Path, target: Path) -> int:
     return len(axes)
 
 
+def symmetric_int8(weight: np.ndarray, axis: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 of a 2-D weight with one scale per index along ``axis`` (1: per
+    column, 0: per row): scale max|w| / ``limit`` (1 for an all-zero slice), values rounded
+    half to even and clipped to -limit..limit."""
+    scale = np.abs(weight).max(axis=1 - axis) / float(limit)
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    shaped = scale[None, :] if axis == 1 else scale[:, None]
+    return np.clip(np.round(weight / shaped), -limit, limit).astype(np.int8), scale
+
+
 def symmetric_reduced(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column symmetric int8 in the 7-bit range, as onnxruntime's ``reduce_range``:
-    scale max|w| / 64, values rounded (half to even) and clipped to -64..64."""
-    scale = (np.abs(weight).max(axis=0) / 64.0).astype(np.float32)
-    scale[scale == 0] = 1.0
-    return np.clip(np.round(weight / scale), -64, 64).astype(np.int8), scale
+    scale max|w| / 64, clipped to -64..64."""
+    return symmetric_int8(weight, 1, 64)
 
 
 def reduce_weight_range(model: Any, fp32: dict[str, np.ndarray]) -> int:
