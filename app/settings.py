@@ -169,10 +169,10 @@ class Settings(BaseSettings):
     behaviour_sample: float = Field(default=0.0, ge=0, le=1)
     """Share of users' item events (sampled by event id) whose item teaches the learner:
     preferred to ``behaviour_negatives`` of the candidates the user had just before it
-    (app.core.learning). Off by default: at 0.02 (what the replays run, +11.5% NDCG@10 on
-    MovieLens-1M) the pipeline benchmark's throughput fell from ~10,000 to 6,352 events/s
-    (BENCHMARKS.md); 0 learns from feedback on lists alone. Only while the experiment has
-    a ``learning`` variant."""
+    (app.core.learning). Off by default: at 0.02 (what the replays run: learning vs frozen
+    +13.0% NDCG@10 on MovieLens-1M) the pipeline benchmark's throughput fell from ~10,000
+    to 6,352 events/s (BENCHMARKS.md); 0 learns from feedback on lists alone. Only while
+    the experiment has a ``learning`` variant."""
 
     behaviour_negatives: int = Field(default=20, ge=1, le=200)
     """Candidates each sampled next item is preferred to (drawn uniformly)."""

@@ -8,7 +8,9 @@ feedback (app.core.learning). Beside the recency-weighted co-visitation sum, the
 the co-visitation strength from each of the user's ``RECENT_FEATURES`` newest items on its own
 (log-scaled: a weighted sum of logs favours items that several recent items point to) and the
 log of popularity (which may weigh negatively: a discount of the blockbusters every list
-would otherwise hold). Their documented defaults are 0, so a ranker that has learnt nothing
+would otherwise hold), and the *lift* of the co-visitation from all of the user's recent
+items (each edge divided by the visits of both its ends: what co-visitation says beyond
+popularity; app.core.covisit). Their documented defaults are 0, so a ranker that has learnt nothing
 ranks as before. Maximal
 marginal relevance then trades relevance for diversity, and every pick is explained by the
 signal that contributed most.
@@ -27,7 +29,7 @@ RECENT_FEATURES = 5   # co-visitation strength from each of the newest items, as
 COVISIT_RECENT = tuple(f"covisit_{n}" for n in range(1, RECENT_FEATURES + 1))
 # what weights scale
 FEATURES = ("semantic", "covisit", "popularity", "freshness", "novelty", *COVISIT_RECENT,
-            "log_popularity")
+            "log_popularity", "covisit_lift")
 SIGNED = frozenset({"log_popularity"})   # may weigh negatively; the others only help
 
 
@@ -47,6 +49,7 @@ class RankerParams:
     covisit_4: float = 0.0
     covisit_5: float = 0.0   # ... from the fifth newest
     log_popularity: float = 0.0
+    covisit_lift: float = 0.0  # the lift of co-visitation from every recent item, scaled
     mmr_lambda: float = 0.95
     w1: FloatArray | None = None
     b1: FloatArray | None = None
@@ -85,6 +88,8 @@ class Candidates:
     # [n, RECENT_FEATURES]: the stored co-visitation strength from each of the user's
     # newest items (newest first; 0 without an edge or such an item); None: all 0
     covisit_recent: FloatArray | None = None
+    # [n]: the summed lift of the co-visitation from all the user's recent items; None: 0
+    covisit_lift: FloatArray | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,8 @@ def score(user: FloatArray | None, candidates: Candidates, params: RankerParams)
         "novelty": (1.0 - popularity).astype(np.float32),
         **{name: recent[:, column] for column, name in enumerate(COVISIT_RECENT)},
         "log_popularity": np.log1p(candidates.popularity).astype(np.float32),
+        "covisit_lift": _scaled(candidates.covisit_lift) if candidates.covisit_lift is not None
+        else np.zeros(n, dtype=np.float32),
     }
     weights = {name: float(getattr(params, name)) for name in FEATURES}
     parts = {name: weights[name] * value for name, value in features.items()}

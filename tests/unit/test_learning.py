@@ -109,13 +109,16 @@ def test_features_are_the_rankers_parts_before_weighting() -> None:
                             covisit=np.array([2.0, 1.0, 0.0], dtype=np.float32),
                             covisit_source=["x", "x", None],
                             popularity=np.array([0.0, 4.0, 2.0], dtype=np.float32),
-                            freshness=np.array([1.0, 0.5, 0.0], dtype=np.float32))
-    params = RankerParams(semantic=2.0, covisit=3.0, popularity=0.5, freshness=0.1)
+                            freshness=np.array([1.0, 0.5, 0.0], dtype=np.float32),
+                            covisit_lift=np.array([0.5, 2.0, 0.0], dtype=np.float32))
+    params = RankerParams(semantic=2.0, covisit=3.0, popularity=0.5, freshness=0.1,
+                          covisit_lift=1.5)
     scored = score(vectors[0], candidates, params)
     rows = features_of(scored, [0, 1])
     log = [np.log1p(np.float32(v)) for v in (0.0, 4.0)]     # log popularity
-    assert np.allclose(rows, [[1.0, 1.0, 0.0, 1.0, 1.0, 0, 0, 0, 0, 0, log[0]],
-                              [0.0, 0.5, 1.0, 0.5, 0.0, 0, 0, 0, 0, 0, log[1]]])
+    # the lift is scaled to the list's maximum, like the co-visitation sum
+    assert np.allclose(rows, [[1.0, 1.0, 0.0, 1.0, 1.0, 0, 0, 0, 0, 0, log[0], 0.25],
+                              [0.0, 0.5, 1.0, 0.5, 0.0, 0, 0, 0, 0, 0, log[1], 1.0]])
     weights = np.array([getattr(params, name) for name in FEATURES])
     assert np.allclose(rows @ weights, scored.total[[0, 1]])
 

@@ -351,6 +351,41 @@ def test_each_newest_item_s_covisitation_is_a_feature_of_its_own() -> None:
     assert np.allclose(plain.total, scored.total)
 
 
+def test_the_lift_discounts_what_everyone_visits() -> None:
+    """An edge's lift is its strength over both ends' visits: from a user's recent items,
+    the niche item that follows them half the time lifts above the blockbuster that follows
+    them as often but follows everything."""
+    from app.core.ranking import score
+
+    graph = CoVisitation()
+    for n in range(8):                       # the blockbuster follows everything
+        graph.observe([f"other{n}"], "titanic")
+    graph.observe(["alien"], "titanic")
+    graph.observe(["alien"], "aliens")       # aliens: visited once, after alien
+    graph.observe([], "alien")
+    assert graph.visits[graph.index["titanic"]] == 9
+    assert graph.visits[graph.index["alien"]] == 1
+    sources = ["alien", "cars"]              # cars: never visited
+    ids = graph.interned(["titanic", "aliens", "unseen"])
+    strengths = graph.strengths(sources, ["titanic", "aliens", "unseen"], ids)
+    assert strengths[:, 0].tolist() == [1.0, 1.0, 0.0]      # the same raw strength ...
+    assert graph.lift(strengths, sources, ids).tolist() == pytest.approx(
+        [1.0 / 9.0, 1.0, 0.0])                              # ... lifted apart
+    assert len(graph.lift(strengths[:0], sources, ids[:0])) == 0
+    # in a ranking: a feature scaled to the list's maximum, weighed 0 by the defaults
+    rec = Recommender(catalogue(), covisit=graph)
+    user = UserView(interest=VECTORS["alien"], purchased=set(),
+                    recent=[("alien", "view", 1.0)])
+    candidates, _ = rec.candidates(user, Request(k=5), now=0)
+    scored = score(user.interest, candidates, RankerParams())
+    lift = dict(zip(candidates.item_ids, scored.features["covisit_lift"].tolist(),
+                    strict=True))
+    assert lift["aliens"] == pytest.approx(1.0)
+    assert lift["titanic"] == pytest.approx(1.0 / 9.0)
+    plain = score(user.interest, replace(candidates, covisit_lift=None), RankerParams())
+    assert np.allclose(plain.total, scored.total)
+
+
 def test_the_candidates_a_next_item_was_chosen_from_are_its_features() -> None:
     graph = CoVisitation()
     for _ in range(3):
