@@ -120,7 +120,8 @@ class CoVisitation:
 
     def observe(self, history: Sequence[str], item: str, weight: float = 1.0) -> None:
         """Record that ``item`` follows ``history`` (the user's items, oldest first)."""
-        self.visits[self._id(item)] += 1.0
+        visited = self._id(item)   # (first: interning may grow ``visits``)
+        self.visits[visited] += 1.0
         for distance, previous in enumerate(reversed(history[-self.window:]), start=1):
             if previous == item:
                 continue

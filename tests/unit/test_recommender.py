@@ -372,6 +372,10 @@ def test_the_lift_discounts_what_everyone_visits() -> None:
     assert graph.lift(strengths, sources, ids).tolist() == pytest.approx(
         [1.0 / 9.0, 1.0, 0.0])                              # ... lifted apart
     assert len(graph.lift(strengths[:0], sources, ids[:0])) == 0
+    # the counts grow with the interned ids, whichever call interns them
+    for n in range(300):
+        graph.observe([f"new{n - 1}"] if n else [], f"new{n}")
+    assert [graph.visits[graph.index[f"new{n}"]] for n in (0, 63, 64, 299)] == [1] * 4
     # in a ranking: a feature scaled to the list's maximum, weighed 0 by the defaults
     rec = Recommender(catalogue(), covisit=graph)
     user = UserView(interest=VECTORS["alien"], purchased=set(),
