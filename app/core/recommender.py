@@ -282,11 +282,9 @@ class Recommender:
         covisit, covisit_source = co.lookup(ids, interned) if co is not None else (
             np.zeros(len(ids)), no_sources)
         added = np.fromiter((x.added for x in info), dtype=np.float64, count=len(info))
-        # the co-visitation strength from each recent item, newest first: the newest
-        # RECENT_FEATURES on their own, all of them lifted
-        newest = [item for item, _, _ in reversed(user.recent)]
+        recent_items = [item for item, _, _ in reversed(user.recent)]   # newest first
+        newest = recent_items[:RECENT_FEATURES]
         newest += [""] * (RECENT_FEATURES - len(newest))   # (no such item: no edges)
-        strengths = self.covisit.strengths(newest, ids, interned) if co is not None else None
         candidates = Candidates(
             item_ids=ids,
             vectors=self.catalogue.index.vectors(ids) if ids else
@@ -297,10 +295,10 @@ class Recommender:
             freshness=np.exp2(-np.maximum(now - added, 0.0) / FRESHNESS_HALF_LIFE_MS
                               ).astype(np.float32),
             categories=[x.category for x in info],
-            covisit_recent=strengths[:, :RECENT_FEATURES].astype(np.float32)
-            if strengths is not None else None,
-            covisit_lift=self.covisit.lift(strengths, newest, interned).astype(np.float32)
-            if strengths is not None and interned is not None else None,
+            covisit_recent=self.covisit.strengths(newest, ids, interned).astype(np.float32)
+            if co is not None else None,
+            covisit_lift=self.covisit.lift(recent_items, ids, interned).astype(np.float32)
+            if co is not None else None,
         )
         return candidates, counts
 

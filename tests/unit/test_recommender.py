@@ -366,12 +366,14 @@ def test_the_lift_discounts_what_everyone_visits() -> None:
     assert graph.visits[graph.index["titanic"]] == 9
     assert graph.visits[graph.index["alien"]] == 1
     sources = ["alien", "cars"]              # cars: never visited
-    ids = graph.interned(["titanic", "aliens", "unseen"])
-    strengths = graph.strengths(sources, ["titanic", "aliens", "unseen"], ids)
-    assert strengths[:, 0].tolist() == [1.0, 1.0, 0.0]      # the same raw strength ...
-    assert graph.lift(strengths, sources, ids).tolist() == pytest.approx(
-        [1.0 / 9.0, 1.0, 0.0])                              # ... lifted apart
-    assert len(graph.lift(strengths[:0], sources, ids[:0])) == 0
+    items = ["titanic", "aliens", "unseen"]
+    assert graph.strengths(sources, items)[:, 0].tolist() == [1.0, 1.0, 0.0]  # the same ...
+    assert graph.lift(sources, items).tolist() == pytest.approx(
+        [1.0 / 9.0, 1.0, 0.0])                                            # ... lifted apart
+    assert graph.lift(sources, items, graph.interned(items)).tolist() == pytest.approx(
+        [1.0 / 9.0, 1.0, 0.0])
+    assert len(graph.lift(sources, [])) == 0
+    assert graph.lift(["nothing"], items).tolist() == [0.0, 0.0, 0.0]
     # the counts grow with the interned ids, whichever call interns them
     for n in range(300):
         graph.observe([f"new{n - 1}"] if n else [], f"new{n}")
