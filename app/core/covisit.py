@@ -214,9 +214,10 @@ class CoVisitation:
             if edges is None:
                 continue
             n = len(edges.slots)
+            interned = self.index.get(source)   # (a source never visited is not interned)
             targets.append(edges.ids[:n])
-            weights.append(edges.strengths[:n] / max(self.visits[self.index[source]], 1.0)
-                           if source in self.index else edges.strengths[:n])
+            weights.append(edges.strengths[:n] if interned is None
+                           else edges.strengths[:n] / max(self.visits[interned], 1.0))
         known = ids >= 0
         if not targets or not known.any():
             return out
