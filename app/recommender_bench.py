@@ -22,7 +22,8 @@ from app.data import movielens
 CONFIGS: dict[str, tuple[int, int]] = {
     # name: (recent items used, neighbours per recent item)
     "50 recent x 100 neighbours": (50, 100),
-    "20 recent x 50 neighbours (default)": (20, 50),
+    "20 recent x 100 neighbours (default)": (20, 100),
+    "20 recent x 50 neighbours": (20, 50),
     "20 recent x 30 neighbours": (20, 30),
 }
 

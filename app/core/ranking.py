@@ -4,14 +4,16 @@ The semantic score is the design's s = cos(W1 u + b1, W2 r + b2), u the user's i
 r an item vector; with no learnt projections W1 = W2 = I and b1 = b2 = 0 (the defaults), it
 is plain cosine. A small linear ranker adds co-visitation, popularity and freshness; its
 weights are versioned data (:class:`RankerParams`), learnt online from behaviour and
-feedback (app.core.learning). Beside the recency-weighted co-visitation sum, the ranker sees
-the co-visitation strength from each of the user's ``RECENT_FEATURES`` newest items on its own
-(log-scaled: a weighted sum of logs favours items that several recent items point to) and the
-log of popularity (which may weigh negatively: a discount of the blockbusters every list
-would otherwise hold), and the *lift* of the co-visitation from all of the user's recent
-items (each edge divided by the visits of both its ends: what co-visitation says beyond
-popularity; app.core.covisit). Their documented defaults are 0, so a ranker that has learnt nothing
-ranks as before. Maximal
+feedback (app.core.learning). Beside the recency-weighted co-visitation sum, the ranker
+sees the co-visitation strength from each of the user's ``RECENT_FEATURES`` newest items on
+its own (log-scaled: a weighted sum of logs favours items that several recent items point
+to), the log of popularity (which may weigh negatively: a discount of the blockbusters every
+list would otherwise hold), and the *lift* of the co-visitation from all of the user's
+recent items (each edge divided by the visits of both its ends: what co-visitation says
+beyond popularity; app.core.covisit). The documented defaults (version ``default-3``) weigh
+the per-item strengths and the lift about as the online learner came to weigh them on the
+MovieLens-1M replay, chosen in the in-process stand-in (docs/pipeline.md), so a ranker that
+has learnt nothing does not start without them; log popularity and novelty stay 0. Maximal
 marginal relevance then trades relevance for diversity, and every pick is explained by the
 signal that contributed most.
 """
@@ -37,19 +39,19 @@ SIGNED = frozenset({"log_popularity"})   # may weigh negatively; the others only
 class RankerParams:
     """Versioned ranker parameters. Documented defaults until the learner tunes them."""
 
-    version: str = "default-2"  # 2: re-tuned on the MovieLens replays (docs/pipeline.md)
+    version: str = "default-3"  # 3: the learnt per-item strengths and lift (docs/pipeline.md)
     semantic: float = 1.0
     covisit: float = 1.0
     popularity: float = 0.05
     freshness: float = 0.05
     novelty: float = 0.0
-    covisit_1: float = 0.0   # log(1 + co-visitation strength from the newest item) ...
-    covisit_2: float = 0.0
-    covisit_3: float = 0.0
-    covisit_4: float = 0.0
-    covisit_5: float = 0.0   # ... from the fifth newest
+    covisit_1: float = 1.0   # log(1 + co-visitation strength from the newest item) ...
+    covisit_2: float = 0.5
+    covisit_3: float = 0.4
+    covisit_4: float = 0.3
+    covisit_5: float = 0.2   # ... from the fifth newest
     log_popularity: float = 0.0
-    covisit_lift: float = 0.0  # the lift of co-visitation from every recent item, scaled
+    covisit_lift: float = 2.0  # the lift of co-visitation from every recent item, scaled
     mmr_lambda: float = 0.95
     w1: FloatArray | None = None
     b1: FloatArray | None = None

@@ -198,7 +198,7 @@ class Recommender:
     params: RankerParams = field(default_factory=RankerParams)
     per_source: int = 100
     covisit_recent: int = 20       # the recent items whose neighbours are candidates
-    covisit_neighbours: int = 50   # neighbours taken per recent item
+    covisit_neighbours: int = 100  # neighbours taken per recent item (docs/pipeline.md)
     sources: frozenset[str] = SOURCES  # candidate sources switched on (ablations)
     # what is popular per profile segment: the answer for new users whose profile is known
     segment_popularity: dict[str, Popularity] = field(default_factory=dict)

@@ -346,9 +346,12 @@ def test_each_newest_item_s_covisitation_is_a_feature_of_its_own() -> None:
     titanic = candidates.item_ids.index("titanic")
     newest, second = (scored.features[name][titanic] for name in COVISIT_RECENT[:2])
     assert (newest, second) == pytest.approx((np.log1p(1.0), np.log1p(0.5)))
-    # documented defaults weigh them 0: the ranking is the one without them
-    plain = score(user.interest, replace(candidates, covisit_recent=None), RankerParams())
-    assert np.allclose(plain.total, scored.total)
+    # the documented defaults weigh each one: the score without them is less by exactly that
+    params = RankerParams()
+    plain = score(user.interest, replace(candidates, covisit_recent=None), params)
+    added = sum(getattr(params, name) * scored.features[name] for name in COVISIT_RECENT)
+    assert np.allclose(scored.total - plain.total, added)
+    assert added[titanic] > 0
 
 
 def test_the_lift_discounts_what_everyone_visits() -> None:
@@ -378,7 +381,7 @@ def test_the_lift_discounts_what_everyone_visits() -> None:
     for n in range(300):
         graph.observe([f"new{n - 1}"] if n else [], f"new{n}")
     assert [graph.visits[graph.index[f"new{n}"]] for n in (0, 63, 64, 299)] == [1] * 4
-    # in a ranking: a feature scaled to the list's maximum, weighed 0 by the defaults
+    # in a ranking: a feature scaled to the list's maximum, weighed by the defaults
     rec = Recommender(catalogue(), covisit=graph)
     user = UserView(interest=VECTORS["alien"], purchased=set(),
                     recent=[("alien", "view", 1.0)])
@@ -389,7 +392,8 @@ def test_the_lift_discounts_what_everyone_visits() -> None:
     assert lift["aliens"] == pytest.approx(1.0)
     assert lift["titanic"] == pytest.approx(1.0 / 9.0)
     plain = score(user.interest, replace(candidates, covisit_lift=None), RankerParams())
-    assert np.allclose(plain.total, scored.total)
+    assert np.allclose(scored.total - plain.total,
+                       RankerParams().covisit_lift * scored.features["covisit_lift"])
 
 
 def test_the_candidates_a_next_item_was_chosen_from_are_its_features() -> None:
