@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from app.data.movielens import Rating
@@ -159,10 +160,25 @@ def test_learning_vs_frozen_scores_each_half_and_pairs_it_with_the_plain_run() -
     assert learning["ctr"] == 2 / (2 * 10)
     assert result["versions"] == 2
     assert result["effect"]["ndcg10"] == 1.0        # learning +1 on its users, frozen 0
-    assert learning["user_ctr"]["mean"] == 0.5      # u2 only: u3 has no plain-run lists
-    assert learning["user_ctr_paired_difference"]["mean"] == 0.25
-    assert frozen["user_ctr_paired_difference"]["mean"] == 0.0
+    assert learning["list_ctr"]["mean"] == 0.5      # u2 only: u3 has no plain-run lists
+    assert learning["list_ctr_paired_difference"]["mean"] == 0.25
+    assert frozen["list_ctr"]["mean"] == 1 / 6      # pooled: 1 hit in 4 + 2 lists
+    assert frozen["list_ctr_paired_difference"] == {"mean": 0.0, "stderr": 0.0}
     ctr = result["ctr_effect"]
     assert ctr["difference"] == 0.25
     assert ctr["relative"] == 1.0                   # against u2's 0.25 in the plain run
     assert len(result["curve"]["learning"]) == 20
+
+
+def test_pooled_hit_rate_weighs_users_by_their_lists_and_pairs_on_the_same_users() -> None:
+    from app.evaluation.report import _pooled_hit_rate
+
+    hits = {"a": [1, 1], "b": [99, 9], "c": [50, 5]}
+    rate, influence = _pooled_hit_rate(hits, ["a", "b", "c"])
+    assert rate["mean"] == 15 / 150                 # not the mean of 1, 0.09 and 0.1
+    assert influence.sum() == pytest.approx(0.0)    # linearised around the pooled rate
+    # delta method: the error of sum(hit) / sum(lists) over users, users the units
+    lists, hit = np.array([1, 99, 50.0]), np.array([1, 9, 5.0])
+    expected = np.std((hit - 0.1 * lists) / lists.mean(), ddof=1) / np.sqrt(3)
+    assert rate["stderr"] == pytest.approx(expected)
+    assert _pooled_hit_rate({}, [])[0] == {"mean": 0.0, "stderr": 0.0}
