@@ -377,6 +377,9 @@ def bench_pipeline(
                                                     "one from the Maven jars).")] = None,
     latency_seconds: Annotated[float, typer.Option(help="Length of the latency phase.")]
     = 20.0,
+    latency_rate: Annotated[float | None, typer.Option(
+        help="Events/s of the latency phase (default: half StreamRec's measured rate; "
+             "fix it to compare two builds at the same load).")] = None,
     pull_rate: Annotated[float, typer.Option(help="Requests/s for the pull-API phase.")]
     = 500.0,
     pull_seconds: Annotated[float, typer.Option(help="Length of the pull-API phase.")]
@@ -398,7 +401,8 @@ def bench_pipeline(
 ) -> None:
     """One worker on Apache Kafka with the MovieLens-1M catalogue: sustained events/s of
     StreamRec, the naive job, the Quix Streams job and Faust's decode-only ceiling; then
-    event-to-recommendation latency at half StreamRec's rate, and the pull API's latency."""
+    event-to-recommendation latency at half StreamRec's rate (or --latency-rate), and the
+    pull API's latency."""
     from app import pipeline_bench
 
     def say(text: str) -> None:
@@ -406,7 +410,7 @@ def bench_pipeline(
 
     report = asyncio.run(pipeline_bench.run(
         events, partitions, broker, latency_seconds, say, pull_rate, pull_seconds, profile,
-        references, profile_paced))
+        references, profile_paced, latency_rate))
     if plot_path is not None:
         say(f"wrote {plot_path}" if pipeline_bench.plot(report, plot_path)
             else "matplotlib is not installed: no plot")

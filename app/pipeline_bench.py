@@ -9,7 +9,8 @@ its ratings as events, measured from outside with plain Kafka clients.
    (`app/peers/quix_job.py`) and StreamRec each work it off with a fresh consumer group;
    events/s is measured from the group's first commit to its last (start-up excluded).
    With ``profile``, py-spy samples the StreamRec worker meanwhile.
-3. Latency: events paced at half StreamRec's rate; each recommendation is matched to the send
+3. Latency: events paced at half StreamRec's rate (or a fixed ``latency_rate``, to compare two
+   builds at the same load); each recommendation is matched to the send
    time of the event it was computed after (its `source_event_id`): p50/p99 of
    produced_at - sent.
 4. Pull API: GET /users/{id}/recommendations, open loop at a fixed rate.
@@ -276,7 +277,8 @@ VARIANTS = {
 async def run(events: int, partitions: int, broker: str | None, latency_seconds: float,
               say: Callable[[str], None], pull_rate: float = 500.0,
               pull_seconds: float = 20.0, profile: Path | None = None,
-              references: bool = True, profile_paced: bool = False) -> dict[str, Any]:
+              references: bool = True, profile_paced: bool = False,
+              latency_rate: float | None = None) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     local: KafkaBroker | None = None
     if broker is None:
@@ -340,7 +342,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         lag = GroupLag(settings, f"{settings.app_id}-latency")
         await lag.start()
         await _drain(lag, ends, len(records), say)  # the latency worker catches up first
-        rate = throughput / 2
+        rate = latency_rate or throughput / 2
         paced = bench_events(events + int(rate * latency_seconds))[events:]
         say(f"latency: {len(paced):,} events at {rate:,.0f}/s")
         recs: list[Recommendation] = []
