@@ -85,8 +85,11 @@ def take_batches(stream: Any, max_: int, within: float, backlog_within: float,
     (each acked once the caller asks for the next), except while a backlog is worked off:
     while at least ``max_`` records wait (``behind(processed)``: not yet processed, given
     the last offset processed per partition) and the batch
-    keeps filling fast (a tenth of ``max_`` in the last ``within``), it waits another
-    ``within``, up to ``backlog_within`` in all. A bigger batch covers more of each
+    keeps filling fast, it waits another ``within``, up to ``backlog_within`` in all.
+    Filling fast: the last ``within`` brought a tenth of ``max_``, or, on a machine whose
+    consumer does not take events in that fast, at least half what the batch's first
+    ``within`` brought (and a hundredth of ``max_``): the bar follows this machine's intake
+    rather than a fixed one that only fast machines reach. A bigger batch covers more of each
     user's burst (one recommendation instead of several for states the next batch would
     replace); at ordinary rates nothing waits on the broker and a batch closes after
     ``within`` as before. Built on the private hooks of Faust's own ``take_events``: a
@@ -112,6 +115,7 @@ async def _take_batches(stream: Any, max_: int, within: float, backlog_within: f
                         behind: Callable[[dict[Any, int]], int]) -> AsyncIterator[list[Any]]:
     loop = asyncio.get_running_loop()
     fast = max(1, max_ // 10)
+    least = max(1, max_ // 100)
     events: list[Any] = []
     full = asyncio.Event()
     consumed = asyncio.Event()
@@ -150,7 +154,8 @@ async def _take_batches(stream: Any, max_: int, within: float, backlog_within: f
             # hold it at the input's pace, behind for good (measured; see the docstring)
             grow = backlog >= max_ and (before is None or backlog <= before - last // 2)
             waited, held = within, 0
-            while (grow and len(events) - held >= fast and waited < backlog_within
+            bar = max(least, min(fast, len(events) // 2))   # this machine's "fast"
+            while (grow and len(events) - held >= bar and waited < backlog_within
                    and not full.is_set()):
                 held = len(events)
                 await stream.wait_for_stopped(full, timeout=within)

@@ -98,9 +98,10 @@ def test_kraft_cluster_ids_never_look_like_an_option() -> None:
     assert all(len(i) == 22 for i in ids)
 
 
-def _batch_sizes(waiting_on_broker: int | Callable[[], int], chunks: int = 10) -> list[int]:
-    """take_batches over a Faust channel fed 60 events every 15 ms (``chunks`` times): the
-    batch sizes, with ``waiting_on_broker`` records reported as not yet read."""
+def _batch_sizes(waiting_on_broker: int | Callable[[], int], chunks: int = 10,
+                 per_chunk: int = 60) -> list[int]:
+    """take_batches over a Faust channel fed ``per_chunk`` events every 15 ms (``chunks``
+    times): the batch sizes, with ``waiting_on_broker`` records reported as not yet read."""
     import asyncio
 
     from app.worker.faust_compat import take_batches
@@ -120,13 +121,13 @@ def _batch_sizes(waiting_on_broker: int | Callable[[], int], chunks: int = 10) -
 
             async for batch in take_batches(stream, 1000, 0.05, 1.0, behind):
                 sizes.append(len(batch))
-                if sum(sizes) >= 60 * chunks:
+                if sum(sizes) >= per_chunk * chunks:
                     everything.set()
 
         task = asyncio.create_task(consume())
         await asyncio.sleep(0.01)
         for _ in range(chunks):
-            for value in range(60):
+            for value in range(per_chunk):
                 await channel.send(value=value)
             await asyncio.sleep(0.015)
         await everything.wait()
@@ -145,6 +146,16 @@ def test_batches_grow_only_while_a_backlog_waits_on_the_broker() -> None:
     assert sum(ordinary) == sum(backlog) == 600   # every event, once
     assert len(ordinary) >= 3                      # each batch closed after `within`
     assert max(backlog) > 2 * max(ordinary)        # kept filling while events kept coming
+
+
+def test_batches_grow_on_a_machine_that_takes_events_in_slower_than_the_fixed_bar() -> None:
+    """~50 events per 50 ms window, under the tenth of BATCH_MAX (100) a fast machine takes
+    in: the bar follows the batch's first window, so a backlog still grows batches."""
+    ordinary = _batch_sizes(waiting_on_broker=0, chunks=20, per_chunk=15)
+    backlog = _batch_sizes(waiting_on_broker=5_000, chunks=20, per_chunk=15)
+    assert sum(ordinary) == sum(backlog) == 300
+    assert max(ordinary) < 100
+    assert max(backlog) > 2 * max(ordinary)
 
 
 def test_batches_grow_only_while_the_backlog_shrinks() -> None:
