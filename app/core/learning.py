@@ -25,6 +25,8 @@ another's, labelled 1, and the negation labelled 0):
   drawn uniformly from the candidates, not from the top: the highest-scored ones teach the
   learner to reverse its ranking (measured in the MovieLens-1M stand-in: NDCG@10 0.124
   with the 20 highest-scored negatives, 0.157 with 20 uniform ones, 0.135 learning nothing).
+  A listwise softmax over every candidate and LambdaRank-weighted pairs did no better
+  against the tuned defaults (docs/feedback.md, "Other objectives").
 
 Ranking depends on the weights only up to a positive scale and not on the bias, so the
 learnt weights become the next :class:`RankerParams` as they are.
