@@ -29,6 +29,10 @@ import numpy.typing as npt
 
 Ids = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
+# up to this many interned ids per edge summed, a pass over the id space is the cheaper way
+# (measured on this 2-core VM: a bool mask and a bincount over 3,900 ids ~25 us each, over a
+# million ~280-720 us, against ~130 us to sort 2,000 edges' targets out)
+DENSE_PER_EDGE = 32
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,31 @@ class CoVisitation:
     visits: Floats = field(default_factory=lambda: np.zeros(64))  # per interned id
     _scratch: Floats = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
 
+    def _row(self) -> Floats:
+        """A zeroed scratch row over the id space, for a caller that zeroes what it wrote."""
+        if len(self._scratch) < len(self.names):
+            self._scratch = np.zeros(2 * len(self.names), dtype=np.float64)
+        return self._scratch
+
+    def _small(self, edges: int) -> bool:
+        """Whether the id space is small next to ``edges`` (then one pass over it is cheaper
+        than following the edges alone: ~25 us for 3,900 ids, ~280 us for a million)."""
+        return len(self.names) <= DENSE_PER_EDGE * edges
+
+    def _summed(self, targets: Ids, weights: Floats, at: Ids) -> Floats:
+        """``weights`` summed per id of ``targets``, read at ids ``at``: one bincount over
+        the id space while it is small, else added into the scratch row and cleared after,
+        so the cost follows the edges, not the catalogue's size."""
+        if self._small(len(targets)):
+            dense = np.bincount(targets, weights=weights,
+                                minlength=len(self.names)).astype(np.float64, copy=False)
+            return dense[at]
+        row = self._row()
+        np.add.at(row, targets, weights)
+        summed: Floats = row[at]          # (a copy: fancy indexing)
+        row[targets] = 0.0
+        return summed
+
     def observe(self, history: Sequence[str], item: str, weight: float = 1.0) -> None:
         """Record that ``item`` follows ``history`` (the user's items, oldest first)."""
         visited = self._id(item)   # (first: interning may grow ``visits``)
@@ -181,9 +210,7 @@ class CoVisitation:
         ids = self.interned(items) if ids is None else ids
         known = ids >= 0
         rows = ids[known]
-        if len(self._scratch) < len(self.names):
-            self._scratch = np.zeros(2 * len(self.names), dtype=np.float64)
-        scratch = self._scratch
+        scratch = self._row()
         for column, source in enumerate(sources):
             edges = self.out.get(source)
             if edges is None:
@@ -204,7 +231,7 @@ class CoVisitation:
         edge counts for how much more often the two follow each other than their
         popularity alone would make them (MovieLens-1M stand-in, with the learnt weights:
         NDCG@10 0.1473 -> 0.1591 with this term at weight 2, scaled to the list's
-        maximum). Every source's edges are summed in one pass over the id space."""
+        maximum). Every source's edges are summed in one pass (``_summed``)."""
         ids = self.interned(items) if ids is None else ids
         out = np.zeros(len(ids), dtype=np.float64)
         targets: list[Ids] = []
@@ -221,10 +248,9 @@ class CoVisitation:
         known = ids >= 0
         if not targets or not known.any():
             return out
-        summed = np.bincount(np.concatenate(targets), weights=np.concatenate(weights),
-                             minlength=len(self.names))
         rows = ids[known]
-        out[known] = summed[rows] / np.maximum(self.visits[rows], 1.0)
+        summed = self._summed(np.concatenate(targets), np.concatenate(weights), rows)
+        out[known] = summed / np.maximum(self.visits[rows], 1.0)
         return out
 
     def candidates(self, recent: Iterable[tuple[str, float]], k: int) -> Neighbourhood:
@@ -250,12 +276,15 @@ class CoVisitation:
         flat = np.concatenate(ids)
         contribution = np.concatenate(contributions)
         source_of = np.concatenate(sources)
-        # summed over the whole id space (a few thousand floats) rather than over np.unique
-        reached = np.zeros(len(self.names), dtype=bool)
-        reached[flat] = True
-        targets = np.flatnonzero(reached)
-        totals: Floats = np.bincount(flat, weights=contribution,
-                                     minlength=len(self.names))[targets].astype(np.float64)
+        # the distinct targets, ascending: marked over the id space while it is small
+        # (cheaper than np.unique for a few thousand ids), else sorted out of the edges
+        if self._small(len(flat)):
+            reached = np.zeros(len(self.names), dtype=bool)
+            reached[flat] = True
+            targets = np.flatnonzero(reached)
+        else:
+            targets = np.unique(flat)
+        totals = self._summed(flat, contribution, targets)
         # per target, the strongest contribution (the earliest recent item on ties)
         strongest = np.argsort(-contribution, kind="stable")
         _, firsts = np.unique(flat[strongest], return_index=True)

@@ -376,6 +376,9 @@ def test_the_lift_discounts_what_everyone_visits() -> None:
     assert graph.lift(sources, items, graph.interned(items)).tolist() == pytest.approx(
         [1.0 / 9.0, 1.0, 0.0])
     assert len(graph.lift(sources, [])) == 0
+    # an item twice, and a known item no source reaches
+    assert graph.lift(sources, ["titanic", "aliens", "titanic", "alien"]).tolist() == (
+        pytest.approx([1.0 / 9.0, 1.0, 1.0 / 9.0, 0.0]))
     assert graph.lift(["nothing"], items).tolist() == [0.0, 0.0, 0.0]
     # the counts grow with the interned ids, whichever call interns them
     for n in range(300):
@@ -475,3 +478,28 @@ class _Encoder:
 
     def encode_query(self, text: str) -> np.ndarray:
         return VECTORS["alien"]
+
+
+def test_covisitation_sums_the_same_whatever_the_size_of_the_id_space() -> None:
+    """A large catalogue (many interned ids, few edges reached) is summed through the
+    scratch row rather than over the id space: same candidates, totals and lift, and the
+    row is left clear for the next request."""
+    graph = CoVisitation()
+    for user in range(30):
+        items = [f"i{(user * 7 + n) % 40}" for n in range(12)]
+        for n, item in enumerate(items):
+            graph.observe(items[max(0, n - graph.window):n], item)
+    recent = [("i3", 1.0), ("i10", 0.5), ("i17", 0.25)]
+    sources, items = ["i3", "i10", "i17"], [f"i{n}" for n in range(40)] + ["i3", "unseen"]
+    small = graph.candidates(recent, k=8)
+    small_lift = graph.lift(sources, items)
+    for n in range(20_000):                          # cold items: interned, no edges
+        graph.observe([], f"cold{n}")
+    for _ in range(2):                               # twice: the scratch row is cleared
+        large = graph.candidates(recent, k=8)
+        assert large.targets.tolist() == small.targets.tolist()
+        assert large.totals == pytest.approx(small.totals)
+        assert large.best.tolist() == small.best.tolist()
+        assert large.ranked() == small.ranked()
+        assert graph.lift(sources, items) == pytest.approx(small_lift)
+    assert not graph._scratch.any()
