@@ -93,7 +93,7 @@ def _pooled_hit_rate(hits: Mapping[str, Sequence[int]], users: Sequence[str]
     units, not lists), and each user's linearised contribution (its influence), so that
     two rates over the same users can be paired. The mean of per-user rates would weigh a
     user shown one list like one shown fifty: on MovieLens-100K a third of the users get 3
-    lists or fewer, and that mean's error was 1.5-2x this one's."""
+    lists or fewer, and in one run that mean's error was 1.5x this one's."""
     counts = np.array([hits[u] for u in users], dtype=np.float64).reshape(-1, 2)
     lists, hit = counts[:, 0], counts[:, 1]
     if not len(users) or lists.sum() == 0:
