@@ -103,7 +103,9 @@ def take_batches(stream: Any, max_: int, within: float, backlog_within: float,
     against ~20,000/s), so growing batches waited for them, and the worker processed
     about what arrived, never catching up.
     Also measured and rejected for the same reason: opening a batch's window when the
-    previous batch is handed out, and a lower "filling fast" bar."""
+    previous batch is handed out, and a lower fixed "filling fast" bar (the bar that follows
+    the intake is capped at the old one, and at a paced rate beyond what the worker
+    sustains it fell behind less, not more: BENCHMARKS.md, 2026-12-02)."""
     batches = _take_batches(stream, max_, within, backlog_within, behind)
     active = getattr(stream, "_active_agens", None)   # closed when the stream stops, as
     if active is not None:                            # Faust does with take_events
