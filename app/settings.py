@@ -244,6 +244,12 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(default=40.0, gt=0)
     """Kafka request timeout."""
 
+    stop_deadline_seconds: float = Field(default=20.0, gt=0)
+    """How long a worker asked to stop (SIGTERM/SIGINT) may take before it ends itself: a
+    stop waits on the broker, for a minute and more when it has gone. What a worker ends
+    with is what a SIGKILL leaves (the changelog restores it). Keep it under the platform's
+    kill deadline (`stop_grace_period: 30s` in docker-compose.yml)."""
+
     log_level: str = "info"
     """Worker log level (debug, info, warning, error)."""
 

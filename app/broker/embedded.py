@@ -154,9 +154,9 @@ class EmbeddedBroker:
         self.stop()
         raise TimeoutError(f"embedded broker did not listen on {self.bootstrap} in {timeout}s")
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 10.0) -> None:
         process, self._process = self._process, None
-        stop_process(process)
+        stop_process(process, grace)
 
     def __enter__(self) -> EmbeddedBroker:
         self.start()

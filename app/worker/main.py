@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -113,11 +117,79 @@ def one_blas_thread() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
-def faust_worker(app: Any, loop: asyncio.AbstractEventLoop, settings: Settings) -> Any:
-    """Faust's worker for ``app``, logging as every StreamRec process does (app.logs)."""
+PAST_DEADLINE_EXIT = 3
+"""The exit code of a worker that ended itself at its stop deadline."""
+
+
+class StopDeadline:
+    """Ends the process ``seconds`` after it is armed, unless it exits first. Faust's stop
+    waits on the broker; with the broker gone it retries for a minute and more (measured:
+    62 s), past any orchestrator's patience. Ending here is what a SIGKILL would do, done
+    sooner, logged, and with ``before_exit`` run first (the embedded broker is stopped)."""
+
+    def __init__(self, seconds: float, before_exit: Callable[[], None] = lambda: None,
+                 exit_: Callable[[int], None] = os._exit) -> None:
+        self.seconds = seconds
+        self.before_exit = before_exit
+        self._exit = exit_
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def arm(self, why: str) -> None:
+        with self._lock:
+            if self._timer is not None:
+                return
+            self._timer = threading.Timer(self.seconds, self._expired, args=(why,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def disarm(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _expired(self, why: str) -> None:
+        log.error("stop deadline: still stopping %.0f s after %s (the broker is probably "
+                  "gone); ending now, with what a SIGKILL would leave (the changelog "
+                  "restores the tables, uncommitted offsets are processed again)",
+                  self.seconds, why)
+        try:
+            self.before_exit()
+        except Exception:   # ending anyway
+            log.exception("stop deadline: cleaning up before the exit failed")
+        finally:
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            self._exit(PAST_DEADLINE_EXIT)
+
+
+class Worker(faust.Worker):
+    """Faust's worker with a :class:`StopDeadline`, armed when a signal asks it to stop
+    and when it shuts down for any other reason."""
+
+    def __init__(self, *args: Any, deadline: StopDeadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def _schedule_shutdown(self, signal_: signal.Signals) -> None:
+        self.deadline.arm(signal_.name)
+        super()._schedule_shutdown(signal_)
+
+    def on_worker_shutdown(self) -> None:
+        self.deadline.arm("the worker began to shut down")
+        super().on_worker_shutdown()
+
+
+def faust_worker(app: Any, loop: asyncio.AbstractEventLoop, settings: Settings,
+                 before_exit: Callable[[], None] = lambda: None) -> Worker:
+    """Faust's worker for ``app``, logging as every StreamRec process does (app.logs), with
+    the stop deadline of ``settings``."""
     configure_logging(settings.log_level)
-    return faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True,
-                        redirect_stdouts=False, override_logging=False)
+    return Worker(app, loop=loop, loglevel=settings.log_level, quiet=True,
+                  redirect_stdouts=False, override_logging=False,
+                  deadline=StopDeadline(settings.stop_deadline_seconds, before_exit))
 
 
 def run_worker(settings: Settings) -> None:
@@ -129,7 +201,12 @@ def run_worker(settings: Settings) -> None:
         loop = _new_loop()
         loop.run_until_complete(prepare(settings))
         decl = build(settings)
-        faust_worker(decl.app, loop, settings).execute_from_commandline()
+        worker = faust_worker(decl.app, loop, settings, before_exit=lambda: (
+            broker.stop(grace=2.0) if broker is not None else None))
+        try:
+            worker.execute_from_commandline()
+        finally:
+            worker.deadline.disarm()    # stopped in time: what follows is ours to bound
     finally:
         if broker is not None:
             broker.stop()
