@@ -65,8 +65,9 @@ def simulate(split: Split, encoder: Encoder, make: Callable[[Catalogue], Recomme
     last = {r.user_id: n for n, r in enumerate(split.stream)}
     lists: dict[str, list[str]] = {}
     request = Request(k=k)
-    for n, (rating, _, result) in enumerate(folded(split, catalogue.index, encoder.dimension)):
-        learn_sequence(recommender, result.state, result.applied)
+    for n, (rating, before, result) in enumerate(folded(split, catalogue.index,
+                                                        encoder.dimension)):
+        learn_sequence(recommender, before, result.applied)
         if last[rating.user_id] == n:
             view = user_view(result.state, encoder.dimension, encoder.encode_query)
             items, _ = recommender.recommend(view, request, now=result.state.last_ts)

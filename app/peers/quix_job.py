@@ -83,13 +83,13 @@ def build(settings: Settings) -> Application:
             if isinstance(event, Search) else {}
         fold = event_fold(EventContext(item_vector=recommender.catalogue.index.vector,
                                        query_vectors=queries, dimension=encoder.dimension))
-        result = apply_batch(codec.decode(state.get(b"user")), [event],
-                             settings.dedup_window, fold)
+        before = codec.decode(state.get(b"user"))
+        result = apply_batch(before, [event], settings.dedup_window, fold)
         if not result.applied:
             return None
         state.set(b"user", codec.encode(result.state))
-        record, _ = recommend_after(recommender, encoder, result.state, result.applied,
-                                    request)
+        record, _ = recommend_after(recommender, encoder, before, result.state,
+                                    result.applied, request)
         return encode(record)
 
     app = Application(

@@ -100,13 +100,16 @@ def user_view(state: UserState, dimension: int, embed_query: Callable[[str], Flo
                     segments)
 
 
-def learn_sequence(recommender: Recommender, state: UserState, applied: Sequence[Event],
+def learn_sequence(recommender: Recommender, before: UserState, applied: Sequence[Event],
                    segments: Sequence[str] = ()) -> None:
     """Feed co-visitation and popularity (overall, and per profile segment of the user)
-    with a user's newly applied item events. Another event on the item just touched (a
+    with a user's newly applied item events, ``before`` being their state before them. Each
+    item follows what came before it: the recent items before the batch, then the batch's
+    earlier items (never a later item of the same batch, however many it held: a backlog
+    batch can hold more than the state keeps). Another event on the item just touched (a
     view, then its purchase) is one visit, not two: the sequence did not move, and a memory
     regrown from stored users counts it once too."""
-    order = [item for item, _, _ in state.recent]
+    order = [item for item, _, _ in before.recent]
     previous: str | None = None
     for event in applied:
         if isinstance(event, Search):
@@ -114,24 +117,26 @@ def learn_sequence(recommender: Recommender, state: UserState, applied: Sequence
         if event.item_id == previous:
             continue
         previous = event.item_id
-        position = order.index(event.item_id) if event.item_id in order else len(order)
         kind = str(type(event).__struct_config__.tag)
         weight = SEQUENCE_WEIGHTS[kind]
-        recommender.covisit.observe(order[:position], event.item_id, weight)
+        recommender.covisit.observe(order, event.item_id, weight)
+        if event.item_id in order:
+            order.remove(event.item_id)
+        order.append(event.item_id)
         recommender.popularity.add(event.item_id, weight, event.ts)
         recommender.learn_segments(segments, event.item_id, weight, event.ts)
 
 
-def recommend_after(recommender: Recommender, encoder: Encoder, state: UserState,
-                    applied: Sequence[Event], request: Request,
+def recommend_after(recommender: Recommender, encoder: Encoder, before: UserState,
+                    state: UserState, applied: Sequence[Event], request: Request,
                     segments: tuple[str, ...] = (), params: RankerParams | None = None,
                     exploration: Exploration | None = None
                     ) -> tuple[Recommendation, Ranking]:
-    """The recommendation that follows a user's newly applied events (co-visitation and
-    popularity learn from them first), scored with ``params`` (the recommender's own when
-    None) and, when ``exploration`` is on, one slot explored; with its ranking (candidates
-    per source, each item's features)."""
-    learn_sequence(recommender, state, applied, segments)
+    """The recommendation that follows a user's newly applied events, ``state`` after them
+    and ``before`` before them (co-visitation and popularity learn from them first), scored
+    with ``params`` (the recommender's own when None) and, when ``exploration`` is on, one
+    slot explored; with its ranking (candidates per source, each item's features)."""
+    learn_sequence(recommender, before, applied, segments)
     view = user_view(state, encoder.dimension, encoder.encode_query, segments)
     rec_id = uuid.uuid4().hex
     params = params or recommender.params
@@ -407,7 +412,8 @@ class Pipeline:
         variant = self.feedback.variant(result.applied[-1].user_id)
         params = self.feedback.params_for(variant)
         record, ranking = recommend_after(
-            self.recommender, self.encoder, result.state, result.applied, request,
+            self.recommender, self.encoder, result.before, result.state, result.applied,
+            request,
             self.segments(result.key), params,
             self._exploration if variant == LEARNING else None)
         for source, count in ranking.counts.items():

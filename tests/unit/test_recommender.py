@@ -194,7 +194,7 @@ def test_memory_regrown_from_stored_users_matches_live_learning() -> None:
                 learn_segment_history(live, state, segments[user])
             event = View(v=1, event_id=f"{user}-{i}", user_id=user, ts=1000 * i, item_id=item)
             result = apply_batch(state, [event], 64, event_fold(context))
-            learn_sequence(live, result.state, result.applied, known)
+            learn_sequence(live, state, result.applied, known)
             state = result.state
         users.append((state, segments[user]))
     regrown = Recommender(cat)
@@ -291,13 +291,49 @@ def test_a_view_then_purchase_of_the_same_item_is_one_visit() -> None:
         batch = [View(v=1, event_id=f"v{n}", user_id="u", ts=n, item_id=item),
                  Purchase(v=1, event_id=f"p{n}", user_id="u", ts=n, item_id=item, price=1.0)]
         result = apply_batch(state, batch, 64, event_fold(context))
-        learn_sequence(live, result.state, result.applied)
+        learn_sequence(live, state, result.applied)
         state = result.state
     assert live.covisit.edges["alien"] == {"aliens": 1.0, "predator": 0.5}  # not doubled
     assert live.popularity.value("alien", 2) == pytest.approx(1.0, rel=1e-3)
     regrown = Recommender(cat)
     rebuild_memory(regrown, [(state, ())])
     assert regrown.covisit.edges == live.covisit.edges
+
+
+def test_what_co_visitation_learns_does_not_depend_on_how_events_were_batched() -> None:
+    """A burst longer than the user's recent items (50) folded in one batch teaches the same
+    edges as the same events one per batch: each item follows what came before it, never
+    the items after it in the same batch (a large backlog batch taught those)."""
+    from app.worker.pipeline import learn_sequence
+
+    rng = np.random.default_rng(5)
+    cat = Catalogue(D)
+    for n in range(80):
+        vector = rng.standard_normal(D).astype(np.float32)
+        cat.upsert(entry(ItemUpsert(v=1, event_id=f"c{n}", item_id=f"m{n}", ts=0,
+                                    title=f"m{n}"), vector / np.linalg.norm(vector), "t"))
+    context = EventContext(item_vector=cat.index.vector, query_vectors={}, dimension=D)
+    items = [f"m{n}" for n in range(70)] + ["m3", "m71", "m72"]    # a repeat, too
+    events = [View(v=1, event_id=f"e{n}", user_id="u", ts=n, item_id=item)
+              for n, item in enumerate(items)]
+
+    def learnt(batches: list[list[View]]) -> dict[str, dict[str, float]]:
+        recommender, state = Recommender(cat), UserState()
+        first = apply_batch(state, [View(v=1, event_id="x", user_id="u", ts=-1,
+                                         item_id="m79")], 128, event_fold(context))
+        learn_sequence(recommender, state, first.applied)
+        state = first.state
+        for batch in batches:
+            result = apply_batch(state, batch, 128, event_fold(context))
+            learn_sequence(recommender, state, result.applied)
+            state = result.state
+        return recommender.covisit.edges
+
+    one_by_one = learnt([[e] for e in events])
+    assert learnt([events]) == one_by_one
+    assert learnt([events[:30], events[30:]]) == one_by_one
+    assert "m0" not in one_by_one["m69"]          # nothing learnt backwards in time
+    assert one_by_one["m79"]["m0"] == 1.0         # the item before the burst leads into it
 
 
 def test_a_query_s_nearest_items_are_kept_until_the_catalogue_changes() -> None:
@@ -437,7 +473,7 @@ def test_a_users_next_item_teaches_the_ranker_from_the_state_before_it() -> None
         for n, item in enumerate(["toy-story", "cars"]):
             result = apply_batch(state, [View(v=1, event_id=f"{user}{n}", user_id=user, ts=n,
                                               item_id=item)], 64, fold)
-            learn_sequence(rec, result.state, result.applied)
+            learn_sequence(rec, state, result.applied)
             state = result.state
     # one batch of the user's: toy story, its purchase, cars, then titanic
     batch = [View(v=1, event_id="u0", user_id="u", ts=0, item_id="toy-story"),
