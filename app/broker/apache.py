@@ -172,3 +172,10 @@ class KafkaBroker:
     def stop(self) -> None:
         process, self._process = self._process, None
         stop_process(process, grace=30)
+
+    def kill(self) -> None:
+        """SIGKILL, then wait for the exit: a broker gone with no goodbye (tests)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)

@@ -26,7 +26,7 @@ from app.settings import Settings
 from app.tools import experiment_summary
 from tests.integration.test_recommendations import CATALOGUE, TS, _items
 from tests.support.kafka_io import produce, read_topic
-from tests.support.worker import WorkerProcess, isolated_env
+from tests.support.worker import WorkerProcess, isolated_env, wait_total
 
 ITEMS = list(CATALOGUE)
 EXPERIMENT = Experiment("ranker")
@@ -51,19 +51,6 @@ def _wait_head(workers: list[WorkerProcess], accept: Any, within: float) -> str:
             return str(heads[0]["version"])
         time.sleep(0.1)
     raise AssertionError(f"heads after {within}s: {heads}")
-
-
-def _wait_total(workers: list[WorkerProcess], name: str, at_least: float,
-                within: float) -> float:
-    """Wait until a counter summed over the workers reaches ``at_least``."""
-    deadline = time.monotonic() + within
-    value = 0.0
-    while time.monotonic() < deadline:
-        value = sum(w.metric(name) for w in workers)
-        if value >= at_least:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{name} = {value} < {at_least} after {within}s")
 
 
 def _views(round_: int) -> list[tuple[bytes | None, bytes | None]]:
@@ -123,7 +110,7 @@ def test_clicks_teach_a_version_every_worker_serves_and_a_rollback_restores_one(
         assert reached < 5.0, f"the learnt version reached every worker in {reached:.1f}s"
         # the trainer publishes from its first batch; the later batches (the clicks may
         # reach it in several) are learnt from within moments
-        _wait_total(workers, "streamrec_learning_examples_total", 3 * len(recs) - 3,
+        wait_total(workers, "streamrec_learning_examples_total", 3 * len(recs) - 3,
                     within=10)                          # a click and two skipped each
 
         # round 1: the learning variant is served the head, the frozen one the defaults;

@@ -85,14 +85,7 @@ class WorkerProcess:
 
     def wait_metric(self, name: str, at_least: float, within: float = 60.0,
                     **labels: str) -> float:
-        deadline = time.monotonic() + within
-        value = 0.0
-        while time.monotonic() < deadline:
-            value = self.metric(name, **labels)
-            if value >= at_least:
-                return value
-            time.sleep(0.2)
-        raise AssertionError(f"{name}{labels} = {value} < {at_least} after {within}s")
+        return wait_total([self], name, at_least, within, **labels)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final commit, no flush."""
@@ -102,3 +95,16 @@ class WorkerProcess:
 
     def stop(self) -> None:
         stop_process(self.process, grace=30)
+
+
+def wait_total(workers: list[WorkerProcess], name: str, at_least: float,
+               within: float = 60.0, **labels: str) -> float:
+    """Wait until a metric summed over ``workers`` reaches ``at_least``."""
+    deadline = time.monotonic() + within
+    value = 0.0
+    while time.monotonic() < deadline:
+        value = sum(w.metric(name, **labels) for w in workers)
+        if value >= at_least:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{name}{labels} = {value} < {at_least} after {within}s")
