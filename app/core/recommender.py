@@ -110,8 +110,8 @@ class Popularity:
 
     def add(self, item_id: str, weight: float, ts: int) -> None:
         self._latest = max(self._latest, ts)
-        score = self.scores[item_id] = (self.scores.get(item_id, 0.0)
-                                        + weight * self._scale(ts))
+        scaled = weight * self._scale(ts)   # first: rescaling may replace every score
+        score = self.scores[item_id] = self.scores.get(item_id, 0.0) + scaled
         top = self._top
         if item_id in top:
             self._ranked = None

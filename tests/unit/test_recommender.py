@@ -273,6 +273,13 @@ def test_popularity_decays_ranks_and_keeps_its_top_without_scanning() -> None:
     assert np.isfinite(pop.value("later", 10_000 * day))
     assert pop.value("later", 10_000 * day) == pytest.approx(1.0)
     assert pop.value("old", 10_000 * day) == 0.0
+    # an item counted before the rescale and again after it: its old count rescaled too
+    # (it was kept unscaled, 2 ** 256 times too strong, and overflowed float32)
+    again = Popularity(half_life_ms=day)
+    again.add("a", 1.0, 0)
+    again.add("b", 1.0, 0)
+    again.add("a", 1.0, 300 * day)
+    assert again.values(["a", "b"], 300 * day).tolist() == pytest.approx([1.0, 0.0])
     # asked at a time older than what it counted (a user back after years): the counts as of
     # the newest one, not decayed backwards into growth (which overflowed float32)
     stale = Popularity(half_life_ms=day)
