@@ -9,7 +9,11 @@ paced at ``rate`` events/s or as fast as the worker accepts: the producer keeps 
 latencies measured are the pipeline's, not those of a backlog the producer built up.
 
 Every recommendation published is read back; the last one each user received is what
-`streamrec eval` scores. Nothing is scored here.
+`streamrec eval` scores. Once the whole stream is processed, each user's list is also asked
+of the same worker through its pull API (``GET /users/{id}/recommendations?fresh=1``): by
+then it has learnt from every rating but the targets, other users' later ratings included,
+which is the protocol of the offline baselines and of published offline numbers (the
+*end of stream* lists). Nothing is scored here.
 
 The ``feedback`` variant also simulates users reacting to what they were shown: when the
 item a user rates next is among the top ``SHOWN`` items of the list published after their
@@ -26,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +100,9 @@ class ReplayRun:
     # whose top SHOWN held it] (a simulated click in the feedback run; a hit everywhere):
     # the per-user click-through the A/B pairs across runs
     hits: dict[str, list[int]] = field(default_factory=dict)
+    # per user, the list the worker gave when asked after the whole stream (the offline
+    # protocol: every rating but the targets learnt); empty in runs recorded before it
+    end_lists: dict[str, list[str]] = field(default_factory=dict)
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -123,6 +132,28 @@ def _model_of(metrics_url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - our worker
         result: dict[str, Any] = json.loads(response.read())
     return result
+
+
+def pull_lists(metrics_url: str, users: Sequence[str], k: int, workers: int = 4,
+               progress: Callable[[int, int, float], None] | None = None
+               ) -> dict[str, list[str]]:
+    """Each user's list, freshly computed by the worker (its pull API), a few at a time."""
+    base = metrics_url.removesuffix("/metrics")
+
+    def one(user: str) -> tuple[str, list[str]]:
+        url = f"{base}/users/{urllib.parse.quote(user)}/recommendations?k={k}&fresh=1"
+        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - our worker
+            body = json.loads(response.read())
+        return user, [item["item_id"] for item in body["items"]]
+
+    out: dict[str, list[str]] = {}
+    began = time.monotonic()
+    with ThreadPoolExecutor(workers) as pool:
+        for user, items in pool.map(one, users):
+            out[user] = items
+            if progress and len(out) % 200 == 0:
+                progress(len(out), len(users), time.monotonic() - began)
+    return out
 
 
 def _processed(url: str) -> float:
@@ -241,7 +272,9 @@ class _Reactions:
 async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int = 50,
                  rate: float | None = None, window: int = 5_000, partitions: int = 4,
                  say: Callable[[str], None] = print,
-                 progress: Callable[[int, int, float], None] | None = None) -> ReplayRun:
+                 progress: Callable[[int, int, float], None] | None = None,
+                 pull_progress: Callable[[int, int, float], None] | None = None
+                 ) -> ReplayRun:
     """Stream ``split`` through a fresh worker (its own topics and group) and collect what it
     published."""
     run = WorkerRun(broker, workdir / variant, partitions, name="replay",
@@ -292,6 +325,11 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
             outcome: total(final, "streamrec_behaviour_examples_total", outcome=outcome)
             for outcome in ("learnt", "not_a_candidate")}
         model["projection_pairs"] = total(final, "streamrec_projection_pairs_total")
+        began = time.monotonic()
+        end_lists = await asyncio.to_thread(pull_lists, run.metrics_url, list(split.targets),
+                                            k, progress=pull_progress)
+        say(f"{variant}: {len(end_lists):,} users' lists asked at the end of the stream in "
+            f"{time.monotonic() - began:.1f}s")
     finally:
         collector.stop.set()
         await collecting
@@ -309,6 +347,7 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         versions=list(react.versions) if react else [],
         model=model,
         hits=collector.hits,
+        end_lists=end_lists,
     )
 
 

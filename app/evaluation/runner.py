@@ -19,11 +19,12 @@ from app.evaluation.replay import VARIANTS, ReplayRun, replay, summary
 from app.evaluation.split import load
 
 
-def _progress(display: Display, variant: str) -> Callable[[int, int, float], None]:
+def _progress(display: Display, variant: str, unit: str = "events"
+              ) -> Callable[[int, int, float], None]:
     def show(done: int, of: int, seconds: float) -> None:
         rate = done / seconds if seconds > 0 else 0.0
         bar = "#" * int(30 * done / max(1, of))
-        display.status(f"{variant}: [{bar:<30}] {done:,}/{of:,} events, {rate:,.0f}/s")
+        display.status(f"{variant}: [{bar:<30}] {done:,}/{of:,} {unit}, {rate:,.0f}/s")
     return show
 
 
@@ -54,7 +55,8 @@ async def run_replays(dataset: str, variants: list[str], k: int, rate: float | N
         for variant in variants:
             run = await replay(split, broker, workdir, variant, k=k, rate=rate, window=window,
                                partitions=partitions, say=display.line,
-                               progress=_progress(display, variant))
+                               progress=_progress(display, variant),
+                               pull_progress=_progress(display, variant, "users asked"))
             path = run.save(out / label(dataset, cold_items))
             s = summary(run)
             display.status(

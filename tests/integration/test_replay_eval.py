@@ -28,6 +28,9 @@ def test_ml100k_replay_beats_popularity_by_a_wide_margin(kafka: KafkaBroker,
     assert all(len(items) == 50 for items in run.lists.values())
     assert run.explanation_kinds                  # published lists are explained
     assert len(run.latency_ms) == run.recommendations
+    # every user's list asked again at the end of the stream (the offline protocol)
+    assert set(run.end_lists) == set(split.targets)
+    assert all(len(items) == 50 for items in run.end_lists.values())
 
     saved = ReplayRun.load(run.save(tmp_path / "runs"))
     report = evaluate_runs(split, [saved], say=lambda _: None)
@@ -36,7 +39,10 @@ def test_ml100k_replay_beats_popularity_by_a_wide_margin(kafka: KafkaBroker,
     assert ours["NDCG@10"] >= 1.6 * popular["NDCG@10"], report["models"]
     assert ours["HR@10"] >= 1.5 * popular["HR@10"], report["models"]
     assert ours["coverage@10"] > popular["coverage@10"]
+    end = report["end_of_stream"]["streamrec"]
+    assert end["NDCG@10"] >= 1.6 * popular["NDCG@10"], report["end_of_stream"]
     text = markdown(report, "test", {})
+    assert "| streamrec, end of stream |" in text
     assert "| streamrec |" in text
     assert "| implicit ALS |" in text
 
