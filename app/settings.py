@@ -170,7 +170,9 @@ class Settings(BaseSettings):
     """Share of users' item events (sampled by event id) whose item teaches the learner:
     preferred to ``behaviour_negatives`` of the candidates the user had just before it
     (app.core.learning). Off by default: at 0.02 (what the replays run: learning vs frozen
-    +13.0% NDCG@10 on MovieLens-1M) the pipeline benchmark's throughput fell from ~10,000
+    on MovieLens-1M +13.0% NDCG@10 against ``default-2``'s weights, noise around zero
+    against ``default-3``'s, which start where that learning went; docs/feedback.md) the
+    pipeline benchmark's throughput fell from ~10,000
     to 6,352 events/s (BENCHMARKS.md); 0 learns from feedback on lists alone. Only while
     the experiment has a ``learning`` variant."""
 
