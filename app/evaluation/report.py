@@ -533,7 +533,7 @@ def update_benchmarks(path: Path, dataset: str, report: dict[str, Any], command:
                 f"({report['hidden_item_users']:,}):", "",
            *_table({name: m["hidden items"] for name, m in models.items()})]
           if report.get("hidden_items") else []),
-        *(["", *_end_of_stream_markdown(report, "####")]
+        *(["", *_end_of_stream_markdown(report, "####")[:-1]]   # (it ends in a blank)
           if report.get("end_of_stream") else []),
         *(["", *_ab_markdown(report["ab"], "####")] if report.get("ab") else []),
         end,
