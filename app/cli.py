@@ -475,7 +475,8 @@ def replay(
              "the stream (runs go to <dataset>-cold<percent>).")] = 0.0,
 ) -> None:
     """Stream a MovieLens dataset through the real pipeline (broker, worker, encoder), each
-    user's last rating withheld, and keep what it recommended; `streamrec eval` scores it."""
+    user's last rating withheld, and keep what it recommended, and what it answers for
+    every user when asked at the end of the stream; `streamrec eval` scores both."""
     from app.evaluation.runner import run_replays
 
     asyncio.run(run_replays(dataset, variants.split(","), k, rate, window, partitions, broker,
@@ -497,7 +498,8 @@ def evaluate(
     = 0.0,
 ) -> None:
     """Score the replay's published recommendations (full ranking, leave-last-out) with
-    popularity, co-visitation and implicit-ALS baselines on the same split."""
+    popularity, co-visitation and implicit-ALS baselines on the same split, and the
+    worker's end-of-stream lists (the offline protocol) beside them."""
     from app.evaluation.runner import run_eval
 
     raise typer.Exit(run_eval(dataset, runs, report, update_benchmarks, json_output,
