@@ -43,7 +43,8 @@ class WorkerRun:
             k.removeprefix("STREAMREC_").lower(): v
             for k, v in self.env.items() if k.startswith("STREAMREC_")
         })
-        self.metrics_url = f"http://127.0.0.1:{self.env['STREAMREC_WEB_PORT']}/metrics"
+        self.base_url = f"http://127.0.0.1:{self.env['STREAMREC_WEB_PORT']}"
+        self.metrics_url = f"{self.base_url}/metrics"
         workdir.mkdir(parents=True, exist_ok=True)
         self.log = workdir / "worker.log"
         self.worker: subprocess.Popen[bytes] | None = None

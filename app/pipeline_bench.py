@@ -378,7 +378,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         before = await asyncio.to_thread(scrape, run_.metrics_url)
         spy = _start_profiler(run_, workdir / "profile-pull.txt") \
             if profile is not None else None
-        pull = await _pull(run_.metrics_url.removesuffix("/metrics"),
+        pull = await _pull(run_.base_url,
                            users, pull_rate, pull_seconds)
         after = await asyncio.to_thread(scrape, run_.metrics_url)
         if spy is not None and profile is not None:
@@ -397,7 +397,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
                               - total(before, "streamrec_pull_cache_total", outcome="hit"))
         say(f"  p50 {pull['p50_ms']:.1f} ms, p99 {pull['p99_ms']:.1f} ms; again, each "
             "request scored afresh (fresh=true)")
-        pull_fresh = await _pull(run_.metrics_url.removesuffix("/metrics"),
+        pull_fresh = await _pull(run_.base_url,
                                  users, pull_rate, pull_seconds, fresh=True)
         pull_fresh["server_within_ms"] = _histogram_shares(
             after, await asyncio.to_thread(scrape, run_.metrics_url))

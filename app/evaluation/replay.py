@@ -126,22 +126,21 @@ def stream_records(split: Split) -> list[tuple[bytes, bytes, str]]:
     return out
 
 
-def _model_of(metrics_url: str) -> dict[str, Any]:
+def _model_of(base_url: str) -> dict[str, Any]:
     """The worker's GET /model: the learning variant's head and checkpoints."""
-    url = metrics_url.removesuffix("/metrics") + "/model"
+    url = base_url + "/model"
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - our worker
         result: dict[str, Any] = json.loads(response.read())
     return result
 
 
-def pull_lists(metrics_url: str, users: Sequence[str], k: int, workers: int = 4,
+def pull_lists(base_url: str, users: Sequence[str], k: int, workers: int = 4,
                progress: Callable[[int, int, float], None] | None = None
                ) -> dict[str, list[str]]:
     """Each user's list, freshly computed by the worker (its pull API), a few at a time."""
-    base = metrics_url.removesuffix("/metrics")
 
     def one(user: str) -> tuple[str, list[str]]:
-        url = f"{base}/users/{urllib.parse.quote(user)}/recommendations?k={k}&fresh=1"
+        url = f"{base_url}/users/{urllib.parse.quote(user)}/recommendations?k={k}&fresh=1"
         with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - our worker
             body = json.loads(response.read())
         return user, [item["item_id"] for item in body["items"]]
@@ -319,14 +318,14 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         deadline = time.monotonic() + 120
         while collector.count < published and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
-        model = await asyncio.to_thread(_model_of, run.metrics_url)
+        model = await asyncio.to_thread(_model_of, run.base_url)
         final = await asyncio.to_thread(scrape, run.metrics_url)
         model["behaviour_examples"] = {
             outcome: total(final, "streamrec_behaviour_examples_total", outcome=outcome)
             for outcome in ("learnt", "not_a_candidate")}
         model["projection_pairs"] = total(final, "streamrec_projection_pairs_total")
         began = time.monotonic()
-        end_lists = await asyncio.to_thread(pull_lists, run.metrics_url, list(split.targets),
+        end_lists = await asyncio.to_thread(pull_lists, run.base_url, list(split.targets),
                                             k, progress=pull_progress)
         say(f"{variant}: {len(end_lists):,} users' lists asked at the end of the stream in "
             f"{time.monotonic() - began:.1f}s")

@@ -435,6 +435,13 @@ def save(fig: Any, path: Path) -> str:
     return f"img/{path.name}"
 
 
+def _published_lines(ax: Any, at: float, suffix: str = "") -> None:
+    """The published NDCG@10 references as dashed lines, labelled at ``at``."""
+    for name, values in PUBLISHED.items():
+        ax.axhline(values["NDCG@10"], linestyle="--", linewidth=1, color="gray")
+        ax.text(at, values["NDCG@10"], f" {name}{suffix}", fontsize=7)
+
+
 def plots(report: dict[str, Any], runs: Sequence[ReplayRun], folder: Path
           ) -> dict[str, str]:
     """PNG plots beside the report; returns {title: relative path}."""
@@ -452,9 +459,7 @@ def plots(report: dict[str, Any], runs: Sequence[ReplayRun], folder: Path
     for offset, metric in ((-0.2, "NDCG@10"), (0.2, "HR@10")):
         ax.bar(x + offset, [models[n]["all"][metric] for n in names], width=0.4, label=metric)
     if dataset == "ml-1m":
-        for name, values in PUBLISHED.items():
-            ax.axhline(values["NDCG@10"], linestyle="--", linewidth=1, color="gray")
-            ax.text(len(names) - 0.5, values["NDCG@10"], f" {name} NDCG@10", fontsize=7)
+        _published_lines(ax, len(names) - 0.5, " NDCG@10")
     ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
     ax.set_title(f"{dataset}: quality per model (full ranking, leave-last-out)")
     ax.legend()
@@ -470,9 +475,7 @@ def plots(report: dict[str, Any], runs: Sequence[ReplayRun], folder: Path
                 strict=True):
             ax.bar(x + offset, heights, width=0.4, label=label)
         if dataset == "ml-1m":
-            for name, published in PUBLISHED.items():
-                ax.axhline(published["NDCG@10"], linestyle="--", linewidth=1, color="gray")
-                ax.text(len(ends) - 0.5, published["NDCG@10"], f" {name}", fontsize=7)
+            _published_lines(ax, len(ends) - 0.5)
         ax.set_xticks(x, list(ends), fontsize=8)
         ax.set_ylabel("NDCG@10")
         ax.set_title(f"{dataset}: online lists vs the same worker asked at the end")
