@@ -51,6 +51,12 @@ def bad_event_samples(user_id: str, event_id: str, max_payload_bytes: int) -> li
         BadSample(Reason.UNKNOWN_VERSION, key, ev(v=2)),
         BadSample(Reason.BAD_TIMESTAMP, key, ev(ts=4_102_444_800_000)),  # year 2100
         BadSample(Reason.KEY_MISMATCH, b"somebody-else", ev()),
+        # a key that is not UTF-8 (its lossy decoding would have matched the payload's id)
+        BadSample(Reason.BAD_KEY, b"\xff", _event(user_id="\ufffd", event_id=event_id)),
+        # nested deeper than any record of the contract: the decoder's recursion is not a
+        # limit to reach (2 KB of brackets exhausted it)
+        BadSample(Reason.TOO_DEEP, key, ev(context={"x": 0})[:-1]
+                  + b',"deep":' + b"[" * 1000 + b"]" * 1000 + b"}"),
     ]
 
 

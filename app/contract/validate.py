@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Generic, TypeVar
 
 import msgspec
+import numpy as np
 
 from app.contract.records import Event, Feedback, ItemOp, UserProfile
 
@@ -23,6 +24,7 @@ class Reason(StrEnum):
     """Why an input record was rejected. Bounded: used as a metric label."""
 
     OVERSIZE = "oversize"
+    TOO_DEEP = "too_deep"
     EMPTY = "empty"
     MALFORMED_JSON = "malformed_json"
     WRONG_TYPE = "wrong_type"
@@ -32,6 +34,7 @@ class Reason(StrEnum):
     UNKNOWN_VERSION = "unknown_version"
     BAD_TIMESTAMP = "bad_timestamp"
     KEY_MISMATCH = "key_mismatch"
+    BAD_KEY = "bad_key"
     PROCESSING_ERROR = "processing_error"
 
 
@@ -39,6 +42,7 @@ class Reason(StrEnum):
 class Rejection:
     reason: Reason
     detail: str
+    exception: str = ""   # the exception's class, for a processing error
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +50,25 @@ class Limits:
     """Bounds applied after decoding; see the settings of the same names."""
 
     max_payload_bytes: int = 65_536
+    max_depth: int = 16
     min_event_time: int = 631_152_000_000
     max_clock_skew_ms: int = 86_400_000
+
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def json_depth(value: bytes, limit: int) -> int:
+    """How deep ``value``'s arrays and objects nest, counted without parsing it (brackets
+    inside strings do not count); 0 when it holds no more than ``limit`` brackets at all,
+    which cannot nest deeper than that (one C-speed count: every ordinary record). Checked
+    before a record reaches the decoder, whose recursion a deep enough record exhausts."""
+    if value.count(b"[") + value.count(b"{") <= limit:
+        return 0
+    codes = np.frombuffer(_STRING.sub(b'""', value), dtype=np.uint8)
+    steps = ((codes == 91).astype(np.int8) + (codes == 123) - (codes == 93)
+             - (codes == 125))
+    return int(np.cumsum(steps, dtype=np.int32).max(initial=0))
 
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
@@ -91,6 +112,13 @@ class Validator(Generic[T]):
         self.limits = limits
 
     def __call__(self, key: bytes | None, value: bytes | None, now_ms: int) -> T | Rejection:
+        """The record, or why it is rejected. Never raises, whatever the bytes."""
+        try:
+            return self._check(key, value, now_ms)
+        except Exception as exc:  # noqa: BLE001 - no record may escape as an exception
+            return Rejection(Reason.PROCESSING_ERROR, f"validator: {type(exc).__name__}")
+
+    def _check(self, key: bytes | None, value: bytes | None, now_ms: int) -> T | Rejection:
         if not value:
             return Rejection(Reason.EMPTY, "empty record value")
         if len(value) > self.limits.max_payload_bytes:
@@ -98,15 +126,27 @@ class Validator(Generic[T]):
                 Reason.OVERSIZE,
                 f"{len(value)} bytes > limit {self.limits.max_payload_bytes}",
             )
+        depth = json_depth(value, self.limits.max_depth)
+        if depth > self.limits.max_depth:
+            return Rejection(Reason.TOO_DEEP,
+                             f"nested {depth} deep > limit {self.limits.max_depth}")
         try:
             record = self._decoder.decode(value)
         except msgspec.DecodeError as exc:
             return Rejection(classify(exc), str(exc)[:500])
+        except RecursionError:
+            return Rejection(Reason.TOO_DEEP, "nested too deep to decode")
         ts: int = getattr(record, "ts")  # noqa: B009 - every input struct has ts
         if ts < self.limits.min_event_time or ts > now_ms + self.limits.max_clock_skew_ms:
             return Rejection(Reason.BAD_TIMESTAMP, f"event time {ts} ms is out of range")
+        if key is None:
+            return Rejection(Reason.KEY_MISMATCH, f"the record key must be {self.key_field}")
         expected: str = getattr(record, self.key_field)
-        if key is None or key.decode("utf-8", "replace") != expected:
+        if key != expected.encode():
+            try:
+                key.decode()
+            except UnicodeDecodeError:
+                return Rejection(Reason.BAD_KEY, "the record key is not valid UTF-8")
             return Rejection(
                 Reason.KEY_MISMATCH, f"record key must equal {self.key_field} of the payload"
             )

@@ -88,3 +88,40 @@ def test_oversize_is_checked_before_parsing() -> None:
     outcome = CHECK.events(b"u1", b"x" * 5000, NOW)
     assert isinstance(outcome, Rejection)
     assert outcome.reason == Reason.OVERSIZE
+
+
+def test_a_deeply_nested_record_is_rejected_not_raised() -> None:
+    # ~2 KB nested 1,000 deep: it exhausted the decoder's recursion and crashed the agent
+    value = b'{"x":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    outcome = validators(Limits()).events(b"u", value, NOW)
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason is Reason.TOO_DEEP
+
+
+def test_brackets_inside_strings_are_not_nesting() -> None:
+    body = {"v": 1, "type": "search", "event_id": "e", "user_id": "u", "ts": 1_700_000_000_000,
+            "query": '[{"' * 150 + '\\"[[['}
+    assert isinstance(CHECK.events(b"u", msgspec.json.encode(body), NOW), Search)
+
+
+def test_a_key_that_is_not_utf8_is_rejected_even_when_its_lossy_decoding_matches() -> None:
+    # the 70-byte item tombstone that became a catalogue delete every worker died on
+    value = b'{"v":1,"op":"delete","event_id":"e","item_id":"\\ufffd","ts":1700000000000}'
+    outcome = CHECK.items(b"\xff", value, NOW)
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason is Reason.BAD_KEY
+    event = good_view("\ufffd", "e1", "i1", 1_700_000_000_000)
+    for key in (b"\xff", b"\xfe"):
+        assert CHECK.events(key, event, NOW).reason is Reason.BAD_KEY  # type: ignore[union-attr]
+    assert isinstance(CHECK.events("\ufffd".encode(), event, NOW), View)
+
+
+def test_the_validator_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    check = validators(Limits())
+
+    def broken(value: bytes) -> object:
+        raise MemoryError("a decoder failing in a way nobody foresaw")
+
+    monkeypatch.setattr(check.events, "_decoder", type("D", (), {"decode": staticmethod(broken)})())
+    outcome = check.events(b"u", good_view("u", "e", "i", 1_700_000_000_000), NOW)
+    assert outcome == Rejection(Reason.PROCESSING_ERROR, "validator: MemoryError")
