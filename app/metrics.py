@@ -34,6 +34,7 @@ class Metrics:
     batch_seconds: Histogram
     batch_records: Histogram
     processing_errors: Counter
+    retries: Counter
     recommendations: Counter
     latency: Histogram
     candidates: Counter
@@ -102,8 +103,16 @@ class Metrics:
             processing_errors=Counter(
                 "streamrec_processing_errors_total",
                 "Failures by stage: a topic's key group (its records are dead-lettered), its "
-                "batch preparation or follow-up (-prepare, -after), a recommendation, or "
-                "learning from a user's next items (behaviour).",
+                "batch preparation or follow-up (-prepare, -after), a whole batch retried "
+                "(-batch), a recommendation, learning from a user's next items (behaviour), "
+                "or a record of a followed topic skipped (catalogue, models).",
+                ["topic"],
+                registry=registry,
+            ),
+            retries=Counter(
+                "streamrec_retries_total",
+                "Transient failures retried with back-off instead of dead-lettering valid "
+                "records (a table not writable yet, the broker unreachable), by topic.",
                 ["topic"],
                 registry=registry,
             ),
@@ -272,14 +281,17 @@ class Metrics:
                 metrics.records.labels(topic, outcome)
             for reason in Reason:
                 metrics.deadletters.labels(topic, reason.value)
-            for stage in (topic, f"{topic}-prepare", f"{topic}-after"):
+            for stage in (topic, f"{topic}-prepare", f"{topic}-after", f"{topic}-batch"):
                 metrics.processing_errors.labels(stage)
+            metrics.retries.labels(topic)
             metrics.batch_seconds.labels(topic)
             metrics.batch_records.labels(topic)
         for event_type in EVENT_TYPES:
             metrics.events.labels(event_type)
         metrics.processing_errors.labels("recommendations")
         metrics.processing_errors.labels("behaviour")
+        for followed in ("catalogue", "models"):   # a record that could not be applied
+            metrics.processing_errors.labels(followed)
         for source in ("encoder", "covisit", "popular"):
             metrics.candidates.labels(source)
         for purpose in ("items", "queries"):

@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=65_536, ge=256)
     """Input records larger than this go to the dead-letter topic (`oversize`)."""
 
+    deadletter_max_bytes: int = Field(default=262_144, ge=1024, le=900_000)
+    """A dead letter's key and value together are cut to this many bytes (the original
+    sizes in headers), so that a record the producer could not send whole (over its
+    1,000,000-byte request limit) is still forwarded."""
+
     min_event_time: int = Field(default=631_152_000_000, ge=0)
     """Earliest accepted event time, epoch milliseconds (default 1990-01-01)."""
 

@@ -15,12 +15,15 @@ TOPIC = HEADER_PREFIX + "topic"
 PARTITION = HEADER_PREFIX + "partition"
 OFFSET = HEADER_PREFIX + "offset"
 RECEIVED_AT = HEADER_PREFIX + "received_at"
+EXCEPTION = HEADER_PREFIX + "exception"
+KEY_BYTES = HEADER_PREFIX + "key_bytes"        # the original sizes, on a truncated record
+VALUE_BYTES = HEADER_PREFIX + "value_bytes"
 
 
 def deadletter_headers(
     rejection: Rejection, topic: str, partition: int, offset: int, received_ms: int
 ) -> list[tuple[str, bytes]]:
-    return [
+    headers = [
         (REASON, rejection.reason.value.encode()),
         (DETAIL, rejection.detail.encode("utf-8", "replace")),
         (TOPIC, topic.encode()),
@@ -28,6 +31,25 @@ def deadletter_headers(
         (OFFSET, str(offset).encode()),
         (RECEIVED_AT, str(received_ms).encode()),
     ]
+    if rejection.exception:
+        headers.append((EXCEPTION, rejection.exception.encode()))
+    return headers
+
+
+def fit(key: bytes | None, value: bytes | None, max_bytes: int
+        ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """A rejected record's key and value cut to ``max_bytes`` together, so that it can be
+    forwarded (a record under the broker's limit can be over the producer's: left whole,
+    it could not be dead-lettered at all), with headers giving the original sizes when
+    anything was cut. The key keeps at most a 64th of the room, the value the rest."""
+    key_size, value_size = len(key or b""), len(value or b"")
+    if key_size + value_size <= max_bytes:
+        return key, value, []
+    key_room = min(key_size, max_bytes // 64)
+    value_room = max_bytes - key_room
+    return (None if key is None else key[:key_room],
+            None if value is None else value[:value_room],
+            [(KEY_BYTES, str(key_size).encode()), (VALUE_BYTES, str(value_size).encode())])
 
 
 def read_headers(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:

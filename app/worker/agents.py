@@ -4,7 +4,11 @@ Each input topic is a :class:`Flow`: validate every record (rejections go to the
 topic), group the valid ones by key, fold each key's records into its state with the
 duplicate filter, write each key's state once per batch. Nothing here raises on bad input;
 an unexpected error while folding one key sends that key's records to the dead-letter topic
-(reason ``processing_error``) and the batch goes on.
+(reason ``processing_error``, the exception's class in a header) and the batch goes on.
+A transient failure (the broker, or a table whose changelog is not writable yet) is no
+reason to throw a valid record away: that key is retried with back-off, the worker reports
+itself not ready meanwhile, and a batch is acknowledged only once every record in it is
+applied or dead-lettered (:func:`app.worker.faust_compat.take_batches`).
 """
 
 from __future__ import annotations
@@ -18,11 +22,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from app.contract.deadletter import deadletter_headers
+from aiokafka.errors import KafkaError
+from faust.exceptions import PartitionsMismatch
+
+from app.contract.deadletter import deadletter_headers, fit
 from app.contract.records import Event, Feedback, ItemOp, UserProfile
 from app.contract.validate import Limits, Reason, Rejection, Validator, validators
 from app.core.experiments import variant_of
 from app.core.state import (
+    Applied,
     FeedbackState,
     HasEventId,
     ItemState,
@@ -53,6 +61,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOOP_PROBE_SECONDS = 0.05
+RETRY_FIRST_SECONDS = 0.1   # back-off after a transient failure, doubling up to the max
+RETRY_MAX_SECONDS = 5.0
 TRAINER_WITHIN_SECONDS = 0.2   # the trainer's mini-batch: what arrived within this time
 
 S = TypeVar("S", bound=KeyState)
@@ -96,23 +106,74 @@ class Flow(Generic[S, R]):
 
 
 class DeadLetters:
-    """Sends rejected records, untouched, to the dead-letter topic and counts them."""
+    """Sends rejected records to the dead-letter topic, untouched (or cut to ``max_bytes``,
+    with their sizes in headers, when too large to send whole), and counts them once
+    sent."""
 
-    def __init__(self, topic: Any, metrics: Metrics) -> None:
+    def __init__(self, topic: Any, metrics: Metrics, max_bytes: int = 262_144) -> None:
         self._topic = topic
         self._metrics = metrics
+        self.max_bytes = max_bytes
 
     async def send(self, label: str, event: Any, rejection: Rejection) -> None:
         message = event.message
-        self._metrics.deadletters.labels(label, rejection.reason.value).inc()
-        self._metrics.records.labels(label, "rejected").inc()
+        key, value, sizes = fit(message.key, message.value, self.max_bytes)
         await self._topic.send(
-            key=message.key,
-            value=message.value,
+            key=key,
+            value=value,
             headers=deadletter_headers(
                 rejection, message.topic, message.partition, message.offset, now_ms()
-            ),
+            ) + sizes,
         )
+        self._metrics.deadletters.labels(label, rejection.reason.value).inc()
+        self._metrics.records.labels(label, "rejected").inc()
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failure may pass by itself (worth retrying the same record), rather than
+    follow from the record: the broker unreachable or timing out, or a table whose
+    changelog topic the worker does not see with its partitions yet."""
+    if isinstance(exc, KafkaError):
+        return bool(getattr(exc, "retriable", False))
+    return isinstance(exc, PartitionsMismatch | TimeoutError | ConnectionError)
+
+
+class Health:
+    """What keeps a worker from being ready besides Faust's own state: stages held up by a
+    transient failure, each logged once when it starts (with its cause) and once when it
+    ends, never per record or per retry."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[str, float]] = {}
+
+    @property
+    def ok(self) -> bool:
+        return not self._held
+
+    def hold(self, stage: str, exc: BaseException) -> None:
+        cause = type(exc).__name__
+        if self._held.get(stage, ("", 0.0))[0] != cause:
+            log.warning("%s held up by %s: retrying with back-off, not ready meanwhile",
+                        stage, cause)
+            self._held[stage] = (cause, time.monotonic())
+
+    def release(self, stage: str) -> None:
+        held = self._held.pop(stage, None)
+        if held is not None:
+            log.warning("%s going again after %.1f s held up by %s", stage,
+                        time.monotonic() - held[1], held[0])
+
+
+class Backoff:
+    """Delays between retries: ``first`` seconds, doubling up to ``most``."""
+
+    def __init__(self, first: float = RETRY_FIRST_SECONDS,
+                 most: float = RETRY_MAX_SECONDS) -> None:
+        self.delay, self.most = first, most
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.most, self.delay * 2)
 
 
 def time_collections(metrics: Metrics) -> None:
@@ -146,11 +207,37 @@ def count_failure(metrics: Metrics, stage: str, exc: BaseException) -> None:
     log.error("%s failed: %s at %s:%s", stage, type(exc).__name__, frame.filename, frame.lineno)
 
 
+async def _apply_key(flow: Flow[S, R], key: bytes, pairs: list[tuple[Any, R]], window: int,
+                     fold: Callable[[S, R], S], health: Health, metrics: Metrics,
+                     ) -> tuple[S, Applied[S, R]]:
+    """Fold one key's records into its stored state and write it: the state before, and
+    the outcome. Transient failures are retried here, in order, until they pass."""
+    backoff = Backoff()
+    while True:
+        try:
+            with acting_as(pairs[-1][0]):
+                state = flow.codec.decode(flow.table.get(key))
+                result = apply_batch(state, [record for _, record in pairs], window, fold)
+                if result.applied:
+                    flow.table[key] = flow.codec.encode(result.state)
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            metrics.retries.labels(flow.label).inc()
+            health.hold(flow.label, exc)
+            await backoff.wait()
+            continue
+        health.release(flow.label)
+        return state, result
+
+
 async def process_batch(
     flow: Flow[S, R], batch: Sequence[Any], deadletters: DeadLetters, metrics: Metrics,
-    window: int,
+    window: int, health: Health | None = None,
 ) -> None:
-    """Validate, dead-letter, deduplicate and fold one batch of Faust events."""
+    """Validate, dead-letter, deduplicate and fold one batch of Faust events. Returns once
+    every record is applied or dead-lettered (a transient failure is waited out)."""
+    health = health or Health()
     started = time.perf_counter()
     received = now_ms()
     by_key: dict[bytes, list[tuple[Any, R]]] = {}
@@ -172,17 +259,13 @@ async def process_batch(
     results: list[KeyResult[S, R]] = []
     for key, pairs in by_key.items():
         try:
-            with acting_as(pairs[-1][0]):
-                state = flow.codec.decode(flow.table.get(key))
-                result = apply_batch(state, [record for _, record in pairs], window, fold)
-                if result.applied:
-                    flow.table[key] = flow.codec.encode(result.state)
+            state, result = await _apply_key(flow, key, pairs, window, fold, health, metrics)
         except Exception as exc:  # noqa: BLE001 - one key must not stop the others
             count_failure(metrics, flow.label, exc)
+            cause = type(exc).__name__
             for event, _ in pairs:
                 await deadletters.send(
-                    flow.label, event, Rejection(Reason.PROCESSING_ERROR, type(exc).__name__)
-                )
+                    flow.label, event, Rejection(Reason.PROCESSING_ERROR, cause, cause))
             continue
         accepted += len(result.applied)
         duplicates += result.duplicates
@@ -242,10 +325,33 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
     ]
 
 
-def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None) -> None:
+async def process_until_done(flow: Flow[S, R], batch: Sequence[Any],
+                             deadletters: DeadLetters, metrics: Metrics, window: int,
+                             health: Health) -> None:
+    """:func:`process_batch`, run again (with back-off, the worker not ready meanwhile)
+    while anything escapes it (the dead-letter topic unreachable...): the batch is not
+    acknowledged before it is done, so no record is lost, and what a first attempt
+    applied is a duplicate to the next."""
+    backoff = Backoff()
+    stage = f"{flow.label}-batch"
+    while True:
+        try:
+            await process_batch(flow, batch, deadletters, metrics, window, health)
+        except Exception as exc:  # noqa: BLE001 - retried: these records are not done yet
+            count_failure(metrics, stage, exc)
+            health.hold(stage, exc)
+            await backoff.wait()
+            continue
+        health.release(stage)
+        return
+
+
+def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None,
+           health: Health | None = None) -> None:
     """Register one agent per input topic on the app (and the catalogue follower)."""
     settings = decl.settings
-    deadletters = DeadLetters(decl.deadletter, metrics)
+    health = health or Health()
+    deadletters = DeadLetters(decl.deadletter, metrics, settings.deadletter_max_bytes)
     if pipeline is not None:
         decl.app.task(pipeline.follow_catalogue)
         decl.app.task(pipeline.follow_models)
@@ -304,6 +410,7 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
                 stream, settings.batch_max, settings.batch_within_seconds,
                 settings.batch_backlog_seconds, behind,
             ):
-                await process_batch(flow, batch, deadletters, metrics, settings.dedup_window)
+                await process_until_done(flow, batch, deadletters, metrics,
+                                         settings.dedup_window, health)
 
         decl.app.agent(topic, name=f"streamrec.{flow.label}")(agent)

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 import msgspec
+from faust.exceptions import PartitionsMismatch
 
 from app.contract.deadletter import read_headers
 from app.contract.records import View
@@ -13,7 +14,7 @@ from app.contract.samples import good_view
 from app.contract.validate import Limits, validators
 from app.core.state import StateCodec, UserState, fold_event
 from app.metrics import Metrics
-from app.worker.agents import DeadLetters, Flow, process_batch
+from app.worker.agents import DeadLetters, Flow, Health, process_batch, process_until_done
 
 TS = 1_700_000_000_000
 
@@ -92,3 +93,95 @@ def test_a_failing_key_is_dead_lettered_and_the_others_go_on() -> None:
     assert metrics.registry.get_sample_value(
         "streamrec_processing_errors_total", {"topic": "events"}) == 1
     assert msgspec.json.decode(topic.sent[0]["value"])["user_id"] == "poison"
+
+
+def test_a_record_too_large_to_forward_is_dead_lettered_cut_with_its_sizes() -> None:
+    # 1,040,000 bytes: under the broker's limit, over the producer's; it crashed the agent
+    metrics, topic, table = Metrics.create(), Topic(), {}
+    huge = b'{"v":1,' + b" " * 1_040_000 + b"}"
+    batch = _batch([(b"a", huge), (b"a", good_view("a", "a-1", "i", TS))])
+    deadletters = DeadLetters(topic, metrics, max_bytes=262_144)
+    asyncio.run(process_batch(_flow(table), batch, deadletters, metrics, 16))
+    assert StateCodec(UserState).decode(table[b"a"]).counts == {"view": 1}
+    [sent] = topic.sent
+    headers = read_headers(sent["headers"])
+    assert headers["reason"] == "oversize"
+    assert (headers["key_bytes"], headers["value_bytes"]) == ("1", str(len(huge)))
+    assert sent["key"] == b"a"
+    assert sent["value"] == huge[:262_143]
+
+
+class FailingTopic(Topic):
+    """A dead-letter topic whose sends fail ``failures`` times, then work."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def send(self, **kwargs: object) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("broker away")
+        await super().send(**kwargs)
+
+
+def test_a_dead_letter_is_counted_once_sent_and_a_failed_batch_is_done_again() -> None:
+    metrics, topic, table = Metrics.create(), FailingTopic(failures=2), {}
+    batch = _batch([(b"a", b"{broken"), (b"a", good_view("a", "a-1", "i", TS))])
+    asyncio.run(process_until_done(_flow(table), batch, DeadLetters(topic, metrics), metrics,
+                                   16, Health(), ))
+    assert len(topic.sent) == 1   # sent once it could be; nothing counted for the failures
+    assert metrics.registry.get_sample_value(
+        "streamrec_deadletters_total", {"topic": "events", "reason": "malformed_json"}) == 1
+    assert metrics.registry.get_sample_value(
+        "streamrec_processing_errors_total", {"topic": "events-batch"}) == 2
+    assert StateCodec(UserState).decode(table[b"a"]).counts == {"view": 1}
+
+
+class FlakyTable(dict):  # type: ignore[type-arg]
+    """A table whose writes fail as Faust's do while a changelog is not seen yet."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise PartitionsMismatch("changelog has 0 partitions, source 4")
+        super().__setitem__(key, value)
+
+
+def test_a_table_not_writable_yet_is_waited_for_never_dead_lettered() -> None:
+    metrics, topic, table = Metrics.create(), Topic(), FlakyTable(failures=3)
+    health = Health()
+    readiness: list[bool] = []
+
+    async def run() -> None:
+        task = asyncio.create_task(process_batch(
+            _flow(table), _batch([(b"a", good_view("a", "a-1", "i", TS))]),
+            DeadLetters(topic, metrics), metrics, 16, health))
+        while not task.done():
+            readiness.append(health.ok)
+            await asyncio.sleep(0.01)
+        await task
+
+    asyncio.run(run())
+    assert topic.sent == []
+    assert StateCodec(UserState).decode(table[b"a"]).counts == {"view": 1}
+    assert False in readiness   # not ready while held up
+    assert health.ok            # ready after
+    assert metrics.registry.get_sample_value(
+        "streamrec_retries_total", {"topic": "events"}) == 3
+
+
+def test_a_processing_error_names_the_exception_class_in_a_header() -> None:
+    metrics, topic, table = Metrics.create(), Topic(), {}
+
+    def fold(state: UserState, event: View) -> UserState:
+        raise KeyError("deterministic")
+
+    batch = _batch([(b"a", good_view("a", "a-1", "i", TS))])
+    asyncio.run(process_batch(_flow(table, fold), batch, DeadLetters(topic, metrics), metrics, 16))
+    headers = read_headers(topic.sent[0]["headers"])
+    assert (headers["reason"], headers["exception"]) == ("processing_error", "KeyError")
