@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -13,15 +14,27 @@ from aiokafka import AIOKafkaConsumer
 from app.broker.security import client_security
 from app.settings import Settings
 
+log = logging.getLogger(__name__)
+
 Apply = Callable[[bytes | None, bytes | None], object]   # a return value is ignored
+Failed = Callable[[str, BaseException], None]
+
+
+def log_failure(topic: str, exc: BaseException) -> None:
+    """The default for a record that could not be applied: its exception's type, logged
+    (never the record: it may carry ids)."""
+    log.error("a record of %s could not be applied (%s): skipped", topic, type(exc).__name__)
 
 
 async def follow(settings: Settings, topic: str, apply: Apply, synced: asyncio.Event,
                  on_synced: Callable[[], None] = lambda: None,
-                 keep_following: bool = True) -> None:
+                 keep_following: bool = True, failed: Failed = log_failure) -> None:
     """Apply every record of ``topic`` from its beginning, outside any consumer group;
     ``synced`` is set (and ``on_synced`` called) once what the topic held at the start is
-    read. Then go on following it, or return when not ``keep_following``."""
+    read. Then go on following it, or return when not ``keep_following``. A record that
+    ``apply`` raises on is handed to ``failed`` and skipped: whatever a compacted topic
+    holds, its followers go on (one bad record there used to stop every worker, at every
+    start, until compaction removed it)."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.bootstrap_servers(),
@@ -42,7 +55,10 @@ async def follow(settings: Settings, topic: str, apply: Apply, synced: asyncio.E
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
             for messages in batches.values():
                 for message in messages:
-                    apply(message.key, message.value)
+                    try:
+                        apply(message.key, message.value)
+                    except Exception as exc:  # noqa: BLE001 - one record must not stop it
+                        failed(topic, exc)
             if not synced.is_set() and await _caught_up(consumer, ends):
                 synced.set()
                 on_synced()

@@ -257,10 +257,11 @@ def make_recommender(settings: Settings, dimension: int) -> Recommender:
 def apply_catalogue_record(catalogue: Catalogue, key: bytes | None, value: bytes | None
                            ) -> None:
     """One record of the compacted catalogue topic: an entry upserts, a tombstone deletes;
-    an entry embedded with another dimension (another model) is skipped."""
+    an entry embedded with another dimension (another model) is skipped. Raises on a
+    record that is neither (the follower counts and skips it)."""
     if not value:
         if key:
-            catalogue.delete(key.decode())
+            catalogue.delete(key.decode())   # strict: no catalogued item has another key
         return
     published = _entry_decoder.decode(value)
     if len(published.vector) == 4 * catalogue.dimension:
@@ -472,9 +473,14 @@ class Pipeline:
             settle_garbage_collector()
 
         await follow(self.settings, self.settings.topic_catalogue, self.apply_catalogue,
-                     self.catalogue_synced, loaded)
+                     self.catalogue_synced, loaded, failed=self._follow_failed("catalogue"))
 
     async def follow_models(self) -> None:
         """Read the whole models topic, then keep following it."""
         await follow(self.settings, self.settings.topic_models, self.feedback.apply_model,
-                     self.feedback.synced)
+                     self.feedback.synced, failed=self._follow_failed("models"))
+
+    def _follow_failed(self, stage: str) -> Callable[[str, BaseException], None]:
+        def failed(topic: str, exc: BaseException) -> None:
+            count_failure(self.metrics, stage, exc)
+        return failed
