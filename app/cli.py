@@ -96,7 +96,8 @@ def broker() -> None:
 
 @cli.command()
 def topics() -> None:
-    """Create StreamRec's topics (co-partitioned, compaction where it belongs) if missing."""
+    """Create StreamRec's topics and its tables' changelogs (co-partitioned, compaction where
+    it belongs) if missing."""
     from app.broker.admin import ensure_topics, wait_until_ready
 
     settings = get_settings()

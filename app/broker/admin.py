@@ -29,6 +29,15 @@ _MODELS = {**_COMPACTED, "segment.ms": str(10 * 60 * 1000),
            "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": str(3600 * 1000)}
 
 
+STATE_TABLES = ("user-state", "item-state", "feedback-state", "profile-state")
+"""The worker's tables, each backed by a compacted changelog topic."""
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """The changelog topic of a table, as Faust names it."""
+    return f"{app_id}-{table}-changelog"
+
+
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
     name: str
@@ -39,8 +48,14 @@ class TopicSpec:
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """StreamRec's own topics. The user-keyed ones have the same partition count: they must
     be co-partitioned so that one user's records and state meet on one partition. The
-    learner's two topics have one partition: one trainer, one ordered list of versions."""
+    learner's two topics have one partition: one trainer, one ordered list of versions.
+    The tables' changelogs are created here too, co-partitioned, before any worker consumes:
+    left to Faust, a fresh worker could see a changelog without its partitions at its first
+    assignment and refuse every write to that table ("PartitionsMismatch") until it
+    refreshed its metadata minutes later."""
     n = settings.partitions
+    changelogs = [TopicSpec(changelog_topic(settings.app_id, table), n, dict(_COMPACTED))
+                  for table in STATE_TABLES]
     return [
         TopicSpec(settings.topic_events, n, {}),
         TopicSpec(settings.topic_items, n, dict(_COMPACTED)),
@@ -51,6 +66,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_catalogue, n, dict(_COMPACTED)),
         TopicSpec(settings.topic_examples, 1, dict(_EXAMPLES)),
         TopicSpec(settings.topic_models, 1, dict(_MODELS)),
+        *changelogs,
     ]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import faust
 
+from app.broker.admin import STATE_TABLES
 from app.broker.embedded import SESSION_TIMEOUT_SECONDS
 from app.broker.security import faust_credentials
 from app.settings import Settings
@@ -83,6 +84,7 @@ def declare(settings: Settings) -> Declarations:
                          value_serializer="raw", allow_empty=True)
 
     def state_table(name: str, help_: str) -> Any:
+        assert name in STATE_TABLES   # whose changelogs `streamrec topics` creates
         return app.Table(
             name,
             key_type=bytes,  # bytes types make Faust use the raw codec for the store and
