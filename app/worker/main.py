@@ -26,7 +26,12 @@ from app.settings import Settings
 from app.worker import agents, web
 from app.worker.agents import KeyResult
 from app.worker.declarations import Declarations, declare
-from app.worker.faust_compat import acting_as
+from app.worker.faust_compat import (
+    acting_as,
+    fetches_never_outlive_a_seek,
+    flush_waits_for_changelogs,
+    recovery_seeks_from_the_start_when_unsure,
+)
 from app.worker.feedback import FeedbackLoop
 from app.worker.pipeline import Pipeline, make_recommender
 
@@ -89,9 +94,14 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     pipeline = Pipeline(settings, metrics, encoder, recommender, decl.recommendations,
                         decl.catalogue, feedback, profiles=profile_of, users=user_of,
                         remember=remember_shown)
-    agents.attach(decl, metrics, pipeline)
+    health = agents.Health()
+    agents.attach(decl, metrics, pipeline, health)
+    flush_waits_for_changelogs(decl.app, list(decl.tables().values()))
+    recovery_seeks_from_the_start_when_unsure(decl.app)
+    fetches_never_outlive_a_seek(decl.app.consumer)
     web.attach(decl, metrics, pipeline, ready=lambda: (pipeline.catalogue_synced.is_set()
-                                                        and feedback.synced.is_set()))
+                                                        and feedback.synced.is_set()
+                                                        and health.ok))
     return decl
 
 

@@ -9,7 +9,7 @@ import faust
 import pytest
 from faust.streams import current_event
 
-from app.broker.admin import topic_specs
+from app.broker.admin import STATE_TABLES, topic_specs
 from app.broker.embedded import CLUSTER_ID_PREFIX, check_embedded
 from app.contract.deadletter import deadletter_headers, read_headers
 from app.contract.validate import Reason, Rejection
@@ -42,7 +42,8 @@ def test_user_keyed_topics_are_co_partitioned() -> None:
     assert {s.partitions for s in specs if s.name not in {"examples", "models"}} == {6}
     assert {s.partitions for s in specs if s.name in {"examples", "models"}} == {1}
     compacted = {s.name for s in specs if s.configs.get("cleanup.policy") == "compact"}
-    assert compacted == {"items", "users", "catalogue", "models"}
+    changelogs = {f"streamrec-{table}-changelog" for table in STATE_TABLES}
+    assert compacted == {"items", "users", "catalogue", "models"} | changelogs
     examples = next(s for s in specs if s.name == "examples")
     assert examples.configs == {"retention.ms": str(7 * 24 * 3600 * 1000)}
 
@@ -199,3 +200,150 @@ def test_a_started_worker_or_broker_dies_with_the_process_that_started_it() -> N
     while state() not in ("Z", "gone") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert state() in ("Z", "gone")
+
+
+def _acked_after(finish_first_batch: bool) -> list[bool]:
+    """take_batches over a Faust channel: whether each event of the first batch was acked
+    once the caller either asked for the next batch or was stopped halfway through it."""
+    import asyncio
+
+    from app.worker.faust_compat import take_batches
+
+    async def run() -> list[bool]:
+        app = faust.App("take-batches-ack", broker="kafka://localhost:1", store="memory://")
+        app.flow_control.resume()
+        channel = app.channel()
+        stream = channel.stream()
+        first: list[object] = []
+        batches = take_batches(stream, 1000, 0.05, 1.0, lambda processed: 0)
+
+        async def consume() -> None:
+            async for batch in batches:
+                if first:
+                    return
+                first.extend(batch)
+                if not finish_first_batch:
+                    await asyncio.sleep(30)   # working on it when the stop comes
+
+        task = asyncio.create_task(consume())
+        for value in range(20):
+            await channel.send(value=value)
+        while not first:  # noqa: ASYNC110 - polling a test list
+            await asyncio.sleep(0.01)
+        if finish_first_batch:
+            await channel.send(value=99)      # the caller goes on to a next batch
+            await asyncio.wait_for(task, 5)
+        else:
+            await batches.aclose()            # what Faust's stream does when it stops
+            task.cancel()
+            # what the stream's drainer takes after that is not acked either
+            assert stream.enable_acks is False
+        app.consumer._thread.thread_loop.close()
+        return [event.message.acked for event in first]   # type: ignore[attr-defined]
+
+    return asyncio.run(asyncio.wait_for(run(), 20))
+
+
+def test_a_batch_is_acked_once_done_and_never_when_stopped_halfway() -> None:
+    done = _acked_after(finish_first_batch=True)
+    assert done
+    assert all(done)
+    halfway = _acked_after(finish_first_batch=False)
+    assert halfway
+    assert not any(halfway)   # its offsets are not committed: it is read again
+
+
+def test_the_flush_before_a_commit_waits_for_every_changelog_record() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from app.worker.faust_compat import flush_waits_for_changelogs
+
+    async def run() -> list[str]:
+        loop = asyncio.get_running_loop()
+        order: list[str] = []
+        sends: list[asyncio.Future[None]] = []
+
+        def send_changelog(partition: int, key: bytes, value: bytes) -> asyncio.Future[None]:
+            sends.append(loop.create_future())
+            return sends[-1]
+
+        async def buffer_flush() -> None:   # Faust's: gives up after 0.1 s per message
+            order.append("producer flushed")
+
+        table = SimpleNamespace(send_changelog=send_changelog)
+        app = SimpleNamespace(producer=SimpleNamespace(flush=buffer_flush))
+        flush_waits_for_changelogs(app, [table])
+        table.send_changelog(0, b"k", b"v1")
+        table.send_changelog(1, b"k", b"v2")
+
+        async def broker() -> None:
+            for future in sends:
+                await asyncio.sleep(0.05)
+                order.append("record acknowledged")
+                future.set_result(None)
+
+        acks = asyncio.create_task(broker())
+        await app.producer.flush()
+        order.append("commit")
+        await acks
+        return order
+
+    assert asyncio.run(run()) == ["producer flushed", "record acknowledged",
+                                  "record acknowledged", "commit"]
+
+
+def test_recovery_reads_a_changelog_partition_from_its_start_when_its_offset_is_unknown(
+        ) -> None:
+    import asyncio
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from app.worker.faust_compat import recovery_seeks_from_the_start_when_unsure
+
+    seeks: list[dict[str, int]] = []
+
+    async def seek_offsets(consumer: object, tps: set[str], offsets: Counter[str],
+                           title: str) -> None:
+        seeks.append({tp: offsets[tp] for tp in tps})   # aiokafka raises on None
+
+    app = SimpleNamespace(tables=SimpleNamespace(
+        recovery=SimpleNamespace(_seek_offsets=seek_offsets)))
+    recovery_seeks_from_the_start_when_unsure(app)
+    offsets: Counter[str] = Counter({"known": 41})
+    offsets.setdefault("added-late", None)  # type: ignore[arg-type]
+    asyncio.run(app.tables.recovery._seek_offsets(None, {"known", "added-late"}, offsets,
+                                                  "standby"))
+    assert seeks == [{"known": 41, "added-late": -1}]
+
+
+def test_a_fetch_that_a_seek_overtook_is_dropped_and_fetched_again() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from app.worker.faust_compat import fetches_never_outlive_a_seek
+
+    async def run() -> list[object]:
+        fetching = asyncio.Event()
+        release = asyncio.Event()
+
+        async def wait_next_records(timeout: float) -> tuple[object, object]:  # noqa: ASYNC109
+            fetching.set()
+            await release.wait()
+            return {"tp": ["offset 900"]}, {"tp"}
+
+        async def perform_seek() -> None:   # back to the committed offset (say 500)
+            await asyncio.sleep(0)
+
+        consumer = SimpleNamespace(perform_seek=perform_seek,
+                                   _wait_next_records=wait_next_records)
+        fetches_never_outlive_a_seek(consumer)
+        overtaken = asyncio.create_task(consumer._wait_next_records(1.0))
+        await fetching.wait()
+        await consumer.perform_seek()   # a rebalance, while the fetch is under way
+        release.set()
+        results = [(await overtaken)[0]]
+        results.append((await consumer._wait_next_records(1.0))[0])   # no seek meanwhile
+        return results
+
+    assert asyncio.run(run()) == [None, {"tp": ["offset 900"]}]
