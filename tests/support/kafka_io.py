@@ -50,3 +50,46 @@ async def read_topic(bootstrap: str, topic: str, expect: int, within: float = 60
         return found
     finally:
         await consumer.stop()
+
+
+async def latest_by_key(bootstrap: str, topic: str) -> dict[bytes | None, bytes | None]:
+    """Every key's last value in ``topic`` as it stands now (read to its end offsets): a
+    changelog's view of the state it backs."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")  # no group: every partition
+    await consumer.start()
+    try:
+        while not consumer.assignment():  # noqa: ASYNC110 - aiokafka has no event for it
+            await asyncio.sleep(0.1)
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        latest: dict[bytes | None, bytes | None] = {}
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                for message in messages:
+                    latest[message.key] = message.value
+        return latest
+    finally:
+        await consumer.stop()
+
+
+async def history_of(bootstrap: str, topic: str, keys: set[bytes]
+                     ) -> dict[bytes, list[tuple[int, int, bytes | None]]]:
+    """Every record of ``keys`` in ``topic`` as (partition, offset, value), in order: how a
+    changelog's view of a key came about, for a failure message."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        while not consumer.assignment():  # noqa: ASYNC110 - aiokafka has no event for it
+            await asyncio.sleep(0.1)
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        found: dict[bytes, list[tuple[int, int, bytes | None]]] = {k: [] for k in keys}
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                for message in messages:
+                    if message.key in found:
+                        found[message.key].append(
+                            (message.partition, message.offset, message.value))
+        return found
+    finally:
+        await consumer.stop()
