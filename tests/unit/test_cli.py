@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 from app.cli import cli
 
 COMMANDS = ["worker", "demo", "broker", "topics", "produce", "tail", "schemas", "settings",
-            "version", "export-model", "bench"]
+            "version", "export-model", "bench", "train"]
 BENCHES = ["encoder", "pipeline", "recommender"]
 
 

@@ -1,0 +1,92 @@
+"""The behaviour model: a causal transformer over a user's item events (SASRec class).
+
+Each position's input is the item's embedding (a learnt id embedding, plus a learnt
+projection of the item's text-encoder vector when text is given, so that an item nobody
+touched yet still has one) plus the event kind's, the time-gap bucket's and the position's.
+Blocks are pre-norm transformer layers under a causal mask. The output at a position
+scores every item by a dot product with the same item table (tied embeddings): trained
+with full-softmax cross-entropy on the next item at every position.
+
+Torch is imported here and in the training command only; the worker serves the exported
+ONNX graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from app.core.sequence import GAP_BUCKETS, KINDS
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    items: int              # vocabulary size, without the padding index 0
+    length: int = 200       # events read per user
+    dim: int = 64
+    blocks: int = 2
+    heads: int = 1
+    dropout: float = 0.2
+    text_dim: int = 0       # width of the text vectors; 0: no text
+
+    def as_dict(self) -> dict[str, int | float]:
+        return asdict(self)
+
+
+class BehaviourModel(nn.Module):
+    def __init__(self, config: ModelConfig, text: Tensor | None = None) -> None:
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.item = nn.Embedding(config.items + 1, d, padding_idx=0)
+        self.kind = nn.Embedding(len(KINDS) + 1, d, padding_idx=0)
+        self.gap = nn.Embedding(GAP_BUCKETS, d, padding_idx=0)
+        self.position = nn.Embedding(config.length, d)
+        self.text_projection: nn.Linear | None = None
+        if config.text_dim:
+            if text is None or text.shape != (config.items + 1, config.text_dim):
+                raise ValueError("text vectors must be (items + 1, text_dim)")
+            self.register_buffer("text", text.float())
+            self.text_projection = nn.Linear(config.text_dim, d, bias=False)
+        layer = nn.TransformerEncoderLayer(
+            d, config.heads, dim_feedforward=4 * d, dropout=config.dropout,
+            activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, config.blocks,
+                                            enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(config.dropout)
+        nn.init.normal_(self.item.weight, std=0.02)
+        with torch.no_grad():
+            self.item.weight[0].zero_()
+        mask = torch.triu(torch.full((config.length, config.length), float("-inf")), 1)
+        self.register_buffer("causal", mask)
+
+    def item_table(self) -> Tensor:
+        """Every item's embedding, (items + 1, dim): row 0 is padding."""
+        table = self.item.weight
+        if self.text_projection is not None:
+            table = table + self.text_projection(self.text)
+        return table
+
+    def forward(self, items: Tensor, kinds: Tensor, gaps: Tensor) -> Tensor:
+        """Hidden states (batch, length, dim) for left-padded token arrays (batch, length)."""
+        length = items.shape[1]
+        table = self.item_table()
+        positions = torch.arange(length, device=items.device)
+        x = (table[items] * self.config.dim ** 0.5 + self.kind(kinds) + self.gap(gaps)
+             + self.position(positions)[None])
+        x = self.dropout(x) * (items > 0).unsqueeze(-1)
+        causal: Tensor = self.causal   # type: ignore[assignment]  # a registered buffer
+        hidden: Tensor = self.blocks(x, mask=causal[:length, :length], is_causal=True)
+        normed: Tensor = self.norm(hidden)
+        return normed
+
+    def user_vectors(self, items: Tensor, kinds: Tensor, gaps: Tensor) -> Tensor:
+        """The last position's hidden state: what the model expects next, (batch, dim)."""
+        return self.forward(items, kinds, gaps)[:, -1]
+
+    def scores(self, items: Tensor, kinds: Tensor, gaps: Tensor) -> Tensor:
+        """Every item's score for each user's next event, (batch, items + 1)."""
+        return self.user_vectors(items, kinds, gaps) @ self.item_table().T
