@@ -218,7 +218,10 @@ async def _apply_key(flow: Flow[S, R], key: bytes, pairs: list[tuple[Any, R]], w
             with acting_as(pairs[-1][0]):
                 state = flow.codec.decode(flow.table.get(key))
                 result = apply_batch(state, [record for _, record in pairs], window, fold)
-                if result.applied:
+                # a redelivered record means this key's last write may not have reached the
+                # changelog (a killed worker's local table can be ahead of it, its offsets
+                # not committed): written again, so the changelog catches up
+                if result.applied or result.duplicates:
                     flow.table[key] = flow.codec.encode(result.state)
         except Exception as exc:
             if not transient(exc):

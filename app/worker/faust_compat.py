@@ -12,12 +12,15 @@ that grows under a backlog (docs/pipeline.md, "Batches and freshness").
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from faust.streams import _current_event
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -197,7 +200,7 @@ async def _take_batches(stream: Any, max_: int, within: float, backlog_within: f
         stream._processors.remove(buffer)
 
 
-def flush_waits_for_changelogs(app: Any, tables: list[Any]) -> None:
+def flush_waits_for_changelogs(app: Any, tables: list[Any], timeout: float = 60.0) -> None:
     """Make the flush that precedes every offset commit wait until each changelog record
     the ``tables`` have sent so far is acknowledged by the broker.
 
@@ -206,7 +209,8 @@ def flush_waits_for_changelogs(app: Any, tables: list[Any]) -> None:
     the commit goes ahead with the state's changelog records still unsent: a worker killed
     then (or a broker that fails them) loses those updates for good, its offsets being past
     them. Here every changelog send is tracked until it is done, and the flush waits for
-    all of them."""
+    those sent before it began (``timeout`` seconds at most; then it warns and commits, as
+    Faust would)."""
     pending: set[asyncio.Future[Any]] = set()
     for table in tables:
         send = table.send_changelog
@@ -222,9 +226,17 @@ def flush_waits_for_changelogs(app: Any, tables: list[Any]) -> None:
     flush = producer.flush
 
     async def complete_flush() -> None:
+        # the records sent so far, not those sent while waiting: the offsets being
+        # committed were acked before this flush began, and every changelog record of
+        # theirs was sent by then; waiting until nothing at all is pending never ends
+        # under load (measured: a worker's commits stalled, and its fetching with them)
+        waiting = list(pending)
         await flush()
-        while pending:
-            await asyncio.wait(list(pending))
+        if waiting:
+            _, late = await asyncio.wait(waiting, timeout=timeout)
+            if late:
+                log.warning("%d changelog records not acknowledged after %.0f s: "
+                            "committing anyway", len(late), timeout)
 
     producer.flush = complete_flush
 
@@ -248,17 +260,21 @@ def recovery_seeks_from_the_start_when_unsure(app: Any) -> None:
     recovery._seek_offsets = seek_known
 
 
-def fetches_never_outlive_a_seek(consumer: Any) -> None:
-    """Drop a fetched batch of records when the consumer's positions were reset (Faust
-    seeks every partition back to its committed offset after a rebalance) while the fetch
-    was under way: its records come from before the seek.
+def fetches_never_outlive_a_seek(consumer: Any, topics: set[str]) -> None:
+    """Drop the records of ``topics`` (the input topics) from a fetched batch when the
+    consumer's positions were reset while the fetch was under way (Faust seeks every input
+    partition back to its committed offset after a rebalance): they come from before the
+    seek: the input partitions are sought back to their committed offsets once more, and
+    the records fetched again (what was processed since the last commit comes twice, and
+    the duplicate filter drops it).
 
     Faust reads the rebalance generation after its fetch returns, so such a batch passed
     its own check, and its first record, far past the committed offset, opened a "gap"
     that Faust counts as processed: the records in between were committed without being
     processed, then dropped when fetched again as already read (measured: 3-26 of ~70,000
     events lost over four rolling restarts; faust-streaming issues 216 and 221 describe
-    the same jump). The dropped batch is fetched again from the new positions."""
+    the same jump). Other topics' records are kept: table recovery reads the changelogs
+    through the same consumer, from positions of its own, and must not lose any."""
     seeks = [0]
     perform_seek = consumer.perform_seek
     wait_next_records = consumer._wait_next_records
@@ -270,11 +286,16 @@ def fetches_never_outlive_a_seek(consumer: Any) -> None:
         finally:
             seeks[0] += 1
 
-    async def fetch_since_the_last_seek(timeout: float) -> tuple[Any, Any]:  # noqa: ASYNC109 - Faust's signature
+    async def fetch_since_the_last_seek(timeout: float) -> tuple[Any, Any]:  # noqa: ASYNC109
         before = seeks[0]
         records, active = await wait_next_records(timeout)
-        if seeks[0] != before:
-            return None, active
+        if records and seeks[0] != before:
+            kept = {tp: batch for tp, batch in records.items() if tp.topic not in topics}
+            if len(kept) < len(records):
+                # whether they came from before the seek or after it, the consumer's
+                # positions are past them now: back to the committed offsets
+                await perform_seek()
+            records = kept
         return records, active
 
     consumer.perform_seek = counted_seek

@@ -98,7 +98,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     agents.attach(decl, metrics, pipeline, health)
     flush_waits_for_changelogs(decl.app, list(decl.tables().values()))
     recovery_seeks_from_the_start_when_unsure(decl.app)
-    fetches_never_outlive_a_seek(decl.app.consumer)
+    fetches_never_outlive_a_seek(decl.app.consumer, set(settings.input_topics()))
     web.attach(decl, metrics, pipeline, ready=lambda: (pipeline.catalogue_synced.is_set()
                                                         and feedback.synced.is_set()
                                                         and health.ok))

@@ -185,3 +185,23 @@ def test_a_processing_error_names_the_exception_class_in_a_header() -> None:
     asyncio.run(process_batch(_flow(table, fold), batch, DeadLetters(topic, metrics), metrics, 16))
     headers = read_headers(topic.sent[0]["headers"])
     assert (headers["reason"], headers["exception"]) == ("processing_error", "KeyError")
+
+
+def test_a_key_whose_records_are_all_redelivered_is_written_again() -> None:
+    """A killed worker's local table can hold a state its changelog never got (the
+    offsets behind it uncommitted): when those records come again, they are duplicates to
+    the local state, and the state is written so that the changelog catches up."""
+    metrics, topic = Metrics.create(), Topic()
+    writes: list[bytes] = []
+
+    class Table(dict):  # type: ignore[type-arg]
+        def __setitem__(self, key: bytes, value: bytes) -> None:
+            writes.append(key)
+            super().__setitem__(key, value)
+
+    table = Table()
+    batch = _batch([(b"a", good_view("a", "a-1", "i", TS))])
+    asyncio.run(process_batch(_flow(table), batch, DeadLetters(topic, metrics), metrics, 16))
+    asyncio.run(process_batch(_flow(table), batch, DeadLetters(topic, metrics), metrics, 16))
+    assert writes == [b"a", b"a"]
+    assert StateCodec(UserState).decode(table[b"a"]).counts == {"view": 1}

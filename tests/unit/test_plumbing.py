@@ -287,10 +287,20 @@ def test_the_flush_before_a_commit_waits_for_every_changelog_record() -> None:
         await app.producer.flush()
         order.append("commit")
         await acks
+        # a record sent while a flush waits is not waited for: under load something is
+        # always being sent, and the commit would never come
+        table.send_changelog(2, b"k", b"v3")
+        later = asyncio.create_task(app.producer.flush())
+        await asyncio.sleep(0.01)
+        table.send_changelog(3, b"k", b"v4")
+        sends[2].set_result(None)
+        await asyncio.wait_for(later, 1.0)
+        order.append("second commit")
         return order
 
     assert asyncio.run(run()) == ["producer flushed", "record acknowledged",
-                                  "record acknowledged", "commit"]
+                                  "record acknowledged", "commit", "producer flushed",
+                                  "second commit"]
 
 
 def test_recovery_reads_a_changelog_partition_from_its_start_when_its_offset_is_unknown(
@@ -327,23 +337,35 @@ def test_a_fetch_that_a_seek_overtook_is_dropped_and_fetched_again() -> None:
         fetching = asyncio.Event()
         release = asyncio.Event()
 
+        from faust.types import TP
+
+        events, changelog = TP("events", 0), TP("log", 0)
+
         async def wait_next_records(timeout: float) -> tuple[object, object]:  # noqa: ASYNC109
             fetching.set()
             await release.wait()
-            return {"tp": ["offset 900"]}, {"tp"}
+            return {events: ["offset 900"], changelog: ["offset 7"]}, {events}
+
+        seeks: list[str] = []
 
         async def perform_seek() -> None:   # back to the committed offset (say 500)
+            seeks.append("seek")
             await asyncio.sleep(0)
 
         consumer = SimpleNamespace(perform_seek=perform_seek,
                                    _wait_next_records=wait_next_records)
-        fetches_never_outlive_a_seek(consumer)
+        fetches_never_outlive_a_seek(consumer, {"events"})
         overtaken = asyncio.create_task(consumer._wait_next_records(1.0))
         await fetching.wait()
         await consumer.perform_seek()   # a rebalance, while the fetch is under way
         release.set()
         results = [(await overtaken)[0]]
+        assert seeks == ["seek", "seek"]   # the rebalance's, then back to them again
         results.append((await consumer._wait_next_records(1.0))[0])   # no seek meanwhile
+        assert len(seeks) == 2
         return results
 
-    assert asyncio.run(run()) == [None, {"tp": ["offset 900"]}]
+    overtaken, later = asyncio.run(run())
+    # the input topic's records are dropped, table recovery's (a changelog's) are kept
+    assert [tp.topic for tp in overtaken] == ["log"]
+    assert sorted(tp.topic for tp in later) == ["events", "log"]
