@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.contract.records import UserProfile
+from app.core.consumed import CONSUMED_LIMIT
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -34,6 +35,7 @@ class ProfileParams:
     half_life_ms: int = 14 * DAY_MS
     recent_size: int = 50
     purchased_size: int = 500
+    consumed_size: int = CONSUMED_LIMIT   # items in the seen-set (4 bytes each)
 
 
 @dataclass(frozen=True, slots=True)

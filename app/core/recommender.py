@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.contract.records import Explanation, RecommendedItem
+from app.core import consumed
 from app.core.catalogue import CatalogueEntry, PriceStats, VectorIndex
 from app.core.covisit import CoVisitation
 from app.core.learning import features_of
@@ -37,6 +38,7 @@ FloatArray = npt.NDArray[np.float32]
 SOURCES = frozenset({"encoder", "covisit", "popular"})
 FRESHNESS_HALF_LIFE_MS = 30 * DAY_MS  # a new item's freshness halves every 30 days
 QUERY_MARGIN = 64        # items kept beyond what a query needs, for the ones a user blocks
+CONSUMED_MARGIN = 3      # at most this many per_source lists of consumed items skipped
 QUERY_CACHE_SIZE = 1024  # recent queries whose nearest items are kept
 VERBS = {"view": "viewed", "add_to_cart": "added", "purchase": "bought", "search": "searched"}
 
@@ -165,13 +167,14 @@ class UserView:
     purchased: set[str]
     query: tuple[str, FloatArray] | None = None  # the last search, embedded
     segments: tuple[str, ...] = ()   # profile segments ("age:25-34", ...), when known
+    consumed: bytes = b""            # every item consumed, hashed (app.core.consumed)
 
 
 @dataclass(frozen=True)
 class Request:
     k: int = 10
     exclude: frozenset[str] = frozenset()
-    exclude_seen: bool = True  # leave out the user's recent items (discovery, not reminders)
+    exclude_seen: bool = True  # leave out what the user consumed (discovery, not reminders)
     allow_categories: frozenset[str] | None = None
     deny_categories: frozenset[str] = frozenset()
 
@@ -245,12 +248,18 @@ class Recommender:
         the identity for the search to match the score)."""
         params = params or self.params
         blocked = self._blocked(user, request)
+        # consumed items are dropped from each source's list: ask each for that many more
+        # (up to CONSUMED_MARGIN lists' worth), so a long history does not thin the lists
+        extra = min(consumed.size(user.consumed), CONSUMED_MARGIN * self.per_source) \
+            if request.exclude_seen else 0
         found: dict[str, None] = {}
         counts = {"encoder": 0, "covisit": 0, "popular": 0}
         if user.interest is not None and "encoder" in self.sources:
             query = user.interest if params.w1 is None and params.b1 is None else project(
                 user.interest[None, :], params.w1, params.b1)[0]
-            for item, _ in self.catalogue.index.search(query, self.per_source, blocked):
+            hits = [item for item, _ in self.catalogue.index.search(
+                query, self.per_source + extra, blocked)]
+            for item in self._unconsumed(user, request, hits)[:self.per_source]:
                 found[item] = None
                 counts["encoder"] += 1
         if user.query is not None and "encoder" in self.sources:
@@ -259,19 +268,25 @@ class Recommender:
         recent = user.recent[-self.covisit_recent:]
         co = self.covisit.candidates(((i, w) for i, _, w in recent), self.covisit_neighbours) \
             if "covisit" in self.sources else None
-        for item in co.ranked(self.per_source) if co is not None else ():
+        ranked = co.ranked(self.per_source + extra) if co is not None else []
+        for item in self._unconsumed(user, request, ranked)[:self.per_source]:
             if item in self.catalogue.items:
                 found[item] = None
                 counts["covisit"] += 1
-        popular = self.popularity.top(self.per_source // 2, now) \
+        # (never past the kept top: a longer top sorts the whole catalogue)
+        wanted = self.per_source // 2
+        popular = [item for item, _ in self.popularity.top(
+            min(wanted + extra, max(Popularity.TOP_KEPT, wanted)), now)] \
             if "popular" in self.sources else []
+        popular = self._unconsumed(user, request, popular)[:wanted]
         new_user = self._new_with_profile(user)
         if new_user and "popular" in self.sources:
             for segment in user.segments:
                 if segment in self.segment_popularity:
-                    popular = self.segment_popularity[segment].top(self.per_source // 4,
-                                                                   now) + popular
-        for item, _ in popular:
+                    popular = self._unconsumed(user, request, [
+                        item for item, _ in self.segment_popularity[segment].top(
+                            self.per_source // 4, now)]) + popular
+        for item in popular:
             if item in self.catalogue.items and item not in found:
                 found[item] = None
                 counts["popular"] += 1
@@ -344,7 +359,8 @@ class Recommender:
             i for i in candidates.item_ids if not self.catalogue.items[i].in_stock}
         keep = allowed(candidates, blocked,
                        set(request.allow_categories) if request.allow_categories else None,
-                       set(request.deny_categories))
+                       set(request.deny_categories)) & ~self._consumed(user, request,
+                                                                        candidates.item_ids)
         scored = score(user.interest, candidates, params)
         relevance = np.where(keep, scored.total, -np.inf).astype(np.float32)
         rows = [r for r in mmr(relevance, candidates.vectors, request.k + extra,
@@ -373,13 +389,29 @@ class Recommender:
         candidates, _ = self.candidates(user, request, now)
         if item not in candidates.item_ids:
             return None
-        keep = allowed(candidates, self._blocked(user, request), None, set())
+        keep = allowed(candidates, self._blocked(user, request), None, set()) \
+            & ~self._consumed(user, request, candidates.item_ids)
         at = candidates.item_ids.index(item)
         if not keep[at]:
             return None   # an item the list leaves out (seen, bought): nothing to rank
         rows = np.flatnonzero(keep)
         scored = score(user.interest, candidates, self.params)
         return features_of(scored, rows.tolist()), int(np.searchsorted(rows, at))
+
+    @classmethod
+    def _unconsumed(cls, user: UserView, request: Request, item_ids: list[str]) -> list[str]:
+        if not user.consumed or not request.exclude_seen:
+            return item_ids
+        mask = cls._consumed(user, request, item_ids)
+        return [item for item, out in zip(item_ids, mask, strict=True) if not out]
+
+    @staticmethod
+    def _consumed(user: UserView, request: Request, item_ids: Sequence[str]
+                  ) -> npt.NDArray[np.bool_]:
+        """Which of ``item_ids`` the user consumed, when the request leaves those out."""
+        if not request.exclude_seen:
+            return np.zeros(len(item_ids), dtype=bool)
+        return consumed.contains(user.consumed, item_ids)
 
     @staticmethod
     def _blocked(user: UserView, request: Request) -> set[str]:

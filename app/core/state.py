@@ -27,6 +27,7 @@ from app.contract.records import (
     Search,
     UserProfile,
 )
+from app.core import consumed
 from app.core.profile import EVENT_WEIGHTS, Interest, ProfileParams, add_signal, bounded_append
 
 FloatArray = npt.NDArray[np.float32]
@@ -40,7 +41,8 @@ class KeyState(Struct, array_like=True, frozen=True):
 
 class UserState(KeyState, array_like=True, frozen=True):
     """What a worker knows about one user from the `events` topic. Bounded: the id window,
-    ``recent`` and ``purchased`` are capped (``ProfileParams``), the interest is one vector."""
+    ``recent``, ``purchased`` and ``consumed`` are capped (``ProfileParams``), the interest
+    is one vector."""
 
     counts: dict[str, int] = {}
     first_ts: int = 0
@@ -52,6 +54,7 @@ class UserState(KeyState, array_like=True, frozen=True):
     purchased: tuple[str, ...] = ()
     query: str = ""                          # the last search
     query_ts: int = 0
+    consumed: bytes = b""                    # every item consumed (app.core.consumed)
 
 
 class ShownItem(Struct, array_like=True, frozen=True):
@@ -209,6 +212,8 @@ def event_fold(context: EventContext) -> Callable[[UserState, Event], UserState]
             recent = [r for r in state.recent if r[0] != event.item_id]
             recent.append((event.item_id, kind, event.ts))
             changes["recent"] = tuple(recent[-params.recent_size:])
+            changes["consumed"] = consumed.add(state.consumed, (event.item_id,),
+                                               params.consumed_size)
             if isinstance(event, Purchase):
                 changes["purchased"] = tuple(
                     bounded_append(state.purchased, event.item_id, params.purchased_size))

@@ -3,9 +3,10 @@ offline baselines on the same split, slices, plots and a markdown report.
 
 Protocol: each user's last rating is the target, ranked against every item, excluding the
 items the user interacted with before. The pipeline's list is the last recommendation it
-published for the user before the target (the replay withheld the target). The pipeline
-already leaves out a user's purchases and recent items; older items of the history that it
-no longer remembers are removed here, as the protocol says, and counted.
+published for the user before the target (the replay withheld the target), scored exactly
+as it was served: the pipeline itself must leave out what the user consumed (its seen-set,
+app.core.consumed); an earlier item of the user's that it shows anyway is a miss in its
+slot, and such items are counted (``history_items_shown``).
 """
 
 from __future__ import annotations
@@ -34,9 +35,24 @@ PUBLISHED_SOURCE = "facebookresearch/generative-recommenders, README (MovieLens-
 GOAL = {"NDCG@10": 0.19, "HR@10": 0.33}
 
 
+def history_shown(lists: Mapping[str, Sequence[str]], split: Split, top: int = SHOWN
+                  ) -> dict[str, int]:
+    """How many of the users' earlier items the lists hold: in the top ``top`` (what a user
+    sees), in whole lists, and how many lists hold at least one in their top."""
+    seen_top = seen_all = lists_with = 0
+    for user, ranked in lists.items():
+        seen = set(split.history.get(user, ()))
+        in_top = sum(item in seen for item in ranked[:top])
+        seen_top += in_top
+        seen_all += sum(item in seen for item in ranked)
+        lists_with += in_top > 0
+    return {"top": seen_top, "all": seen_all, "lists": lists_with}
+
+
 def without_history(lists: Mapping[str, Sequence[str]], split: Split
                     ) -> tuple[dict[str, list[str]], int]:
-    """Each list with the user's earlier items removed; also how many were removed."""
+    """Each list with the user's earlier items removed; also how many were removed (the
+    tuning stand-in's lists, which model no seen-set; never a served list)."""
     out: dict[str, list[str]] = {}
     removed = 0
     for user, ranked in lists.items():
@@ -167,9 +183,10 @@ def learning_vs_frozen(split: Split, run: ReplayRun, lists: Mapping[str, Sequenc
 def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
                   say: Callable[[str], None] = print) -> dict[str, Any]:
     models: dict[str, dict[str, list[str]]] = {}
-    removed: dict[str, int] = {}
+    shown: dict[str, dict[str, int]] = {}
     for run in runs:
-        models[run.variant], removed[run.variant] = without_history(run.lists, split)
+        models[run.variant] = {user: list(items) for user, items in run.lists.items()}
+        shown[run.variant] = history_shown(run.lists, split)
     say("baselines: popularity")
     models["popularity"] = baselines.popularity(split)
     say("baselines: co-visitation alone")
@@ -191,9 +208,10 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
             "hidden items": _score(lists, split, hidden).row() if hidden else None,
             "ndcg10_by_history": _history_curve(lists, split),
         }
-    end_of_stream = {run.variant: _score(without_history(run.end_lists, split)[0], split,
-                                         users).row()
+    end_of_stream = {run.variant: _score(run.end_lists, split, users).row()
                      for run in runs if run.end_lists}
+    end_shown = {run.variant: history_shown(run.end_lists, split)
+                 for run in runs if run.end_lists}
     plain = models.get("frozen")
     plain_hits = next((run.hits for run in runs if run.variant == "frozen" and run.hits),
                       None)
@@ -211,12 +229,25 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
         "short_history_users": len(short),
         "history_buckets": list(HISTORY_BUCKETS),
         "pipeline_variants": [run.variant for run in runs],
-        "history_items_removed": removed,
+        "history_items_shown": shown,
+        "history_items_shown_end_of_stream": end_shown,
         "replay": [summary(run) for run in runs],
         "explanations": {run.variant: run.explanation_kinds for run in runs},
         "models": results,
         "end_of_stream": end_of_stream,
     }
+
+
+def _shown(report: Mapping[str, Any], variant: str) -> str:
+    counts = report.get("history_items_shown", {}).get(variant)
+    if counts is None:   # a report written before lists were scored as served
+        return "n/a"
+    return f"{counts['top']:,} ({counts['lists']:,})"
+
+
+def _end_shown(report: Mapping[str, Any], variant: str) -> str:
+    counts = report.get("history_items_shown_end_of_stream", {}).get(variant)
+    return "n/a" if counts is None else f"{counts['top']:,} ({counts['lists']:,} lists)"
 
 
 def _fmt(value: float) -> str:
@@ -284,12 +315,15 @@ def markdown(report: dict[str, Any], command: str, images: Mapping[str, str]) ->
         *_ab_markdown(report.get("ab", {})),
         "## The replay", "",
         "| variant | events | seconds | events/s | recommendations | latency p50 | p99 | "
-        "history items removed at evaluation |",
+        f"consumed items in the top {SHOWN} (lists holding one) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *[f"| {r['variant']} | {r['events']:,} | {r['seconds']:.0f} | "
           f"{r['events_per_second']:,} | {r['recommendations']:,} | "
           f"{r['latency_p50_ms']:.0f} ms | {r['latency_p99_ms']:.0f} ms | "
-          f"{report['history_items_removed'][r['variant']]:,} |" for r in report["replay"]],
+          f"{_shown(report, r['variant'])} |" for r in report["replay"]],
+        "",
+        "Lists are scored as served: an item the user consumed before is a miss in its slot "
+        "(the worker's seen-set should leave every one out).",
         "",
         "Latency: from an event's send to the recommendation it caused, while the producer "
         "kept up to 5,000 events ahead of the worker (as fast as it accepts): it includes "
@@ -335,11 +369,11 @@ def _end_of_stream_markdown(report: Mapping[str, Any], level: str = "##") -> lis
         *_table({f"{name}, end of stream": row for name, row in ends.items()}),
         "",
         "| variant | NDCG@10 online | NDCG@10 end of stream | HR@10 online | "
-        "HR@10 end of stream |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        f"HR@10 end of stream | consumed items in the top {SHOWN}, end of stream |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
         *[f"| {name} | {report['models'][name]['all']['NDCG@10']:.4f} | "
           f"{row['NDCG@10']:.4f} | {report['models'][name]['all']['HR@10']:.4f} | "
-          f"{row['HR@10']:.4f} |" for name, row in ends.items()],
+          f"{row['HR@10']:.4f} | {_end_shown(report, name)} |" for name, row in ends.items()],
         "",
     ]
     if report["dataset"] == "ml-1m":

@@ -97,7 +97,7 @@ def user_view(state: UserState, dimension: int, embed_query: Callable[[str], Flo
     if state.query and now - state.query_ts <= QUERY_MEMORY_MS:
         query = (state.query, embed_query(state.query))
     return UserView(interest_of(state, dimension).unit(), recent, set(state.purchased), query,
-                    segments)
+                    segments, state.consumed)
 
 
 def learn_sequence(recommender: Recommender, before: UserState, applied: Sequence[Event],

@@ -16,7 +16,7 @@ from app.evaluation.metrics import (
     rank_of,
     self_information,
 )
-from app.evaluation.report import without_history
+from app.evaluation.report import history_shown, without_history
 from app.evaluation.split import leave_last_out
 
 
@@ -67,6 +67,13 @@ def test_history_is_removed_from_published_lists() -> None:
     lists, removed = without_history({"a": ["x", "w", "z"]}, split)
     assert lists == {"a": ["w", "z"]}
     assert removed == 1
+
+
+def test_served_lists_are_scored_as_they_are_and_their_history_items_counted() -> None:
+    split = leave_last_out([_r(0, "a", "x", 1), _r(1, "a", "y", 2), _r(2, "a", "z", 3),
+                            _r(3, "b", "x", 1), _r(4, "b", "w", 2)], ["x", "y", "z", "w"])
+    lists = {"a": ["x", "w", "y", "z"], "b": ["y", "w"]}
+    assert history_shown(lists, split, top=2) == {"top": 1, "all": 2, "lists": 1}
 
 
 def _clustered_split() -> object:
