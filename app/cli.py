@@ -234,18 +234,21 @@ def train(
         help="Add a learnt projection of each item's text-encoder vector to its embedding.")]
     = True,
     out: Annotated[Path | None, typer.Option(
-        help="Where the weights (.pt) and the curve and result (.json) go; default: "
+        help="Where the weights (.pt), the curve and result (.json, .png) and the exported "
+             "model (a folder of that name) go; default: "
              "~/.cache/streamrec/models/<dataset>-seed<seed>.")] = None,
 ) -> None:
     """Train the behaviour model (a causal transformer over each user's item events, full
     softmax) on a MovieLens split: validated on each user's last streamed event, measured on
     the split's targets at the end of the stream (NDCG@10, HR@10). Needs the training extra:
-    `pip install -e '.[train]'`."""
+    `pip install -e '.\\[train]'`. The best epoch is exported for the worker
+    (STREAMREC_BEHAVIOUR_MODEL): ONNX, checked against torch."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from app.evaluation.split import load
+    from app.train.export import export
     from app.train.model import ModelConfig
-    from app.train.run import TrainConfig, save, text_vectors
+    from app.train.run import Curve, TrainConfig, plot_curve, sample_tokens, save, text_vectors
     from app.train.run import train as run_train
 
     split = load(dataset)
@@ -264,11 +267,26 @@ def train(
             epoch = len(steps) - 1 + done / total
             bar.update(task, completed=round(epoch, 2), description=stage)
 
-        model, curve, result = run_train(split, model_config, config, vectors, progress)
+        def epoch_done(curve: Curve) -> None:
+            bar.console.print(
+                f"epoch {curve.epochs[-1]}: loss {curve.loss[-1]:.4f}, validation NDCG@10 "
+                f"{curve.valid_ndcg[-1]:.4f} HR@10 {curve.valid_hr[-1]:.4f}, "
+                f"{curve.seconds[-1]:.0f} s")
+
+        model, curve, result = run_train(split, model_config, config, vectors, progress,
+                                         epoch_done)
     path = out or Path.home() / ".cache" / "streamrec" / "models" / f"{dataset}-seed{seed}"
     save(path, model, curve, result, config)
+    plot = plot_curve(curve, path.with_suffix(".png"), f"{dataset}, seed {seed}: "
+                      f"test NDCG@10 {result['ndcg@10']:.4f}, HR@10 {result['hr@10']:.4f}")
+    manifest = export(model, split.items, sample_tokens(split, length), path,
+                      {**result, "dataset": dataset, "seed": seed, "epochs": epochs})
     typer.echo(json.dumps({"result": result, "valid_ndcg@10": curve.valid_ndcg,
-                           "seconds_per_epoch": curve.seconds, "saved": str(path)}, indent=2))
+                           "seconds_per_epoch": curve.seconds, "saved": str(path),
+                           "plot": str(plot) if plot else None,
+                           "exported": {"folder": str(path), "version": manifest["version"],
+                                        "parity_max_abs": manifest["parity_max_abs"]}},
+                          indent=2))
 
 
 @cli.command()
@@ -511,7 +529,9 @@ def replay(
         help="Pipeline variants, comma-separated: streamrec (everyone served the online "
              "learner), frozen (everyone the documented defaults), the ablations "
              "no-encoder and no-covisit (learning), and feedback (simulated clicks; the "
-             "learning-vs-frozen A/B, half and half).")]
+             "learning-vs-frozen A/B, half and half), sequence (frozen plus the behaviour "
+             "model as a source and a feature) and sequence-only (the behaviour model "
+             "alone); both serve --sequence-model.")]
     = "streamrec,frozen,feedback,no-encoder,no-covisit",
     k: Annotated[int, typer.Option(help="Items per published recommendation.")] = 50,
     rate: Annotated[float | None, typer.Option(
@@ -526,14 +546,19 @@ def replay(
     cold_items: Annotated[float, typer.Option(
         help="Cold-start experiment: hide this share of the items until the last 20% of "
              "the stream (runs go to <dataset>-cold<percent>).")] = 0.0,
+    sequence_model: Annotated[Path | None, typer.Option(
+        help="The behaviour model the sequence variants serve (a folder `streamrec train` "
+             "exported); default: ~/.cache/streamrec/models/<dataset>-seed0.")] = None,
 ) -> None:
     """Stream a MovieLens dataset through the real pipeline (broker, worker, encoder), each
     user's last rating withheld, and keep what it recommended, and what it answers for
     every user when asked at the end of the stream; `streamrec eval` scores both."""
     from app.evaluation.runner import run_replays
 
+    model = sequence_model or Path.home() / ".cache" / "streamrec" / "models" / \
+        f"{dataset}-seed0"
     asyncio.run(run_replays(dataset, variants.split(","), k, rate, window, partitions, broker,
-                            out, cold_items))
+                            out, cold_items, model))
 
 
 @cli.command("eval")

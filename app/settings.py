@@ -214,10 +214,17 @@ class Settings(BaseSettings):
     """Catalogue size from which nearest-neighbour search is approximate (usearch HNSW)
     instead of exact; see BENCHMARKS.md (`streamrec bench index`)."""
 
-    candidate_sources: str = Field(default="encoder,covisit,popular",
-                                   pattern=r"^(encoder|covisit|popular)(,(encoder|covisit|popular))*$")
+    candidate_sources: str = Field(
+        default="encoder,covisit,popular,sequence",
+        pattern=r"^(encoder|covisit|popular|sequence)(,(encoder|covisit|popular|sequence))*$")
     """Candidate sources, comma-separated (ablations). Without `encoder` the ranker's
-    semantic term is off too; without `covisit`, its co-visitation term."""
+    semantic term is off too; without `covisit`, its co-visitation term; without
+    `sequence` (or with no behaviour model), the behaviour model's."""
+
+    behaviour_model: Path | None = None
+    """A behaviour model exported by `streamrec train` (its folder, with manifest.json):
+    its user vector becomes a candidate source and its score a ranker feature
+    (docs/behaviour-model.md). Unset: no model, the ranker as before."""
 
     covisit_edges: int = Field(default=100, ge=10, le=10_000)
     """Neighbours each item keeps in the co-visitation graph (the strongest, once it holds

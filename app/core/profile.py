@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from app.contract.records import UserProfile
 from app.core.consumed import CONSUMED_LIMIT
+from app.core.sequence import SEQUENCE_LENGTH
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -36,6 +37,7 @@ class ProfileParams:
     recent_size: int = 50
     purchased_size: int = 500
     consumed_size: int = CONSUMED_LIMIT   # items in the seen-set (4 bytes each)
+    sequence_size: int = SEQUENCE_LENGTH  # item events the behaviour model reads (6 bytes each)
 
 
 @dataclass(frozen=True, slots=True)

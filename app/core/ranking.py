@@ -31,7 +31,7 @@ RECENT_FEATURES = 5   # co-visitation strength from each of the newest items, as
 COVISIT_RECENT = tuple(f"covisit_{n}" for n in range(1, RECENT_FEATURES + 1))
 # what weights scale
 FEATURES = ("semantic", "covisit", "popularity", "freshness", "novelty", *COVISIT_RECENT,
-            "log_popularity", "covisit_lift")
+            "log_popularity", "covisit_lift", "sequence")
 SIGNED = frozenset({"log_popularity"})   # may weigh negatively; the others only help
 
 
@@ -52,6 +52,7 @@ class RankerParams:
     covisit_5: float = 0.2   # ... from the fifth newest
     log_popularity: float = 0.0
     covisit_lift: float = 2.0  # the lift of co-visitation from every recent item, scaled
+    sequence: float = 0.3    # the behaviour model's log-lift (0 without a model served)
     mmr_lambda: float = 0.95
     w1: FloatArray | None = None
     b1: FloatArray | None = None
@@ -92,6 +93,8 @@ class Candidates:
     covisit_recent: FloatArray | None = None
     # [n]: the summed lift of the co-visitation from all the user's recent items; None: 0
     covisit_lift: FloatArray | None = None
+    # [n]: the behaviour model's log(N * p(item)) (app.core.behaviour); None: no model, 0
+    sequence: FloatArray | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ def score(user: FloatArray | None, candidates: Candidates, params: RankerParams)
         **{name: recent[:, column] for column, name in enumerate(COVISIT_RECENT)},
         "log_popularity": np.log1p(candidates.popularity).astype(np.float32),
         "covisit_lift": _scaled(candidates.covisit_lift) if candidates.covisit_lift is not None
+        else np.zeros(n, dtype=np.float32),
+        "sequence": candidates.sequence if candidates.sequence is not None
         else np.zeros(n, dtype=np.float32),
     }
     weights = {name: float(getattr(params, name)) for name in FEATURES}
@@ -188,17 +193,18 @@ def _mmr(relevance: FloatArray, vectors: FloatArray, k: int, lam: float) -> list
 
 @dataclass(frozen=True)
 class Why:
-    kind: str          # history, search, covisit, popular
+    kind: str          # history, search, covisit, sequence, popular
     item_id: str | None = None
     query: str | None = None
 
 
 def explain(rows: Sequence[int], candidates: Candidates, scored: Scored,
-            history: Sequence[tuple[str, FloatArray]], query: tuple[str, FloatArray] | None
-            ) -> list[Why]:
+            history: Sequence[tuple[str, FloatArray]], query: tuple[str, FloatArray] | None,
+            sequence_because: Sequence[str | None] | None = None) -> list[Why]:
     """Name, for each candidate of ``rows``, the signal that contributed most: the
     co-visited recent item, else the history item or search query most similar to it, else
-    popularity. One matrix product for all rows (history x candidates), not one per pair."""
+    (the behaviour model's pick) ``sequence_because``'s item for that row, else popularity.
+    One matrix product for all rows (history x candidates), not one per pair."""
     if not rows:
         return []
     index = np.asarray(rows, dtype=np.intp)
@@ -228,6 +234,10 @@ def explain(rows: Sequence[int], candidates: Candidates, scored: Scored,
             if history:
                 out.append(Why("history", item_id=history[int(best[n])][0]))
                 continue
+        if name == "sequence" and sequence_because is not None \
+                and sequence_because[n] is not None:
+            out.append(Why("sequence", item_id=sequence_because[n]))
+            continue
         if source is not None and covisit_part[n] > 0:
             out.append(Why("covisit", item_id=source))
         else:

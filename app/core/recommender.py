@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from app.contract.records import Explanation, RecommendedItem
 from app.core import consumed
+from app.core.behaviour import ItemSpace
 from app.core.catalogue import CatalogueEntry, PriceStats, VectorIndex
 from app.core.covisit import CoVisitation
 from app.core.learning import features_of
@@ -35,7 +36,7 @@ from app.core.ranking import (
 
 FloatArray = npt.NDArray[np.float32]
 
-SOURCES = frozenset({"encoder", "covisit", "popular"})
+SOURCES = frozenset({"encoder", "covisit", "popular", "sequence"})
 FRESHNESS_HALF_LIFE_MS = 30 * DAY_MS  # a new item's freshness halves every 30 days
 QUERY_MARGIN = 64        # items kept beyond what a query needs, for the ones a user blocks
 CONSUMED_MARGIN = 3      # at most this many per_source lists of consumed items skipped
@@ -168,6 +169,7 @@ class UserView:
     query: tuple[str, FloatArray] | None = None  # the last search, embedded
     segments: tuple[str, ...] = ()   # profile segments ("age:25-34", ...), when known
     consumed: bytes = b""            # every item consumed, hashed (app.core.consumed)
+    behaviour: FloatArray | None = None  # the behaviour model's user vector, when served
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,8 @@ def with_sources(params: RankerParams, sources: frozenset[str]) -> RankerParams:
     """Ranker parameters for an ablation: a switched-off source's score term is off too."""
     return replace(params,
                    semantic=params.semantic if "encoder" in sources else 0.0,
-                   covisit=params.covisit if "covisit" in sources else 0.0)
+                   covisit=params.covisit if "covisit" in sources else 0.0,
+                   sequence=params.sequence if "sequence" in sources else 0.0)
 
 
 @dataclass
@@ -206,6 +209,8 @@ class Recommender:
     # what is popular per profile segment: the answer for new users whose profile is known
     segment_popularity: dict[str, Popularity] = field(default_factory=dict)
     new_user_events: int = 5       # fewer recent items than this: a new user
+    # the served behaviour model's item side (None: no model, the ranker as before)
+    behaviour: ItemSpace | None = None
     # each recent search query's nearest items, for the catalogue version they were found in
     _query_cache: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _query_version: int = field(default=-1, repr=False)
@@ -253,7 +258,15 @@ class Recommender:
         extra = min(consumed.size(user.consumed), CONSUMED_MARGIN * self.per_source) \
             if request.exclude_seen else 0
         found: dict[str, None] = {}
-        counts = {"encoder": 0, "covisit": 0, "popular": 0}
+        counts = {"encoder": 0, "covisit": 0, "popular": 0, "sequence": 0}
+        lift = self._behaviour_lift(user)
+        if lift is not None and self.behaviour is not None:
+            ranked = self.behaviour.top(lift, self.per_source + extra + len(blocked))
+            for item in self._unconsumed(user, request,
+                                         [i for i in ranked if i not in blocked]
+                                         )[:self.per_source]:
+                found[item] = None
+                counts["sequence"] += 1
         if user.interest is not None and "encoder" in self.sources:
             query = user.interest if params.w1 is None and params.b1 is None else project(
                 user.interest[None, :], params.w1, params.b1)[0]
@@ -314,8 +327,21 @@ class Recommender:
             if co is not None else None,
             covisit_lift=self.covisit.lift(recent_items, ids, interned).astype(np.float32)
             if co is not None else None,
+            sequence=self.behaviour.lookup(lift, ids)
+            if lift is not None and self.behaviour is not None else None,
         )
         return candidates, counts
+
+    def _behaviour_lift(self, user: UserView) -> FloatArray | None:
+        """The model's log-lift of every catalogue item for the user (None without a model,
+        a user vector, or the source)."""
+        space = self.behaviour
+        if space is None or user.behaviour is None or "sequence" not in self.sources:
+            return None
+        index = self.catalogue.index
+        space.sync(index.version, list(self.catalogue.items), index.vector)
+        lift: FloatArray = space.log_lift(user.behaviour[None, :])[0]
+        return lift
 
     def _query_hits(self, query: tuple[str, FloatArray], k: int, blocked: set[str]
                     ) -> list[str]:
@@ -372,8 +398,11 @@ class Recommender:
                    if i in self.catalogue.index]
         segment = (self._segment_values(user, [candidates.item_ids[r] for r in rows], now)
                    if new_user else np.zeros(len(rows), dtype=np.float32))
+        because = self.behaviour.nearest(
+            [candidates.item_ids[r] for r in rows], [i for i, _, _ in user.recent[-20:]]) \
+            if self.behaviour is not None and candidates.sequence is not None else None
         whys = explain(rows, candidates, scored,
-                       [(i, v) for i, v in history if v is not None], user.query)
+                       [(i, v) for i, v in history if v is not None], user.query, because)
         out = [RecommendedItem(
             item_id=candidates.item_ids[row], rank=rank, score=float(scored.total[row]),
             explanation=self._explanation(why, kinds, bool(segment[rank - 1] > 0)))
@@ -432,6 +461,11 @@ class Recommender:
             if why.kind == "covisit":
                 return Explanation(kind="covisit",
                                    text=f"people who {verb} {title} also chose this",
+                                   item_id=why.item_id)
+            if why.kind == "sequence":   # the behaviour model's pick, by its nearest cause
+                return Explanation(kind="history",
+                                   text=f"because you {verb} {title}: what people with "
+                                        "histories like yours chose next",
                                    item_id=why.item_id)
             return Explanation(kind="history", text=f"because you {verb} {title}",
                                item_id=why.item_id)

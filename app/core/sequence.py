@@ -5,6 +5,12 @@ a fixed length: the item (its index in the model's vocabulary, 1-based; 0 is pad
 event's kind (view, add to cart, purchase; 0 is padding) and how long before it the
 previous event happened, as a log-scale bucket (``gap_bucket``). Training and serving build
 them with the same functions, so the model sees at serving time exactly what it learnt on.
+
+A worker keeps each user's last events in their state in the same form, compactly
+(``append``: 6 bytes an event, the item as the CRC-32 of its id, app.core.consumed), and
+turns them into tokens for whichever model version it serves (``stored_tokens``): the
+kind and the gap bucket are fixed when the event is folded, the item index is looked up
+in the model's vocabulary at serving time.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
+from app.core.consumed import item_hash
 
 IntArray = npt.NDArray[np.int64]
 
@@ -77,3 +85,61 @@ class Vocabulary:
     def of(self, item_id: str) -> int:
         """The item's index, 0 when the vocabulary does not know it."""
         return self.index.get(item_id, 0)
+
+
+SEQUENCE_LENGTH = 200
+"""Events kept per user for the model (1.2 KB): the length the model reads by default."""
+STORED = np.dtype([("item", "<u4"), ("kind", "u1"), ("gap", "u1")])
+
+
+def append(stored: bytes, item_id: str, kind: str, gap_ms: int | None,
+           limit: int = SEQUENCE_LENGTH) -> bytes:
+    """A user's stored sequence with one item event added (``gap_ms``: the time since their
+    previous item event, None for the first); the oldest beyond ``limit`` are dropped."""
+    event = np.array([(item_hash(item_id), KINDS.get(kind, KINDS["view"]),
+                       gap_bucket(gap_ms))], dtype=STORED)
+    if limit <= 0:
+        return b""
+    kept = (limit - 1) * STORED.itemsize
+    return stored[max(len(stored) - kept, 0):] + event.tobytes()
+
+
+def stored_events(stored: bytes) -> npt.NDArray[np.void]:
+    return np.frombuffer(stored, dtype=STORED)
+
+
+class HashedVocabulary:
+    """A model's vocabulary keyed by the items' stored hashes (sorted, for one vectorised
+    lookup per batch); an item the model does not know is 0, like padding."""
+
+    def __init__(self, item_ids: Sequence[str]) -> None:
+        hashes = np.fromiter((item_hash(i) for i in item_ids), dtype=np.uint32,
+                             count=len(item_ids))
+        self._order = np.argsort(hashes, kind="stable")
+        self._sorted = hashes[self._order]
+
+    def lookup(self, hashes: npt.NDArray[np.uint32]) -> IntArray:
+        if not len(self._sorted):
+            return np.zeros(len(hashes), dtype=np.int64)
+        at = np.searchsorted(self._sorted, hashes).clip(0, len(self._sorted) - 1)
+        found = self._sorted[at] == hashes
+        return np.where(found, self._order[at] + 1, 0).astype(np.int64)
+
+
+def stored_tokens(sequences: Sequence[bytes], vocabulary: HashedVocabulary, length: int
+                  ) -> Tokens:
+    """Stored sequences as a batch of model input: the last ``length`` events of each,
+    left-padded (an event on an item the model does not know keeps its place as padding's
+    index 0 with its kind and gap)."""
+    items = np.zeros((len(sequences), length), dtype=np.int64)
+    kinds = np.zeros_like(items)
+    gaps = np.zeros_like(items)
+    for row, stored in enumerate(sequences):
+        events = stored_events(stored)[-length:]
+        if not len(events):
+            continue
+        start = length - len(events)
+        items[row, start:] = vocabulary.lookup(events["item"])
+        kinds[row, start:] = events["kind"]
+        gaps[row, start:] = events["gap"]
+    return Tokens(items, kinds, gaps)

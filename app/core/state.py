@@ -27,7 +27,7 @@ from app.contract.records import (
     Search,
     UserProfile,
 )
-from app.core import consumed
+from app.core import consumed, sequence
 from app.core.profile import EVENT_WEIGHTS, Interest, ProfileParams, add_signal, bounded_append
 
 FloatArray = npt.NDArray[np.float32]
@@ -41,8 +41,8 @@ class KeyState(Struct, array_like=True, frozen=True):
 
 class UserState(KeyState, array_like=True, frozen=True):
     """What a worker knows about one user from the `events` topic. Bounded: the id window,
-    ``recent``, ``purchased`` and ``consumed`` are capped (``ProfileParams``), the interest
-    is one vector."""
+    ``recent``, ``purchased``, ``consumed`` and ``sequence`` are capped (``ProfileParams``),
+    the interest is one vector."""
 
     counts: dict[str, int] = {}
     first_ts: int = 0
@@ -55,6 +55,7 @@ class UserState(KeyState, array_like=True, frozen=True):
     query: str = ""                          # the last search
     query_ts: int = 0
     consumed: bytes = b""                    # every item consumed (app.core.consumed)
+    sequence: bytes = b""                    # the last item events, as the model reads them
 
 
 class ShownItem(Struct, array_like=True, frozen=True):
@@ -209,6 +210,9 @@ def event_fold(context: EventContext) -> Callable[[UserState, Event], UserState]
                 changes.update(query=event.query, query_ts=event.ts)
         else:
             signal = context.item_vector(event.item_id)
+            gap = event.ts - state.recent[-1][2] if state.recent else None
+            changes["sequence"] = sequence.append(state.sequence, event.item_id, kind, gap,
+                                                  params.sequence_size)
             recent = [r for r in state.recent if r[0] != event.item_id]
             recent.append((event.item_id, kind, event.ts))
             changes["recent"] = tuple(recent[-params.recent_size:])

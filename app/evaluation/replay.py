@@ -58,11 +58,17 @@ VARIANTS = {
     "no-encoder": "covisit,popular",
     "no-covisit": "encoder,popular",
     "feedback": "encoder,covisit,popular",     # with simulated clicks and the A/B split
+    # with the behaviour model (`streamrec train`): beside the ranker's signals, and alone
+    "sequence": "encoder,covisit,popular,sequence",
+    "sequence-only": "sequence",
 }
+SEQUENCE_VARIANTS = frozenset({"sequence", "sequence-only"})
 # who is served what the online learner learns (the worker's A/B experiment): everyone,
-# except in `frozen` (nobody: the documented defaults, the reference the feedback run's
-# halves are paired with) and `feedback` (the worker's default split, half and half)
-EXPERIMENTS = {"frozen": "frozen=1", "feedback": "frozen=0.5,learning=0.5"}
+# except in `frozen` and the behaviour model's variants (nobody: the documented defaults,
+# the reference the feedback run's halves are paired with) and `feedback` (the worker's
+# default split, half and half)
+EXPERIMENTS = {"frozen": "frozen=1", "feedback": "frozen=0.5,learning=0.5",
+               "sequence": "frozen=1", "sequence-only": "frozen=1"}
 LEARNING_FOR_ALL = "learning=1"
 # the share of item events the learner learns from (STREAMREC_BEHAVIOUR_SAMPLE: off by
 # default in a worker, for its cost in throughput; docs/feedback.md)
@@ -103,6 +109,9 @@ class ReplayRun:
     # per user, the list the worker gave when asked after the whole stream (the offline
     # protocol: every rating but the targets learnt); empty in runs recorded before it
     end_lists: dict[str, list[str]] = field(default_factory=dict)
+    # the behaviour model the worker served (its manifest's version and training result);
+    # empty: none
+    behaviour_model: dict[str, Any] = field(default_factory=dict)
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -272,15 +281,28 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
                  rate: float | None = None, window: int = 5_000, partitions: int = 4,
                  say: Callable[[str], None] = print,
                  progress: Callable[[int, int, float], None] | None = None,
-                 pull_progress: Callable[[int, int, float], None] | None = None
+                 pull_progress: Callable[[int, int, float], None] | None = None,
+                 behaviour_model: Path | None = None
                  ) -> ReplayRun:
     """Stream ``split`` through a fresh worker (its own topics and group) and collect what it
-    published."""
+    published; the ``sequence`` variants' worker serves ``behaviour_model``."""
+    served: dict[str, Any] = {}
+    extra: dict[str, str] = {}
+    if variant in SEQUENCE_VARIANTS:
+        if behaviour_model is None or not (behaviour_model / "manifest.json").exists():
+            raise FileNotFoundError(
+                f"the {variant} variant needs a model exported by `streamrec train` "
+                f"(no manifest.json in {behaviour_model})")
+        manifest = json.loads((behaviour_model / "manifest.json").read_text())
+        served = {"folder": str(behaviour_model), "version": manifest["version"],
+                  "config": manifest["config"], "result": manifest.get("result", {})}
+        extra["behaviour_model"] = str(behaviour_model)
     run = WorkerRun(broker, workdir / variant, partitions, name="replay",
                     recommendation_size=str(k), candidate_sources=VARIANTS[variant],
                     shown_items=str(SHOWN),
                     experiment_variants=EXPERIMENTS.get(variant, LEARNING_FOR_ALL),
-                    behaviour_sample=BEHAVIOUR_SAMPLE, covisit_edges=str(COVISIT_EDGES))
+                    behaviour_sample=BEHAVIOUR_SAMPLE, covisit_edges=str(COVISIT_EDGES),
+                    **extra)
     settings = run.settings
     await wait_until_ready(settings)
     await ensure_topics(settings)
@@ -347,6 +369,7 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         model=model,
         hits=collector.hits,
         end_lists=end_lists,
+        behaviour_model=served,
     )
 
 

@@ -35,7 +35,8 @@ def label(dataset: str, cold_items: float) -> str:
 
 async def run_replays(dataset: str, variants: list[str], k: int, rate: float | None,
                       window: int, partitions: int, broker: str | None, out: Path,
-                      cold_items: float = 0.0) -> None:
+                      cold_items: float = 0.0, behaviour_model: Path | None = None
+                      ) -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise typer.BadParameter(f"unknown variants {unknown}; known: {list(VARIANTS)}")
@@ -56,7 +57,8 @@ async def run_replays(dataset: str, variants: list[str], k: int, rate: float | N
             run = await replay(split, broker, workdir, variant, k=k, rate=rate, window=window,
                                partitions=partitions, say=display.line,
                                progress=_progress(display, variant),
-                               pull_progress=_progress(display, variant, "users asked"))
+                               pull_progress=_progress(display, variant, "users asked"),
+                               behaviour_model=behaviour_model)
             path = run.save(out / label(dataset, cold_items))
             s = summary(run)
             display.status(

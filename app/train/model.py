@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional
 
 from app.core.sequence import GAP_BUCKETS, KINDS
 
@@ -79,8 +80,10 @@ class BehaviourModel(nn.Module):
              + self.position(positions)[None])
         x = self.dropout(x) * (items > 0).unsqueeze(-1)
         causal: Tensor = self.causal   # type: ignore[assignment]  # a registered buffer
-        hidden: Tensor = self.blocks(x, mask=causal[:length, :length], is_causal=True)
-        normed: Tensor = self.norm(hidden)
+        mask = causal[:length, :length]
+        for layer in self.blocks.layers:
+            x = _block(layer, x, mask)
+        normed: Tensor = self.norm(x)
         return normed
 
     def user_vectors(self, items: Tensor, kinds: Tensor, gaps: Tensor) -> Tensor:
@@ -90,3 +93,28 @@ class BehaviourModel(nn.Module):
     def scores(self, items: Tensor, kinds: Tensor, gaps: Tensor) -> Tensor:
         """Every item's score for each user's next event, (batch, items + 1)."""
         return self.user_vectors(items, kinds, gaps) @ self.item_table().T
+
+
+def _block(layer: nn.TransformerEncoderLayer, x: Tensor, mask: Tensor) -> Tensor:
+    """One pre-norm block, computed from the layer's own parameters: what
+    ``nn.TransformerEncoderLayer`` computes with ``norm_first=True`` and GELU, written out so
+    that it exports to ONNX as it runs in torch (the layer's fused inference path and its
+    causal-mask detection do not export faithfully)."""
+    attention = layer.self_attn
+    heads = attention.num_heads
+    batch, length, dim = x.shape
+    normed = layer.norm1(x)
+    q, k, v = functional.linear(normed, attention.in_proj_weight,
+                                attention.in_proj_bias).chunk(3, dim=-1)
+
+    def split(t: Tensor) -> Tensor:
+        return t.reshape(batch, length, heads, dim // heads).transpose(1, 2)
+
+    weights = torch.softmax(split(q) @ split(k).transpose(-2, -1) * (dim // heads) ** -0.5
+                            + mask, dim=-1)
+    weights = functional.dropout(weights, attention.dropout, layer.training)
+    mixed = (weights @ split(v)).transpose(1, 2).reshape(batch, length, dim)
+    x = x + layer.dropout1(attention.out_proj(mixed))
+    hidden = layer.linear2(layer.dropout(functional.gelu(layer.linear1(layer.norm2(x)))))
+    out: Tensor = x + layer.dropout2(hidden)
+    return out

@@ -103,6 +103,7 @@ def ndcg_hr(ranks: np.ndarray, k: int = 10) -> tuple[float, float]:
 def train(split: Split, model_config: ModelConfig, config: TrainConfig,
           text: torch.Tensor | None = None,
           progress: Callable[[str, int, int], None] = lambda stage, done, total: None,
+          on_epoch: Callable[[Curve], None] = lambda curve: None,
           ) -> tuple[BehaviourModel, Curve, dict[str, float]]:
     """Train on every user's history but its last event, keep the epoch that ranks those
     last events best, and measure it on the split's targets (end of stream)."""
@@ -147,6 +148,7 @@ def train(split: Split, model_config: ModelConfig, config: TrainConfig,
         curve.valid_ndcg.append(ndcg)
         curve.valid_hr.append(hr)
         curve.seconds.append(time.perf_counter() - started)
+        on_epoch(curve)
         if best is None or ndcg > best[0]:
             best = (ndcg, {k: v.detach().clone() for k, v in model.state_dict().items()})
     assert best is not None
@@ -183,6 +185,37 @@ def text_vectors(split: Split, model_dir: Path) -> torch.Tensor:
     table = np.zeros((len(split.items) + 1, vectors.shape[1]), dtype=np.float32)
     table[1:] = vectors
     return torch.from_numpy(table)
+
+
+def sample_tokens(split: Split, length: int, users: int = 256) -> Tokens:
+    """Real histories of the split (the first ``users`` users'), for the export's parity
+    check."""
+    by_user = histories(split, Vocabulary(split.items))
+    chosen = sorted(by_user)[:users]
+    return tokens([by_user[u] for u in chosen], length)
+
+
+def plot_curve(curve: Curve, path: Path, title: str) -> Path | None:
+    """The validation curve (NDCG@10 and HR@10 per epoch) and the training loss."""
+    from app.plots import pyplot
+
+    plt = pyplot()
+    if plt is None or not curve.epochs:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(curve.epochs, curve.valid_ndcg, marker=".", label="NDCG@10")
+    left.plot(curve.epochs, curve.valid_hr, marker=".", label="HR@10")
+    left.set_xlabel("epoch")
+    left.set_title("validation (each user's last streamed event)")
+    left.legend()
+    right.plot(curve.epochs, curve.loss, marker=".", color="tab:red")
+    right.set_xlabel("epoch")
+    right.set_title("training loss (full-softmax cross-entropy)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def save(path: Path, model: BehaviourModel, curve: Curve, result: dict[str, float],

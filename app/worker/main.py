@@ -33,7 +33,7 @@ from app.worker.faust_compat import (
     recovery_seeks_from_the_start_when_unsure,
 )
 from app.worker.feedback import FeedbackLoop
-from app.worker.pipeline import Pipeline, make_recommender
+from app.worker.pipeline import Pipeline, load_sequence_model, make_recommender
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     decl = declare(settings)
     metrics = metrics or Metrics.create(variants=tuple(settings.ab_test().shares))
     encoder = Encoder(settings.model_dir())
-    recommender = make_recommender(settings, encoder.dimension)
+    sequence_model = load_sequence_model(settings)
+    recommender = make_recommender(settings, encoder.dimension, sequence_model)
     profile_codec = StateCodec(ProfileState)
 
     user_codec = StateCodec(UserState)
@@ -93,7 +94,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     feedback.catalogue = recommender.catalogue.index
     pipeline = Pipeline(settings, metrics, encoder, recommender, decl.recommendations,
                         decl.catalogue, feedback, profiles=profile_of, users=user_of,
-                        remember=remember_shown)
+                        remember=remember_shown, sequence_model=sequence_model)
     health = agents.Health()
     agents.attach(decl, metrics, pipeline, health)
     flush_waits_for_changelogs(decl.app, list(decl.tables().values()))

@@ -60,6 +60,7 @@ from app.core.state import (
     event_fold,
     interest_of,
 )
+from app.encoder.behaviour import SequenceModel
 from app.encoder.runtime import Encoder, FloatArray
 from app.metrics import Metrics
 from app.settings import Settings
@@ -85,7 +86,8 @@ def settle_garbage_collector() -> None:
 
 
 def user_view(state: UserState, dimension: int, embed_query: Callable[[str], FloatArray],
-              segments: tuple[str, ...] = ()) -> UserView:
+              segments: tuple[str, ...] = (), behaviour: FloatArray | None = None
+              ) -> UserView:
     """The recommender's view of a user's stored state, weights decayed to their last event.
     The last search is embedded only while it still counts (a day of event time)."""
     now = state.last_ts
@@ -97,7 +99,7 @@ def user_view(state: UserState, dimension: int, embed_query: Callable[[str], Flo
     if state.query and now - state.query_ts <= QUERY_MEMORY_MS:
         query = (state.query, embed_query(state.query))
     return UserView(interest_of(state, dimension).unit(), recent, set(state.purchased), query,
-                    segments, state.consumed)
+                    segments, state.consumed, behaviour)
 
 
 def learn_sequence(recommender: Recommender, before: UserState, applied: Sequence[Event],
@@ -130,14 +132,16 @@ def learn_sequence(recommender: Recommender, before: UserState, applied: Sequenc
 def recommend_after(recommender: Recommender, encoder: Encoder, before: UserState,
                     state: UserState, applied: Sequence[Event], request: Request,
                     segments: tuple[str, ...] = (), params: RankerParams | None = None,
-                    exploration: Exploration | None = None
+                    exploration: Exploration | None = None,
+                    behaviour: FloatArray | None = None
                     ) -> tuple[Recommendation, Ranking]:
     """The recommendation that follows a user's newly applied events, ``state`` after them
     and ``before`` before them (co-visitation and popularity learn from them first), scored
     with ``params`` (the recommender's own when None) and, when ``exploration`` is on, one
-    slot explored; with its ranking (candidates per source, each item's features)."""
+    slot explored; with its ranking (candidates per source, each item's features).
+    ``behaviour`` is the behaviour model's user vector for ``state``, when one is served."""
     learn_sequence(recommender, before, applied, segments)
-    view = user_view(state, encoder.dimension, encoder.encode_query, segments)
+    view = user_view(state, encoder.dimension, encoder.encode_query, segments, behaviour)
     rec_id = uuid.uuid4().hex
     params = params or recommender.params
     if exploration is not None and exploration.epsilon > 0:
@@ -246,12 +250,25 @@ def learn_segment_history(recommender: Recommender, state: UserState,
         recommender.learn_segments(segments, item, SEQUENCE_WEIGHTS.get(kind, 1.0), ts)
 
 
-def make_recommender(settings: Settings, dimension: int) -> Recommender:
-    """A worker's recommender, with the candidate sources its settings switch on."""
+def make_recommender(settings: Settings, dimension: int,
+                     sequence_model: SequenceModel | None = None) -> Recommender:
+    """A worker's recommender, with the candidate sources its settings switch on (and the
+    behaviour model's item side, when one is served)."""
     sources = frozenset(settings.candidate_sources.split(","))
     return Recommender(Catalogue(dimension, settings.ann_threshold), sources=sources,
                        covisit=CoVisitation(max_neighbours=settings.covisit_edges),
-                       params=with_sources(RankerParams(), sources))
+                       params=with_sources(RankerParams(), sources),
+                       behaviour=sequence_model.space if sequence_model else None)
+
+
+def load_sequence_model(settings: Settings) -> SequenceModel | None:
+    """The behaviour model the settings name, or None."""
+    if settings.behaviour_model is None:
+        return None
+    model = SequenceModel.load(settings.behaviour_model)
+    log.info("behaviour model %s loaded: %d items, %d events read per user",
+             model.version, len(model.space.vocabulary), model.length)
+    return model
 
 
 def apply_catalogue_record(catalogue: Catalogue, key: bytes | None, value: bytes | None
@@ -275,7 +292,8 @@ class Pipeline:
                  profiles: Callable[[bytes], UserProfile | None] = lambda key: None,
                  users: Callable[[bytes], UserState] = lambda key: UserState(),
                  remember: Callable[[KeyResult[UserState, Event], Shown], None]
-                 = lambda result, shown: None) -> None:
+                 = lambda result, shown: None,
+                 sequence_model: SequenceModel | None = None) -> None:
         """``remember`` keeps a published list for attribution (the feedback table)."""
         self.settings = settings
         self.metrics = metrics
@@ -287,6 +305,7 @@ class Pipeline:
         self._profiles = profiles
         self._users = users
         self._remember = remember
+        self.sequence_model = sequence_model
         self._exploration = Exploration(epsilon=settings.exploration_epsilon)
         self.served = ServedLists(settings.pull_cache_users,
                                   settings.pull_cache_seconds * 1000)
@@ -329,14 +348,15 @@ class Pipeline:
         features: list[tuple[float, ...]] = []
         rewards: list[float] = []
         pairs: list[tuple[bytes, str]] = []
-        for result in results:
+        vectors = await self._behaviour([r.state for r in results])
+        for result, vector in zip(results, vectors, strict=True):
             if learn:   # before the user's events feed co-visitation
                 try:
                     self._learn_from(result, request, features, rewards, pairs)
                 except Exception as exc:  # noqa: BLE001 - learning must not cost the list
                     count_failure(self.metrics, "behaviour", exc)
             try:
-                await self._recommend(result, request)
+                await self._recommend(result, request, vector)
             except Exception as exc:  # noqa: BLE001 - state is saved; count and go on
                 count_failure(self.metrics, "recommendations", exc)
         await self.feedback.flush_shown()
@@ -400,15 +420,30 @@ class Pipeline:
             self.metrics.pull_cache.labels("hit" if cached is not None else "miss").inc()
             if cached is not None:
                 return cached, version
+        behaviour = (self.sequence_model.user_vectors([state.sequence])[0]
+                     if self.sequence_model is not None
+                     and "sequence" in self.recommender.sources else None)
         view = user_view(state, self.encoder.dimension, self.encoder.encode_query,
-                         self.segments(key))
+                         self.segments(key), behaviour)
         now = state.last_ts or self._latest_event_ts
         items, _ = self.recommender.recommend(view, request, now=now, params=params)
         if state.last_ts:
             self.served.put(key, state.last_ts, version, request, items, clock)
         return items, version
 
-    async def _recommend(self, result: KeyResult[UserState, Event], request: Request) -> None:
+    async def _behaviour(self, states: Sequence[UserState]) -> list[FloatArray | None]:
+        """The behaviour model's user vectors for ``states``, in one onnxruntime call off the
+        event loop (onnxruntime releases the GIL); all None without a model."""
+        model = self.sequence_model
+        if model is None or not states or "sequence" not in self.recommender.sources:
+            return [None] * len(states)
+        started = time.perf_counter()
+        vectors = await asyncio.to_thread(model.user_vectors, [s.sequence for s in states])
+        self.metrics.encoder_seconds.labels("behaviour").observe(time.perf_counter() - started)
+        return vectors
+
+    async def _recommend(self, result: KeyResult[UserState, Event], request: Request,
+                         behaviour: FloatArray | None = None) -> None:
         self._latest_event_ts = max(self._latest_event_ts, result.state.last_ts)
         variant = self.feedback.variant(result.applied[-1].user_id)
         params = self.feedback.params_for(variant)
@@ -416,7 +451,7 @@ class Pipeline:
             self.recommender, self.encoder, result.before, result.state, result.applied,
             request,
             self.segments(result.key), params,
-            self._exploration if variant == LEARNING else None)
+            self._exploration if variant == LEARNING else None, behaviour)
         for source, count in ranking.counts.items():
             self.metrics.candidates.labels(source).inc(count)
         self.served.put(result.key, result.state.last_ts, record.model_version, request,

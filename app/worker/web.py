@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.core.consumed import size as consumed_size
 from app.core.ranking import FEATURES
 from app.core.recommender import Request
+from app.core.sequence import STORED
 from app.core.state import StateCodec, UserState
 from app.core.versions import ModelVersion
 from app.metrics import Metrics
@@ -114,6 +116,8 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
             "last_ts": state.last_ts,
             "recent": [{"item_id": i, "type": k, "ts": t} for i, k, t in state.recent],
             "purchased": len(state.purchased),
+            "consumed": consumed_size(state.consumed),
+            "sequence_events": len(state.sequence) // STORED.itemsize,
             "interest_weight": state.interest_weight,
             "last_search": state.query or None,
             "state_bytes": len(raw),
@@ -139,6 +143,7 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
                          for variant, share in loop.experiment.shares.items()},
             "head": described(registry.head) if registry.head else None,
             "checkpoints": [described(v) for _, v in sorted(registry.checkpoints.items())],
+            "behaviour_model": _behaviour_model(pipeline),
         })
 
     @app.page("/items/{item_id}")
@@ -158,3 +163,15 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
             "covisited": [{"item_id": i, "strength": round(s, 4)}
                           for i, s in pipeline.recommender.covisit.neighbours(item_id, 5)],
         })
+
+
+def _behaviour_model(pipeline: Pipeline) -> dict[str, Any] | None:
+    """The served behaviour model: its version, what it was trained and measured on, and how
+    many catalogue items it scores (from its text alone: items it never saw)."""
+    model = pipeline.sequence_model
+    if model is None:
+        return None
+    space = model.space
+    return {"version": model.version, "config": model.manifest.get("config"),
+            "result": model.manifest.get("result"), "vocabulary": len(space.vocabulary),
+            "catalogue_items_scored": len(space.ids), "scored_from_text": space.from_text}

@@ -52,3 +52,55 @@ def test_an_item_has_an_embedding_from_its_text_before_anyone_touched_it() -> No
         table = model.item_table()
     assert float(table[5].abs().sum()) > 0
     assert float(table[6].abs().sum()) == 0
+
+
+def test_the_exported_model_serves_what_torch_computes_from_the_worker_s_stored_state(
+        tmp_path: object) -> None:
+    """Train, export to ONNX, load torch-free the way a worker does, and feed it the
+    sequences the worker's state fold stores: the user vectors are torch's for the same
+    histories, and the served ranking finds the next item of the pattern."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from app.core.sequence import KINDS, Vocabulary, append, tokens
+    from app.encoder.behaviour import SequenceModel
+    from app.train.export import export
+    from app.train.run import histories
+
+    split = leave_last_out(_cycles(60, 12), ITEMS)
+    config = ModelConfig(items=len(ITEMS), length=16, dim=16, blocks=1, dropout=0.0)
+    model, _, _ = train(split, config, TrainConfig(epochs=30, batch=32, lr=5e-3))
+    by_user = histories(split, Vocabulary(split.items))
+    users = sorted(by_user)[:8]
+    folder = Path(str(tmp_path)) / "model"
+    manifest = export(model, split.items, tokens([by_user[u] for u in users], 16), folder)
+    assert manifest["parity_max_abs"] < 1e-4
+    served = SequenceModel.load(folder)
+    assert served.version == manifest["version"]
+    stored = []
+    for user in users:
+        sequence, previous = b"", None
+        for index, kind, ts in by_user[user]:
+            kind_name = next(name for name, token in KINDS.items() if token == kind)
+            sequence = append(sequence, split.items[index - 1], kind_name,
+                              None if previous is None else ts - previous)
+            previous = ts
+        stored.append(sequence)
+    vectors = served.user_vectors([*stored, b""])
+    assert vectors[-1] is None
+    with torch.no_grad():
+        batch = tokens([by_user[u] for u in users], 16)
+        expected = model.user_vectors(torch.from_numpy(batch.items),
+                                      torch.from_numpy(batch.kinds),
+                                      torch.from_numpy(batch.gaps)).numpy()
+    got = np.stack([v for v in vectors[:-1] if v is not None])
+    assert np.abs(got - expected).max() < 1e-4
+    space = served.space
+    space.sync(1, ITEMS, lambda item: None)
+    hits = 0
+    for user, vector in zip(users, got, strict=True):   # the lists leave out what was seen
+        seen = {split.items[index - 1] for index, _, _ in by_user[user]}
+        ranked = space.top(space.log_lift(vector[None, :])[0], len(ITEMS))
+        hits += split.targets[user].item_id in [i for i in ranked if i not in seen][:10]
+    assert hits >= 7

@@ -110,15 +110,17 @@ def test_features_are_the_rankers_parts_before_weighting() -> None:
                             covisit_source=["x", "x", None],
                             popularity=np.array([0.0, 4.0, 2.0], dtype=np.float32),
                             freshness=np.array([1.0, 0.5, 0.0], dtype=np.float32),
-                            covisit_lift=np.array([0.5, 2.0, 0.0], dtype=np.float32))
+                            covisit_lift=np.array([0.5, 2.0, 0.0], dtype=np.float32),
+                            sequence=np.array([3.0, -1.0, 0.0], dtype=np.float32))
     params = RankerParams(semantic=2.0, covisit=3.0, popularity=0.5, freshness=0.1,
-                          covisit_lift=1.5)
+                          covisit_lift=1.5, sequence=0.5)
     scored = score(vectors[0], candidates, params)
     rows = features_of(scored, [0, 1])
     log = [np.log1p(np.float32(v)) for v in (0.0, 4.0)]     # log popularity
-    # the lift is scaled to the list's maximum, like the co-visitation sum
-    assert np.allclose(rows, [[1.0, 1.0, 0.0, 1.0, 1.0, 0, 0, 0, 0, 0, log[0], 0.25],
-                              [0.0, 0.5, 1.0, 0.5, 0.0, 0, 0, 0, 0, 0, log[1], 1.0]])
+    # the lift is scaled to the list's maximum, like the co-visitation sum; the behaviour
+    # model's log-lift is read as it is
+    assert np.allclose(rows, [[1.0, 1.0, 0.0, 1.0, 1.0, 0, 0, 0, 0, 0, log[0], 0.25, 3.0],
+                              [0.0, 0.5, 1.0, 0.5, 0.0, 0, 0, 0, 0, 0, log[1], 1.0, -1.0]])
     weights = np.array([getattr(params, name) for name in FEATURES])
     assert np.allclose(rows @ weights, scored.total[[0, 1]])
 
@@ -132,6 +134,7 @@ def test_preferences_from_next_items_recover_the_ranking_that_chose_them() -> No
     rng = np.random.default_rng(1)
     truth = wide(0.0, 2.0, 0.0, 0.0, 0.0, 1.5, 0.5)
     truth[FEATURES.index("log_popularity")] = -1.0            # a discount, learnt as such
+    truth[FEATURES.index("sequence")] = 1.0                   # above its prior of 0.3
     state = LearnerState.from_params(RankerParams())
     for n in range(3000):
         x = rng.uniform(size=(50, F))
@@ -145,6 +148,7 @@ def test_preferences_from_next_items_recover_the_ranking_that_chose_them() -> No
                    / np.linalg.norm(truth))
     assert cosine > 0.9, (state.weights, cosine)
     assert state.weights[FEATURES.index("log_popularity")] < -0.3
+    assert state.weights[FEATURES.index("sequence")] > 0.6
     assert abs(state.bias) < 0.1        # each pair comes with its negation
     x = np.random.default_rng(2).uniform(size=(200, F))
     learnt, best = np.argsort(-(x @ state.weights)), np.argsort(-(x @ truth))

@@ -33,3 +33,51 @@ def test_the_vocabulary_reserves_zero_for_padding_and_unknown_items() -> None:
     vocabulary = Vocabulary(["a", "b"])
     assert (vocabulary.of("a"), vocabulary.of("b"), vocabulary.of("zz")) == (1, 2, 0)
     assert len(vocabulary) == 2
+
+
+def test_a_stored_sequence_gives_the_tokens_training_gives_for_the_same_history() -> None:
+    """The worker folds events into 6-byte records; at serving time they become exactly the
+    tokens `tokens` builds from the same history in training (items the model does not know
+    are 0, the oldest beyond the limit are dropped)."""
+    from app.core.sequence import STORED, HashedVocabulary, append, stored_tokens
+
+    ids = ["m1", "m2", "m3", "m4"]
+    vocabulary = Vocabulary(ids)
+    history = [("m2", "view", 0), ("m3", "purchase", 5 * MINUTE), ("m1", "view", 6 * MINUTE),
+               ("zz", "add_to_cart", 9 * MINUTE), ("m4", "purchase", 10**10)]
+    stored = b""
+    previous: int | None = None
+    for item, kind, ts in history:
+        stored = append(stored, item, kind, None if previous is None else ts - previous,
+                        limit=4)
+        previous = ts
+    assert len(stored) == 4 * STORED.itemsize
+    served = stored_tokens([stored, b""], HashedVocabulary(ids), 6)
+    trained = tokens([[(vocabulary.of(i), KINDS[k], ts) for i, k, ts in history]], 6)
+    # the stored sequence holds the last 4 events; training read all 5
+    assert served.items[0].tolist() == [0, 0, *trained.items[0, 2:].tolist()]
+    assert served.kinds[0].tolist() == [0, 0, *trained.kinds[0, 2:].tolist()]
+    assert served.gaps[0].tolist() == [0, 0, *trained.gaps[0, 2:].tolist()]
+    assert served.items[0].tolist()[-2] == 0      # "zz": unknown to the model
+    assert served.items[1].tolist() == [0] * 6
+
+
+def test_the_fold_keeps_the_model_sequence_bounded() -> None:
+    import numpy as np
+
+    from app.contract.records import Purchase, View
+    from app.core.sequence import SEQUENCE_LENGTH, stored_events
+    from app.core.state import EventContext, UserState, apply_batch, event_fold
+
+    context = EventContext(item_vector=lambda item: None, query_vectors={}, dimension=4)
+    events: list[View | Purchase] = [
+        View(v=1, event_id=f"e{i}", user_id="u", ts=i * MINUTE, item_id=f"i{i % 7}")
+        for i in range(250)]
+    events.append(Purchase(v=1, event_id="p", user_id="u", ts=300 * MINUTE, item_id="i1",
+                           price=1.0))
+    state = apply_batch(UserState(), events, 128, event_fold(context)).state
+    stored = stored_events(state.sequence)
+    assert len(stored) == SEQUENCE_LENGTH
+    assert stored["kind"][-1] == KINDS["purchase"]
+    assert stored["gap"][-1] == gap_bucket((300 - 249) * MINUTE)
+    assert np.all(stored["gap"][:-1] == gap_bucket(MINUTE))

@@ -1,0 +1,58 @@
+"""The behaviour model as a worker serves it: the exported artefact (app/train/export.py)
+loaded into onnxruntime, torch-free. One call turns a batch of users' stored sequences into
+user vectors; app.core.behaviour scores the catalogue with them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from app.core.behaviour import FloatArray, ItemSpace
+from app.core.sequence import HashedVocabulary, stored_tokens
+from app.encoder.runtime import session_options
+
+
+@dataclass
+class SequenceModel:
+    version: str
+    length: int
+    session: ort.InferenceSession
+    vocabulary: HashedVocabulary
+    space: ItemSpace
+    manifest: dict[str, Any]
+
+    @classmethod
+    def load(cls, folder: Path, threads: int = 1) -> SequenceModel:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if manifest.get("kind") != "behaviour-model":
+            raise ValueError(f"{folder} does not hold an exported behaviour model")
+        projection = (np.load(folder / "text_projection.npy").astype(np.float32)
+                      if "text_projection.npy" in manifest["files"] else None)
+        table = np.load(folder / "items.npy").astype(np.float32)
+        items: list[str] = manifest["items"]
+        session = ort.InferenceSession(str(folder / "user.onnx"), session_options(threads),
+                                       providers=["CPUExecutionProvider"])
+        return cls(version=manifest["version"], length=int(manifest["config"]["length"]),
+                   session=session, vocabulary=HashedVocabulary(items),
+                   space=ItemSpace(table, items, projection), manifest=manifest)
+
+    def user_vectors(self, sequences: Sequence[bytes]) -> list[FloatArray | None]:
+        """Each stored sequence's user vector (None for a user with no item event yet), in
+        one onnxruntime call over the model's whole window (positions are absolute within
+        it, so a short history is read left-padded, as in training)."""
+        out: list[FloatArray | None] = [None] * len(sequences)
+        rows = [n for n, s in enumerate(sequences) if s]
+        if not rows:
+            return out
+        batch = stored_tokens([sequences[n] for n in rows], self.vocabulary, self.length)
+        vectors = self.session.run(["user"], {"items": batch.items, "kinds": batch.kinds,
+                                              "gaps": batch.gaps})[0]
+        for n, vector in zip(rows, vectors, strict=True):
+            out[n] = vector.astype(np.float32)
+        return out
