@@ -95,11 +95,21 @@ STORED = np.dtype([("item", "<u4"), ("kind", "u1"), ("gap", "u1")])
 def append(stored: bytes, item_id: str, kind: str, gap_ms: int | None,
            limit: int = SEQUENCE_LENGTH) -> bytes:
     """A user's stored sequence with one item event added (``gap_ms``: the time since their
-    previous item event, None for the first); the oldest beyond ``limit`` are dropped."""
-    event = np.array([(item_hash(item_id), KINDS.get(kind, KINDS["view"]),
-                       gap_bucket(gap_ms))], dtype=STORED)
+    previous item event, None for the first); the oldest beyond ``limit`` are dropped.
+
+    An event on the item the sequence ends with (a view, then a cart, then a purchase of
+    it) is one interaction: it raises the last event's kind to the stronger of the two and
+    adds nothing, as training reads one event per rating."""
     if limit <= 0:
         return b""
+    token = KINDS.get(kind, KINDS["view"])
+    size = STORED.itemsize
+    if len(stored) >= size:
+        last = np.frombuffer(stored[-size:], dtype=STORED).copy()
+        if int(last["item"][0]) == item_hash(item_id):
+            last["kind"] = max(int(last["kind"][0]), token)
+            return stored[-limit * size:-size] + last.tobytes()
+    event = np.array([(item_hash(item_id), token, gap_bucket(gap_ms))], dtype=STORED)
     kept = (limit - 1) * STORED.itemsize
     return stored[max(len(stored) - kept, 0):] + event.tobytes()
 

@@ -81,3 +81,21 @@ def test_the_fold_keeps_the_model_sequence_bounded() -> None:
     assert stored["kind"][-1] == KINDS["purchase"]
     assert stored["gap"][-1] == gap_bucket((300 - 249) * MINUTE)
     assert np.all(stored["gap"][:-1] == gap_bucket(MINUTE))
+
+
+def test_events_on_the_item_the_sequence_ends_with_are_one_interaction() -> None:
+    """A view then a purchase of the same item (how the replay sends a rating of 4 or more,
+    how a shop sees a sale) is the one purchase event training reads for it."""
+    from app.core.sequence import STORED, append, stored_events
+
+    stored = append(b"", "m1", "view", None)
+    stored = append(stored, "m2", "view", 3 * MINUTE)
+    stored = append(stored, "m2", "purchase", 0)
+    stored = append(stored, "m2", "view", MINUTE)      # never weakens the kind
+    events = stored_events(stored)
+    assert len(stored) == 2 * STORED.itemsize
+    assert events["kind"].tolist() == [KINDS["view"], KINDS["purchase"]]
+    assert events["gap"].tolist() == [1, int(tokens([[(1, 1, 0), (2, 1, 3 * MINUTE)]], 2
+                                                     ).gaps[0, 1])]
+    again = append(stored, "m1", "view", MINUTE)       # not the last item: a new event
+    assert len(again) == 3 * STORED.itemsize
