@@ -469,6 +469,9 @@ def bench_pipeline(
     references: Annotated[bool, typer.Option(
         help="Also run the reference jobs (decode-only ceiling, naive, Quix Streams); "
              "--no-references times StreamRec alone, for quick iterations.")] = True,
+    behaviour_model: Annotated[Path | None, typer.Option(
+        help="Also time StreamRec serving this behaviour model (a folder `streamrec train` "
+             "exported for ml-1m) on the same backlog.")] = None,
 ) -> None:
     """One worker on Apache Kafka with the MovieLens-1M catalogue: sustained events/s of
     StreamRec, the naive job, the Quix Streams job and Faust's decode-only ceiling; then
@@ -481,7 +484,7 @@ def bench_pipeline(
 
     report = asyncio.run(pipeline_bench.run(
         events, partitions, broker, latency_seconds, say, pull_rate, pull_seconds, profile,
-        references, profile_paced, latency_rate))
+        references, profile_paced, latency_rate, behaviour_model))
     if plot_path is not None:
         say(f"wrote {plot_path}" if pipeline_bench.plot(report, plot_path)
             else "matplotlib is not installed: no plot")
