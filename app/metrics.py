@@ -43,6 +43,7 @@ class Metrics:
     table_keys: Gauge
     model_info: Gauge
     encoder_seconds: Histogram
+    behaviour_vectors: Counter
     pull_seconds: Histogram
     pull_cache: Counter
     loop_lag: Histogram
@@ -161,9 +162,16 @@ class Metrics:
             ),
             encoder_seconds=Histogram(
                 "streamrec_encoder_batch_seconds",
-                "Time to embed one batch of texts, by purpose (items, queries).",
+                "Time to embed one batch of texts, by purpose (items, queries; behaviour: "
+                "the behaviour model's user vectors).",
                 ["purpose"],
                 buckets=_BATCH_BUCKETS,
+                registry=registry,
+            ),
+            behaviour_vectors=Counter(
+                "streamrec_behaviour_vectors",
+                "User vectors the behaviour model computed (one per user in a batch whose "
+                "lists are recomputed, one per pull scored afresh).",
                 registry=registry,
             ),
             pull_seconds=Histogram(
@@ -292,9 +300,9 @@ class Metrics:
         metrics.processing_errors.labels("behaviour")
         for followed in ("catalogue", "models"):   # a record that could not be applied
             metrics.processing_errors.labels(followed)
-        for source in ("encoder", "covisit", "popular"):
+        for source in ("encoder", "covisit", "popular", "sequence"):
             metrics.candidates.labels(source)
-        for purpose in ("items", "queries"):
+        for purpose in ("items", "queries", "behaviour"):
             metrics.encoder_seconds.labels(purpose)
         for outcome in ("hit", "miss"):
             metrics.pull_cache.labels(outcome)

@@ -196,7 +196,11 @@ def batch_shape(samples: Samples) -> dict[str, float]:
     events = total(samples, "streamrec_batch_records_sum", topic="events")
     published = total(samples, "streamrec_recommendations_total")
     busy = total(samples, "streamrec_batch_seconds_sum", topic="events")
+    vectors = total(samples, "streamrec_behaviour_vectors_total")
+    model_seconds = total(samples, "streamrec_encoder_batch_seconds_sum", purpose="behaviour")
     return {"batches": batches, "events": events, "recommendations": published,
+            "behaviour_vectors": vectors,
+            "behaviour_ms_per_user": 1000 * model_seconds / vectors if vectors else float("nan"),
             "ms_per_batch": 1000 * busy / batches if batches else float("nan"),
             "events_per_batch": events / batches if batches else float("nan"),
             "events_per_recommendation": events / published if published else float("nan")}
@@ -316,6 +320,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         rates: dict[str, float] = {}
         per_core: dict[str, float] = {}   # events per CPU-second of the worker process
         shape: dict[str, float] = {}      # the StreamRec job's batches and recommendations
+        model_shape: dict[str, float] = {}   # the same, serving the behaviour model
         empty_items = f"{settings.topic_items}-none"  # variants must not re-embed the catalogue
         variants = dict(VARIANTS) if references else {"streamrec": VARIANTS["streamrec"]}
         if behaviour_model is not None:
@@ -338,6 +343,10 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             if name == "streamrec":
                 shape = batch_shape(await asyncio.to_thread(scrape, run_.metrics_url))
                 say(shape_line(shape))
+            if name == WITH_MODEL:
+                model_shape = batch_shape(await asyncio.to_thread(scrape, run_.metrics_url))
+                say(f"{shape_line(model_shape)}; the model: "
+                    f"{model_shape['behaviour_ms_per_user']:.2f} ms per user vector")
             run_.stop_worker()
             say(f"  {rates[name]:,.0f} events/s, {per_core[name]:,.0f} per CPU-second")
         throughput = rates["streamrec"]
@@ -418,6 +427,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             "variants_events_per_second": rates,
             "variants_events_per_cpu_second": per_core,
             "backlog_batches": shape,
+            "backlog_batches_with_model": model_shape,
             "latency_batches": paced_shape,
             "producer_events_per_second": producer_rate,
             "latency_rate_per_second": rate,
@@ -460,7 +470,10 @@ def markdown(report: dict[str, Any]) -> str:
           for name, rate in report["variants_events_per_second"].items()],
         "",
         *([f"Serving the behaviour model, StreamRec works off the backlog at "
-           f"{rates[WITH_MODEL] / rates['streamrec']:.2f} x its rate without it.", ""]
+           f"{rates[WITH_MODEL] / rates['streamrec']:.2f} x its rate without it; the "
+           "model's onnxruntime calls cost "
+           f"{report['backlog_batches_with_model']['behaviour_ms_per_user']:.2f} ms per user "
+           "vector, batched.", ""]
           if WITH_MODEL in (rates := report["variants_events_per_second"]) else []),
         "| measure | value |",
         "| --- | ---: |",

@@ -420,9 +420,13 @@ class Pipeline:
             self.metrics.pull_cache.labels("hit" if cached is not None else "miss").inc()
             if cached is not None:
                 return cached, version
-        behaviour = (self.sequence_model.user_vectors([state.sequence])[0]
-                     if self.sequence_model is not None
-                     and "sequence" in self.recommender.sources else None)
+        behaviour = None
+        if self.sequence_model is not None and "sequence" in self.recommender.sources:
+            started = time.perf_counter()
+            behaviour = self.sequence_model.user_vectors([state.sequence])[0]
+            self.metrics.encoder_seconds.labels("behaviour").observe(
+                time.perf_counter() - started)
+            self.metrics.behaviour_vectors.inc()
         view = user_view(state, self.encoder.dimension, self.encoder.encode_query,
                          self.segments(key), behaviour)
         now = state.last_ts or self._latest_event_ts
@@ -440,6 +444,7 @@ class Pipeline:
         started = time.perf_counter()
         vectors = await asyncio.to_thread(model.user_vectors, [s.sequence for s in states])
         self.metrics.encoder_seconds.labels("behaviour").observe(time.perf_counter() - started)
+        self.metrics.behaviour_vectors.inc(len(states))
         return vectors
 
     async def _recommend(self, result: KeyResult[UserState, Event], request: Request,
