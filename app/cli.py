@@ -570,7 +570,8 @@ def evaluate(
     runs: Annotated[Path, typer.Option(help="Folder `streamrec replay` wrote.")]
     = Path("var/replay"),
     report: Annotated[Path | None, typer.Option(
-        help="Markdown report to write (PNG plots go to img/ beside it).")] = None,
+        help="Markdown report to write (its tables as JSON beside it, PNG plots in img/).")]
+    = None,
     update_benchmarks: Annotated[bool, typer.Option(
         help="Replace this dataset's summary in BENCHMARKS.md.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,

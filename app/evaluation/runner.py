@@ -93,7 +93,9 @@ def run_eval(dataset: str, runs: Path, report_path: Path | None, update_benchmar
         images = reporting.plots(result, loaded, report_path.parent / "img")
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(reporting.markdown(result, command, images))
-        say(f"report: {report_path}")
+        tables = report_path.with_suffix(".json")   # the figures of record, for tools
+        tables.write_text(json.dumps({"command": command, **result}, indent=1) + "\n")
+        say(f"report: {report_path} (tables: {tables})")
         if update_benchmarks:
             reporting.update_benchmarks(Path("BENCHMARKS.md"), name, result, command,
                                         str(report_path))
@@ -104,4 +106,8 @@ def run_eval(dataset: str, runs: Path, report_path: Path | None, update_benchmar
             row = model["all"]
             typer.echo(f"{name:>22}  NDCG@10 {row['NDCG@10']:.4f}  HR@10 {row['HR@10']:.4f}  "
                        f"HR@50 {row['HR@50']:.4f}  MRR {row['MRR']:.4f}")
+        for name, row in (result.get("end_of_stream") or {}).items():
+            typer.echo(f"{name + ', end of stream':>22}  NDCG@10 {row['NDCG@10']:.4f}  "
+                       f"HR@10 {row['HR@10']:.4f}  HR@50 {row['HR@50']:.4f}  "
+                       f"MRR {row['MRR']:.4f}")
     return 0
