@@ -124,6 +124,19 @@ def produce(
 
 
 @cli.command()
+def forget(
+    user_ids: Annotated[list[str], typer.Argument(help="The user ids to forget.")],
+) -> None:
+    """Forget users: a tombstone on the users topic for each, which makes the worker that
+    owns the user delete their state from every table and changelog and their cached lists
+    (docs/contract.md, "Forgetting a user")."""
+    from app.tools import forget_users
+
+    sent = asyncio.run(forget_users(get_settings(), user_ids))
+    typer.echo(f"sent {sent} tombstone(s) to {get_settings().topic_users}", err=True)
+
+
+@cli.command()
 def tail(
     topic: Annotated[str, typer.Argument(help="deadletter, recommendations, ... or a topic name.")],
     from_beginning: Annotated[bool, typer.Option(help="Start at the oldest record.")] = False,

@@ -35,6 +35,7 @@ class Metrics:
     batch_records: Histogram
     processing_errors: Counter
     retries: Counter
+    forgotten: Counter
     recommendations: Counter
     latency: Histogram
     candidates: Counter
@@ -108,6 +109,12 @@ class Metrics:
                 "(-batch), a recommendation, learning from a user's next items (behaviour), "
                 "or a record of a followed topic skipped (catalogue, models).",
                 ["topic"],
+                registry=registry,
+            ),
+            forgotten=Counter(
+                "streamrec_users_forgotten_total",
+                "Users forgotten on request (a tombstone on the users topic): their state "
+                "deleted from every table, tombstones written to its changelogs.",
                 registry=registry,
             ),
             retries=Counter(

@@ -124,6 +124,17 @@ class Settings(BaseSettings):
     sizes in headers), so that a record the producer could not send whole (over its
     1,000,000-byte request limit) is still forwarded."""
 
+    deadletter_retention_hours: float = Field(default=336.0, gt=0, le=8760)
+    """How long the dead-letter topic keeps records (its `retention.ms`, set when
+    `streamrec topics` or a worker creates it; an existing topic keeps its own). Dead
+    letters of user-keyed topics hold user ids and, unless redacted, payloads."""
+
+    deadletter_redact: bool = False
+    """Dead letters of the user-keyed topics (events, feedback, users) keep neither key nor
+    value, only the headers: reason, detail, source topic, partition and offset (where the
+    original can be read while the source topic keeps it) and the original sizes. Item
+    records are kept whole."""
+
     min_event_time: int = Field(default=631_152_000_000, ge=0)
     """Earliest accepted event time, epoch milliseconds (default 1990-01-01)."""
 

@@ -56,6 +56,23 @@ async def produce_lines(settings: Settings, topic: str, lines: Iterable[str],
     return sent
 
 
+async def forget_users(settings: Settings, user_ids: Iterable[str]) -> int:
+    """Ask the workers to forget users: a tombstone keyed by each id on the users topic
+    (docs/contract.md, "Forgetting a user"). Returns how many were sent."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers(), **client_security(settings)
+    )
+    await producer.start()
+    sent = 0
+    try:
+        for user_id in user_ids:
+            await producer.send_and_wait(settings.topic_users, None, key=user_id.encode())
+            sent += 1
+    finally:
+        await producer.stop()
+    return sent
+
+
 def format_record(key: bytes | None, value: bytes | None,
                   headers: Iterable[tuple[str, bytes | None]]) -> str:
     dead = read_headers(headers)

@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 
 _TOPIC_EXISTS = 36
 _COMPACTED = {"cleanup.policy": "compact"}
-_DEADLETTER = {"retention.ms": str(14 * 24 * 3600 * 1000)}
 # the trainer's input: a restarted trainer resumes from its committed offset, a new one (a
 # new app id) re-learns from what is kept here; a week bounds both the topic and that
 _EXAMPLES = {"retention.ms": str(7 * 24 * 3600 * 1000)}
@@ -62,7 +61,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_feedback, n, {}),
         TopicSpec(settings.topic_users, n, dict(_COMPACTED)),
         TopicSpec(settings.topic_recommendations, n, {}),
-        TopicSpec(settings.topic_deadletter, n, dict(_DEADLETTER)),
+        TopicSpec(settings.topic_deadletter, n,
+                  {"retention.ms": str(int(settings.deadletter_retention_hours * 3600_000))}),
         TopicSpec(settings.topic_catalogue, n, dict(_COMPACTED)),
         TopicSpec(settings.topic_examples, 1, dict(_EXAMPLES)),
         TopicSpec(settings.topic_models, 1, dict(_MODELS)),

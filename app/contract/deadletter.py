@@ -18,6 +18,7 @@ RECEIVED_AT = HEADER_PREFIX + "received_at"
 EXCEPTION = HEADER_PREFIX + "exception"
 KEY_BYTES = HEADER_PREFIX + "key_bytes"        # the original sizes, on a truncated record
 VALUE_BYTES = HEADER_PREFIX + "value_bytes"
+REDACTED = HEADER_PREFIX + "redacted"            # "1": key and value left out on purpose
 
 
 def deadletter_headers(
@@ -50,6 +51,14 @@ def fit(key: bytes | None, value: bytes | None, max_bytes: int
     return (None if key is None else key[:key_room],
             None if value is None else value[:value_room],
             [(KEY_BYTES, str(key_size).encode()), (VALUE_BYTES, str(value_size).encode())])
+
+
+def redacted(key: bytes | None, value: bytes | None
+             ) -> tuple[None, None, list[tuple[str, bytes]]]:
+    """A rejected record of a personal topic as its dead letter keeps it when redaction is
+    on: no key, no value, the original sizes and a marker in headers."""
+    return None, None, [(KEY_BYTES, str(len(key or b"")).encode()),
+                        (VALUE_BYTES, str(len(value or b"")).encode()), (REDACTED, b"1")]
 
 
 def read_headers(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:

@@ -163,6 +163,23 @@ class Validators:
     users: Validator[UserProfile]
 
 
+MAX_KEY_CHARS = 128   # the contract's Id
+
+
+def forget_rejection(key: bytes | None) -> Rejection | None:
+    """Why a tombstone on ``users`` (a request to forget the user keyed by it) cannot be
+    applied, or ``None`` when its key is a user id (valid UTF-8, 1 to 128 characters)."""
+    if not key:
+        return Rejection(Reason.BAD_KEY, "a tombstone on users needs the user id as its key")
+    try:
+        text = key.decode()
+    except UnicodeDecodeError:
+        return Rejection(Reason.BAD_KEY, "the record key is not valid UTF-8")
+    if len(text) > MAX_KEY_CHARS:
+        return Rejection(Reason.BAD_KEY, f"the record key is over {MAX_KEY_CHARS} characters")
+    return None
+
+
 def validators(limits: Limits) -> Validators:
     return Validators(
         events=Validator[Event](Event, "user_id", limits),

@@ -25,9 +25,16 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from aiokafka.errors import KafkaError
 from faust.exceptions import PartitionsMismatch
 
-from app.contract.deadletter import deadletter_headers, fit
+from app.contract.deadletter import deadletter_headers, fit, redacted
 from app.contract.records import Event, Feedback, ItemOp, UserProfile
-from app.contract.validate import Limits, Reason, Rejection, Validator, validators
+from app.contract.validate import (
+    Limits,
+    Reason,
+    Rejection,
+    Validator,
+    forget_rejection,
+    validators,
+)
 from app.core.experiments import variant_of
 from app.core.state import (
     Applied,
@@ -65,6 +72,8 @@ RETRY_FIRST_SECONDS = 0.1   # back-off after a transient failure, doubling up to
 RETRY_MAX_SECONDS = 5.0
 TRAINER_WITHIN_SECONDS = 0.2   # the trainer's mini-batch: what arrived within this time
 
+PERSONAL = frozenset({"events", "feedback", "users"})   # the user-keyed input flows
+
 S = TypeVar("S", bound=KeyState)
 R = TypeVar("R", bound=HasEventId)
 
@@ -90,6 +99,17 @@ After = Callable[[list[KeyResult[S, R]]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
+class Forgetting:
+    """What a tombstone on a flow's topic does: forget its key. The key is deleted from
+    every table in ``tables`` (each delete writes a tombstone to the table's changelog, so
+    compaction removes the key's history and a recovering worker never sees it again),
+    then ``after`` drops whatever else is kept for those keys."""
+
+    tables: tuple[Any, ...]
+    after: Callable[[list[bytes]], Awaitable[None]] | None = None
+
+
+@dataclass(frozen=True)
 class Flow(Generic[S, R]):
     """How one input topic is processed; ``label`` is its metric label. ``prepare`` may
     build the fold for a batch (e.g. after embedding its search queries); ``after`` sees
@@ -103,21 +123,25 @@ class Flow(Generic[S, R]):
     on_applied: Callable[[Sequence[R]], None] = lambda records: None
     prepare: Prepare[R, S] | None = None
     after: After[S, R] | None = None
+    forgetting: Forgetting | None = None
 
 
 class DeadLetters:
     """Sends rejected records to the dead-letter topic, untouched (or cut to ``max_bytes``,
-    with their sizes in headers, when too large to send whole), and counts them once
-    sent."""
+    with their sizes in headers, when too large to send whole; or with neither key nor
+    value for the labels in ``redact``), and counts them once sent."""
 
-    def __init__(self, topic: Any, metrics: Metrics, max_bytes: int = 262_144) -> None:
+    def __init__(self, topic: Any, metrics: Metrics, max_bytes: int = 262_144,
+                 redact: frozenset[str] = frozenset()) -> None:
         self._topic = topic
         self._metrics = metrics
         self.max_bytes = max_bytes
+        self.redact = redact   # the labels whose dead letters keep headers only
 
     async def send(self, label: str, event: Any, rejection: Rejection) -> None:
         message = event.message
-        key, value, sizes = fit(message.key, message.value, self.max_bytes)
+        key, value, sizes = (redacted(message.key, message.value) if label in self.redact
+                             else fit(message.key, message.value, self.max_bytes))
         await self._topic.send(
             key=key,
             value=value,
@@ -234,6 +258,42 @@ async def _apply_key(flow: Flow[S, R], key: bytes, pairs: list[tuple[Any, R]], w
         return state, result
 
 
+async def _forget(flow: Flow[S, R], forgets: dict[bytes, Any], deadletters: DeadLetters,
+                  health: Health, metrics: Metrics) -> None:
+    """Delete each key in ``forgets`` (key -> the tombstone's Faust event) from every table
+    of the flow's :class:`Forgetting`, in the tombstone's partition; transient failures are
+    retried here until they pass."""
+    assert flow.forgetting is not None
+    done: list[bytes] = []
+    for key, event in forgets.items():
+        backoff = Backoff()
+        while True:
+            try:
+                with acting_as(event):
+                    for table in flow.forgetting.tables:
+                        del table[key]   # a changelog tombstone, whether or not it was held
+            except Exception as exc:  # noqa: BLE001 - one key must not stop the others
+                if transient(exc):
+                    metrics.retries.labels(flow.label).inc()
+                    health.hold(flow.label, exc)
+                    await backoff.wait()
+                    continue
+                count_failure(metrics, flow.label, exc)
+                cause = type(exc).__name__
+                await deadletters.send(
+                    flow.label, event, Rejection(Reason.PROCESSING_ERROR, cause, cause))
+                break
+            health.release(flow.label)
+            done.append(key)
+            break
+    metrics.forgotten.inc(len(done))
+    if flow.forgetting.after is not None and done:
+        try:
+            await flow.forgetting.after(done)
+        except Exception as exc:  # noqa: BLE001 - the state is gone; count and go on
+            count_failure(metrics, f"{flow.label}-after", exc)
+
+
 async def process_batch(
     flow: Flow[S, R], batch: Sequence[Any], deadletters: DeadLetters, metrics: Metrics,
     window: int, health: Health | None = None,
@@ -244,13 +304,26 @@ async def process_batch(
     started = time.perf_counter()
     received = now_ms()
     by_key: dict[bytes, list[tuple[Any, R]]] = {}
+    forgets: dict[bytes, Any] = {}
     for event in batch:
         message = event.message
-        outcome = flow.validate(message.key, message.value, received)
+        if flow.forgetting is not None and message.value is None:
+            refused = forget_rejection(message.key)
+            if refused is None:
+                # what the key had earlier in this batch is forgotten with it; its records
+                # after the tombstone are applied after the forgetting, to a new state
+                by_key.pop(message.key, None)
+                forgets[message.key] = event
+                continue
+            outcome: R | Rejection = refused
+        else:
+            outcome = flow.validate(message.key, message.value, received)
         if isinstance(outcome, Rejection):
             await deadletters.send(flow.label, event, outcome)
         else:
             by_key.setdefault(message.key, []).append((event, outcome))
+    if forgets:
+        await _forget(flow, forgets, deadletters, health, metrics)
     accepted = duplicates = 0
     fold = flow.fold
     if flow.prepare is not None and by_key:
@@ -324,6 +397,8 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
             "users", check.users, StateCodec(ProfileState), fold_profile,
             decl.profile_state,
             after=pipeline.after_profiles if pipeline else None,
+            forgetting=Forgetting(decl.user_tables(),
+                                  pipeline.after_forget if pipeline else None),
         )),
     ]
 
@@ -354,7 +429,8 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
     """Register one agent per input topic on the app (and the catalogue follower)."""
     settings = decl.settings
     health = health or Health()
-    deadletters = DeadLetters(decl.deadletter, metrics, settings.deadletter_max_bytes)
+    deadletters = DeadLetters(decl.deadletter, metrics, settings.deadletter_max_bytes,
+                              PERSONAL if settings.deadletter_redact else frozenset())
     if pipeline is not None:
         decl.app.task(pipeline.follow_catalogue)
         decl.app.task(pipeline.follow_models)

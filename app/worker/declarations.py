@@ -36,6 +36,10 @@ class Declarations:
     feedback_state: Any
     profile_state: Any
 
+    def user_tables(self) -> tuple[Any, ...]:
+        """The tables keyed by user id: what forgetting a user deletes."""
+        return self.user_state, self.feedback_state, self.profile_state
+
     def tables(self) -> dict[str, Any]:
         """The state tables by their metric label."""
         return {"user-state": self.user_state, "item-state": self.item_state,

@@ -401,6 +401,14 @@ class Pipeline:
                 learn_segment_history(self.recommender, self._users(result.key),
                                       sorted(added))
 
+    async def after_forget(self, keys: list[bytes]) -> None:
+        """Forgotten users (their tables already cleared): their cached lists are dropped
+        and a tombstone keyed by each goes to the recommendations topic, telling its
+        consumers to drop the lists they hold for that user."""
+        for key in keys:
+            self.served.forget(key)
+            await self._recommendations.send(key=key, value=None)
+
     def segments(self, key: bytes) -> tuple[str, ...]:
         """The profile segments of the user stored under ``key`` (none when unknown)."""
         return segments_of(self._profiles(key))

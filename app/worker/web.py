@@ -105,11 +105,15 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
     @app.page("/users/{user_id}")
     @app.table_route(table=decl.user_state, match_info="user_id")
     async def user_view(web: Any, request: Any, user_id: str) -> Any:
-        raw = decl.user_state.get(user_id.encode())
-        if raw is None:
+        key = user_id.encode()
+        raw = decl.user_state.get(key)
+        held = {"profile": decl.profile_state.get(key) is not None,
+                "feedback_state": decl.feedback_state.get(key) is not None}
+        if raw is None and not any(held.values()):
             return web.json({"error": "unknown user"}, status=404)
         state = _codec.decode(raw)
         return web.json({
+            **held,
             "user_id": user_id,
             "counts": state.counts,
             "first_ts": state.first_ts,
@@ -120,7 +124,7 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
             "sequence_events": len(state.sequence) // STORED.itemsize,
             "interest_weight": state.interest_weight,
             "last_search": state.query or None,
-            "state_bytes": len(raw),
+            "state_bytes": len(raw or b""),
         })
 
     @app.page("/model")

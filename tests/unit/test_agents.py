@@ -9,12 +9,19 @@ import msgspec
 from faust.exceptions import PartitionsMismatch
 
 from app.contract.deadletter import read_headers
-from app.contract.records import View
+from app.contract.records import UserProfile, View
 from app.contract.samples import good_view
 from app.contract.validate import Limits, validators
-from app.core.state import StateCodec, UserState, fold_event
+from app.core.state import ProfileState, StateCodec, UserState, fold_event, fold_profile
 from app.metrics import Metrics
-from app.worker.agents import DeadLetters, Flow, Health, process_batch, process_until_done
+from app.worker.agents import (
+    DeadLetters,
+    Flow,
+    Forgetting,
+    Health,
+    process_batch,
+    process_until_done,
+)
 
 TS = 1_700_000_000_000
 
@@ -41,7 +48,7 @@ class Topic:
         self.sent.append(kwargs)
 
 
-def _batch(records: list[tuple[bytes | None, bytes]]) -> list[Event]:
+def _batch(records: list[tuple[bytes | None, bytes | None]]) -> list[Event]:
     return [Event(Message(k, v, offset=i)) for i, (k, v) in enumerate(records)]
 
 
@@ -205,3 +212,80 @@ def test_a_key_whose_records_are_all_redelivered_is_written_again() -> None:
     asyncio.run(process_batch(_flow(table), batch, DeadLetters(topic, metrics), metrics, 16))
     assert writes == [b"a", b"a"]
     assert StateCodec(UserState).decode(table[b"a"]).counts == {"view": 1}
+
+
+class Table(dict):  # type: ignore[type-arg]
+    """A table that records deletes and, as Faust's, deletes a missing key without error
+    (Faust writes the changelog tombstone either way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deleted: list[bytes] = []
+
+    def __delitem__(self, key: bytes) -> None:
+        self.deleted.append(key)
+        self.pop(key, None)
+
+
+def _profile(user: str, event_id: str, ts: int = TS) -> bytes:
+    return msgspec.json.encode({"v": 1, "event_id": event_id, "user_id": user, "ts": ts,
+                                "age_band": "25-34"})
+
+
+def _users_flow(profiles: Table, others: tuple[Table, ...],
+                after: list[list[bytes]]) -> Flow[ProfileState, UserProfile]:
+    async def forgotten(keys: list[bytes]) -> None:
+        after.append(keys)
+
+    return Flow("users", validators(Limits()).users, StateCodec(ProfileState), fold_profile,
+                profiles, forgetting=Forgetting((profiles, *others), forgotten))
+
+
+def test_a_tombstone_on_users_forgets_the_user_in_every_table_in_batch_order() -> None:
+    metrics, topic = Metrics.create(), Topic()
+    profiles, states, lists = Table(), Table(), Table()
+    states[b"a"] = states[b"b"] = lists[b"a"] = b"kept until forgotten"
+    after: list[list[bytes]] = []
+    batch = _batch([
+        (b"a", _profile("a", "a-1")),
+        (b"b", _profile("b", "b-1")),
+        (b"a", None),                      # forget a: its profile above goes with it
+        (b"c", None),                      # a user never seen: tombstones all the same
+        (b"b", _profile("b", "b-2", TS + 1)),
+        (b"\xff", None),                   # not a user id
+        (None, None),
+    ])
+    asyncio.run(process_batch(_users_flow(profiles, (states, lists), after), batch,
+                              DeadLetters(topic, metrics), metrics, 16))
+    assert all(b"a" not in table for table in (profiles, states, lists))
+    assert states[b"b"] == b"kept until forgotten"
+    assert b"b" in profiles
+    for table in (profiles, states, lists):
+        assert table.deleted == [b"a", b"c"]
+    assert after == [[b"a", b"c"]]
+    assert metrics.registry.get_sample_value("streamrec_users_forgotten_total") == 2
+    assert [read_headers(s["headers"])["reason"] for s in topic.sent] == ["bad_key", "bad_key"]
+
+
+def test_a_profile_after_the_tombstone_in_one_batch_starts_a_new_state() -> None:
+    metrics, topic, profiles = Metrics.create(), Topic(), Table()
+    batch = _batch([(b"a", None), (b"a", _profile("a", "a-2"))])
+    asyncio.run(process_batch(_users_flow(profiles, (), []), batch,
+                              DeadLetters(topic, metrics), metrics, 16))
+    assert StateCodec(ProfileState).decode(profiles[b"a"]).profile is not None
+    assert profiles.deleted == [b"a"]
+
+
+def test_tombstones_elsewhere_stay_dead_letters_and_redaction_keeps_headers_only() -> None:
+    metrics, topic, table = Metrics.create(), Topic(), {}
+    batch = _batch([(b"a", None), (b"a", b"{broken")])
+    deadletters = DeadLetters(topic, metrics, redact=frozenset({"events"}))
+    asyncio.run(process_batch(_flow(table), batch, deadletters, metrics, 16))
+    assert [read_headers(s["headers"])["reason"] for s in topic.sent] == ["empty",
+                                                                        "malformed_json"]
+    broken = topic.sent[1]
+    assert (broken["key"], broken["value"]) == (None, None)
+    headers = read_headers(broken["headers"])
+    assert (headers["redacted"], headers["key_bytes"], headers["value_bytes"]) == ("1", "1",
+                                                                                  "7")
+    assert headers["offset"] == "1"

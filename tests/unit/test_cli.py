@@ -5,8 +5,8 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 
-COMMANDS = ["worker", "demo", "broker", "topics", "produce", "tail", "schemas", "settings",
-            "version", "export-model", "bench", "train"]
+COMMANDS = ["worker", "demo", "broker", "topics", "produce", "tail", "forget", "schemas",
+            "settings", "version", "export-model", "bench", "train"]
 BENCHES = ["encoder", "pipeline", "recommender"]
 
 
