@@ -35,20 +35,17 @@ def split_line(line: str, separator: str) -> tuple[bytes | None, bytes]:
     return key.encode(), value.encode()
 
 
-async def produce_lines(settings: Settings, topic: str, lines: Iterable[str],
-                        separator: str) -> int:
-    """Send one record per non-empty line; the default (murmur2) partitioner keeps user-keyed
-    topics co-partitioned. Returns the number of records sent."""
+async def send_records(settings: Settings, topic: str,
+                       records: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+    """Send (key, value) records one by one, each acknowledged; the default (murmur2)
+    partitioner keeps user-keyed topics co-partitioned. Returns how many were sent."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers(), **client_security(settings)
     )
     await producer.start()
     sent = 0
     try:
-        for line in lines:
-            if not line.strip():
-                continue
-            key, value = split_line(line, separator)
+        for key, value in records:
             await producer.send_and_wait(topic, value, key=key)
             sent += 1
     finally:
@@ -56,21 +53,19 @@ async def produce_lines(settings: Settings, topic: str, lines: Iterable[str],
     return sent
 
 
+async def produce_lines(settings: Settings, topic: str, lines: Iterable[str],
+                        separator: str) -> int:
+    """Send one record per non-empty line (``key<separator>value``). Returns the number of
+    records sent."""
+    return await send_records(settings, topic, (split_line(line, separator)
+                                                for line in lines if line.strip()))
+
+
 async def forget_users(settings: Settings, user_ids: Iterable[str]) -> int:
     """Ask the workers to forget users: a tombstone keyed by each id on the users topic
     (docs/contract.md, "Forgetting a user"). Returns how many were sent."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers(), **client_security(settings)
-    )
-    await producer.start()
-    sent = 0
-    try:
-        for user_id in user_ids:
-            await producer.send_and_wait(settings.topic_users, None, key=user_id.encode())
-            sent += 1
-    finally:
-        await producer.stop()
-    return sent
+    return await send_records(settings, settings.topic_users,
+                              ((user_id.encode(), None) for user_id in user_ids))
 
 
 def format_record(key: bytes | None, value: bytes | None,

@@ -76,6 +76,7 @@ PERSONAL = frozenset({"events", "feedback", "users"})   # the user-keyed input f
 
 S = TypeVar("S", bound=KeyState)
 R = TypeVar("R", bound=HasEventId)
+T = TypeVar("T")
 
 
 def now_ms() -> int:
@@ -231,31 +232,42 @@ def count_failure(metrics: Metrics, stage: str, exc: BaseException) -> None:
     log.error("%s failed: %s at %s:%s", stage, type(exc).__name__, frame.filename, frame.lineno)
 
 
+async def _until_not_transient(label: str, action: Callable[[], T], health: Health,
+                               metrics: Metrics) -> T:
+    """``action()``, run again with back-off while it fails transiently (the worker held
+    not ready meanwhile); any other failure is raised."""
+    backoff = Backoff()
+    while True:
+        try:
+            outcome = action()
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            metrics.retries.labels(label).inc()
+            health.hold(label, exc)
+            await backoff.wait()
+            continue
+        health.release(label)
+        return outcome
+
+
 async def _apply_key(flow: Flow[S, R], key: bytes, pairs: list[tuple[Any, R]], window: int,
                      fold: Callable[[S, R], S], health: Health, metrics: Metrics,
                      ) -> tuple[S, Applied[S, R]]:
     """Fold one key's records into its stored state and write it: the state before, and
     the outcome. Transient failures are retried here, in order, until they pass."""
-    backoff = Backoff()
-    while True:
-        try:
-            with acting_as(pairs[-1][0]):
-                state = flow.codec.decode(flow.table.get(key))
-                result = apply_batch(state, [record for _, record in pairs], window, fold)
-                # a redelivered record means this key's last write may not have reached the
-                # changelog (a killed worker's local table can be ahead of it, its offsets
-                # not committed): written again, so the changelog catches up
-                if result.applied or result.duplicates:
-                    flow.table[key] = flow.codec.encode(result.state)
-        except Exception as exc:
-            if not transient(exc):
-                raise
-            metrics.retries.labels(flow.label).inc()
-            health.hold(flow.label, exc)
-            await backoff.wait()
-            continue
-        health.release(flow.label)
+    def fold_and_write() -> tuple[S, Applied[S, R]]:
+        with acting_as(pairs[-1][0]):
+            state = flow.codec.decode(flow.table.get(key))
+            result = apply_batch(state, [record for _, record in pairs], window, fold)
+            # a redelivered record means this key's last write may not have reached the
+            # changelog (a killed worker's local table can be ahead of it, its offsets not
+            # committed): written again, so the changelog catches up
+            if result.applied or result.duplicates:
+                flow.table[key] = flow.codec.encode(result.state)
         return state, result
+
+    return await _until_not_transient(flow.label, fold_and_write, health, metrics)
 
 
 async def _forget(flow: Flow[S, R], forgets: dict[bytes, Any], deadletters: DeadLetters,
@@ -264,28 +276,23 @@ async def _forget(flow: Flow[S, R], forgets: dict[bytes, Any], deadletters: Dead
     of the flow's :class:`Forgetting`, in the tombstone's partition; transient failures are
     retried here until they pass."""
     assert flow.forgetting is not None
+    tables = flow.forgetting.tables
     done: list[bytes] = []
     for key, event in forgets.items():
-        backoff = Backoff()
-        while True:
-            try:
-                with acting_as(event):
-                    for table in flow.forgetting.tables:
-                        del table[key]   # a changelog tombstone, whether or not it was held
-            except Exception as exc:  # noqa: BLE001 - one key must not stop the others
-                if transient(exc):
-                    metrics.retries.labels(flow.label).inc()
-                    health.hold(flow.label, exc)
-                    await backoff.wait()
-                    continue
-                count_failure(metrics, flow.label, exc)
-                cause = type(exc).__name__
-                await deadletters.send(
-                    flow.label, event, Rejection(Reason.PROCESSING_ERROR, cause, cause))
-                break
-            health.release(flow.label)
-            done.append(key)
-            break
+        def delete(key: bytes = key, event: Any = event) -> None:
+            with acting_as(event):
+                for table in tables:
+                    del table[key]   # a changelog tombstone, whether or not it was held
+
+        try:
+            await _until_not_transient(flow.label, delete, health, metrics)
+        except Exception as exc:  # noqa: BLE001 - one key must not stop the others
+            count_failure(metrics, flow.label, exc)
+            cause = type(exc).__name__
+            await deadletters.send(
+                flow.label, event, Rejection(Reason.PROCESSING_ERROR, cause, cause))
+            continue
+        done.append(key)
     metrics.forgotten.inc(len(done))
     if flow.forgetting.after is not None and done:
         try:
