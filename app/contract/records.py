@@ -19,7 +19,9 @@ from msgspec import Meta, Struct
 
 SCHEMA_VERSION = 1
 
-Id = Annotated[str, Meta(min_length=1, max_length=128, description="Opaque id, 1-128 chars.")]
+ID_MAX_CHARS = 128
+Id = Annotated[str, Meta(min_length=1, max_length=ID_MAX_CHARS,
+                          description="Opaque id, 1-128 chars.")]
 EpochMs = Annotated[int, Meta(ge=0, description="Event time, epoch milliseconds (UTC).")]
 Version = Annotated[Literal[1], Meta(description="Schema version of this record.")]
 AttrKey = Annotated[str, Meta(min_length=1, max_length=64)]

@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 import msgspec
 import numpy as np
 
-from app.contract.records import Event, Feedback, ItemOp, UserProfile
+from app.contract.records import ID_MAX_CHARS, Event, Feedback, ItemOp, UserProfile
 
 T = TypeVar("T")
 
@@ -163,9 +163,6 @@ class Validators:
     users: Validator[UserProfile]
 
 
-MAX_KEY_CHARS = 128   # the contract's Id
-
-
 def forget_rejection(key: bytes | None) -> Rejection | None:
     """Why a tombstone on ``users`` (a request to forget the user keyed by it) cannot be
     applied, or ``None`` when its key is a user id (valid UTF-8, 1 to 128 characters)."""
@@ -175,8 +172,8 @@ def forget_rejection(key: bytes | None) -> Rejection | None:
         text = key.decode()
     except UnicodeDecodeError:
         return Rejection(Reason.BAD_KEY, "the record key is not valid UTF-8")
-    if len(text) > MAX_KEY_CHARS:
-        return Rejection(Reason.BAD_KEY, f"the record key is over {MAX_KEY_CHARS} characters")
+    if len(text) > ID_MAX_CHARS:
+        return Rejection(Reason.BAD_KEY, f"the record key is over {ID_MAX_CHARS} characters")
     return None
 
 
