@@ -114,7 +114,11 @@ class Forgetting:
 class Flow(Generic[S, R]):
     """How one input topic is processed; ``label`` is its metric label. ``prepare`` may
     build the fold for a batch (e.g. after embedding its search queries); ``after`` sees
-    every key's result once the batch is folded (e.g. to publish recommendations)."""
+    every key's result once the batch is folded (e.g. to publish recommendations). With
+    ``publishes_state`` its ``after`` publishes each key's state (idempotently) and must not
+    be lost: a key whose records all come again is handed to it again (the first delivery
+    may have written the state and stopped before publishing it), and a failure of it runs
+    the batch again instead of being counted and skipped."""
 
     label: str
     validate: Validator[R]
@@ -125,6 +129,7 @@ class Flow(Generic[S, R]):
     prepare: Prepare[R, S] | None = None
     after: After[S, R] | None = None
     forgetting: Forgetting | None = None
+    publishes_state: bool = False
 
 
 class DeadLetters:
@@ -353,12 +358,14 @@ async def process_batch(
         accepted += len(result.applied)
         duplicates += result.duplicates
         flow.on_applied(result.applied)
-        if result.applied:
+        if result.applied or (flow.publishes_state and result.duplicates):
             results.append(KeyResult(key, result.state, result.applied, pairs[-1][0], state))
     if flow.after is not None and results:
         try:
             await flow.after(results)
-        except Exception as exc:  # noqa: BLE001 - the state is saved; count and go on
+        except Exception as exc:   # the state is saved: counted and skipped, or run again
+            if flow.publishes_state:
+                raise   # run again: its keys are duplicates then, and published again
             count_failure(metrics, f"{flow.label}-after", exc)
     metrics.records.labels(flow.label, "accepted").inc(accepted)
     metrics.records.labels(flow.label, "duplicate").inc(duplicates)
@@ -392,7 +399,7 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
         )),
         (decl.items, Flow[ItemState, ItemOp](
             "items", check.items, StateCodec(ItemState), fold_item, decl.item_state,
-            after=pipeline.after_items if pipeline else None,
+            after=pipeline.after_items if pipeline else None, publishes_state=True,
         )),
         (decl.feedback, Flow[FeedbackState, Feedback](
             "feedback", check.feedback, StateCodec(FeedbackState), fold_feedback,

@@ -107,4 +107,13 @@ def wait_total(workers: list[WorkerProcess], name: str, at_least: float,
         if value >= at_least:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"{name}{labels} = {value} < {at_least} after {within}s")
+    logs = "".join(f"\n--- {w.log.name} (last lines) ---\n{_tail(w.log)}" for w in workers)
+    raise AssertionError(f"{name}{labels} = {value} < {at_least} after {within}s{logs}")
+
+
+def _tail(log: Path, lines: int = 25) -> str:
+    """The end of a worker's log, for a failure message (a test's tmp dir is gone in CI)."""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(unreadable: {exc})"

@@ -9,16 +9,25 @@ import msgspec
 from faust.exceptions import PartitionsMismatch
 
 from app.contract.deadletter import read_headers
-from app.contract.records import UserProfile, View
+from app.contract.records import ItemOp, ItemUpsert, UserProfile, View
 from app.contract.samples import good_view
 from app.contract.validate import Limits, validators
-from app.core.state import ProfileState, StateCodec, UserState, fold_event, fold_profile
+from app.core.state import (
+    ItemState,
+    ProfileState,
+    StateCodec,
+    UserState,
+    fold_event,
+    fold_item,
+    fold_profile,
+)
 from app.metrics import Metrics
 from app.worker.agents import (
     DeadLetters,
     Flow,
     Forgetting,
     Health,
+    KeyResult,
     process_batch,
     process_until_done,
 )
@@ -212,6 +221,59 @@ def test_a_key_whose_records_are_all_redelivered_is_written_again() -> None:
     asyncio.run(process_batch(_flow(table), batch, DeadLetters(topic, metrics), metrics, 16))
     assert writes == [b"a", b"a"]
     assert StateCodec(UserState).decode(table[b"a"]).counts == {"view": 1}
+
+
+def _item(item_id: str, event_id: str) -> bytes:
+    return msgspec.json.encode(ItemUpsert(v=1, event_id=event_id, item_id=item_id, ts=TS,
+                                          title=f"Title of {item_id}"))
+
+
+def test_items_are_published_again_when_redelivered_and_a_failed_publish_is_retried() -> None:
+    """The catalogue is published from the items flow's ``after``: a first delivery that
+    wrote the item's state and stopped before publishing it (a rebalance, a crash) must not
+    leave the item out of the catalogue for good, nor may a failed publish."""
+    metrics, topic, table = Metrics.create(), Topic(), {}
+    published: list[bytes] = []
+    failures = [1]
+
+    async def publish(results: list[KeyResult[ItemState, ItemOp]]) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise ConnectionError("producer not ready")
+        published.extend(r.key for r in results if r.state.item is not None)
+
+    flow = Flow[ItemState, ItemOp]("items", validators(Limits()).items,
+                                   StateCodec(ItemState), fold_item, table, after=publish,
+                                   publishes_state=True)
+    batch = _batch([(b"i1", _item("i1", "e1")), (b"i2", _item("i2", "e2"))])
+    asyncio.run(process_until_done(flow, batch, DeadLetters(topic, metrics), metrics, 16,
+                                   Health()))
+    assert published == [b"i1", b"i2"]      # the retry found duplicates and published them
+    assert metrics.registry.get_sample_value(
+        "streamrec_processing_errors_total", {"topic": "items-batch"}) == 1
+    asyncio.run(process_batch(flow, batch[:1], DeadLetters(topic, metrics), metrics, 16))
+    assert published == [b"i1", b"i2", b"i1"]   # redelivered: published again
+    assert topic.sent == []
+
+
+def test_a_flow_that_does_not_publish_state_skips_duplicates_and_counts_a_failed_after(
+        ) -> None:
+    metrics, topic, table = Metrics.create(), Topic(), {}
+    seen: list[int] = []
+
+    async def after(results: list[KeyResult[UserState, View]]) -> None:
+        seen.append(len(results))
+        raise ConnectionError("recommendations topic unreachable")
+
+    flow = Flow[UserState, View]("events", validators(Limits()).events,
+                                 StateCodec(UserState), fold_event, table, after=after)
+    batch = _batch([(b"a", good_view("a", "a-1", "i", TS))])
+    for _ in range(2):
+        asyncio.run(process_until_done(flow, batch, DeadLetters(topic, metrics), metrics, 16,
+                                       Health()))
+    assert seen == [1]   # once: the redelivery is a duplicate, its list was already due
+    assert metrics.registry.get_sample_value(
+        "streamrec_processing_errors_total", {"topic": "events-after"}) == 1
 
 
 class Table(dict):  # type: ignore[type-arg]
