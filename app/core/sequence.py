@@ -16,6 +16,7 @@ in the model's vocabulary at serving time.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -90,6 +91,8 @@ class Vocabulary:
 SEQUENCE_LENGTH = 200
 """Events kept per user for the model (1.2 KB): the length the model reads by default."""
 STORED = np.dtype([("item", "<u4"), ("kind", "u1"), ("gap", "u1")])
+_EVENT = struct.Struct("<IBB")   # one STORED event, packed without numpy (per event: cheap)
+assert _EVENT.size == STORED.itemsize
 
 
 def append(stored: bytes, item_id: str, kind: str, gap_ms: int | None,
@@ -103,15 +106,15 @@ def append(stored: bytes, item_id: str, kind: str, gap_ms: int | None,
     if limit <= 0:
         return b""
     token = KINDS.get(kind, KINDS["view"])
-    size = STORED.itemsize
+    size = _EVENT.size
+    item = item_hash(item_id)
     if len(stored) >= size:
-        last = np.frombuffer(stored[-size:], dtype=STORED).copy()
-        if int(last["item"][0]) == item_hash(item_id):
-            last["kind"] = max(int(last["kind"][0]), token)
-            return stored[-limit * size:-size] + last.tobytes()
-    event = np.array([(item_hash(item_id), token, gap_bucket(gap_ms))], dtype=STORED)
-    kept = (limit - 1) * STORED.itemsize
-    return stored[max(len(stored) - kept, 0):] + event.tobytes()
+        last_item, last_kind, last_gap = _EVENT.unpack_from(stored, len(stored) - size)
+        if last_item == item:
+            return (stored[-limit * size:-size]
+                    + _EVENT.pack(item, max(last_kind, token), last_gap))
+    kept = (limit - 1) * size
+    return stored[max(len(stored) - kept, 0):] + _EVENT.pack(item, token, gap_bucket(gap_ms))
 
 
 def stored_events(stored: bytes) -> npt.NDArray[np.void]:

@@ -25,6 +25,18 @@ def test_items_are_added_once_in_order_and_the_oldest_go_first() -> None:
     assert consumed.contains(b"", ["a"]).tolist() == [False]
 
 
+def test_adding_one_item_is_the_same_as_the_general_path() -> None:
+    """The fold adds one item per event through a fast path; adding it twice in one call
+    takes the general path (duplicates collapse), which must give the same bytes."""
+    rng = np.random.default_rng(7)
+    for limit in (0, 1, 5, 2048):
+        fast = general = b""
+        for item in rng.integers(0, 12, 200):
+            fast = consumed.add(fast, [f"i{item}"], limit=limit)
+            general = consumed.add(general, [f"i{item}", f"i{item}"], limit=limit)
+            assert fast == general
+
+
 def test_the_false_positive_rate_is_what_the_docstring_states() -> None:
     """2,048 consumed ids against 1,000,000 others: CRC-32 behaves as a uniform 32-bit hash
     (expected 2048 * 1e6 / 2**32 = 0.48 false positives; similar ids never collide)."""
