@@ -424,7 +424,7 @@ def bench_encoder(
     """PyTorch fp32 (if installed) vs ONNX fp32 vs ONNX int8, in one run."""
     import importlib.util
 
-    from app.encoder import bench
+    from app.bench import encoder as bench
 
     def say(text: str) -> None:
         typer.echo(text, err=True)
@@ -490,7 +490,7 @@ def bench_pipeline(
     StreamRec, the naive job, the Quix Streams job and Faust's decode-only ceiling; then
     event-to-recommendation latency at half StreamRec's rate (or --latency-rate), and the
     pull API's latency."""
-    from app import pipeline_bench
+    from app.bench import pipeline as pipeline_bench
 
     def say(text: str) -> None:
         typer.echo(text, err=True)
@@ -514,7 +514,7 @@ def bench_recommender(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """The cost of one recommendation in-process (no Kafka), per candidate configuration."""
-    from app import recommender_bench
+    from app.bench import recommender as recommender_bench
 
     report = recommender_bench.run(users, ratings, lambda text: typer.echo(text, err=True))
     typer.echo(json.dumps(report) if json_output else recommender_bench.markdown(report))
@@ -530,7 +530,7 @@ def bench_index(
 ) -> None:
     """Exact search against the approximate index (usearch HNSW): latency and recall@k by
     catalogue size."""
-    from app import index_bench
+    from app.bench import index as index_bench
 
     report = index_bench.run([int(s) for s in sizes.split(",")], queries, k,
                              lambda text: typer.echo(text, err=True))

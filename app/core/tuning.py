@@ -9,7 +9,7 @@ softmax over the catalogue (every item a negative, no sampling bias), mini-batch
 descent from the identity (the untuned model), L2 towards the identity.
 
 :func:`online_step` is the same fit one mini-batch at a time, for the trainer while the
-system runs: the pairs come from users' next items (app.worker.pipeline), the softmax runs
+system runs: the pairs come from users' next items (app.core.serving), the softmax runs
 over the targets and a uniform sample of the catalogue (all of it when small), the step is
 clipped to a maximum norm.
 """

@@ -14,6 +14,7 @@ import numpy as np
 from app.contract.records import Event, ItemUpsert
 from app.core.catalogue import VectorIndex, entry, item_text
 from app.core.recommender import Catalogue, Recommender, Request
+from app.core.serving import learn_sequence, user_view
 from app.core.state import (
     Applied,
     EventContext,
@@ -27,7 +28,6 @@ from app.data.movielens import Rating
 from app.demo import item_record, rating_records
 from app.encoder.runtime import Encoder
 from app.evaluation.split import Split
-from app.worker.pipeline import learn_sequence, user_view
 
 _events = msgspec.json.Decoder(Event)
 _items = msgspec.json.Decoder(ItemUpsert)

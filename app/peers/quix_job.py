@@ -25,12 +25,13 @@ from quixstreams.state.rocksdb import RocksDBOptions
 from app.contract.records import Search
 from app.contract.validate import Rejection, validators
 from app.core.recommender import Catalogue, Request
+from app.core.serving import apply_catalogue_record, now_ms, recommend_after
 from app.core.state import EventContext, StateCodec, UserState, apply_batch, event_fold
 from app.encoder.runtime import Encoder
 from app.settings import Settings, get_settings
-from app.worker.agents import limits, now_ms
+from app.worker.agents import limits
 from app.worker.main import one_blas_thread
-from app.worker.pipeline import apply_catalogue_record, make_recommender, recommend_after
+from app.worker.pipeline import make_recommender
 
 log = logging.getLogger(__name__)
 

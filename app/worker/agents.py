@@ -17,7 +17,6 @@ import asyncio
 import gc
 import logging
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -36,6 +35,7 @@ from app.contract.validate import (
     validators,
 )
 from app.core.experiments import variant_of
+from app.core.serving import now_ms
 from app.core.state import (
     Applied,
     FeedbackState,
@@ -61,6 +61,7 @@ from app.worker.faust_compat import (
     take_batches,
     unprocessed,
 )
+from app.worker.results import KeyResult, count_failure
 
 if TYPE_CHECKING:
     from app.worker.pipeline import Pipeline
@@ -77,22 +78,6 @@ PERSONAL = frozenset({"events", "feedback", "users"})   # the user-keyed input f
 S = TypeVar("S", bound=KeyState)
 R = TypeVar("R", bound=HasEventId)
 T = TypeVar("T")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-@dataclass(frozen=True, slots=True)
-class KeyResult(Generic[S, R]):
-    """One key's outcome in a batch: its new state, the records applied, its last event,
-    and its state before the batch."""
-
-    key: bytes
-    state: S
-    applied: list[R]
-    last_event: Any
-    before: S
 
 
 Prepare = Callable[[list[R]], Awaitable[Callable[[S, R], S]]]
@@ -227,14 +212,6 @@ def limits(settings: Settings) -> Limits:
         min_event_time=settings.min_event_time,
         max_clock_skew_ms=int(settings.max_clock_skew_seconds * 1000),
     )
-
-
-def count_failure(metrics: Metrics, stage: str, exc: BaseException) -> None:
-    """Count and log a failure: the exception's type and place only, never its message
-    (it may quote payload or ids)."""
-    metrics.processing_errors.labels(stage).inc()
-    frame = traceback.extract_tb(exc.__traceback__)[-1]
-    log.error("%s failed: %s at %s:%s", stage, type(exc).__name__, frame.filename, frame.lineno)
 
 
 async def _until_not_transient(label: str, action: Callable[[], T], health: Health,

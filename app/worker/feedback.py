@@ -28,6 +28,7 @@ from app.core.experiments import variant_of
 from app.core.learning import LearnerConfig, LearnerState
 from app.core.ranking import FEATURES, RankerParams
 from app.core.recommender import with_sources
+from app.core.serving import now_ms
 from app.core.state import FeedbackState, fold_feedback
 from app.core.training import (
     Batch,
@@ -43,7 +44,7 @@ from app.core.tuning import OnlineConfig
 from app.core.versions import CONTROL, ModelVersion, Registry, as_params, generation_of
 from app.metrics import Metrics
 from app.settings import Settings
-from app.worker.agents import KeyResult, count_failure, now_ms
+from app.worker.results import KeyResult, count_failure
 
 log = logging.getLogger(__name__)
 

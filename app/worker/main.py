@@ -24,7 +24,6 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.settings import Settings
 from app.worker import agents, web
-from app.worker.agents import KeyResult
 from app.worker.declarations import Declarations, declare
 from app.worker.faust_compat import (
     acting_as,
@@ -34,6 +33,7 @@ from app.worker.faust_compat import (
 )
 from app.worker.feedback import FeedbackLoop
 from app.worker.pipeline import Pipeline, load_sequence_model, make_recommender
+from app.worker.results import KeyResult
 
 log = logging.getLogger(__name__)
 

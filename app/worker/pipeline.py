@@ -13,66 +13,65 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import logging
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 import numpy as np
-import numpy.typing as npt
 
 from app.broker.reading import follow
 from app.contract.records import (
     Event,
     ItemOp,
-    Recommendation,
     RecommendedItem,
     Search,
     UserProfile,
 )
-from app.core.catalogue import CatalogueEntry, entry, item_text
+from app.core.catalogue import entry, item_text
 from app.core.covisit import CoVisitation
-from app.core.exploration import Exploration, explored
-from app.core.learning import preferences
-from app.core.profile import DAY_MS, SEQUENCE_WEIGHTS, decay, segments_of
+from app.core.exploration import Exploration
+from app.core.profile import segments_of
 from app.core.ranking import RankerParams
 from app.core.recommender import (
     Catalogue,
-    Popularity,
-    Ranking,
     Recommender,
     Request,
-    UserView,
     with_sources,
 )
 from app.core.served import ServedLists
+from app.core.serving import (
+    apply_catalogue_record,
+    behaviour_example,
+    learn_segment_history,
+    next_items,
+    now_ms,
+    projection_pair,
+    rebuild_memory,
+    recommend_after,
+    shown_list,
+    user_view,
+)
 from app.core.state import (
     EventContext,
     ItemState,
     ProfileState,
     Shown,
-    ShownItem,
     StateCodec,
     UserState,
     event_fold,
-    interest_of,
 )
 from app.encoder.behaviour import SequenceModel
 from app.encoder.runtime import Encoder, FloatArray
 from app.metrics import Metrics
 from app.settings import Settings
-from app.worker.agents import KeyResult, count_failure, now_ms
 from app.worker.feedback import LEARNING, FeedbackLoop
+from app.worker.results import KeyResult, count_failure
 
 log = logging.getLogger(__name__)
 
-RECENCY_STEP = 0.5  # each older recent item weighs this much of the next newer one
-QUERY_MEMORY_MS = DAY_MS  # a search keeps steering explanations for a day of event time
 _entry_encoder = msgspec.msgpack.Encoder()
-_entry_decoder = msgspec.msgpack.Decoder(CatalogueEntry)
 _rec_encoder = msgspec.json.Encoder()
 
 
@@ -83,171 +82,6 @@ def settle_garbage_collector() -> None:
     what collections cost afterwards)."""
     gc.collect()
     gc.freeze()
-
-
-def user_view(state: UserState, dimension: int, embed_query: Callable[[str], FloatArray],
-              segments: tuple[str, ...] = (), behaviour: FloatArray | None = None
-              ) -> UserView:
-    """The recommender's view of a user's stored state, weights decayed to their last event.
-    The last search is embedded only while it still counts (a day of event time)."""
-    now = state.last_ts
-    last = len(state.recent) - 1
-    recent = [(item, kind, SEQUENCE_WEIGHTS.get(kind, 1.0) * decay(now - ts, 14 * DAY_MS)
-               * RECENCY_STEP ** (last - position))
-              for position, (item, kind, ts) in enumerate(state.recent)]
-    query = None
-    if state.query and now - state.query_ts <= QUERY_MEMORY_MS:
-        query = (state.query, embed_query(state.query))
-    return UserView(interest_of(state, dimension).unit(), recent, set(state.purchased), query,
-                    segments, state.consumed, behaviour)
-
-
-def learn_sequence(recommender: Recommender, before: UserState, applied: Sequence[Event],
-                   segments: Sequence[str] = ()) -> None:
-    """Feed co-visitation and popularity (overall, and per profile segment of the user)
-    with a user's newly applied item events, ``before`` being their state before them. Each
-    item follows what came before it: the recent items before the batch, then the batch's
-    earlier items (never a later item of the same batch, however many it held: a backlog
-    batch can hold more than the state keeps). Another event on the item just touched (a
-    view, then its purchase) is one visit, not two: the sequence did not move, and a memory
-    regrown from stored users counts it once too."""
-    order = [item for item, _, _ in before.recent]
-    previous: str | None = None
-    for event in applied:
-        if isinstance(event, Search):
-            continue
-        if event.item_id == previous:
-            continue
-        previous = event.item_id
-        kind = str(type(event).__struct_config__.tag)
-        weight = SEQUENCE_WEIGHTS[kind]
-        recommender.covisit.observe(order, event.item_id, weight)
-        if event.item_id in order:
-            order.remove(event.item_id)
-        order.append(event.item_id)
-        recommender.popularity.add(event.item_id, weight, event.ts)
-        recommender.learn_segments(segments, event.item_id, weight, event.ts)
-
-
-def recommend_after(recommender: Recommender, encoder: Encoder, before: UserState,
-                    state: UserState, applied: Sequence[Event], request: Request,
-                    segments: tuple[str, ...] = (), params: RankerParams | None = None,
-                    exploration: Exploration | None = None,
-                    behaviour: FloatArray | None = None
-                    ) -> tuple[Recommendation, Ranking]:
-    """The recommendation that follows a user's newly applied events, ``state`` after them
-    and ``before`` before them (co-visitation and popularity learn from them first), scored
-    with ``params`` (the recommender's own when None) and, when ``exploration`` is on, one
-    slot explored; with its ranking (candidates per source, each item's features).
-    ``behaviour`` is the behaviour model's user vector for ``state``, when one is served."""
-    learn_sequence(recommender, before, applied, segments)
-    view = user_view(state, encoder.dimension, encoder.encode_query, segments, behaviour)
-    rec_id = uuid.uuid4().hex
-    params = params or recommender.params
-    if exploration is not None and exploration.epsilon > 0:
-        ranking = explored(recommender.rank(view, request, state.last_ts, params,
-                                            extra=exploration.pool),
-                           request.k, exploration, rec_id)
-    else:
-        ranking = recommender.rank(view, request, state.last_ts, params)
-    last = applied[-1]
-    record = Recommendation(
-        v=1, rec_id=rec_id, user_id=last.user_id, items=ranking.items,
-        model_version=params.version, source_event_id=last.event_id,
-        source_event_time=last.ts, produced_at=now_ms(), tenant=last.tenant,
-    )
-    return record, ranking
-
-
-def sampled(event_id: str, share: float) -> bool:
-    """Whether an event falls in a ``share`` of events (by a hash of its id: the same
-    events are chosen on every replay and every worker)."""
-    digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") < share * 2**64
-
-
-def behaviour_example(recommender: Recommender, view: UserView, now: int, event: Event,
-                      request: Request, negatives: int
-                      ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
-    """What a user's next item teaches the ranker: ``event``'s item against the candidates
-    the user had just before it (``view``: their state then, last event at ``now``), as
-    preferences over ``negatives`` of them. None when the item was not among those
-    candidates."""
-    assert not isinstance(event, Search)
-    found = recommender.candidate_features(view, request, now, event.item_id)
-    if found is None:
-        return None
-    features, row = found
-    seed = int.from_bytes(hashlib.blake2b(event.event_id.encode(), digest_size=8).digest(),
-                          "big")
-    return preferences(features, row, negatives, seed)
-
-
-def projection_pair(view: UserView, event: Event) -> tuple[bytes, str] | None:
-    """What a user's next item teaches the projection W1: the user's interest just before
-    it (float16) and the item; None for a user with no interest yet."""
-    assert not isinstance(event, Search)
-    if view.interest is None:
-        return None
-    return np.asarray(view.interest, dtype="<f2").tobytes(), event.item_id
-
-
-def next_items(before: UserState, applied: Sequence[Event], share: float,
-               fold: Callable[[UserState, Event], UserState]
-               ) -> Iterator[tuple[UserState, Event]]:
-    """The sampled item events of a user's batch, each with the user's state just before
-    it (folded from the state before the batch), leaving out an event on the item just
-    touched (a view, then its purchase: the sequence did not move)."""
-    state = before
-    last = max((n for n, e in enumerate(applied) if not isinstance(e, Search)
-                and sampled(e.event_id, share)), default=-1)
-    for event in applied[:last + 1]:
-        if (not isinstance(event, Search) and state.recent
-                and event.item_id != state.recent[-1][0] and sampled(event.event_id, share)):
-            yield state, event
-        state = fold(state, event)
-
-
-def shown_list(record: Recommendation, ranking: Ranking, variant: str, size: int) -> Shown:
-    """What attribution remembers of a published list: its top ``size`` items with their
-    features, stamped with the event time of the event behind it (feedback is timed in
-    event time too)."""
-    return Shown(rec_id=record.rec_id, model_version=record.model_version, variant=variant,
-                 produced_at=record.source_event_time,
-                 items=tuple(ShownItem(item.item_id, position, features)
-                             for position, (item, features) in enumerate(
-                                 zip(record.items[:size], ranking.features, strict=False))))
-
-
-def rebuild_memory(recommender: Recommender,
-                   users: Iterable[tuple[UserState, tuple[str, ...]]]) -> int:
-    """Regrow co-visitation and popularity (overall and per segment) from stored users'
-    recent items and profile segments (after a restart or a rebalance: they live only in
-    memory). Returns the number of users read."""
-    covisit = CoVisitation(window=recommender.covisit.window,
-                           max_neighbours=recommender.covisit.max_neighbours,
-                           backward=recommender.covisit.backward)
-    popularity = Popularity(half_life_ms=recommender.popularity.half_life_ms)
-    recommender.segment_popularity = {}
-    count = 0
-    for state, segments in users:
-        count += 1
-        order = [item for item, _, _ in state.recent]
-        for position, (item, kind, ts) in enumerate(state.recent):
-            weight = SEQUENCE_WEIGHTS.get(kind, 1.0)
-            covisit.observe(order[:position], item, weight)
-            popularity.add(item, weight, ts)
-        learn_segment_history(recommender, state, segments)
-    recommender.covisit, recommender.popularity = covisit, popularity
-    return count
-
-
-def learn_segment_history(recommender: Recommender, state: UserState,
-                          segments: Sequence[str]) -> None:
-    """Count a user's stored recent items for their profile segments (when a profile
-    arrives after the history, and when memory is regrown: both give the same counts)."""
-    for item, kind, ts in state.recent:
-        recommender.learn_segments(segments, item, SEQUENCE_WEIGHTS.get(kind, 1.0), ts)
 
 
 def make_recommender(settings: Settings, dimension: int,
@@ -269,20 +103,6 @@ def load_sequence_model(settings: Settings) -> SequenceModel | None:
     log.info("behaviour model %s loaded: %d items, %d events read per user",
              model.version, len(model.space.vocabulary), model.length)
     return model
-
-
-def apply_catalogue_record(catalogue: Catalogue, key: bytes | None, value: bytes | None
-                           ) -> None:
-    """One record of the compacted catalogue topic: an entry upserts, a tombstone deletes;
-    an entry embedded with another dimension (another model) is skipped. Raises on a
-    record that is neither (the follower counts and skips it)."""
-    if not value:
-        if key:
-            catalogue.delete(key.decode())   # strict: no catalogued item has another key
-        return
-    published = _entry_decoder.decode(value)
-    if len(published.vector) == 4 * catalogue.dimension:
-        catalogue.upsert(published)
 
 
 class Pipeline:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.pipeline_bench import summarise_profile
+from app.bench.pipeline import summarise_profile
 
 
 def test_profile_summary_counts_inclusive_and_self_time(tmp_path: Path) -> None:

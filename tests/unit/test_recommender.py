@@ -179,7 +179,7 @@ def test_user_state_stays_bounded() -> None:
 
 
 def test_memory_regrown_from_stored_users_matches_live_learning() -> None:
-    from app.worker.pipeline import learn_segment_history, learn_sequence, rebuild_memory
+    from app.core.serving import learn_segment_history, learn_sequence, rebuild_memory
 
     cat = catalogue()
     context = EventContext(item_vector=cat.index.vector, query_vectors={}, dimension=D)
@@ -237,7 +237,7 @@ def test_a_new_user_with_a_known_profile_gets_what_their_segment_likes() -> None
 
 def test_only_a_recent_search_is_embedded_for_the_view() -> None:
     from app.core.profile import DAY_MS
-    from app.worker.pipeline import user_view
+    from app.core.serving import user_view
 
     asked: list[str] = []
 
@@ -291,7 +291,7 @@ def test_popularity_decays_ranks_and_keeps_its_top_without_scanning() -> None:
 
 
 def test_a_view_then_purchase_of_the_same_item_is_one_visit() -> None:
-    from app.worker.pipeline import learn_sequence, rebuild_memory
+    from app.core.serving import learn_sequence, rebuild_memory
 
     cat = catalogue()
     context = EventContext(item_vector=cat.index.vector, query_vectors={}, dimension=D)
@@ -313,7 +313,7 @@ def test_what_co_visitation_learns_does_not_depend_on_how_events_were_batched() 
     """A burst longer than the user's recent items (50) folded in one batch teaches the same
     edges as the same events one per batch: each item follows what came before it, never
     the items after it in the same batch (a large backlog batch taught those)."""
-    from app.worker.pipeline import learn_sequence
+    from app.core.serving import learn_sequence
 
     rng = np.random.default_rng(5)
     cat = Catalogue(D)
@@ -464,7 +464,7 @@ def test_the_candidates_a_next_item_was_chosen_from_are_its_features() -> None:
 
 
 def test_a_users_next_item_teaches_the_ranker_from_the_state_before_it() -> None:
-    from app.worker.pipeline import (
+    from app.core.serving import (
         behaviour_example,
         learn_sequence,
         next_items,

@@ -132,7 +132,7 @@ def run(variants: Sequence[tuple[str, Path]], threads: int, seconds: float, roun
             step += 1
             say(f"[{step}/{total}] round {round_ + 1}: {name}")
             out = subprocess.run(
-                [sys.executable, "-m", "app.encoder.bench", name, str(path), str(threads),
+                [sys.executable, "-m", "app.bench.encoder", name, str(path), str(threads),
                  str(seconds)],
                 check=True, capture_output=True, text=True,
             )

@@ -1,0 +1,1 @@
+"""The benchmarks behind BENCHMARKS.md: `streamrec bench encoder|pipeline|recommender|index`."""
