@@ -99,7 +99,7 @@ def attribute(state: FeedbackState, feedback: Feedback, ttl_ms: int = TTL_MS,
     for other in shown.items:
         if other.item_id == item.item_id:
             continue
-        difference = tuple(a - b for a, b in zip(item.features, other.features, strict=True))
+        difference = tuple(a - b for a, b in zip(item.values(), other.values(), strict=True))
         examples += [Example(difference, REWARDS[feedback.type], weight),
                      Example(tuple(-d for d in difference), 0.0, weight)]
     conversion = (feedback.type is FeedbackType.PURCHASE

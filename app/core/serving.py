@@ -176,7 +176,7 @@ def shown_list(record: Recommendation, ranking: Ranking, variant: str, size: int
     event time too)."""
     return Shown(rec_id=record.rec_id, model_version=record.model_version, variant=variant,
                  produced_at=record.source_event_time,
-                 items=tuple(ShownItem(item.item_id, position, features)
+                 items=tuple(ShownItem.of(item.item_id, position, features)
                              for position, (item, features) in enumerate(
                                  zip(record.items[:size], ranking.features, strict=False))))
 

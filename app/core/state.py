@@ -59,9 +59,25 @@ class UserState(KeyState, array_like=True, frozen=True):
 
 
 class ShownItem(Struct, array_like=True, frozen=True):
+    """One item of a remembered list: its id, its position (0 = first) and the ranker's
+    unweighted features (ranking.FEATURES) as little-endian float16, 2 bytes a feature
+    (``packed``; lists remembered before kept float64 ``features``, 9 bytes a feature in
+    msgpack: those still decode and are read)."""
+
     item_id: str
-    position: int                    # 0 = first
-    features: tuple[float, ...]      # the ranker's unweighted features (learning.FEATURES)
+    position: int
+    features: tuple[float, ...] = ()
+    packed: bytes = b""
+
+    @classmethod
+    def of(cls, item_id: str, position: int, features: Sequence[float]) -> ShownItem:
+        return cls(item_id, position, packed=np.asarray(features, dtype="<f2").tobytes())
+
+    def values(self) -> tuple[float, ...]:
+        """The features, whichever way they were stored."""
+        if self.packed:
+            return tuple(np.frombuffer(self.packed, dtype="<f2").tolist())
+        return self.features
 
 
 class Shown(Struct, array_like=True, frozen=True):
