@@ -21,6 +21,7 @@ from app.core.attribution import UNATTRIBUTED
 
 INPUT_TOPICS = ("events", "items", "feedback", "users")
 OUTCOMES = ("accepted", "duplicate", "rejected")
+TABLES = ("user-state", "item-state", "feedback-state", "profile-state")   # metric labels
 _BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
@@ -37,6 +38,7 @@ class Metrics:
     retries: Counter
     forgotten: Counter
     recommendations: Counter
+    written_bytes: Counter
     latency: Histogram
     candidates: Counter
     catalogue_items: Gauge
@@ -127,6 +129,14 @@ class Metrics:
             recommendations=Counter(
                 "streamrec_recommendations_total",
                 "Recommendation records published.",
+                registry=registry,
+            ),
+            written_bytes=Counter(
+                "streamrec_written_bytes_total",
+                "Bytes of keys and values this worker sent to Kafka, by where: each table's "
+                "changelog and the recommendations and catalogue topics (before compression, "
+                "headers left out). Per input event, the write amplification of the state.",
+                ["to"],
                 registry=registry,
             ),
             latency=Histogram(
@@ -304,6 +314,8 @@ class Metrics:
         for event_type in EVENT_TYPES:
             metrics.events.labels(event_type)
         metrics.processing_errors.labels("recommendations")
+        for written in (*TABLES, "recommendations", "catalogue"):
+            metrics.written_bytes.labels(written)
         metrics.processing_errors.labels("behaviour")
         for followed in ("catalogue", "models"):   # a record that could not be applied
             metrics.processing_errors.labels(followed)

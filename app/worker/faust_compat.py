@@ -200,9 +200,12 @@ async def _take_batches(stream: Any, max_: int, within: float, backlog_within: f
         stream._processors.remove(buffer)
 
 
-def flush_waits_for_changelogs(app: Any, tables: list[Any], timeout: float = 60.0) -> None:
+def flush_waits_for_changelogs(app: Any, tables: dict[str, Any], timeout: float = 60.0,
+                               sent: Callable[[str, int], None] = lambda table, size: None,
+                               ) -> None:
     """Make the flush that precedes every offset commit wait until each changelog record
-    the ``tables`` have sent so far is acknowledged by the broker.
+    the ``tables`` (by label) have sent so far is acknowledged by the broker; each record
+    is also reported to ``sent`` (the table's label, its key and value bytes).
 
     Faust flushes its producer before it commits offsets, but its buffer's flush returns as
     soon as one message takes more than 0.1 s to leave the buffer (``flush_atmost``), and
@@ -212,11 +215,13 @@ def flush_waits_for_changelogs(app: Any, tables: list[Any], timeout: float = 60.
     those sent before it began (``timeout`` seconds at most; then it warns and commits, as
     Faust would)."""
     pending: set[asyncio.Future[Any]] = set()
-    for table in tables:
+    for label, table in tables.items():
         send = table.send_changelog
 
-        def tracked(*args: Any, _send: Any = send, **kwargs: Any) -> Any:
-            future = _send(*args, **kwargs)
+        def tracked(partition: Any, key: Any, value: Any, *args: Any, _send: Any = send,
+                    _label: str = label, **kwargs: Any) -> Any:
+            sent(_label, _size(key) + _size(value))
+            future = _send(partition, key, value, *args, **kwargs)
             pending.add(future)
             future.add_done_callback(pending.discard)
             return future
@@ -239,6 +244,11 @@ def flush_waits_for_changelogs(app: Any, tables: list[Any], timeout: float = 60.
                             "committing anyway", len(late), timeout)
 
     producer.flush = complete_flush
+
+
+def _size(data: Any) -> int:
+    """Bytes of a raw key or value (StreamRec's tables hold bytes; a tombstone is None)."""
+    return len(data) if isinstance(data, bytes | bytearray) else 0
 
 
 def recovery_seeks_from_the_start_when_unsure(app: Any) -> None:

@@ -97,7 +97,9 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
                         remember=remember_shown, sequence_model=sequence_model)
     health = agents.Health()
     agents.attach(decl, metrics, pipeline, health)
-    flush_waits_for_changelogs(decl.app, list(decl.tables().values()))
+    flush_waits_for_changelogs(
+        decl.app, decl.tables(),
+        sent=lambda table, size: metrics.written_bytes.labels(table).inc(size))
     recovery_seeks_from_the_start_when_unsure(decl.app)
     fetches_never_outlive_a_seek(decl.app.consumer, set(settings.input_topics()))
     web.attach(decl, metrics, pipeline, ready=lambda: (pipeline.catalogue_synced.is_set()

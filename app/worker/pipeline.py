@@ -289,7 +289,9 @@ class Pipeline:
             self.metrics.candidates.labels(source).inc(count)
         self.served.put(result.key, result.state.last_ts, record.model_version, request,
                         list(record.items), time.monotonic() * 1000)
-        await self._recommendations.send(key=result.key, value=_rec_encoder.encode(record))
+        value = _rec_encoder.encode(record)
+        await self._recommendations.send(key=result.key, value=value)
+        self.metrics.written_bytes.labels("recommendations").inc(len(result.key) + len(value))
         self.metrics.recommendations.inc()
         shown = shown_list(record, ranking, variant, self.settings.shown_items)
         self._remember(result, shown)
@@ -306,7 +308,9 @@ class Pipeline:
             vectors = await self._embed([item_text(item) for _, item in upserts], "items")
             for (key, item), vector in zip(upserts, vectors, strict=True):
                 published = entry(item, vector, self.encoder.manifest.model_name)
-                await self._catalogue_topic.send(key=key, value=_entry_encoder.encode(published))
+                value = _entry_encoder.encode(published)
+                await self._catalogue_topic.send(key=key, value=value)
+                self.metrics.written_bytes.labels("catalogue").inc(len(key) + len(value))
         for result in results:
             if result.state.item is None:
                 await self._catalogue_topic.send(key=result.key, value=None)

@@ -259,6 +259,8 @@ def test_the_flush_before_a_commit_waits_for_every_changelog_record() -> None:
 
     from app.worker.faust_compat import flush_waits_for_changelogs
 
+    written: list[tuple[str, int]] = []
+
     async def run() -> list[str]:
         loop = asyncio.get_running_loop()
         order: list[str] = []
@@ -273,7 +275,8 @@ def test_the_flush_before_a_commit_waits_for_every_changelog_record() -> None:
 
         table = SimpleNamespace(send_changelog=send_changelog)
         app = SimpleNamespace(producer=SimpleNamespace(flush=buffer_flush))
-        flush_waits_for_changelogs(app, [table])
+        flush_waits_for_changelogs(app, {"user-state": table},
+                                   sent=lambda label, size: written.append((label, size)))
         table.send_changelog(0, b"k", b"v1")
         table.send_changelog(1, b"k", b"v2")
 
@@ -301,6 +304,7 @@ def test_the_flush_before_a_commit_waits_for_every_changelog_record() -> None:
     assert asyncio.run(run()) == ["producer flushed", "record acknowledged",
                                   "record acknowledged", "commit", "producer flushed",
                                   "second commit"]
+    assert written == [("user-state", 3)] * 4   # each record's key and value bytes, counted
 
 
 def test_recovery_reads_a_changelog_partition_from_its_start_when_its_offset_is_unknown(
