@@ -455,7 +455,9 @@ def bench_encoder(
 
 @bench_cli.command("pipeline")
 def bench_pipeline(
-    events: Annotated[int, typer.Option(help="Events for the throughput phase.")] = 100_000,
+    events: Annotated[int | None, typer.Option(
+        help="Events for the throughput phase (default: 100,000; 30,000 with --quick).")]
+    = None,
     partitions: Annotated[int, typer.Option(help="Partitions per topic.")] = 4,
     broker: Annotated[str | None, typer.Option(help="An Apache Kafka to use (default: start "
                                                     "one from the Maven jars).")] = None,
@@ -485,19 +487,31 @@ def bench_pipeline(
     behaviour_model: Annotated[Path | None, typer.Option(
         help="Also time StreamRec serving this behaviour model (a folder `streamrec train` "
              "exported for ml-1m) on the same backlog.")] = None,
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="The guard (about two minutes): the decode-only ceiling and StreamRec "
+                        "in turn, twice each, on a smaller backlog; reports StreamRec's "
+                        "events per CPU-second as a share of the ceiling's and exits 1 "
+                        "below the floor (BENCHMARKS.md, 'The guard').")] = False,
 ) -> None:
     """One worker on Apache Kafka with the MovieLens-1M catalogue: sustained events/s of
     StreamRec, the naive job, the Quix Streams job and Faust's decode-only ceiling; then
     event-to-recommendation latency at half StreamRec's rate (or --latency-rate), and the
-    pull API's latency."""
+    pull API's latency. With --quick, the throughput guard only."""
     from app.bench import pipeline as pipeline_bench
 
     def say(text: str) -> None:
         typer.echo(text, err=True)
 
+    if events is None:
+        events = pipeline_bench.QUICK_EVENTS if quick else 100_000
     report = asyncio.run(pipeline_bench.run(
         events, partitions, broker, latency_seconds, say, pull_rate, pull_seconds, profile,
-        references, profile_paced, latency_rate, behaviour_model))
+        references, profile_paced, latency_rate, behaviour_model, quick))
+    if quick:
+        typer.echo(json.dumps(report) if json_output else pipeline_bench.quick_markdown(report))
+        if not report["passed"]:
+            raise typer.Exit(1)
+        return
     if plot_path is not None:
         say(f"wrote {plot_path}" if pipeline_bench.plot(report, plot_path)
             else "matplotlib is not installed: no plot")

@@ -15,6 +15,11 @@ its ratings as events, measured from outside with plain Kafka clients.
    produced_at - sent.
 4. Pull API: GET /users/{id}/recommendations, open loop at a fixed rate.
 
+``quick`` (the guard the test suite runs): the catalogue, then the decode-only ceiling and
+StreamRec in turn, twice each, on a smaller backlog; the figure is StreamRec's events per
+worker CPU-second as a share of the ceiling's (best of two each), which a machine's speed
+moves far less than either figure alone. It fails below :data:`QUICK_FLOOR`.
+
 The broker and the worker share this machine's cores with the producer, as they would in
 a laptop test; the report says how many cores there were.
 """
@@ -45,7 +50,7 @@ from app.contract.records import Recommendation, Search
 from app.data import movielens
 from app.demo import item_record, rating_records
 from app.harness import WorkerRun, produce_records
-from app.metrics import Samples, scrape, total
+from app.metrics import TABLES, Samples, scrape, total
 from app.plots import pyplot
 from app.settings import Settings
 
@@ -198,7 +203,12 @@ def batch_shape(samples: Samples) -> dict[str, float]:
     busy = total(samples, "streamrec_batch_seconds_sum", topic="events")
     vectors = total(samples, "streamrec_behaviour_vectors_total")
     model_seconds = total(samples, "streamrec_encoder_batch_seconds_sum", purpose="behaviour")
+    written = {to: total(samples, "streamrec_written_bytes_total", to=to)
+               for to in (*TABLES, "recommendations")}
     return {"batches": batches, "events": events, "recommendations": published,
+            "bytes_per_event": sum(written.values()) / events if events else float("nan"),
+            **{f"bytes_per_event:{to}": size / events if events else float("nan")
+               for to, size in written.items()},
             "behaviour_vectors": vectors,
             "behaviour_ms_per_user": 1000 * model_seconds / vectors if vectors else float("nan"),
             "ms_per_batch": 1000 * busy / batches if batches else float("nan"),
@@ -209,7 +219,9 @@ def batch_shape(samples: Samples) -> dict[str, float]:
 def shape_line(shape: dict[str, float]) -> str:
     return (f"  {shape['events_per_batch']:,.0f} events per batch "
             f"({shape['ms_per_batch']:,.1f} ms each), "
-            f"{shape['events_per_recommendation']:,.1f} per recommendation")
+            f"{shape['events_per_recommendation']:,.1f} per recommendation, "
+            f"{shape.get('bytes_per_event', float('nan')):,.0f} bytes written to Kafka "
+            "per event")
 
 
 def own_learning_topics(settings: Settings, job: str) -> dict[str, str]:
@@ -277,6 +289,16 @@ VARIANTS = {
     "streamrec": ("app.cli", {}),
 }
 WITH_MODEL = "streamrec + behaviour model"
+CEILING = "faust decode-only ceiling"
+
+# The guard's floor: StreamRec's events per CPU-second as a share of the decode-only
+# ceiling's, below which `streamrec bench pipeline --quick` (and so `make test`) fails. Set
+# at about half the share measured at HEAD (BENCHMARKS.md, "The guard"), so that machine
+# noise passes and a 2x regression does not. Move it up when a change makes the pipeline
+# cheaper for good, with the runs that show it, in the same commit.
+QUICK_FLOOR = 0.25
+QUICK_EVENTS = 30_000
+QUICK_ROUNDS = 2
 
 
 async def run(events: int, partitions: int, broker: str | None, latency_seconds: float,
@@ -284,9 +306,10 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
               pull_seconds: float = 20.0, profile: Path | None = None,
               references: bool = True, profile_paced: bool = False,
               latency_rate: float | None = None,
-              behaviour_model: Path | None = None) -> dict[str, Any]:
+              behaviour_model: Path | None = None, quick: bool = False) -> dict[str, Any]:
     """The benchmark (module docstring); with ``behaviour_model``, the StreamRec job is
-    timed again serving that model (its latency and pull phases stay without it)."""
+    timed again serving that model (its latency and pull phases stay without it); with
+    ``quick``, the guard only (the ceiling and StreamRec, alternating)."""
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     local: KafkaBroker | None = None
     if broker is None:
@@ -325,6 +348,10 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         variants = dict(VARIANTS) if references else {"streamrec": VARIANTS["streamrec"]}
         if behaviour_model is not None:
             variants[WITH_MODEL] = ("app.cli", {"behaviour_model": str(behaviour_model)})
+        if quick:
+            succeeded = True
+            return await _quick(run_, ends, say, len(movies), catalogue_seconds,
+                                empty_items, workdir)
         for name, (module, overrides) in variants.items():
             group = f"{settings.app_id}-{len(rates)}"
             say(f"{name}: working off the backlog")
@@ -452,6 +479,67 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             say(f"kept {workdir} (broker and worker logs)")
 
 
+async def _quick(run_: WorkerRun, ends: dict[tuple[str, int], int],
+                 say: Callable[[str], None], items: int, catalogue_seconds: float,
+                 empty_items: str, workdir: Path) -> dict[str, Any]:
+    """The guard: the ceiling and StreamRec work off the same backlog in turn,
+    :data:`QUICK_ROUNDS` times each, each pass with a fresh group; best of each."""
+    settings = run_.settings
+    per_core: dict[str, list[float]] = {CEILING: [], "streamrec": []}
+    rates: dict[str, list[float]] = {CEILING: [], "streamrec": []}
+    for round_ in range(QUICK_ROUNDS):
+        for name in (CEILING, "streamrec"):
+            module, overrides = VARIANTS[name]
+            group = f"{settings.app_id}-q{round_}-{len(rates[name])}-{name.split()[0]}"
+            run_.start_worker(module, app_id=group, topic_items=empty_items,
+                              data_dir=str(workdir / group),
+                              commit_interval_seconds=str(BENCH_COMMIT_SECONDS),
+                              **own_learning_topics(settings, group), **overrides)
+            assert run_.worker is not None
+            rate, cpu = await _drain_rate(settings, group, ends, run_.alive, run_.worker.pid)
+            run_.stop_worker()
+            rates[name].append(rate)
+            per_core[name].append(cpu)
+            say(f"  round {round_ + 1}/{QUICK_ROUNDS}, {name}: {rate:,.0f} events/s, "
+                f"{cpu:,.0f} per CPU-second")
+    best = {name: max(values) for name, values in per_core.items()}
+    ratio = best["streamrec"] / best[CEILING]
+    return {
+        "quick": True,
+        "cores": os.cpu_count(),
+        "partitions": settings.partitions,
+        "catalogue_items": items,
+        "catalogue_seconds": catalogue_seconds,
+        "events": sum(ends.values()),
+        "rounds": QUICK_ROUNDS,
+        "variants_events_per_second": {n: max(v) for n, v in rates.items()},
+        "variants_events_per_cpu_second": best,
+        "runs_events_per_cpu_second": per_core,
+        "ceiling_ratio": ratio,
+        "floor": QUICK_FLOOR,
+        "passed": bool(ratio >= QUICK_FLOOR),
+    }
+
+
+def quick_markdown(report: dict[str, Any]) -> str:
+    best = report["variants_events_per_cpu_second"]
+    runs = report["runs_events_per_cpu_second"]
+    verdict = "pass" if report["passed"] else "FAIL"
+    return "\n".join([
+        f"{report['cores']} cores; {report['partitions']} partitions; a backlog of "
+        f"{report['events']:,} events, worked off {report['rounds']} times by each job in "
+        "turn.",
+        "",
+        "| job | events per worker CPU-second (best) | each run |",
+        "| --- | ---: | --- |",
+        *[f"| {name} | {best[name]:,.0f} | "
+          + ", ".join(f"{v:,.0f}" for v in runs[name]) + " |" for name in best],
+        "",
+        f"StreamRec / decode-only ceiling per CPU-second: **{report['ceiling_ratio']:.3f}** "
+        f"(floor {report['floor']:.2f}): {verdict}",
+    ]) + "\n"
+
+
 def markdown(report: dict[str, Any]) -> str:
     lat = report["latency_ms"]
     pull = report["pull"]
@@ -483,6 +571,14 @@ def markdown(report: dict[str, Any]) -> str:
           f"{report[key]['events_per_recommendation']:,.1f} |"
           for what, key in (("StreamRec's backlog", "backlog_batches"),
                             ("latency load", "latency_batches")) if report.get(key)],
+        *[f"| {what}: bytes written to Kafka per input event (changelogs + outputs) | "
+          f"{report[key]['bytes_per_event']:,.0f} ("
+          + ", ".join(f"{name.partition(':')[2]} {value:,.0f}"
+                      for name, value in report[key].items()
+                      if name.startswith("bytes_per_event:")) + ") |"
+          for what, key in (("StreamRec's backlog", "backlog_batches"),
+                            ("latency load", "latency_batches"))
+          if "bytes_per_event" in report.get(key, {})],
         f"| producer alone, events/s | {report['producer_events_per_second']:,.0f} |",
         f"| latency load | {report['latency_rate_per_second']:,.0f} events/s |",
         f"| event -> recommendation p50 | {lat['p50']:.1f} ms |",
