@@ -22,6 +22,7 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,   # help is plain text: "[export]" and "[default: ...]" shown as written
 )
 
 SCHEMA_DIR = Path(__file__).parent / "contract" / "schemas"
@@ -32,19 +33,42 @@ model_cli = typer.Typer(help="The learning variant's ranker versions (the models
 cli.add_typer(model_cli, name="model")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"streamrec {__version__}")
+        raise typer.Exit
+
+
+@cli.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """StreamRec: a Kafka-native, real-time recommendation engine."""
+
+
 def _logging() -> None:
     configure_logging(get_settings().log_level)
 
 
 @cli.command()
-def worker() -> None:
+def worker(
+    embedded: Annotated[bool, typer.Option(
+        "--embedded", help="With no STREAMREC_BROKER_URL, run on the embedded, memory-only "
+                           "broker (development only; same as STREAMREC_EMBEDDED_BROKER=true)."
+    )] = False,
+) -> None:
     """Run one worker: consume the input topics, keep state, serve /metrics, /health, /ready.
 
-    With no STREAMREC_BROKER_URL it starts the embedded broker unless one already listens on
-    STREAMREC_EMBEDDED_PORT."""
+    It needs STREAMREC_BROKER_URL; with --embedded and no URL it starts the embedded broker
+    unless one already listens on STREAMREC_EMBEDDED_PORT."""
     from app.worker.main import run_worker
 
-    run_worker(get_settings())
+    settings = get_settings()
+    if embedded:
+        settings = settings.model_copy(update={"embedded_broker": True})
+    run_worker(settings)
 
 
 @cli.command()
@@ -254,7 +278,7 @@ def train(
     """Train the behaviour model (a causal transformer over each user's item events, full
     softmax) on a MovieLens split: validated on each user's last streamed event, measured on
     the split's targets at the end of the stream (NDCG@10, HR@10). Needs the training extra:
-    `pip install -e '.\\[train]'`. The best epoch is exported for the worker
+    `pip install -e '.[train]'`. The best epoch is exported for the worker
     (STREAMREC_BEHAVIOUR_MODEL): ONNX, checked against torch."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -636,7 +660,29 @@ def version() -> None:
 
 
 def main() -> None:
-    cli(prog_name="streamrec")
+    """The `streamrec` command: a bad setting, an unreachable broker or worker end it with
+    one line naming what to fix (exit 2 for a setting, 1 for what cannot be reached), not
+    a traceback."""
+    from aiokafka.errors import KafkaConnectionError
+    from pydantic import ValidationError
+
+    from app.errors import StreamRecError, is_settings_error, setting_lines
+
+    try:
+        cli(prog_name="streamrec")
+    except KafkaConnectionError as exc:
+        typer.echo(f"streamrec: cannot reach Kafka at {get_settings().bootstrap_servers()} "
+                   f"({exc}); check STREAMREC_BROKER_URL and that the broker is up", err=True)
+        sys.exit(1)
+    except ValidationError as exc:
+        if not is_settings_error(exc):
+            raise
+        for line in setting_lines(exc):
+            typer.echo(f"streamrec: {line}", err=True)
+        sys.exit(2)
+    except StreamRecError as exc:
+        typer.echo(f"streamrec: {exc}", err=True)
+        sys.exit(exc.code)
 
 
 if __name__ == "__main__":

@@ -192,7 +192,10 @@ def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=dict(os.environ),
+            # the demo runs on the embedded broker when no broker is configured: its worker
+            # is allowed to (a worker started by hand is not, unless told)
+            env={**os.environ, "STREAMREC_EMBEDDED_BROKER": "true"} if settings.embedded
+            else dict(os.environ),
         )
 
 

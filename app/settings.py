@@ -48,7 +48,18 @@ class Settings(BaseSettings):
     # --- Kafka connection -------------------------------------------------------------
     broker_url: str = ""
     """Kafka bootstrap servers, comma-separated `host:port` (a `kafka://` prefix is
-    accepted). Empty: start the embedded, memory-only Tansu broker (development only)."""
+    accepted). Empty: the embedded, memory-only Tansu broker (development only), which a
+    worker uses only when told to (`EMBEDDED_BROKER`, or `streamrec worker --embedded`);
+    otherwise it refuses to start."""
+
+    embedded_broker: bool = False
+    """Let a worker with no `BROKER_URL` start (or join) the embedded, memory-only broker.
+    Off by default: a production worker whose `BROKER_URL` went missing must not accept
+    events into memory and lose them. `streamrec demo` turns it on for its own worker."""
+
+    connect_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """How long a command or a starting worker waits for the Kafka cluster to answer
+    before it gives up with one line naming the address."""
 
     security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
     """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""

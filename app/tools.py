@@ -15,6 +15,7 @@ from app.broker.reading import read_to_end
 from app.broker.security import client_security
 from app.contract.deadletter import read_headers
 from app.core.versions import HEAD, ModelVersion, Registry, Traffic, compare, encode_version
+from app.errors import WorkerUnreachableError
 from app.metrics import scrape, total
 from app.settings import Settings
 
@@ -147,7 +148,15 @@ async def roll_back(settings: Settings, to: str | None) -> ModelVersion:
 def experiment_summary(urls: Iterable[str], variants: Iterable[str]) -> dict[str, Any]:
     """Per variant, summed over the workers' /metrics: items shown, clicks, click-through,
     conversions; and each variant's z against the first (the control)."""
-    samples = [scrape(url) for url in urls]
+    samples = []
+    for url in urls:
+        try:
+            samples.append(scrape(url))
+        except OSError as exc:   # refused, unresolvable, timed out: no worker there
+            reason = getattr(exc, "reason", exc)
+            raise WorkerUnreachableError(
+                f"no worker answers at {url.removesuffix('/metrics')} ({reason}); start one "
+                "(`streamrec worker`) or name a running one with --worker URL") from exc
 
     def summed(name: str, **labels: str) -> int:
         return int(sum(total(s, name, **labels) for s in samples))

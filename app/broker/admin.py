@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.broker.security import client_security
+from app.errors import BrokerUnreachableError
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,23 +80,47 @@ def _admin(settings: Settings) -> AIOKafkaAdminClient:
     )
 
 
-async def wait_until_ready(settings: Settings, within: float = 60.0) -> dict[str, Any]:
-    """Poll the cluster until it answers a metadata request; return its description."""
+async def wait_until_ready(settings: Settings, within: float | None = None
+                           ) -> dict[str, Any]:
+    """Poll the cluster until it answers a metadata request; return its description.
+    Gives up after ``within`` seconds (the ``connect_timeout_seconds`` setting by default)
+    with :class:`BrokerUnreachableError`, one line naming the address; the client's own
+    "Unable connect" lines are kept out of the log while it polls."""
+    within = settings.connect_timeout_seconds if within is None else within
     deadline = time.monotonic() + within
     last: Exception | None = None
-    while time.monotonic() < deadline:
-        admin = _admin(settings)
-        try:
-            await admin.start()
-            cluster: dict[str, Any] = await admin.describe_cluster()
-            if cluster.get("brokers"):
-                return cluster
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
-            last = exc
-        finally:
-            await admin.close()
-        await asyncio.sleep(0.25)
-    raise TimeoutError(f"Kafka at {settings.bootstrap_servers()} not ready in {within}s: {last!r}")
+    with _quiet("aiokafka"):
+        while time.monotonic() < deadline:
+            admin = _admin(settings)
+            try:
+                await admin.start()
+                cluster: dict[str, Any] = await admin.describe_cluster()
+                if cluster.get("brokers"):
+                    return cluster
+            except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+                last = exc
+            finally:
+                await admin.close()
+            await asyncio.sleep(0.25)
+    source = "STREAMREC_BROKER_URL" if settings.broker_url.strip() else "the embedded broker"
+    why = f"{type(last).__name__}: {last}" if last is not None else "no broker listed"
+    raise BrokerUnreachableError(
+        f"cannot reach Kafka at {settings.bootstrap_servers()} ({source}) within "
+        f"{within:g} s ({why}); check the address and that the broker is up "
+        "(STREAMREC_CONNECT_TIMEOUT_SECONDS waits longer)")
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Raise a library's logger to CRITICAL for the block (its retries would log a line
+    per attempt)."""
+    target = logging.getLogger(logger)
+    level = target.level
+    target.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
 
 
 async def ensure_topics(settings: Settings) -> list[str]:

@@ -11,7 +11,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from app.broker.admin import wait_until_ready
 from app.broker.security import client_security
+from app.errors import TopicNotReadError
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,12 +72,17 @@ async def follow(settings: Settings, topic: str, apply: Apply, synced: asyncio.E
 
 
 async def read_to_end(settings: Settings, topic: str, apply: Apply, within: float) -> None:
-    """Apply what ``topic`` holds now, from its beginning; TimeoutError after ``within`` s."""
+    """Apply what ``topic`` holds now, from its beginning; TimeoutError after ``within`` s
+    (BrokerUnreachableError first, when the cluster does not answer at all)."""
+    await wait_until_ready(settings)
     try:
         await asyncio.wait_for(follow(settings, topic, apply, asyncio.Event(),
                                       keep_following=False), within)
     except TimeoutError as exc:
-        raise TimeoutError(f"{topic} not read to its end in {within:.0f}s") from exc
+        raise TopicNotReadError(
+            f"{topic} not read to its end in {within:.0f} s: does it exist (`streamrec "
+            f"topics` creates it) and does the broker at {settings.bootstrap_servers()} "
+            "answer?") from exc
 
 
 async def _caught_up(consumer: AIOKafkaConsumer, ends: dict[Any, int]) -> bool:

@@ -24,7 +24,9 @@ def _progress(display: Display, variant: str, unit: str = "events"
     def show(done: int, of: int, seconds: float) -> None:
         rate = done / seconds if seconds > 0 else 0.0
         bar = "#" * int(30 * done / max(1, of))
-        display.status(f"{variant}: [{bar:<30}] {done:,}/{of:,} {unit}, {rate:,.0f}/s")
+        left = (of - done) / rate if rate > 0 else float("nan")
+        eta = f", ETA {int(left) // 60}:{int(left) % 60:02d}" if left == left else ""
+        display.status(f"{variant}: [{bar:<30}] {done:,}/{of:,} {unit}, {rate:,.0f}/s{eta}")
     return show
 
 

@@ -20,6 +20,7 @@ from app.contract.records import Event, UserProfile
 from app.core.attribution import remember
 from app.core.state import FeedbackState, ProfileState, Shown, StateCodec, UserState
 from app.encoder.runtime import Encoder
+from app.errors import SettingError
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.settings import Settings
@@ -206,8 +207,14 @@ def faust_worker(app: Any, loop: asyncio.AbstractEventLoop, settings: Settings,
 
 
 def run_worker(settings: Settings) -> None:
-    """Run one worker until it is stopped (SIGINT/SIGTERM). Starts the embedded broker first
-    when no broker is configured and none is listening on the embedded port."""
+    """Run one worker until it is stopped (SIGINT/SIGTERM). With no broker configured it
+    refuses to start unless the embedded broker is allowed (``embedded_broker``); then it
+    starts that broker first when none is listening on the embedded port."""
+    if settings.embedded and not settings.embedded_broker:
+        raise SettingError(
+            "STREAMREC_BROKER_URL is not set: set it to your Kafka's bootstrap servers "
+            "(host:port[,host:port...]), or run `streamrec worker --embedded` "
+            "(STREAMREC_EMBEDDED_BROKER=true) for the memory-only development broker")
     broker = start_if_needed(settings)
     one_blas_thread()
     try:

@@ -34,6 +34,8 @@ def isolated_env(bootstrap: str | None, data_dir: Path, partitions: int = 4) -> 
     })
     if bootstrap is not None:
         env["STREAMREC_BROKER_URL"] = bootstrap
+    else:
+        env["STREAMREC_EMBEDDED_BROKER"] = "true"   # a worker needs telling to run embedded
     return env
 
 

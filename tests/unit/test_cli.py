@@ -33,3 +33,15 @@ def test_every_benchmark_has_help(bench: str) -> None:
 
 def test_schemas_check_passes_on_the_committed_files() -> None:
     assert CliRunner().invoke(cli, ["schemas", "--check"]).exit_code == 0
+
+
+def test_version_option_and_help_keep_bracketed_words() -> None:
+    from app import __version__
+
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"streamrec {__version__}"
+    help_text = " ".join(CliRunner().invoke(cli, ["export-model", "--help"]).output.split())
+    assert "pip install -e '.[export]'" in help_text          # rich markup used to eat these
+    assert "[default: models/<model>-int8]" in help_text
+    assert "[default: minilm-l6]" in help_text
