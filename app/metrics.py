@@ -50,6 +50,7 @@ class Metrics:
     pull_seconds: Histogram
     pull_cache: Counter
     loop_lag: Histogram
+    loop_stall: Gauge
     gc_pause: Histogram
     feedback: Counter
     shown: Counter
@@ -210,6 +211,13 @@ class Metrics:
                 "How late a 50 ms sleep on the worker's event loop wakes up: time the loop "
                 "was blocked, during which no request, batch or heartbeat is served.",
                 buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+                registry=registry,
+            ),
+            loop_stall=Gauge(
+                "streamrec_event_loop_stall_max_seconds",
+                "The longest the worker's event loop was blocked in the last one to two "
+                "minutes (the largest lateness of its 50 ms probe): how long a pull or a "
+                "heartbeat can have waited.",
                 registry=registry,
             ),
             gc_pause=Histogram(

@@ -36,7 +36,12 @@ def _latency(quantile: str) -> Dataquery:
     return _query(
         f"histogram_quantile({quantile}, sum by (le) "
         "(rate(streamrec_event_to_recommendation_seconds_bucket[$__rate_interval])))",
-        f"p{quantile[2:] or '0'}", ref=f"Q{quantile[2:]}")
+        _percentile(quantile), ref=_percentile(quantile).upper())
+
+
+def _percentile(quantile: str) -> str:
+    """A quantile's legend: "0.5" -> "p50", "0.99" -> "p99", "0.999" -> "p99.9"."""
+    return f"p{float(quantile) * 100:.10g}"
 
 
 def build() -> Dashboard:
@@ -78,10 +83,12 @@ def build() -> Dashboard:
             _query("sum by (topic) (rate(streamrec_processing_errors_total"
                    "[$__rate_interval]))", "{{topic}}")))
         .with_panel(_series(
-            "Event loop lag p99 and GC pauses p99", "s",
+            "Event loop lag p99, its longest stall, and GC pauses p99", "s",
             _query("histogram_quantile(0.99, sum by (le, instance) "
                    "(rate(streamrec_event_loop_lag_seconds_bucket[$__rate_interval])))",
                    "loop {{instance}}"),
+            _query("max by (instance) (streamrec_event_loop_stall_max_seconds)",
+                   "longest stall {{instance}}", ref="C"),
             _query("histogram_quantile(0.99, sum by (le, generation) "
                    "(rate(streamrec_gc_pause_seconds_bucket[$__rate_interval])))",
                    "gc gen {{generation}}", ref="B")))

@@ -84,6 +84,27 @@ Prepare = Callable[[list[R]], Awaitable[Callable[[S, R], S]]]
 After = Callable[[list[KeyResult[S, R]]], Awaitable[None]]
 
 
+@dataclass
+class LongestStall:
+    """The largest lateness seen in the current window of ``window`` seconds and the one
+    before it: a gauge that shows a stall for one to two windows, then lets it go."""
+
+    window: float = 60.0
+    started: float | None = None
+    current: float = 0.0
+    previous: float = 0.0
+
+    def observe(self, late: float, now: float) -> float:
+        if self.started is None:
+            self.started = now
+        elif now - self.started >= self.window:
+            skipped = now - self.started >= 2 * self.window   # a whole window went by
+            self.previous = 0.0 if skipped else self.current
+            self.current, self.started = 0.0, now
+        self.current = max(self.current, late)
+        return max(self.current, self.previous)
+
+
 @dataclass(frozen=True)
 class Forgetting:
     """What a tombstone on a flow's topic does: forget its key. The key is deleted from
@@ -452,11 +473,14 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
     decl.app.timer(5.0)(report_lag)
 
     async def watch_loop() -> None:
+        longest = LongestStall()
         while True:
             started = time.perf_counter()
             await asyncio.sleep(LOOP_PROBE_SECONDS)
-            metrics.loop_lag.observe(max(0.0, time.perf_counter() - started
-                                         - LOOP_PROBE_SECONDS))
+            woke = time.perf_counter()
+            late = max(0.0, woke - started - LOOP_PROBE_SECONDS)
+            metrics.loop_lag.observe(late)
+            metrics.loop_stall.set(longest.observe(late, woke))
 
     decl.app.task(watch_loop)
     time_collections(metrics)

@@ -351,3 +351,16 @@ def test_tombstones_elsewhere_stay_dead_letters_and_redaction_keeps_headers_only
     assert (headers["redacted"], headers["key_bytes"], headers["value_bytes"]) == ("1", "1",
                                                                                   "7")
     assert headers["offset"] == "1"
+
+
+def test_the_longest_stall_is_shown_for_one_to_two_windows_then_let_go() -> None:
+    from app.worker.agents import LongestStall
+
+    stall = LongestStall(window=60.0)
+    assert stall.observe(0.001, 0.0) == 0.001
+    assert stall.observe(0.250, 10.0) == 0.250     # a 250 ms stall
+    assert stall.observe(0.002, 59.0) == 0.250
+    assert stall.observe(0.003, 61.0) == 0.250     # next window: still shown
+    assert stall.observe(0.001, 119.0) == 0.250
+    assert stall.observe(0.004, 122.0) == 0.004    # two windows on: gone
+    assert stall.observe(0.001, 400.0) == 0.001    # after a gap, nothing carried over

@@ -42,6 +42,12 @@ def test_every_dashboard_query_names_an_exported_metric() -> None:
         assert needed in titles
 
 
+def test_latency_legends_name_their_percentiles() -> None:
+    panel = next(p for p in json.loads(render())["panels"]
+                 if p["title"] == "Event -> recommendation latency")
+    assert [t["legendFormat"] for t in panel["targets"]] == ["p50", "p90", "p99"]
+
+
 def test_alert_rules_name_exported_metrics() -> None:
     rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
     exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
