@@ -511,6 +511,11 @@ def bench_pipeline(
     behaviour_model: Annotated[Path | None, typer.Option(
         help="Also time StreamRec serving this behaviour model (a folder `streamrec train` "
              "exported for ml-1m) on the same backlog.")] = None,
+    live_events: Annotated[int, typer.Option(
+        help="Events of the live phase (MovieLens-1M in time order, as fast as the worker "
+             "keeps up); 0 skips it.")] = 30_000,
+    live_ahead: Annotated[int, typer.Option(
+        help="In the live phase, at most this many events unprocessed.")] = 2_000,
     quick: Annotated[bool, typer.Option(
         "--quick", help="The guard (about two minutes): the decode-only ceiling and StreamRec "
                         "in turn, twice each, on a smaller backlog; reports StreamRec's "
@@ -519,8 +524,9 @@ def bench_pipeline(
 ) -> None:
     """One worker on Apache Kafka with the MovieLens-1M catalogue: sustained events/s of
     StreamRec, the naive job, the Quix Streams job and Faust's decode-only ceiling; then
-    event-to-recommendation latency at half StreamRec's rate (or --latency-rate), and the
-    pull API's latency. With --quick, the throughput guard only."""
+    event-to-recommendation latency at half StreamRec's rate (or --latency-rate), the pull
+    API's latency, and the live regime (the next events in time order, as fast as the worker
+    keeps up). With --quick, the throughput guard only."""
     from app.bench import pipeline as pipeline_bench
 
     def say(text: str) -> None:
@@ -530,7 +536,8 @@ def bench_pipeline(
         events = pipeline_bench.QUICK_EVENTS if quick else 100_000
     report = asyncio.run(pipeline_bench.run(
         events, partitions, broker, latency_seconds, say, pull_rate, pull_seconds, profile,
-        references, profile_paced, latency_rate, behaviour_model, quick))
+        references, profile_paced, latency_rate, behaviour_model, quick, live_events,
+        live_ahead))
     if quick:
         typer.echo(json.dumps(report) if json_output else pipeline_bench.quick_markdown(report))
         if not report["passed"]:

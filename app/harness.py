@@ -112,3 +112,29 @@ async def produce_records(bootstrap: str, topic: str,
     finally:
         await producer.stop()
     return started
+
+
+def processed_events(url: str) -> float:
+    """Records of the events topic a worker has processed (its /metrics)."""
+    return total(scrape(url), "streamrec_input_records_total", topic="events")
+
+
+def flow_control(run: WorkerRun, window: int, already: float = 0.0
+                 ) -> Callable[[int], Awaitable[None]]:
+    """A gate for the producer: once ``window`` records run ahead of what the worker has
+    processed (its /metrics, less the ``already`` processed before), wait until no more
+    than half of that does."""
+    processed = 0.0
+
+    async def gate(n: int) -> None:
+        nonlocal processed
+        if n - processed < window:
+            return
+        while n - processed >= window // 2:
+            if not run.alive():
+                raise RuntimeError(f"the worker exited; see {run.log}")
+            processed = await asyncio.to_thread(processed_events, run.metrics_url) - already
+            if n - processed >= window // 2:
+                await asyncio.sleep(0.1)   # each look renders /metrics in the worker
+
+    return gate

@@ -14,6 +14,10 @@ its ratings as events, measured from outside with plain Kafka clients.
    time of the event it was computed after (its `source_event_id`): p50/p99 of
    produced_at - sent.
 4. Pull API: GET /users/{id}/recommendations, open loop at a fixed rate.
+5. Live regime: the same worker is sent MovieLens-1M's next events in time order as fast as
+   it keeps up (never more than ``live_ahead`` unprocessed): small batches, a list after
+   nearly every event, as a deployment that keeps up sees; events per CPU-second, CPU-ms
+   per published list, lists and bytes written per event.
 
 ``quick`` (the guard the test suite runs): the catalogue, then the decode-only ceiling and
 StreamRec in turn, twice each, on a smaller backlog; the figure is StreamRec's events per
@@ -49,7 +53,7 @@ from app.broker.embedded import stop_process
 from app.contract.records import Recommendation, Search
 from app.data import movielens
 from app.demo import item_record, rating_records
-from app.harness import WorkerRun, produce_records
+from app.harness import WorkerRun, flow_control, processed_events, produce_records
 from app.metrics import TABLES, Samples, scrape, total
 from app.plots import pyplot
 from app.settings import Settings
@@ -299,6 +303,8 @@ CEILING = "faust decode-only ceiling"
 QUICK_FLOOR = 0.25
 QUICK_EVENTS = 30_000
 QUICK_ROUNDS = 2
+LIVE_EVENTS = 30_000   # the live phase: MovieLens-1M's next events in time order ...
+LIVE_AHEAD = 2_000     # ... never more than this many ahead of what the worker processed
 
 
 async def run(events: int, partitions: int, broker: str | None, latency_seconds: float,
@@ -306,7 +312,8 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
               pull_seconds: float = 20.0, profile: Path | None = None,
               references: bool = True, profile_paced: bool = False,
               latency_rate: float | None = None,
-              behaviour_model: Path | None = None, quick: bool = False) -> dict[str, Any]:
+              behaviour_model: Path | None = None, quick: bool = False,
+              live_events: int = LIVE_EVENTS, live_ahead: int = LIVE_AHEAD) -> dict[str, Any]:
     """The benchmark (module docstring); with ``behaviour_model``, the StreamRec job is
     timed again serving that model (its latency and pull phases stay without it); with
     ``quick``, the guard only (the ceiling and StreamRec, alternating)."""
@@ -443,6 +450,8 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
                                  users, pull_rate, pull_seconds, fresh=True)
         pull_fresh["server_within_ms"] = _histogram_shares(
             after, await asyncio.to_thread(scrape, run_.metrics_url))
+        live = await _live(run_, events + len(paced), live_events, live_ahead, say) \
+            if live_events > 0 else {}
         succeeded = True
         return {
             "cores": os.cpu_count(),
@@ -468,6 +477,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             "latency_samples_ms": latencies.round(2).tolist(),
             "pull": pull,
             "pull_fresh": pull_fresh,
+            "live": live,
         }
     finally:
         stop_process(run_.worker, grace=30)
@@ -477,6 +487,45 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             say(f"kept {workdir} (broker and worker logs)")
+
+
+async def _live(run_: WorkerRun, start: int, count: int, ahead: int,
+                say: Callable[[str], None]) -> dict[str, Any]:
+    """The live regime: the warm latency worker is sent MovieLens-1M's next ``count`` events
+    in time order, as fast as it keeps up (never more than ``ahead`` unprocessed), so its
+    batches stay small and nearly every user's event is followed by a list. What one
+    worker sustains there, per CPU-second and per list."""
+    settings = run_.settings
+    records = bench_events(start + count)[start:]
+    assert run_.worker is not None
+    say(f"live: {len(records):,} events in time order, at most {ahead:,} ahead of the worker")
+    before = await asyncio.to_thread(scrape, run_.metrics_url)
+    already = total(before, "streamrec_input_records_total", topic="events")
+    cpu_before = cpu_seconds(run_.worker.pid)
+    started = time.monotonic()
+    await produce_records(settings.bootstrap_servers(), settings.topic_events, records, None,
+                          {}, {}, gate=flow_control(run_, ahead, already), linger_ms=2)
+    while (await asyncio.to_thread(processed_events, run_.metrics_url)) - already \
+            < len(records):
+        if not run_.alive():
+            raise RuntimeError(f"the worker exited; see {run_.log}")
+        await asyncio.sleep(0.1)
+    seconds = time.monotonic() - started
+    cpu = cpu_seconds(run_.worker.pid) - cpu_before
+    after = await asyncio.to_thread(scrape, run_.metrics_url)
+    shape = batch_shape({key: value - before.get(key, 0.0) for key, value in after.items()})
+    lists = shape["recommendations"]
+    report = {"events": len(records), "ahead": ahead, "seconds": seconds,
+              "events_per_second": len(records) / seconds,
+              "events_per_cpu_second": len(records) / cpu if cpu > 0 else float("nan"),
+              "cpu_ms_per_list": 1000 * cpu / lists if lists else float("nan"),
+              "lists_per_event": lists / len(records),
+              "batches": shape}
+    say(f"{shape_line(shape)}\n  {report['events_per_second']:,.0f} events/s, "
+        f"{report['events_per_cpu_second']:,.0f} per CPU-second, "
+        f"{report['cpu_ms_per_list']:.2f} CPU-ms per list, "
+        f"{report['lists_per_event']:.2f} lists per event")
+    return report
 
 
 async def _quick(run_: WorkerRun, ends: dict[tuple[str, int], int],
@@ -585,6 +634,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"| event -> recommendation p90 | {lat['p90']:.1f} ms |",
         f"| event -> recommendation p99 | {lat['p99']:.1f} ms |",
         f"| recommendations measured | {report['recommendations']:,} |",
+        *([f"| live regime ({live['events']:,} events in time order, at most "
+           f"{live['ahead']:,} ahead): events/s / per worker CPU-second | "
+           f"{live['events_per_second']:,.0f} / {live['events_per_cpu_second']:,.0f} |",
+           f"| live regime: CPU-ms per published list / lists per event / bytes written "
+           f"per event | {live['cpu_ms_per_list']:.2f} / {live['lists_per_event']:.2f} / "
+           f"{live['batches']['bytes_per_event']:,.0f} |"]
+          if (live := report.get("live")) else []),
         f"| pull API at {pull['rate_per_second']:,.0f} req/s: p50 / p99 / max | "
         f"{pull['p50_ms']:.1f} / {pull['p99_ms']:.1f} / {pull['max_ms']:.1f} ms "
         f"({pull['requests']:,} requests, {pull['errors']} errors) |",

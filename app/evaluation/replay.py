@@ -32,7 +32,7 @@ import json
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,7 +48,7 @@ from app.core.experiments import Experiment, variant_of
 from app.data import movielens
 from app.demo import item_record, rating_records
 from app.evaluation.split import Split
-from app.harness import WorkerRun, produce_records
+from app.harness import WorkerRun, flow_control, processed_events, produce_records
 from app.metrics import scrape, total
 
 VARIANTS = {
@@ -162,10 +162,6 @@ def pull_lists(base_url: str, users: Sequence[str], k: int, workers: int = 4,
             if progress and len(out) % 200 == 0:
                 progress(len(out), len(users), time.monotonic() - began)
     return out
-
-
-def _processed(url: str) -> float:
-    return total(scrape(url), "streamrec_input_records_total", topic="events")
 
 
 def next_ratings(split: Split) -> dict[str, tuple[str, int]]:
@@ -327,8 +323,8 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         records = stream_records(split)
         began = time.monotonic()
         await produce_records(broker, settings.topic_events, records, rate, sent, {},
-                              gate=_flow_control(run, window), progress=progress, linger_ms=2)
-        while (done := await asyncio.to_thread(_processed, run.metrics_url)) < len(records):
+                              gate=flow_control(run, window), progress=progress, linger_ms=2)
+        while (done := await asyncio.to_thread(processed_events, run.metrics_url)) < len(records):
             if not run.alive():
                 raise RuntimeError(f"the worker exited; see {run.log}")
             if progress:
@@ -371,25 +367,6 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         end_lists=end_lists,
         behaviour_model=served,
     )
-
-
-def _flow_control(run: WorkerRun, window: int) -> Callable[[int], Awaitable[None]]:
-    """A gate for the producer: once ``window`` records run ahead of what the worker has
-    processed (its /metrics), wait until no more than half of that does."""
-    processed = 0.0
-
-    async def gate(n: int) -> None:
-        nonlocal processed
-        if n - processed < window:
-            return
-        while n - processed >= window // 2:
-            if not run.alive():
-                raise RuntimeError(f"the worker exited; see {run.log}")
-            processed = await asyncio.to_thread(_processed, run.metrics_url)
-            if n - processed >= window // 2:
-                await asyncio.sleep(0.1)   # each look renders /metrics in the worker
-
-    return gate
 
 
 def summary(run: ReplayRun) -> dict[str, Any]:
