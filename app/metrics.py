@@ -51,6 +51,7 @@ class Metrics:
     pull_cache: Counter
     loop_lag: Histogram
     loop_stall: Gauge
+    partition_stalls: Counter
     gc_pause: Histogram
     feedback: Counter
     shown: Counter
@@ -218,6 +219,14 @@ class Metrics:
                 "The longest the worker's event loop was blocked in the last one to two "
                 "minutes (the largest lateness of its 50 ms probe): how long a pull or a "
                 "heartbeat can have waited.",
+                registry=registry,
+            ),
+            partition_stalls=Counter(
+                "streamrec_partition_stalls_total",
+                "Input partitions found not read for 15 s with records waiting (outside "
+                "rebalances), by topic and what was done: 'unstuck' (put back in the fetch "
+                "set or resumed) or 'reported'. Each is logged with the consumer's view.",
+                ["topic", "action"],
                 registry=registry,
             ),
             gc_pause=Histogram(

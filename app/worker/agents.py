@@ -55,11 +55,13 @@ from app.metrics import Metrics
 from app.settings import Settings
 from app.worker.declarations import Declarations
 from app.worker.faust_compat import (
+    StallWatch,
     acting_as,
     consumer_lag,
     table_keys,
     take_batches,
     unprocessed,
+    unstick,
 )
 from app.worker.results import KeyResult, count_failure
 
@@ -464,11 +466,20 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
 
     inputs = set(settings.input_topics())
 
+    watch = StallWatch()
+
     async def report_lag() -> None:
         lags = consumer_lag(decl.app, inputs)
         metrics.consumer_lag.clear()
         for (topic, partition), lag in lags.items():
             metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+        for tp, found in watch.check(decl.app, inputs, time.monotonic()):
+            changed = unstick(decl.app.consumer, tp, found)
+            metrics.partition_stalls.labels(tp.topic, "unstuck" if changed else "reported").inc()
+            log.warning("input partition %s/%d read nothing for %.0f s with %d records "
+                        "waiting (%s): %s", tp.topic, tp.partition, watch.after,
+                        found["waiting"], ", ".join(f"{k}={v}" for k, v in found.items()),
+                        "put back in the fetch set" if changed else "left as it is")
 
     decl.app.timer(5.0)(report_lag)
 

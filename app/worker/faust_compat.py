@@ -310,3 +310,77 @@ def fetches_never_outlive_a_seek(consumer: Any, topics: set[str]) -> None:
 
     consumer.perform_seek = counted_seek
     consumer._wait_next_records = fetch_since_the_last_seek
+
+
+class StallWatch:
+    """A watchdog for input partitions that stop being read: records wait (the high-water
+    mark of the last fetch is past the last offset read) and the last offset read has not
+    moved for ``after`` seconds, outside rebalances and recovery.
+
+    Seen once in a full test run (2026-12-04): after the last of eight rolling restarts, one
+    events partition of the restarted worker was never read again (3,195 events waited two
+    minutes; the other partition it got was read). Faust takes a partition out of its
+    fetch set while the stream's buffer is under pressure and puts it back when the buffer
+    drains (``on_buffer_full``/``on_buffer_drop``); a partition left out of the fetch set,
+    or paused in the client, is put back here (and said so, with what was wrong: the cause
+    is still hunted); one that is in the fetch set is only reported."""
+
+    def __init__(self, after: float = 15.0) -> None:
+        self.after = after
+        self._since: dict[Any, tuple[int | None, float]] = {}
+
+    def check(self, app: Any, topics: set[str], now: float) -> list[tuple[Any, dict[str, Any]]]:
+        """The partitions stalled for ``after`` seconds, each with what its consumer knows
+        of it; each is then watched afresh."""
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            self._since.clear()
+            return []
+        consumer = app.consumer
+        read = getattr(consumer, "_read_offset", {})
+        stalled = []
+        for tp, waiting in _waiting(app, topics, {}):
+            last = read.get(tp)
+            seen = self._since.get(tp)
+            if waiting <= 0 or seen is None or seen[0] != last:
+                self._since[tp] = (last, now)
+                continue
+            if now - seen[1] >= self.after:
+                stalled.append((tp, _describe(consumer, tp, last, waiting)))
+                self._since[tp] = (last, now)
+        return stalled
+
+
+def _describe(consumer: Any, tp: Any, last: int | None, waiting: int) -> dict[str, Any]:
+    active = getattr(consumer, "_active_partitions", None)
+    client = _client(consumer)
+    return {
+        "last_read": last, "waiting": waiting,
+        "in_fetch_set": active is None or tp in active,
+        "buffered": tp in getattr(consumer, "_buffered_partitions", ()),
+        "paused_by_faust": tp in getattr(consumer, "_paused_partitions", ()),
+        "paused_in_client": client is not None and tp in client.paused(),
+        "flow_active": bool(getattr(consumer, "flow_active", True)),
+    }
+
+
+def _client(consumer: Any) -> Any:
+    """The aiokafka consumer under Faust's, if it is running."""
+    thread = getattr(consumer, "_thread", None)
+    return getattr(thread, "_consumer", None) if thread is not None else None
+
+
+def unstick(consumer: Any, tp: Any, found: dict[str, Any]) -> bool:
+    """Put a stalled partition back in the fetch set and resume it in the client, when it
+    was out of either; True when something was changed."""
+    changed = False
+    if not found["in_fetch_set"] or found["buffered"] or found["paused_by_faust"]:
+        consumer._buffered_partitions.discard(tp)
+        consumer._paused_partitions.discard(tp)
+        if consumer._active_partitions is not None:
+            consumer._active_partitions.add(tp)
+        changed = True
+    client = _client(consumer)
+    if found["paused_in_client"] and client is not None:
+        client.resume(tp)
+        changed = True
+    return changed

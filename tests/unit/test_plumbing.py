@@ -373,3 +373,59 @@ def test_a_fetch_that_a_seek_overtook_is_dropped_and_fetched_again() -> None:
     # the input topic's records are dropped, table recovery's (a changelog's) are kept
     assert [tp.topic for tp in overtaken] == ["log"]
     assert sorted(tp.topic for tp in later) == ["events", "log"]
+
+
+def test_a_partition_not_read_for_a_while_is_found_and_put_back_in_the_fetch_set() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from app.worker.faust_compat import StallWatch, unstick
+
+    stuck, moving, idle = TP("events", 0), TP("events", 1), TP("events", 2)
+    marks = {stuck: 500, moving: 500, idle: 41}
+
+    class Client:
+        def __init__(self) -> None:
+            self.resumed: list[TP] = []
+
+        def paused(self) -> set[TP]:
+            return set()
+
+        def resume(self, tp: TP) -> None:
+            self.resumed.append(tp)
+
+    class Consumer:
+        _read_offset = {stuck: 99, moving: 99, idle: 40}
+        _active_partitions = {moving, idle}          # the stuck one left out of fetching
+        _buffered_partitions = {stuck}
+        _paused_partitions: set[TP] = set()
+        flow_active = True
+        _thread = SimpleNamespace(_consumer=Client())
+
+        def assignment(self) -> set[TP]:
+            return set(marks)
+
+        def highwater(self, tp: TP) -> int:
+            return marks[tp]
+
+    done = asyncio.Event()
+    done.set()
+    app = SimpleNamespace(consumer=Consumer(), rebalancing=False,
+                          tables=SimpleNamespace(recovery=SimpleNamespace(completed=done)))
+    watch = StallWatch(after=15.0)
+    assert watch.check(app, {"events"}, 0.0) == []
+    app.consumer._read_offset[moving] = 150             # this one is being read
+    assert watch.check(app, {"events"}, 10.0) == []
+    found = watch.check(app, {"events"}, 16.0)
+    assert [tp for tp, _ in found] == [stuck]           # idle: nothing waits; moving: moved
+    description = found[0][1]
+    assert description["waiting"] == 400
+    assert not description["in_fetch_set"]
+    assert description["buffered"]
+    assert unstick(app.consumer, stuck, description)
+    assert stuck in app.consumer._active_partitions
+    assert not app.consumer._buffered_partitions
+    app.rebalancing = True                               # never during a rebalance
+    assert watch.check(app, {"events"}, 60.0) == []
