@@ -36,6 +36,7 @@ class Metrics:
     batch_records: Histogram
     processing_errors: Counter
     retries: Counter
+    misrouted: Counter
     forgotten: Counter
     recommendations: Counter
     written_bytes: Counter
@@ -125,6 +126,14 @@ class Metrics:
                 "streamrec_retries_total",
                 "Transient failures retried with back-off instead of dead-lettering valid "
                 "records (a table not writable yet, the broker unreachable), by topic.",
+                ["topic"],
+                registry=registry,
+            ),
+            misrouted=Counter(
+                "streamrec_misrouted_total",
+                "Input records found on a partition other than their key's (a producer "
+                "without Kafka's default murmur2 partitioner), by topic: each was sent to "
+                "its key's partition and processed there.",
                 ["topic"],
                 registry=registry,
             ),
@@ -326,6 +335,7 @@ class Metrics:
             for stage in (topic, f"{topic}-prepare", f"{topic}-after", f"{topic}-batch"):
                 metrics.processing_errors.labels(stage)
             metrics.retries.labels(topic)
+            metrics.misrouted.labels(topic)
             metrics.batch_seconds.labels(topic)
             metrics.batch_records.labels(topic)
         for event_type in EVENT_TYPES:

@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaError
 from faust.exceptions import PartitionsMismatch
 
 from app.contract.deadletter import deadletter_headers, fit, redacted
+from app.contract.partitioning import partition_of
 from app.contract.records import Event, Feedback, ItemOp, UserProfile
 from app.contract.validate import (
     Limits,
@@ -138,6 +139,8 @@ class Flow(Generic[S, R]):
     after: After[S, R] | None = None
     forgetting: Forgetting | None = None
     publishes_state: bool = False
+    partitions: int = 0   # with ``reroute``: a record not on its key's partition goes there
+    reroute: Callable[[Any, int], Awaitable[None]] | None = None
 
 
 class DeadLetters:
@@ -319,6 +322,15 @@ async def process_batch(
     forgets: dict[bytes, Any] = {}
     for event in batch:
         message = event.message
+        if flow.reroute is not None and message.key is not None:
+            home = partition_of(message.key, flow.partitions)
+            if message.partition is not None and message.partition != home:
+                # a producer with another partitioner (librdkafka's default, a custom
+                # one): its state would split from the key's other records; sent to the
+                # key's partition and processed there (its event id dedupes a resend)
+                await flow.reroute(event, home)
+                metrics.misrouted.labels(flow.label).inc()
+                continue
         if flow.forgetting is not None and message.value is None:
             refused = forget_rejection(message.key)
             if refused is None:
@@ -390,22 +402,33 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
             metrics.feedback.labels(variant_of(experiment, record.user_id),
                                     record.type.value).inc()
 
+    def rerouter(topic: Any) -> Callable[[Any, int], Awaitable[None]]:
+        async def reroute(event: Any, partition: int) -> None:
+            message = event.message
+            await topic.send(key=message.key, value=message.value, partition=partition,
+                             headers=message.headers)
+        return reroute
+
+    partitions = decl.settings.partitions
     return [
         (decl.events, Flow[UserState, Event](
             "events", check.events, StateCodec(UserState), fold_event, decl.user_state,
             count_events,
             prepare=pipeline.prepare_events if pipeline else None,
             after=pipeline.after_events if pipeline else None,
+            partitions=partitions, reroute=rerouter(decl.events),
         )),
         (decl.items, Flow[ItemState, ItemOp](
             "items", check.items, StateCodec(ItemState), fold_item, decl.item_state,
             after=pipeline.after_items if pipeline else None, publishes_state=True,
+            partitions=partitions, reroute=rerouter(decl.items),
         )),
         (decl.feedback, Flow[FeedbackState, Feedback](
             "feedback", check.feedback, StateCodec(FeedbackState), fold_feedback,
             decl.feedback_state, count_feedback,
             prepare=pipeline.feedback.prepare_feedback if pipeline else None,
             after=pipeline.feedback.after_feedback if pipeline else None,
+            partitions=partitions, reroute=rerouter(decl.feedback),
         )),
         (decl.users, Flow[ProfileState, UserProfile](
             "users", check.users, StateCodec(ProfileState), fold_profile,
@@ -413,6 +436,7 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
             after=pipeline.after_profiles if pipeline else None,
             forgetting=Forgetting(decl.user_tables(),
                                   pipeline.after_forget if pipeline else None),
+            partitions=partitions, reroute=rerouter(decl.users),
         )),
     ]
 
@@ -473,7 +497,12 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
         metrics.consumer_lag.clear()
         for (topic, partition), lag in lags.items():
             metrics.consumer_lag.labels(topic, str(partition)).set(lag)
-        for tp, found in watch.check(decl.app, inputs, time.monotonic()):
+        try:
+            stalled = await watch.check(decl.app, inputs, time.monotonic())
+        except Exception as exc:  # noqa: BLE001 - a watchdog must not stop the worker
+            count_failure(metrics, "metrics", exc)
+            stalled = []
+        for tp, found in stalled:
             changed = unstick(decl.app.consumer, tp, found)
             metrics.partition_stalls.labels(tp.topic, "unstuck" if changed else "reported").inc()
             log.warning("input partition %s/%d read nothing for %.0f s with %d records "

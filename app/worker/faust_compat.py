@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -313,9 +313,10 @@ def fetches_never_outlive_a_seek(consumer: Any, topics: set[str]) -> None:
 
 
 class StallWatch:
-    """A watchdog for input partitions that stop being read: records wait (the high-water
-    mark of the last fetch is past the last offset read) and the last offset read has not
-    moved for ``after`` seconds, outside rebalances and recovery.
+    """A watchdog for input partitions that stop being read: the last offset read has not
+    moved for ``after`` seconds, outside rebalances and recovery, while records wait (the
+    broker's end offset is past it, or past the fetch position of a partition not read
+    since its assignment).
 
     Seen once in a full test run (2026-12-04): after the last of eight rolling restarts, one
     events partition of the restarted worker was never read again (3,195 events waited two
@@ -329,25 +330,52 @@ class StallWatch:
         self.after = after
         self._since: dict[Any, tuple[int | None, float]] = {}
 
-    def check(self, app: Any, topics: set[str], now: float) -> list[tuple[Any, dict[str, Any]]]:
+    async def check(self, app: Any, topics: set[str], now: float,
+                    ends: Ends | None = None) -> list[tuple[Any, dict[str, Any]]]:
         """The partitions stalled for ``after`` seconds, each with what its consumer knows
-        of it; each is then watched afresh."""
+        of it; each is then watched afresh. Whether records wait is asked of the broker
+        (``ends``: the end offsets and fetch positions of the quiet partitions; by default
+        the Kafka client's), so a partition never fetched since its assignment is seen too."""
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             self._since.clear()
             return []
         consumer = app.consumer
         read = getattr(consumer, "_read_offset", {})
-        stalled = []
-        for tp, waiting in _waiting(app, topics, {}):
-            last = read.get(tp)
-            seen = self._since.get(tp)
-            if waiting <= 0 or seen is None or seen[0] != last:
-                self._since[tp] = (last, now)
+        quiet = []
+        for tp in consumer.assignment():
+            if tp.topic not in topics:
                 continue
-            if now - seen[1] >= self.after:
-                stalled.append((tp, _describe(consumer, tp, last, waiting)))
+            last, seen = read.get(tp), self._since.get(tp)
+            if seen is None or seen[0] != last:
                 self._since[tp] = (last, now)
+            elif now - seen[1] >= self.after:
+                quiet.append(tp)
+        if not quiet:
+            return []
+        known = await (ends or _client_ends(consumer))(quiet)
+        stalled = []
+        for tp in quiet:
+            last = read.get(tp)
+            self._since[tp] = (last, now)
+            end, position = known.get(tp, (0, 0))
+            waiting = end - (last + 1 if last is not None else position)
+            if waiting > 0:
+                stalled.append((tp, _describe(consumer, tp, last, waiting)))
         return stalled
+
+
+Ends = Callable[[list[Any]], Awaitable[dict[Any, tuple[int, int]]]]
+
+
+def _client_ends(consumer: Any) -> Ends:
+    """(end offset, fetch position) of partitions, from the Kafka client under Faust's."""
+    async def ends(tps: list[Any]) -> dict[Any, tuple[int, int]]:
+        client = _client(consumer)
+        if client is None:
+            return {}
+        offsets = await client.end_offsets(tps)
+        return {tp: (int(offsets[tp]), int(await client.position(tp))) for tp in tps}
+    return ends
 
 
 def _describe(consumer: Any, tp: Any, last: int | None, waiting: int) -> dict[str, Any]:

@@ -364,3 +364,41 @@ def test_the_longest_stall_is_shown_for_one_to_two_windows_then_let_go() -> None
     assert stall.observe(0.001, 119.0) == 0.250
     assert stall.observe(0.004, 122.0) == 0.004    # two windows on: gone
     assert stall.observe(0.001, 400.0) == 0.001    # after a gap, nothing carried over
+
+
+def test_a_record_off_its_keys_partition_is_sent_there_and_not_applied_here() -> None:
+    from app.contract.partitioning import partition_of
+
+    metrics, topic, table = Metrics.create(), Topic(), {}
+    rerouted: list[tuple[bytes | None, int]] = []
+
+    async def reroute(event: Event, partition: int) -> None:
+        rerouted.append((event.message.key, partition))
+
+    flow = Flow[UserState, View]("events", validators(Limits()).events,
+                                 StateCodec(UserState), fold_event, table,
+                                 partitions=4, reroute=reroute)
+    home = partition_of(b"a", 4)
+    batch = [Event(Message(b"a", good_view("a", "a-1", "i", TS), partition=home)),
+             Event(Message(b"a", good_view("a", "a-2", "i", TS), partition=(home + 1) % 4))]
+    asyncio.run(process_batch(flow, batch, DeadLetters(topic, metrics), metrics, 16))
+    assert rerouted == [(b"a", home)]
+    assert StateCodec(UserState).decode(table[b"a"]).counts == {"view": 1}
+    assert metrics.registry.get_sample_value(
+        "streamrec_misrouted_total", {"topic": "events"}) == 1
+    assert topic.sent == []   # not a dead letter: it is valid, only misplaced
+
+
+def test_the_partition_of_a_key_is_the_one_aiokafkas_producer_picks() -> None:
+    """aiokafka's default partitioner is the Java client's (murmur2): the one the replay,
+    the tests and the contract's producers use."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from app.contract.partitioning import partition_of
+
+    producer = DefaultPartitioner()
+    for count in (1, 4, 12):
+        every = list(range(count))
+        for n in range(300):
+            key = f"user-{n}".encode()
+            assert partition_of(key, count) == producer(key, every, every)

@@ -383,49 +383,44 @@ def test_a_partition_not_read_for_a_while_is_found_and_put_back_in_the_fetch_set
 
     from app.worker.faust_compat import StallWatch, unstick
 
-    stuck, moving, idle = TP("events", 0), TP("events", 1), TP("events", 2)
-    marks = {stuck: 500, moving: 500, idle: 41}
-
-    class Client:
-        def __init__(self) -> None:
-            self.resumed: list[TP] = []
-
-        def paused(self) -> set[TP]:
-            return set()
-
-        def resume(self, tp: TP) -> None:
-            self.resumed.append(tp)
+    stuck, moving, idle, never = (TP("events", n) for n in range(4))
+    broker = {stuck: (500, 100), moving: (500, 500), idle: (41, 41), never: (80, 20)}
 
     class Consumer:
-        _read_offset = {stuck: 99, moving: 99, idle: 40}
-        _active_partitions = {moving, idle}          # the stuck one left out of fetching
+        _read_offset = {stuck: 99, moving: 99, idle: 40}   # never: not read since assigned
+        _active_partitions = {moving, idle}                  # stuck and never: not fetched
         _buffered_partitions = {stuck}
         _paused_partitions: set[TP] = set()
         flow_active = True
-        _thread = SimpleNamespace(_consumer=Client())
+        _thread = SimpleNamespace(_consumer=None)
 
         def assignment(self) -> set[TP]:
-            return set(marks)
+            return set(broker)
 
-        def highwater(self, tp: TP) -> int:
-            return marks[tp]
+    async def ends(tps: list[TP]) -> dict[TP, tuple[int, int]]:
+        return {tp: broker[tp] for tp in tps}
 
     done = asyncio.Event()
     done.set()
     app = SimpleNamespace(consumer=Consumer(), rebalancing=False,
                           tables=SimpleNamespace(recovery=SimpleNamespace(completed=done)))
     watch = StallWatch(after=15.0)
-    assert watch.check(app, {"events"}, 0.0) == []
+
+    def check(now: float) -> list[tuple[TP, dict[str, object]]]:
+        return asyncio.run(watch.check(app, {"events", "other"}, now, ends))
+
+    assert check(0.0) == []
     app.consumer._read_offset[moving] = 150             # this one is being read
-    assert watch.check(app, {"events"}, 10.0) == []
-    found = watch.check(app, {"events"}, 16.0)
-    assert [tp for tp, _ in found] == [stuck]           # idle: nothing waits; moving: moved
-    description = found[0][1]
-    assert description["waiting"] == 400
-    assert not description["in_fetch_set"]
-    assert description["buffered"]
-    assert unstick(app.consumer, stuck, description)
+    assert check(10.0) == []
+    found = dict(check(16.0))
+    assert set(found) == {stuck, never}                 # idle: nothing waits; moving: moved
+    assert found[stuck]["waiting"] == 400               # past the last offset read
+    assert found[never]["waiting"] == 60                # past the fetch position
+    assert not found[stuck]["in_fetch_set"]
+    assert found[stuck]["buffered"]
+    assert unstick(app.consumer, stuck, found[stuck])
     assert stuck in app.consumer._active_partitions
     assert not app.consumer._buffered_partitions
+    assert check(20.0) == []                            # watched afresh
     app.rebalancing = True                               # never during a rebalance
-    assert watch.check(app, {"events"}, 60.0) == []
+    assert check(60.0) == []
