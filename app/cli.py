@@ -517,7 +517,7 @@ def bench_pipeline(
     live_ahead: Annotated[int, typer.Option(
         help="In the live phase, at most this many events unprocessed.")] = 2_000,
     quick: Annotated[bool, typer.Option(
-        "--quick", help="The guard (about two minutes): the decode-only ceiling and StreamRec "
+        "--quick", help="The guard (about a minute here): the decode-only ceiling and StreamRec "
                         "in turn, twice each, on a smaller backlog; reports StreamRec's "
                         "events per CPU-second as a share of the ceiling's and exits 1 "
                         "below the floor (BENCHMARKS.md, 'The guard').")] = False,
