@@ -138,3 +138,18 @@ def flow_control(run: WorkerRun, window: int, already: float = 0.0
                 await asyncio.sleep(0.1)   # each look renders /metrics in the worker
 
     return gate
+
+
+async def wait_processed(run: WorkerRun, count: int, already: float = 0.0,
+                         progress: Callable[[int, int, float], None] | None = None,
+                         began: float | None = None, poll: float = 0.2) -> None:
+    """Wait until the worker has processed ``count`` more events than ``already`` (its
+    /metrics); ``progress(done, count, seconds since began)`` is told at each look."""
+    began = time.monotonic() if began is None else began
+    while (done := await asyncio.to_thread(processed_events, run.metrics_url)
+           - already) < count:
+        if not run.alive():
+            raise RuntimeError(f"the worker exited; see {run.log}")
+        if progress:
+            progress(int(done), count, time.monotonic() - began)
+        await asyncio.sleep(poll)

@@ -53,7 +53,7 @@ from app.broker.embedded import stop_process
 from app.contract.records import Recommendation, Search
 from app.data import movielens
 from app.demo import item_record, rating_records
-from app.harness import WorkerRun, flow_control, processed_events, produce_records
+from app.harness import WorkerRun, flow_control, produce_records, wait_processed
 from app.metrics import TABLES, Samples, scrape, total
 from app.plots import pyplot
 from app.settings import Settings
@@ -362,10 +362,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         for name, (module, overrides) in variants.items():
             group = f"{settings.app_id}-{len(rates)}"
             say(f"{name}: working off the backlog")
-            run_.start_worker(module, app_id=group, topic_items=empty_items,
-                              data_dir=str(workdir / group),
-                              commit_interval_seconds=str(BENCH_COMMIT_SECONDS),
-                              **own_learning_topics(settings, group), **overrides)
+            _start_variant(run_, module, overrides, group, empty_items, workdir)
             spy = _start_profiler(run_, workdir / "profile.txt") \
                 if profile is not None and name == "streamrec" else None
             assert run_.worker is not None
@@ -489,6 +486,17 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             say(f"kept {workdir} (broker and worker logs)")
 
 
+def _start_variant(run_: WorkerRun, module: str, overrides: dict[str, str], group: str,
+                   empty_items: str, workdir: Path) -> None:
+    """A job's worker on the backlog: a fresh group and data dir, no catalogue to embed
+    (it reads the one published), committing every BENCH_COMMIT_SECONDS, its own learning
+    topics."""
+    run_.start_worker(module, app_id=group, topic_items=empty_items,
+                      data_dir=str(workdir / group),
+                      commit_interval_seconds=str(BENCH_COMMIT_SECONDS),
+                      **own_learning_topics(run_.settings, group), **overrides)
+
+
 async def _live(run_: WorkerRun, start: int, count: int, ahead: int,
                 say: Callable[[str], None]) -> dict[str, Any]:
     """The live regime: the warm latency worker is sent MovieLens-1M's next ``count`` events
@@ -505,11 +513,7 @@ async def _live(run_: WorkerRun, start: int, count: int, ahead: int,
     started = time.monotonic()
     await produce_records(settings.bootstrap_servers(), settings.topic_events, records, None,
                           {}, {}, gate=flow_control(run_, ahead, already), linger_ms=2)
-    while (await asyncio.to_thread(processed_events, run_.metrics_url)) - already \
-            < len(records):
-        if not run_.alive():
-            raise RuntimeError(f"the worker exited; see {run_.log}")
-        await asyncio.sleep(0.1)
+    await wait_processed(run_, len(records), already, poll=0.1)
     seconds = time.monotonic() - started
     cpu = cpu_seconds(run_.worker.pid) - cpu_before
     after = await asyncio.to_thread(scrape, run_.metrics_url)
@@ -540,10 +544,7 @@ async def _quick(run_: WorkerRun, ends: dict[tuple[str, int], int],
         for name in (CEILING, "streamrec"):
             module, overrides = VARIANTS[name]
             group = f"{settings.app_id}-q{round_}-{len(rates[name])}-{name.split()[0]}"
-            run_.start_worker(module, app_id=group, topic_items=empty_items,
-                              data_dir=str(workdir / group),
-                              commit_interval_seconds=str(BENCH_COMMIT_SECONDS),
-                              **own_learning_topics(settings, group), **overrides)
+            _start_variant(run_, module, overrides, group, empty_items, workdir)
             assert run_.worker is not None
             rate, cpu = await _drain_rate(settings, group, ends, run_.alive, run_.worker.pid)
             run_.stop_worker()

@@ -48,7 +48,7 @@ from app.core.experiments import Experiment, variant_of
 from app.data import movielens
 from app.demo import item_record, rating_records
 from app.evaluation.split import Split
-from app.harness import WorkerRun, flow_control, processed_events, produce_records
+from app.harness import WorkerRun, flow_control, produce_records, wait_processed
 from app.metrics import scrape, total
 
 VARIANTS = {
@@ -324,12 +324,7 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         began = time.monotonic()
         await produce_records(broker, settings.topic_events, records, rate, sent, {},
                               gate=flow_control(run, window), progress=progress, linger_ms=2)
-        while (done := await asyncio.to_thread(processed_events, run.metrics_url)) < len(records):
-            if not run.alive():
-                raise RuntimeError(f"the worker exited; see {run.log}")
-            if progress:
-                progress(int(done), len(records), time.monotonic() - began)
-            await asyncio.sleep(0.2)
+        await wait_processed(run, len(records), progress=progress, began=began)
         seconds = time.monotonic() - began
         published = total(await asyncio.to_thread(scrape, run.metrics_url),
                           "streamrec_recommendations_total")
