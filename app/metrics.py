@@ -232,9 +232,10 @@ class Metrics:
             ),
             partition_stalls=Counter(
                 "streamrec_partition_stalls_total",
-                "Input partitions found not read for 15 s with records waiting (outside "
-                "rebalances), by topic and what was done: 'unstuck' (put back in the fetch "
-                "set or resumed) or 'reported'. Each is logged with the consumer's view.",
+                "Input partitions found not read for 15 s (outside rebalances), by topic "
+                "and what the broker and the worker made of it: 'idle' (no record waits), "
+                "or, with records waiting, 'unstuck' (put back in the fetch set or resumed) "
+                "or 'reported'. Stalls are logged with the consumer's view.",
                 ["topic", "action"],
                 registry=registry,
             ),

@@ -503,7 +503,10 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
             count_failure(metrics, "metrics", exc)
             stalled = []
         for tp, found in stalled:
-            changed = unstick(decl.app.consumer, tp, found)
+            if found is None:
+                metrics.partition_stalls.labels(tp.topic, "idle").inc()
+                continue
+            changed = await unstick(decl.app.consumer, tp, found)
             metrics.partition_stalls.labels(tp.topic, "unstuck" if changed else "reported").inc()
             log.warning("input partition %s/%d read nothing for %.0f s with %d records "
                         "waiting (%s): %s", tp.topic, tp.partition, watch.after,

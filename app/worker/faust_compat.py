@@ -331,11 +331,12 @@ class StallWatch:
         self._since: dict[Any, tuple[int | None, float]] = {}
 
     async def check(self, app: Any, topics: set[str], now: float,
-                    ends: Ends | None = None) -> list[tuple[Any, dict[str, Any]]]:
-        """The partitions stalled for ``after`` seconds, each with what its consumer knows
-        of it; each is then watched afresh. Whether records wait is asked of the broker
-        (``ends``: the end offsets and fetch positions of the quiet partitions; by default
-        the Kafka client's), so a partition never fetched since its assignment is seen too."""
+                    ends: Ends | None = None) -> list[tuple[Any, dict[str, Any] | None]]:
+        """The partitions not read for ``after`` seconds, each with what its consumer knows
+        of it when records wait (stalled), or None when none waits (idle); each is then
+        watched afresh. Whether records wait is asked of the broker (``ends``: the end
+        offsets and fetch positions of the quiet partitions; by default the Kafka
+        client's), so a partition never fetched since its assignment is seen too."""
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             self._since.clear()
             return []
@@ -353,15 +354,14 @@ class StallWatch:
         if not quiet:
             return []
         known = await (ends or _client_ends(consumer))(quiet)
-        stalled = []
+        found: list[tuple[Any, dict[str, Any] | None]] = []
         for tp in quiet:
             last = read.get(tp)
             self._since[tp] = (last, now)
             end, position = known.get(tp, (0, 0))
             waiting = end - (last + 1 if last is not None else position)
-            if waiting > 0:
-                stalled.append((tp, _describe(consumer, tp, last, waiting)))
-        return stalled
+            found.append((tp, _describe(consumer, tp, last, waiting) if waiting > 0 else None))
+        return found
 
 
 Ends = Callable[[list[Any]], Awaitable[dict[Any, tuple[int, int]]]]
@@ -373,8 +373,13 @@ def _client_ends(consumer: Any) -> Ends:
         client = _client(consumer)
         if client is None:
             return {}
-        offsets = await client.end_offsets(tps)
-        return {tp: (int(offsets[tp]), int(await client.position(tp))) for tp in tps}
+        # The client lives on the consumer thread's own event loop: it is asked there
+        # (as Faust's own ``position`` does); called from this loop it raises.
+        async def ask() -> dict[Any, tuple[int, int]]:
+            offsets = await client.end_offsets(tps)
+            return {tp: (int(offsets[tp]), int(await client.position(tp))) for tp in tps}
+        found: dict[Any, tuple[int, int]] = await consumer._thread.call_thread(ask)
+        return found
     return ends
 
 
@@ -397,7 +402,7 @@ def _client(consumer: Any) -> Any:
     return getattr(thread, "_consumer", None) if thread is not None else None
 
 
-def unstick(consumer: Any, tp: Any, found: dict[str, Any]) -> bool:
+async def unstick(consumer: Any, tp: Any, found: dict[str, Any]) -> bool:
     """Put a stalled partition back in the fetch set and resume it in the client, when it
     was out of either; True when something was changed."""
     changed = False
@@ -409,6 +414,8 @@ def unstick(consumer: Any, tp: Any, found: dict[str, Any]) -> bool:
         changed = True
     client = _client(consumer)
     if found["paused_in_client"] and client is not None:
-        client.resume(tp)
+        async def resume() -> None:    # on the client's own loop, as ``_client_ends``
+            client.resume(tp)
+        await consumer._thread.call_thread(resume)
         changed = True
     return changed
