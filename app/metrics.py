@@ -37,6 +37,7 @@ class Metrics:
     processing_errors: Counter
     retries: Counter
     misrouted: Counter
+    commits_held: Counter
     forgotten: Counter
     recommendations: Counter
     written_bytes: Counter
@@ -48,6 +49,7 @@ class Metrics:
     model_info: Gauge
     encoder_seconds: Histogram
     behaviour_vectors: Counter
+    behaviour_model_info: Gauge
     pull_seconds: Histogram
     pull_cache: Counter
     loop_lag: Histogram
@@ -129,6 +131,14 @@ class Metrics:
                 ["topic"],
                 registry=registry,
             ),
+            commits_held=Counter(
+                "streamrec_commits_held_total",
+                "Offset commits held back, by topic, because the record at the committed "
+                "offset was not processed yet while later ones were (Faust would have "
+                "committed past it: a record lost if the worker stopped then).",
+                ["topic"],
+                registry=registry,
+            ),
             misrouted=Counter(
                 "streamrec_misrouted_total",
                 "Input records found on a partition other than their key's (a producer "
@@ -194,6 +204,14 @@ class Metrics:
                 "the behaviour model's user vectors).",
                 ["purpose"],
                 buckets=_BATCH_BUCKETS,
+                registry=registry,
+            ),
+            behaviour_model_info=Gauge(
+                "streamrec_behaviour_model_info",
+                "1 for the behaviour model this worker serves, by version (none: no series). "
+                "It changes without a restart when the models topic names another "
+                "(`streamrec model publish`, `streamrec model rollback --behaviour`).",
+                ["version"],
                 registry=registry,
             ),
             behaviour_vectors=Counter(

@@ -28,6 +28,7 @@ from app.worker import agents, web
 from app.worker.declarations import Declarations, declare
 from app.worker.faust_compat import (
     acting_as,
+    commits_never_skip_an_offset,
     fetches_never_outlive_a_seek,
     flush_waits_for_changelogs,
     recovery_seeks_from_the_start_when_unsure,
@@ -102,7 +103,18 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
         decl.app, decl.tables(),
         sent=lambda table, size: metrics.written_bytes.labels(table).inc(size))
     recovery_seeks_from_the_start_when_unsure(decl.app)
-    fetches_never_outlive_a_seek(decl.app.consumer, set(settings.input_topics()))
+    told: set[tuple[Any, int]] = set()
+
+    def held(tp: Any, committed: int, first: int) -> None:
+        metrics.commits_held.labels(tp.topic).inc()
+        if (tp, committed) not in told:   # once per offset: commits are tried every few s
+            told.add((tp, committed))
+            log.warning("%s/%d: commit held at %d until that record is processed (acked "
+                        "from %d on)", tp.topic, tp.partition, committed, first)
+
+    inputs = set(settings.input_topics())
+    commits_never_skip_an_offset(decl.app.consumer, inputs, held)   # before the seek wrapper
+    fetches_never_outlive_a_seek(decl.app.consumer, inputs)
     web.attach(decl, metrics, pipeline, ready=lambda: (pipeline.catalogue_synced.is_set()
                                                         and feedback.synced.is_set()
                                                         and health.ok))

@@ -29,7 +29,6 @@ from tests.support.events import TS
 from tests.support.kafka_io import history_of, latest_by_key, produce, read_topic
 from tests.support.worker import WorkerProcess, isolated_env
 
-RESIDUAL_LOSS = 2   # events a restart test may lose before it fails (see below)
 ITEM_DELETE = b'{"v":1,"op":"delete","event_id":"e","item_id":"\\ufffd","ts":1700000000000}'
 
 
@@ -161,11 +160,10 @@ def test_restarts_lose_nothing_and_apply_nothing_twice(
             time.sleep(2)
         lost = {u: sent[u] - counts[u] for u in users if counts[u] < sent[u]}
         doubled = {u: counts[u] - sent[u] for u in users if counts[u] > sent[u]}
-        # Known residual (2026-12-03): 1 event of 57,700 lost in 1 of 4 SIGTERM runs of the
-        # final build, cause not found yet; before the fixes 1-26 of ~70,000 per run. The
-        # bound guards against that regression while the last case is hunted; every event
-        # applied twice fails at once.
-        if sum(lost.values()) > RESIDUAL_LOSS or doubled:
+        # Nothing lost, nothing applied twice. The last residual (1-9 events in some runs:
+        # the first records of a partition with no commit yet, dropped across a seek and
+        # never read again; a commit past an unprocessed record) is fixed (2026-12-04).
+        if lost or doubled:
             wrong = [*list(lost)[:2], *list(doubled)[:2]]
             history = asyncio.run(history_of(kafka.bootstrap, changelog,
                                              {u.encode() for u in wrong}))

@@ -426,3 +426,68 @@ def test_a_partition_not_read_for_a_while_is_found_and_put_back_in_the_fetch_set
     assert check(20.0) == []                            # watched afresh
     app.rebalancing = True                               # never during a rebalance
     assert check(60.0) == []
+
+
+def test_a_commit_never_skips_the_record_at_the_committed_offset() -> None:
+    import asyncio
+    from collections import defaultdict
+    from types import MethodType, SimpleNamespace
+
+    from aiokafka import TopicPartition
+    from faust.transport.consumer import Consumer
+    from faust.types import TP
+    from intervaltree import IntervalTree
+
+    from app.worker.faust_compat import commits_never_skip_an_offset
+
+    tp, fresh = TP("events", 0), TP("events", 1)
+    sought: list[TP] = []
+
+    def consumer() -> SimpleNamespace:
+        fake = SimpleNamespace(_acked=defaultdict(list), _acked_index=defaultdict(set),
+                               _gap=defaultdict(IntervalTree),
+                               _committed_offset=defaultdict(lambda: None),
+                               _read_offset=defaultdict(lambda: None))
+        fake._new_offset = MethodType(Consumer._new_offset, fake)
+        fake._add_gap = MethodType(Consumer._add_gap, fake)
+
+        async def perform_seek() -> None:   # what Faust's does: both set to "next"
+            fake._committed_offset[tp] = 10
+            fake._read_offset[tp] = 10
+            fake._read_offset[fresh] = 7          # fetched ahead, nothing committed
+
+        async def seek_to_beginning(*tps: TopicPartition) -> None:
+            if not all(isinstance(p, TopicPartition) for p in tps):   # as aiokafka's does
+                raise TypeError("partitions must be TopicPartition instances")
+            sought.extend(TP(p.topic, p.partition) for p in tps)
+        fake.perform_seek = perform_seek
+        fake._thread = SimpleNamespace(seek_to_beginning=seek_to_beginning)
+        fake.assignment = lambda: {tp, fresh, TP("events-changelog", 1)}
+        return fake
+
+    # Faust alone: 10 committed (the next to read), 11 and 12 processed, 10 not: past it
+    plain = consumer()
+    plain._committed_offset[tp] = 10
+    plain._acked[tp].extend([11, 12])
+    assert plain._new_offset(tp) == 13
+
+    held: list[tuple[int, int]] = []
+    fixed = consumer()
+    commits_never_skip_an_offset(fixed, {"events"}, lambda tp, committed, first:
+                                 held.append((committed, first)))
+    asyncio.run(fixed.perform_seek())
+    assert fixed._read_offset[tp] == 9                  # the last read: 10 is still to come
+    # an input partition with no commit is read from its start again, not from where the
+    # fetcher was (what it fetched before the seek was dropped with the stream's buffers)
+    assert sought == [fresh]
+    assert fixed._read_offset[fresh] is None
+    fixed._acked[tp].extend([11, 12])
+    assert fixed._new_offset(tp) is None
+    assert held == [(10, 11)]
+    fixed._acked[tp].append(10)                         # 10 comes again and is processed
+    assert fixed._new_offset(tp) == 13
+    # a record that is not there (a transaction marker at 13): read jumps 12 -> 14
+    fixed._committed_offset[tp] = 13
+    asyncio.run(fixed._add_gap(tp, 13, 14))
+    fixed._acked[tp].append(14)
+    assert fixed._new_offset(tp) == 15
