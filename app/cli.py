@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -179,14 +180,20 @@ def tail(
 def model_show(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """The version the learning variant serves (head) and the kept checkpoints."""
-    from app.tools import read_models
+    """The version the learning variant serves (head) and the kept checkpoints; the
+    behaviour model every worker serves and the kept ones."""
+    from app.tools import read_behaviour, read_models
 
     registry = asyncio.run(read_models(get_settings()))
+    store = asyncio.run(read_behaviour(get_settings()))
     versions = ([("head", registry.head)] if registry.head else []) + [
         (f"checkpoint {g}", v) for g, v in sorted(registry.checkpoints.items())]
+    kept = sorted(store.artefacts.values(), key=lambda a: a.published_at, reverse=True)
     if json_output:
-        typer.echo(json.dumps({name: msgspec.to_builtins(v) for name, v in versions}, indent=2))
+        typer.echo(json.dumps({
+            **{name: msgspec.to_builtins(v) for name, v in versions},
+            "behaviour": {"head": msgspec.to_builtins(store.head) if store.head else None,
+                          "kept": [msgspec.to_builtins(a) for a in kept]}}, indent=2))
         return
     if not versions:
         typer.echo("no learnt version yet: the learning variant serves the defaults")
@@ -194,19 +201,86 @@ def model_show(
         weights = " ".join(f"{w:.3f}" for w in v.weights)
         typer.echo(f"{name:>14}  {v.version:<16} {v.origin:<8} seen {v.seen:>8,}  "
                    f"weights [{weights}]  {v.note}")
+    served = store.served()
+    typer.echo(f"behaviour model: {served or 'none'} served"
+               + (f" ({store.head.origin}, {store.head.note})" if store.head else
+                  " (none published; a worker's STREAMREC_BEHAVIOUR_MODEL serves, if set)"))
+    for artefact in kept:
+        mark = "*" if artefact.version == served else " "
+        when = datetime.fromtimestamp(artefact.published_at / 1000, UTC)
+        typer.echo(f"  {mark} {artefact.version:<16} {artefact.size / 1e6:6.1f} MB  "
+                   f"{when:%Y-%m-%d %H:%M}  {artefact.note}")
+
+
+@model_cli.command("publish")
+def model_publish(
+    folder: Annotated[Path, typer.Argument(
+        help="A behaviour model exported by `streamrec train` (the folder with manifest.json).")],
+    note: Annotated[str, typer.Option(help="Why it is published (shown by `model show`).")]
+    = "",
+) -> None:
+    """Publish a behaviour model on the models topic: every worker checks it (SHA-256),
+    loads it and serves it without a restart; the one it replaces stays kept for
+    `streamrec model rollback --behaviour`."""
+    from app.tools import publish_behaviour
+
+    head, size = asyncio.run(publish_behaviour(get_settings(), folder, note))
+    typer.echo(f"behaviour model {head.version} published ({size / 1e6:.1f} MB); it replaces "
+               f"{head.previous or 'none'}")
+
+
+@model_cli.command("export")
+def model_export(
+    checkpoint: Annotated[Path, typer.Argument(
+        help="A trained behaviour model's weights (the .pt `streamrec train` writes).")],
+    dataset: Annotated[str, typer.Option(
+        help="The dataset it was trained on (its vocabulary and parity histories).")]
+    = "ml-1m",
+    out: Annotated[Path | None, typer.Option(
+        help="The folder to write; default: the checkpoint's path without .pt.")] = None,
+) -> None:
+    """Export a trained checkpoint again for the worker (ONNX, checked against torch),
+    without training: after an upgrade of the served graph. Needs the training extra."""
+    from app.errors import SettingError
+    from app.evaluation.split import load
+    from app.train.export import export
+    from app.train.run import load_checkpoint, sample_tokens
+
+    model = load_checkpoint(checkpoint)
+    split = load(dataset)
+    if len(split.items) != model.config.items:
+        raise SettingError(f"{checkpoint} has {model.config.items:,} items, {dataset} "
+                           f"{len(split.items):,}: not trained on it")
+    folder = out or checkpoint.with_suffix("")
+    previous = folder / "manifest.json"
+    result = json.loads(previous.read_text()).get("result", {}) if previous.exists() else {}
+    manifest = export(model, split.items, sample_tokens(split, model.config.length), folder,
+                      result)
+    typer.echo(f"exported {manifest['version']} to {folder} (parity "
+               f"{manifest['parity_max_abs']:.1e})")
 
 
 @model_cli.command("rollback")
 def model_rollback(
     to: Annotated[str | None, typer.Option(
-        help="A kept checkpoint's version; default: the newest one older than the head.")
+        help="A kept version; default: the newest checkpoint older than the head (with "
+             "--behaviour: the model the served one replaced; `none`: no model).")
     ] = None,
+    behaviour: Annotated[bool, typer.Option(
+        "--behaviour", help="Roll back the behaviour model instead of the ranker's weights.")]
+    = False,
 ) -> None:
     """Serve a kept checkpoint to the learning variant again; the trainer trains on from it
-    (every worker switches within about a second)."""
-    from app.tools import roll_back
+    (every worker switches within about a second). With --behaviour, serve a kept behaviour
+    model again (or none) on every worker, without a restart."""
+    from app.tools import roll_back, roll_back_behaviour
 
     try:
+        if behaviour:
+            served = asyncio.run(roll_back_behaviour(get_settings(), to))
+            typer.echo(f"behaviour model now served: {served.version or 'none'} "
+                       f"({served.note})")
+            return
         head = asyncio.run(roll_back(get_settings(), to))
     except LookupError as exc:
         typer.echo(str(exc), err=True)
@@ -274,6 +348,13 @@ def train(
         help="Where the weights (.pt), the curve and result (.json, .png) and the exported "
              "model (a folder of that name) go; default: "
              "~/.cache/streamrec/models/<dataset>-seed<seed>.")] = None,
+    publish_it: Annotated[bool, typer.Option(
+        "--publish", help="Then publish it on the models topic (STREAMREC_BROKER_URL) if its "
+                          "validation NDCG@10 beats the served model's on the same dataset: "
+                          "every worker serves it without a restart.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="With --publish: publish even when it does not beat the served model.")]
+    = False,
 ) -> None:
     """Train the behaviour model (a causal transformer over each user's item events, full
     softmax) on a MovieLens split: validated on each user's last streamed event, measured on
@@ -316,14 +397,23 @@ def train(
     save(path, model, curve, result, config)
     plot = plot_curve(curve, path.with_suffix(".png"), f"{dataset}, seed {seed}: "
                       f"test NDCG@10 {result['ndcg@10']:.4f}, HR@10 {result['hr@10']:.4f}")
+    best_valid = max(curve.valid_ndcg) if curve.valid_ndcg else None
     manifest = export(model, split.items, sample_tokens(split, length), path,
-                      {**result, "dataset": dataset, "seed": seed, "epochs": epochs})
+                      {**result, "dataset": dataset, "seed": seed, "epochs": epochs,
+                       "valid_ndcg@10": best_valid})
     typer.echo(json.dumps({"result": result, "valid_ndcg@10": curve.valid_ndcg,
                            "seconds_per_epoch": curve.seconds, "saved": str(path),
                            "plot": str(plot) if plot else None,
                            "exported": {"folder": str(path), "version": manifest["version"],
                                         "parity_max_abs": manifest["parity_max_abs"]}},
                           indent=2))
+    if publish_it:
+        from app.tools import publish_if_better
+
+        head, why = asyncio.run(publish_if_better(
+            get_settings(), path, f"{dataset}, seed {seed}, {epochs} epochs", force))
+        typer.echo(f"published {head.version}: every worker serves it ({why})" if head else
+                   f"not published: {why} (--force publishes anyway)", err=True)
 
 
 @cli.command()
@@ -563,6 +653,29 @@ def bench_recommender(
 
     report = recommender_bench.run(users, ratings, lambda text: typer.echo(text, err=True))
     typer.echo(json.dumps(report) if json_output else recommender_bench.markdown(report))
+
+
+@bench_cli.command("behaviour")
+def bench_behaviour(
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="A trained behaviour model's weights (`streamrec train` writes <out>.pt); "
+             "default: ~/.cache/streamrec/models/<dataset>-seed0.pt.")] = None,
+    dataset: Annotated[str, typer.Option(help="Where the histories come from.")] = "ml-1m",
+    batches: Annotated[str, typer.Option(help="Users per onnxruntime call, comma-separated.")]
+    = "1,8,64",
+    users: Annotated[int, typer.Option(help="Real histories timed.")] = 512,
+    repeats: Annotated[int, typer.Option(help="Timings per batch size (median kept).")] = 3,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """The behaviour model's cost per recomputed list: the served ONNX graph against the
+    graph before it (same weights, same run), by batch size, and the scoring after it.
+    Needs the training extra (torch, to export the graphs)."""
+    from app.bench import behaviour as behaviour_bench
+
+    weights = checkpoint or Path.home() / ".cache" / "streamrec" / "models" / f"{dataset}-seed0.pt"
+    report = behaviour_bench.run(weights, dataset, [int(b) for b in batches.split(",")],
+                                 users, repeats, lambda text: typer.echo(text, err=True))
+    typer.echo(json.dumps(report) if json_output else behaviour_bench.markdown(report))
 
 
 @bench_cli.command("index")

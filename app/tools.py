@@ -3,9 +3,11 @@ Tansu): produce `key|value` lines, and print a topic with its headers."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -14,8 +16,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from app.broker.reading import read_to_end
 from app.broker.security import client_security
 from app.contract.deadletter import read_headers
+from app.core.artefacts import (
+    HEAD_KEY,
+    ArtefactStore,
+    BehaviourHead,
+    deletions,
+    encode_head,
+    publication,
+    publish_verdict,
+    to_delete,
+)
 from app.core.versions import HEAD, ModelVersion, Registry, Traffic, compare, encode_version
-from app.errors import WorkerUnreachableError
+from app.errors import SettingError, WorkerUnreachableError
 from app.metrics import scrape, total
 from app.settings import Settings
 
@@ -116,9 +128,10 @@ async def read_models(settings: Settings, within: float = 30.0) -> Registry:
     return registry
 
 
-async def send_models(settings: Settings, records: Iterable[tuple[bytes, bytes]]) -> None:
-    """Publish records on the models topic, in order (a projection before the head that
-    names it)."""
+async def send_models(settings: Settings,
+                      records: Iterable[tuple[bytes, bytes | None]]) -> None:
+    """Publish records on the models topic, in order (a projection, or a behaviour model's
+    chunks, before the head that names it; None: a tombstone)."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(),
                                 max_request_size=4 * 1024 * 1024, **client_security(settings))
     await producer.start()
@@ -142,6 +155,79 @@ async def roll_back(settings: Settings, to: str | None) -> ModelVersion:
         target, origin="command", published_at=int(time.time() * 1000), reward_at=0,
         note=f"rolled back by command from {registry.head.version if registry.head else '-'}")
     await send_models(settings, [(HEAD, encode_version(head))])
+    return head
+
+
+async def read_behaviour(settings: Settings, within: float = 60.0) -> ArtefactStore:
+    """The behaviour models on the models topic, read to its end."""
+    store = ArtefactStore()
+    await read_to_end(settings, settings.topic_models, store.apply, within)
+    return store
+
+
+def model_files(folder: Path) -> tuple[str, dict[str, bytes]]:
+    """The version and files of a behaviour model exported by `streamrec train`."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise SettingError(f"{folder}: not an exported behaviour model ({exc})") from exc
+    if manifest.get("kind") != "behaviour-model":
+        raise SettingError(f"{folder}: its manifest.json is not a behaviour model's")
+    names = ["manifest.json", *manifest["files"]]
+    return str(manifest["version"]), {name: (folder / name).read_bytes() for name in names}
+
+
+async def publish_behaviour(settings: Settings, folder: Path, note: str = "",
+                            origin: str = "publish") -> tuple[BehaviourHead, int]:
+    """Publish an exported behaviour model on the models topic and make it the head: every
+    worker serves it without a restart. Versions beyond the newest ``KEEP`` are deleted.
+    Returns the head and the bytes sent."""
+    version, files = model_files(folder)
+    store = await read_behaviour(settings)
+    now = int(time.time() * 1000)
+    artefact, records = publication(version, files, now, note)
+    head = BehaviourHead(version=version, previous=store.served(), published_at=now,
+                         origin=origin, note=note)
+    kept = {**store.artefacts, version: artefact}
+    stale = to_delete(kept, {version, head.previous})
+    await send_models(settings, [*records, (HEAD_KEY, encode_head(head)),
+                                 *(record for old in stale for record in deletions(old))])
+    return head, artefact.size
+
+
+def served_result(store: ArtefactStore) -> dict[str, Any] | None:
+    """The measured result in the served behaviour model's manifest (None: none served)."""
+    version = store.served()
+    if not version:
+        return None
+    manifest = json.loads(store.files(version)["manifest.json"])
+    result: dict[str, Any] = manifest.get("result", {})
+    return result
+
+
+async def publish_if_better(settings: Settings, folder: Path, note: str, force: bool
+                            ) -> tuple[BehaviourHead | None, str]:
+    """Publish a newly trained behaviour model only when it beats the served one on
+    validation (``publish_verdict``), or when ``force``d; the head (None: not published)
+    and why."""
+    store = await read_behaviour(settings)
+    new = json.loads((folder / "manifest.json").read_text()).get("result", {})
+    better, why = publish_verdict(new, served_result(store))
+    if not (better or force):
+        return None, why
+    head, _ = await publish_behaviour(settings, folder, note, origin="trainer")
+    return head, why if better else f"forced: {why}"
+
+
+async def roll_back_behaviour(settings: Settings, to: str | None) -> BehaviourHead:
+    """Serve a kept behaviour model again (``to``; default: the one the head replaced;
+    "none": no model)."""
+    store = await read_behaviour(settings)
+    target = store.rollback_target(to)
+    head = BehaviourHead(version=target, previous=store.served(),
+                         published_at=int(time.time() * 1000), origin="rollback",
+                         note=f"rolled back by command from {store.served() or 'none'}")
+    await send_models(settings, [(HEAD_KEY, encode_head(head))])
     return head
 
 

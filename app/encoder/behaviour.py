@@ -17,6 +17,10 @@ from app.core.behaviour import FloatArray, ItemSpace
 from app.core.sequence import HashedVocabulary, stored_tokens
 from app.encoder.runtime import session_options
 
+CHUNK = 8
+"""Users per onnxruntime call: per user, calls of 8 cost about half of calls of 64 or 256
+(the activations of a few users stay in cache; `streamrec bench behaviour`)."""
+
 
 @dataclass
 class SequenceModel:
@@ -51,8 +55,11 @@ class SequenceModel:
         if not rows:
             return out
         batch = stored_tokens([sequences[n] for n in rows], self.vocabulary, self.length)
-        vectors = self.session.run(["user"], {"items": batch.items, "kinds": batch.kinds,
-                                              "gaps": batch.gaps})[0]
+        vectors = np.concatenate([
+            self.session.run(["user"], {"items": batch.items[at:at + CHUNK],
+                                        "kinds": batch.kinds[at:at + CHUNK],
+                                        "gaps": batch.gaps[at:at + CHUNK]})[0]
+            for at in range(0, len(rows), CHUNK)])
         for n, vector in zip(rows, vectors, strict=True):
             out[n] = vector.astype(np.float32)
         return out

@@ -38,11 +38,19 @@ OPSET = 18
 
 
 class _UserVectors(nn.Module):
-    def __init__(self, model: BehaviourModel) -> None:
+    """The graph the worker runs: user vectors, the last block computing the last position
+    only (``every_position``: the graph before that, every position then the last, kept
+    as the baseline of `streamrec bench behaviour`)."""
+
+    def __init__(self, model: BehaviourModel, every_position: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.every_position = every_position
 
     def forward(self, items: Tensor, kinds: Tensor, gaps: Tensor) -> Tensor:
+        if self.every_position:
+            every: Tensor = self.model(items, kinds, gaps)[:, -1]
+            return every
         vectors: Tensor = self.model.user_vectors(items, kinds, gaps)
         return vectors
 
@@ -56,9 +64,11 @@ def content_hash(folder: Path, names: Sequence[str]) -> str:
 
 
 def export(model: BehaviourModel, item_ids: Sequence[str], sample: Tokens, folder: Path,
-           result: dict[str, Any] | None = None) -> dict[str, Any]:
+           result: dict[str, Any] | None = None, every_position: bool = False
+           ) -> dict[str, Any]:
     """Write the artefact for ``model`` (vocabulary ``item_ids``) to ``folder``, check the
-    ONNX graph against torch on ``sample`` (real histories) and return the manifest."""
+    ONNX graph against torch on ``sample`` (real histories) and return the manifest.
+    ``every_position``: the slower graph of before (a benchmark's baseline)."""
     import onnxruntime as ort
 
     model.eval()
@@ -75,8 +85,9 @@ def export(model: BehaviourModel, item_ids: Sequence[str], sample: Tokens, folde
         warnings.filterwarnings("ignore", ".*The axis name", UserWarning)
         batch = torch.export.Dim("batch", min=1, max=65_536)
         program = torch.onnx.export(
-            _UserVectors(model).eval(), dummy, input_names=["items", "kinds", "gaps"],
-            output_names=["user"], opset_version=OPSET, dynamo=True, verbose=False,
+            _UserVectors(model, every_position).eval(), dummy,
+            input_names=["items", "kinds", "gaps"], output_names=["user"],
+            opset_version=OPSET, dynamo=True, verbose=False,
             dynamic_shapes=({0: batch}, {0: batch}, {0: batch}))
         if program is None:
             raise RuntimeError("torch.onnx.export returned no program")

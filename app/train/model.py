@@ -71,8 +71,11 @@ class BehaviourModel(nn.Module):
             table = table + self.text_projection(self.text)
         return table
 
-    def forward(self, items: Tensor, kinds: Tensor, gaps: Tensor) -> Tensor:
-        """Hidden states (batch, length, dim) for left-padded token arrays (batch, length)."""
+    def forward(self, items: Tensor, kinds: Tensor, gaps: Tensor,
+                last_only: bool = False) -> Tensor:
+        """Hidden states (batch, length, dim) for left-padded token arrays (batch, length);
+        with ``last_only``, the last position's only, (batch, 1, dim): the last block then
+        computes that one position (the same numbers, about half the work with 2 blocks)."""
         length = items.shape[1]
         table = self.item_table()
         positions = torch.arange(length, device=items.device)
@@ -81,39 +84,47 @@ class BehaviourModel(nn.Module):
         x = self.dropout(x) * (items > 0).unsqueeze(-1)
         causal: Tensor = self.causal   # type: ignore[assignment]  # a registered buffer
         mask = causal[:length, :length]
-        for layer in self.blocks.layers:
-            x = _block(layer, x, mask)
+        layers = list(self.blocks.layers)
+        for n, layer in enumerate(layers):
+            x = _block(layer, x, mask, last_only and n == len(layers) - 1)
         normed: Tensor = self.norm(x)
         return normed
 
     def user_vectors(self, items: Tensor, kinds: Tensor, gaps: Tensor) -> Tensor:
         """The last position's hidden state: what the model expects next, (batch, dim)."""
-        return self.forward(items, kinds, gaps)[:, -1]
+        return self.forward(items, kinds, gaps, last_only=True)[:, -1]
 
     def scores(self, items: Tensor, kinds: Tensor, gaps: Tensor) -> Tensor:
         """Every item's score for each user's next event, (batch, items + 1)."""
         return self.user_vectors(items, kinds, gaps) @ self.item_table().T
 
 
-def _block(layer: nn.TransformerEncoderLayer, x: Tensor, mask: Tensor) -> Tensor:
+def _block(layer: nn.TransformerEncoderLayer, x: Tensor, mask: Tensor,
+           last_only: bool = False) -> Tensor:
     """One pre-norm block, computed from the layer's own parameters: what
     ``nn.TransformerEncoderLayer`` computes with ``norm_first=True`` and GELU, written out so
     that it exports to ONNX as it runs in torch (the layer's fused inference path and its
-    causal-mask detection do not export faithfully)."""
+    causal-mask detection do not export faithfully). With ``last_only`` only the last
+    position is computed (it attends to every position; the causal mask's last row is 0)."""
     attention = layer.self_attn
     heads = attention.num_heads
     batch, length, dim = x.shape
     normed = layer.norm1(x)
-    q, k, v = functional.linear(normed, attention.in_proj_weight,
-                                attention.in_proj_bias).chunk(3, dim=-1)
+    k, v = functional.linear(normed, attention.in_proj_weight[dim:],
+                             attention.in_proj_bias[dim:]).chunk(2, dim=-1)
+    if last_only:
+        x, normed, mask, rows = x[:, -1:], normed[:, -1:], mask[-1:], 1
+    else:
+        rows = length
+    q = functional.linear(normed, attention.in_proj_weight[:dim], attention.in_proj_bias[:dim])
 
-    def split(t: Tensor) -> Tensor:
-        return t.reshape(batch, length, heads, dim // heads).transpose(1, 2)
+    def split(t: Tensor, n: int) -> Tensor:
+        return t.reshape(batch, n, heads, dim // heads).transpose(1, 2)
 
-    weights = torch.softmax(split(q) @ split(k).transpose(-2, -1) * (dim // heads) ** -0.5
-                            + mask, dim=-1)
+    weights = torch.softmax(split(q, rows) @ split(k, length).transpose(-2, -1)
+                            * (dim // heads) ** -0.5 + mask, dim=-1)
     weights = functional.dropout(weights, attention.dropout, layer.training)
-    mixed = (weights @ split(v)).transpose(1, 2).reshape(batch, length, dim)
+    mixed = (weights @ split(v, length)).transpose(1, 2).reshape(batch, rows, dim)
     x = x + layer.dropout1(attention.out_proj(mixed))
     hidden = layer.linear2(layer.dropout(functional.gelu(layer.linear1(layer.norm2(x)))))
     out: Tensor = x + layer.dropout2(hidden)

@@ -218,6 +218,16 @@ def plot_curve(curve: Curve, path: Path, title: str) -> Path | None:
     return path
 
 
+def load_checkpoint(path: Path) -> BehaviourModel:
+    """A model saved by :func:`save` (its ``.pt``), in eval mode."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    config = ModelConfig(**saved["config"])
+    text = torch.zeros(config.items + 1, config.text_dim) if config.text_dim else None
+    model = BehaviourModel(config, text)   # the text buffer comes with the weights
+    model.load_state_dict(saved["model"])
+    return model.eval()
+
+
 def save(path: Path, model: BehaviourModel, curve: Curve, result: dict[str, float],
          config: TrainConfig) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

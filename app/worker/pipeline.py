@@ -66,6 +66,7 @@ from app.encoder.behaviour import SequenceModel
 from app.encoder.runtime import Encoder, FloatArray
 from app.metrics import Metrics
 from app.settings import Settings
+from app.worker.behaviour import BehaviourModels
 from app.worker.feedback import LEARNING, FeedbackLoop
 from app.worker.results import KeyResult, count_failure
 
@@ -125,7 +126,11 @@ class Pipeline:
         self._profiles = profiles
         self._users = users
         self._remember = remember
-        self.sequence_model = sequence_model
+        self.sequence_model: SequenceModel | None = None
+        self.behaviour_models = BehaviourModels(
+            settings.data_dir / "behaviour-models", metrics, self.use_behaviour,
+            served=sequence_model.version if sequence_model is not None else "")
+        self.use_behaviour(sequence_model)
         self._exploration = Exploration(epsilon=settings.exploration_epsilon)
         self.served = ServedLists(settings.pull_cache_users,
                                   settings.pull_cache_seconds * 1000)
@@ -273,6 +278,8 @@ class Pipeline:
         vectors = await asyncio.to_thread(model.user_vectors, [s.sequence for s in states])
         self.metrics.encoder_seconds.labels("behaviour").observe(time.perf_counter() - started)
         self.metrics.behaviour_vectors.inc(len(states))
+        if self.sequence_model is not model:   # swapped meanwhile: another model's space
+            return [None] * len(states)
         return vectors
 
     async def _recommend(self, result: KeyResult[UserState, Event], request: Request,
@@ -348,9 +355,25 @@ class Pipeline:
                      self.catalogue_synced, loaded, failed=self._follow_failed("catalogue"))
 
     async def follow_models(self) -> None:
-        """Read the whole models topic, then keep following it."""
-        await follow(self.settings, self.settings.topic_models, self.feedback.apply_model,
+        """Read the whole models topic, then keep following it: the ranker's versions and
+        the behaviour models."""
+        def apply(key: bytes | None, value: bytes | None) -> None:
+            self.feedback.apply_model(key, value)
+            self.behaviour_models.apply(key, value)
+
+        await follow(self.settings, self.settings.topic_models, apply,
                      self.feedback.synced, failed=self._follow_failed("models"))
+
+    def use_behaviour(self, model: SequenceModel | None) -> None:
+        """Serve ``model`` (None: none) from the next batch on; a batch whose user vectors
+        came from the model before is ranked without them (``_behaviour``)."""
+        before = self.sequence_model
+        self.sequence_model = model
+        self.recommender.behaviour = model.space if model is not None else None
+        if before is not None:
+            self.metrics.behaviour_model_info.remove(before.version)
+        if model is not None:
+            self.metrics.behaviour_model_info.labels(model.version).set(1)
 
     def _follow_failed(self, stage: str) -> Callable[[str, BaseException], None]:
         def failed(topic: str, exc: BaseException) -> None:

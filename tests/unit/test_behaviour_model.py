@@ -72,7 +72,7 @@ def test_the_exported_model_serves_what_torch_computes_from_the_worker_s_stored_
     config = ModelConfig(items=len(ITEMS), length=16, dim=16, blocks=1, dropout=0.0)
     model, _, _ = train(split, config, TrainConfig(epochs=30, batch=32, lr=5e-3))
     by_user = histories(split, Vocabulary(split.items))
-    users = sorted(by_user)[:8]
+    users = sorted(by_user)[:12]   # two onnxruntime calls of at most CHUNK users
     folder = Path(str(tmp_path)) / "model"
     manifest = export(model, split.items, tokens([by_user[u] for u in users], 16), folder)
     assert manifest["parity_max_abs"] < 1e-4
@@ -104,3 +104,18 @@ def test_the_exported_model_serves_what_torch_computes_from_the_worker_s_stored_
         ranked = space.top(space.log_lift(vector[None, :])[0], len(ITEMS))
         hits += split.targets[user].item_id in [i for i in ranked if i not in seen][:10]
     assert hits >= 7
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_the_user_vector_computes_only_the_last_position_and_reads_the_same(heads: int) -> None:
+    torch.manual_seed(3)
+    model = BehaviourModel(ModelConfig(items=len(ITEMS), length=12, dim=16, blocks=2,
+                                       heads=heads)).eval()
+    items = torch.randint(0, len(ITEMS) + 1, (5, 12))
+    items[0, :7] = 0                                  # a short, left-padded history
+    kinds, gaps = torch.randint(1, 3, (5, 12)), torch.randint(1, 4, (5, 12))
+    with torch.no_grad():
+        every = model(items, kinds, gaps)[:, -1]      # all positions, then the last
+        last = model.user_vectors(items, kinds, gaps)
+    assert last.shape == (5, 16)
+    assert torch.allclose(every, last, atol=1e-5)
