@@ -589,7 +589,8 @@ def bench_pipeline(
     = None,
     profile: Annotated[Path | None, typer.Option(
         help="Profile the StreamRec worker with py-spy while it works off the backlog and "
-             "write where the time went to this file (and to F-pull for the pull phase).")]
+             "write where the time went to this file (to F-model for the worker serving "
+             "--behaviour-model, and to F-pull for the pull phase).")]
     = None,
     profile_paced: Annotated[bool, typer.Option(
         help="With --profile, also profile the paced phase (to F-latency). The sampler "

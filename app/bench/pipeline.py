@@ -363,14 +363,17 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             group = f"{settings.app_id}-{len(rates)}"
             say(f"{name}: working off the backlog")
             _start_variant(run_, module, overrides, group, empty_items, workdir)
-            spy = _start_profiler(run_, workdir / "profile.txt") \
-                if profile is not None and name == "streamrec" else None
+            profiled = name in ("streamrec", WITH_MODEL)   # the model's cost: side by side
+            target = profile if name == "streamrec" or profile is None else \
+                profile.with_name(f"{profile.stem}-model{profile.suffix}")
+            spy = _start_profiler(run_, workdir / f"profile-{name}.txt") \
+                if target is not None and profiled else None
             assert run_.worker is not None
             rates[name], per_core[name] = await _drain_rate(settings, group, ends, run_.alive,
                                                             run_.worker.pid)
-            if spy is not None and profile is not None:
-                await _write_profile(spy, workdir / "profile.txt", profile)
-                say(f"  profile: {profile}")
+            if spy is not None and target is not None:
+                await _write_profile(spy, workdir / f"profile-{name}.txt", target)
+                say(f"  profile: {target}")
             if name == "streamrec":
                 shape = batch_shape(await asyncio.to_thread(scrape, run_.metrics_url))
                 say(shape_line(shape))
