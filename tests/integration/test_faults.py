@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -29,6 +30,9 @@ from tests.support.events import TS
 from tests.support.kafka_io import history_of, latest_by_key, produce, read_topic
 from tests.support.worker import WorkerProcess, isolated_env
 
+RESTART_CYCLES = int(os.environ.get("STREAMREC_TEST_RESTART_CYCLES", "2"))
+"""Rounds of the restart test (each restarts both workers); `make test` runs 2, a longer
+soak sets more (BENCHMARKS.md, "Reliability")."""
 ITEM_DELETE = b'{"v":1,"op":"delete","event_id":"e","item_id":"\\ufffd","ts":1700000000000}'
 
 
@@ -133,14 +137,14 @@ def test_restarts_lose_nothing_and_apply_nothing_twice(
         stream = Stream(kafka.bootstrap, env_a["STREAMREC_TOPIC_EVENTS"], users,
                         rate=1_500).start()
         try:
-            for cycle in range(2):
+            for cycle in range(RESTART_CYCLES):
                 for worker in workers:   # stopped or killed, then started again, in turn
                     time.sleep(3)
                     if how == "sigterm":
                         worker.stop()
                     else:
                         worker.kill()
-                        if cycle == 1:
+                        if cycle % 2 == 1:   # every other kill on an empty disk
                             shutil.rmtree(worker.env["STREAMREC_DATA_DIR"])
                     worker.start().wait_ready(within=120)
                     print(f"cycle {cycle}: restarted {worker.log.name}")
