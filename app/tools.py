@@ -178,12 +178,14 @@ def model_files(folder: Path) -> tuple[str, dict[str, bytes]]:
 
 
 async def publish_behaviour(settings: Settings, folder: Path, note: str = "",
-                            origin: str = "publish") -> tuple[BehaviourHead, int]:
+                            origin: str = "publish", store: ArtefactStore | None = None
+                            ) -> tuple[BehaviourHead, int]:
     """Publish an exported behaviour model on the models topic and make it the head: every
     worker serves it without a restart. Versions beyond the newest ``KEEP`` are deleted.
-    Returns the head and the bytes sent."""
+    ``store``: the topic as already read (read here when None). Returns the head and the
+    bytes sent."""
     version, files = model_files(folder)
-    store = await read_behaviour(settings)
+    store = store if store is not None else await read_behaviour(settings)
     now = int(time.time() * 1000)
     artefact, records = publication(version, files, now, note)
     head = BehaviourHead(version=version, previous=store.served(), published_at=now,
@@ -215,7 +217,7 @@ async def publish_if_better(settings: Settings, folder: Path, note: str, force: 
     better, why = publish_verdict(new, served_result(store))
     if not (better or force):
         return None, why
-    head, _ = await publish_behaviour(settings, folder, note, origin="trainer")
+    head, _ = await publish_behaviour(settings, folder, note, origin="trainer", store=store)
     return head, why if better else f"forced: {why}"
 
 
