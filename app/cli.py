@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -353,16 +354,41 @@ def train(
                           "validation NDCG@10 beats the served model's on the same dataset: "
                           "every worker serves it without a restart.")] = False,
     force: Annotated[bool, typer.Option(
-        help="With --publish: publish even when it does not beat the served model.")]
+        help="With --publish or --stream: publish even when it does not beat the served "
+             "model.")]
     = False,
+    stream: Annotated[bool, typer.Option(
+        help="Train from the stream instead of a dataset: follow the events, items and users "
+             "topics (STREAMREC_BROKER_URL; own consumer group), train a round every --every "
+             "item events (the first --epochs epochs, then --update-epochs, warm-started), "
+             "publish a round's model when it beats the served one on the same newest "
+             "held-back events. Resumes from --out after a stop.")] = False,
+    every: Annotated[int, typer.Option(
+        help="--stream: item events between rounds.")] = 10_000,
+    interval: Annotated[float, typer.Option(
+        help="--stream: seconds after which any new item events start a round.")] = 300.0,
+    update_epochs: Annotated[int, typer.Option(
+        help="--stream: epochs of each round after the first.")] = 2,
+    valid_users: Annotated[int, typer.Option(
+        help="--stream: held-back events (the newest users' last) a round is judged on.")]
+    = 2_000,
+    rounds: Annotated[int, typer.Option(
+        help="--stream: stop after this many rounds (0: run until stopped).")] = 0,
 ) -> None:
     """Train the behaviour model (a causal transformer over each user's item events, full
     softmax) on a MovieLens split: validated on each user's last streamed event, measured on
     the split's targets at the end of the stream (NDCG@10, HR@10). Needs the training extra:
     `pip install -e '.[train]'`. The best epoch is exported for the worker
-    (STREAMREC_BEHAVIOUR_MODEL): ONNX, checked against torch."""
+    (STREAMREC_BEHAVIOUR_MODEL): ONNX, checked against torch. With --stream, trains from the
+    events topic instead and keeps training as events arrive (docs/behaviour-model.md)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    if stream:
+        _train_stream(StreamArgs(
+            epochs=epochs, seed=seed, length=length, dim=dim, blocks=blocks, heads=heads,
+            dropout=dropout, text=text, out=out, force=force, every=every, interval=interval,
+            update_epochs=update_epochs, valid_users=valid_users, rounds=rounds))
+        return
     from app.evaluation.split import load
     from app.train.export import export
     from app.train.model import ModelConfig
@@ -414,6 +440,55 @@ def train(
             get_settings(), path, f"{dataset}, seed {seed}, {epochs} epochs", force))
         typer.echo(f"published {head.version}: every worker serves it ({why})" if head else
                    f"not published: {why} (--force publishes anyway)", err=True)
+
+
+@dataclass(frozen=True)
+class StreamArgs:
+    epochs: int
+    seed: int
+    length: int
+    dim: int
+    blocks: int
+    heads: int
+    dropout: float
+    text: bool
+    out: Path | None
+    force: bool
+    every: int
+    interval: float
+    update_epochs: int
+    valid_users: int
+    rounds: int
+
+
+def _train_stream(args: StreamArgs) -> None:
+    """`streamrec train --stream`: rounds until stopped (or --rounds), one line each."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from app.train.stream import StreamOptions, run
+
+    settings = get_settings()
+    options = StreamOptions(
+        every_events=args.every, interval_seconds=args.interval, first_epochs=args.epochs,
+        update_epochs=args.update_epochs, seed=args.seed, valid_users=args.valid_users,
+        rounds=args.rounds, force=args.force, length=args.length, dim=args.dim,
+        blocks=args.blocks, heads=args.heads, dropout=args.dropout, text=args.text)
+    out = args.out or Path.home() / ".cache" / "streamrec" / "stream" / settings.app_id
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
+            "{task.completed:,.0f}/{task.total:,.0f}"), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("reading the stream", total=args.every)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=stage, completed=min(done, total), total=total)
+
+        try:
+            records = asyncio.run(run(settings, options, out, bar.console.print, progress))
+        except KeyboardInterrupt:
+            records = []
+    typer.echo(json.dumps({"rounds": records, "saved": str(out),
+                           "plot": str(out / "rounds.png")}, indent=2))
 
 
 @cli.command()
@@ -677,6 +752,31 @@ def bench_behaviour(
     report = behaviour_bench.run(weights, dataset, [int(b) for b in batches.split(",")],
                                  users, repeats, lambda text: typer.echo(text, err=True))
     typer.echo(json.dumps(report) if json_output else behaviour_bench.markdown(report))
+
+
+@bench_cli.command("trainer")
+def bench_trainer(
+    dataset: Annotated[str, typer.Option(help="ml-100k or ml-1m: its split's stream.")]
+    = "ml-1m",
+    head: Annotated[float, typer.Option(
+        help="Share of the stream on the topic before the first round.")] = 0.9,
+    first_epochs: Annotated[int, typer.Option(help="Epochs of the first round.")] = 10,
+    update_epochs: Annotated[int, typer.Option(help="Epochs of the update round.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seeds the rounds.")] = 0,
+    broker: Annotated[str | None, typer.Option(
+        help="An existing broker's bootstrap servers; default: a fresh Apache Kafka.")]
+    = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """The stream trainer (`train --stream`) on a dataset's stream through Kafka: a first
+    round on the first part, then the time from the rest arriving to a new version
+    published, each round's validation against the served model, peak memory. Needs the
+    training extra."""
+    from app.bench import trainer as trainer_bench
+
+    report = asyncio.run(trainer_bench.run(dataset, head, first_epochs, update_epochs, broker,
+                                           lambda text: typer.echo(text, err=True), seed))
+    typer.echo(json.dumps(report) if json_output else trainer_bench.markdown(report))
 
 
 @bench_cli.command("index")

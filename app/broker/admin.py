@@ -171,6 +171,18 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> Non
         await asyncio.sleep(0.1)
 
 
+async def partition_counts(settings: Settings, names: list[str]) -> dict[str, int]:
+    """How many partitions each of ``names`` has (0: the topic does not exist)."""
+    admin = _admin(settings)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(names)
+        return {t["topic"]: (len(t["partitions"]) if t["error_code"] == 0 else 0)
+                for t in described}
+    finally:
+        await admin.close()
+
+
 async def cluster_id(settings: Settings) -> str:
     """The cluster id the brokers report (a new one after an embedded broker restart)."""
     cluster = await wait_until_ready(settings)
