@@ -806,7 +806,9 @@ def replay(
              "no-encoder and no-covisit (learning), and feedback (simulated clicks; the "
              "learning-vs-frozen A/B, half and half), sequence (frozen plus the behaviour "
              "model as a source and a feature) and sequence-only (the behaviour model "
-             "alone); both serve --sequence-model.")]
+             "alone); both serve --sequence-model; sequence-stream (as sequence, the model "
+             "trained from the stream during the replay: a `train --stream` round every "
+             "--train-every events, so its online lists are scored too).")]
     = "streamrec,frozen,feedback,no-encoder,no-covisit",
     k: Annotated[int, typer.Option(help="Items per published recommendation.")] = 50,
     rate: Annotated[float | None, typer.Option(
@@ -824,16 +826,27 @@ def replay(
     sequence_model: Annotated[Path | None, typer.Option(
         help="The behaviour model the sequence variants serve (a folder `streamrec train` "
              "exported); default: ~/.cache/streamrec/models/<dataset>-seed0.")] = None,
+    train_every: Annotated[int, typer.Option(
+        help="sequence-stream: events between training rounds (the model's staleness).")]
+    = 150_000,
+    train_epochs: Annotated[int, typer.Option(
+        help="sequence-stream: epochs of the first round.")] = 10,
+    train_update_epochs: Annotated[int, typer.Option(
+        help="sequence-stream: epochs of every later round (warm-started).")] = 2,
+    train_seed: Annotated[int, typer.Option(help="sequence-stream: the rounds' seed.")] = 0,
 ) -> None:
     """Stream a MovieLens dataset through the real pipeline (broker, worker, encoder), each
     user's last rating withheld, and keep what it recommended, and what it answers for
     every user when asked at the end of the stream; `streamrec eval` scores both."""
+    from app.evaluation.replay import StreamTraining
     from app.evaluation.runner import run_replays
 
+    training = StreamTraining(every=train_every, first_epochs=train_epochs,
+                              update_epochs=train_update_epochs, seed=train_seed)
     model = sequence_model or Path.home() / ".cache" / "streamrec" / "models" / \
         f"{dataset}-seed0"
     asyncio.run(run_replays(dataset, variants.split(","), k, rate, window, partitions, broker,
-                            out, cold_items, model))
+                            out, cold_items, model, training))
 
 
 @cli.command("eval")

@@ -61,14 +61,20 @@ VARIANTS = {
     # with the behaviour model (`streamrec train`): beside the ranker's signals, and alone
     "sequence": "encoder,covisit,popular,sequence",
     "sequence-only": "sequence",
+    # the same as `sequence`, the model trained from the stream during the replay
+    # (`streamrec train --stream`, a round every StreamTraining.every events)
+    "sequence-stream": "encoder,covisit,popular,sequence",
 }
 SEQUENCE_VARIANTS = frozenset({"sequence", "sequence-only"})
+"""Variants serving a model trained offline on the whole stream: no online figure."""
+STREAM_TRAINED = "sequence-stream"
 # who is served what the online learner learns (the worker's A/B experiment): everyone,
 # except in `frozen` and the behaviour model's variants (nobody: the documented defaults,
 # the reference the feedback run's halves are paired with) and `feedback` (the worker's
 # default split, half and half)
 EXPERIMENTS = {"frozen": "frozen=1", "feedback": "frozen=0.5,learning=0.5",
-               "sequence": "frozen=1", "sequence-only": "frozen=1"}
+               "sequence": "frozen=1", "sequence-only": "frozen=1",
+               "sequence-stream": "frozen=1"}
 LEARNING_FOR_ALL = "learning=1"
 # the share of item events the learner learns from (STREAMREC_BEHAVIOUR_SAMPLE: off by
 # default in a worker, for its cost in throughput; docs/feedback.md)
@@ -122,6 +128,22 @@ class ReplayRun:
     @classmethod
     def load(cls, path: Path) -> ReplayRun:
         return cls(**json.loads(path.read_text()))
+
+
+@dataclass(frozen=True)
+class StreamTraining:
+    """How the `sequence-stream` variant trains its model during the replay: the producer
+    stops every ``every`` events, waits until the worker has processed them, runs one
+    round of `streamrec train --stream` (its first ``first_epochs``, then
+    ``update_epochs``, warm) and, when the round publishes, waits until the worker serves
+    the new version. A list is thus made by a model trained on events up to ``every``
+    events older than it (its staleness), never on the rating it is scored on. After the
+    last events a final round runs before the end-of-stream lists are asked."""
+
+    every: int = 150_000
+    first_epochs: int = 10
+    update_epochs: int = 2
+    seed: int = 0
 
 
 def stream_records(split: Split) -> list[tuple[bytes, bytes, str]]:
@@ -278,7 +300,8 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
                  say: Callable[[str], None] = print,
                  progress: Callable[[int, int, float], None] | None = None,
                  pull_progress: Callable[[int, int, float], None] | None = None,
-                 behaviour_model: Path | None = None
+                 behaviour_model: Path | None = None,
+                 training: StreamTraining | None = None,
                  ) -> ReplayRun:
     """Stream ``split`` through a fresh worker (its own topics and group) and collect what it
     published; the ``sequence`` variants' worker serves ``behaviour_model``."""
@@ -322,10 +345,22 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
             f"{time.monotonic() - began:.1f}s")
         records = stream_records(split)
         began = time.monotonic()
-        await produce_records(broker, settings.topic_events, records, rate, sent, {},
-                              gate=flow_control(run, window), progress=progress, linger_ms=2)
-        await wait_processed(run, len(records), progress=progress, began=began)
-        seconds = time.monotonic() - began
+        if variant == STREAM_TRAINED:
+            rounds = await _stream_trained(run, records, rate, sent, window, training
+                                           or StreamTraining(), workdir / variant, say,
+                                           progress, began)
+            served = {"stream_rounds": rounds, "training": asdict(
+                training or StreamTraining()), **({"version": rounds[-1].get("published")
+                                                   or rounds[-1].get("served")}
+                                                  if rounds else {})}
+            training_seconds = sum(r["wall_seconds"] for r in rounds)
+        else:
+            await produce_records(broker, settings.topic_events, records, rate, sent, {},
+                                  gate=flow_control(run, window), progress=progress,
+                                  linger_ms=2)
+            await wait_processed(run, len(records), progress=progress, began=began)
+            training_seconds = 0.0
+        seconds = time.monotonic() - began - training_seconds
         published = total(await asyncio.to_thread(scrape, run.metrics_url),
                           "streamrec_recommendations_total")
         deadline = time.monotonic() + 120
@@ -362,6 +397,63 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         end_lists=end_lists,
         behaviour_model=served,
     )
+
+
+async def _stream_trained(run: WorkerRun, records: list[tuple[bytes, bytes, str]],
+                          rate: float | None, sent: dict[str, float], window: int,
+                          training: StreamTraining, workdir: Path,
+                          say: Callable[[str], None],
+                          progress: Callable[[int, int, float], None] | None,
+                          began: float) -> list[dict[str, Any]]:
+    """Produce ``records`` in parts of ``training.every``, a trainer round after each
+    (StreamTraining); the rounds' records, each with its wall-clock seconds."""
+    import sys
+
+    settings = run.settings
+    command = [sys.executable, "-m", "app.cli", "train", "--stream", "--rounds", "1",
+               "--out", str(workdir / "trainer"), "--epochs", str(training.first_epochs),
+               "--update-epochs", str(training.update_epochs), "--seed", str(training.seed),
+               "--interval", "1e9"]
+    rounds: list[dict[str, Any]] = []
+    for start in range(0, len(records), training.every):
+        part = records[start:start + training.every]
+        await produce_records(run.env["STREAMREC_BROKER_URL"], settings.topic_events, part,
+                              rate, sent, {}, gate=flow_control(run, window, already=start),
+                              progress=progress, linger_ms=2)
+        await wait_processed(run, start + len(part), progress=progress, began=began)
+        stopped = time.monotonic()
+        with (workdir / "trainer.log").open("ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                *command, "--every", str(len(part)), env=run.env,
+                stdout=asyncio.subprocess.PIPE, stderr=log)
+            out, _ = await process.communicate()
+        if process.returncode:
+            raise RuntimeError(f"the trainer exited with {process.returncode}; see "
+                               f"{workdir / 'trainer.log'}")
+        record: dict[str, Any] = json.loads(out)["rounds"][-1]
+        if record.get("published"):
+            await _wait_serving(run, record["published"])
+        record["wall_seconds"] = round(time.monotonic() - stopped, 1)
+        record["after_events"] = start + len(part)
+        rounds.append(record)
+        say(f"{STREAM_TRAINED}: round {record['round']} after {start + len(part):,} events, "
+            f"validation NDCG@10 {record['valid_ndcg@10']:.4f} (served "
+            f"{record.get('served_valid_ndcg@10') or '-'}): "
+            f"{'published' if record.get('published') else 'kept'}, "
+            f"{record['wall_seconds']:.0f} s")
+    return rounds
+
+
+async def _wait_serving(run: WorkerRun, version: str, within: float = 300.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        model = await asyncio.to_thread(_model_of, run.base_url)
+        if (model.get("behaviour_model") or {}).get("version") == version:
+            return
+        if not run.alive():
+            raise RuntimeError(f"the worker exited; see {run.log}")
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"the worker did not serve {version} within {within:.0f} s")
 
 
 def summary(run: ReplayRun) -> dict[str, Any]:

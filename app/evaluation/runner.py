@@ -15,7 +15,7 @@ import typer
 from app.broker.apache import KafkaBroker
 from app.demo import Display
 from app.evaluation import report as reporting
-from app.evaluation.replay import VARIANTS, ReplayRun, replay, summary
+from app.evaluation.replay import VARIANTS, ReplayRun, StreamTraining, replay, summary
 from app.evaluation.split import load
 
 
@@ -37,8 +37,8 @@ def label(dataset: str, cold_items: float) -> str:
 
 async def run_replays(dataset: str, variants: list[str], k: int, rate: float | None,
                       window: int, partitions: int, broker: str | None, out: Path,
-                      cold_items: float = 0.0, behaviour_model: Path | None = None
-                      ) -> None:
+                      cold_items: float = 0.0, behaviour_model: Path | None = None,
+                      training: StreamTraining | None = None) -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise typer.BadParameter(f"unknown variants {unknown}; known: {list(VARIANTS)}")
@@ -60,7 +60,7 @@ async def run_replays(dataset: str, variants: list[str], k: int, rate: float | N
                                partitions=partitions, say=display.line,
                                progress=_progress(display, variant),
                                pull_progress=_progress(display, variant, "users asked"),
-                               behaviour_model=behaviour_model)
+                               behaviour_model=behaviour_model, training=training)
             path = run.save(out / label(dataset, cold_items))
             s = summary(run)
             display.status(
