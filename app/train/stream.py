@@ -12,8 +12,10 @@ worker does (``app.train.history``) and, every ``every_events`` new item events 
 2. validation holds back the last event of the users whose last event arrived since the
    previous round (no model has trained on it), newest first, up to ``valid_users``;
    everything else is trained on, full-softmax cross-entropy at every position;
-3. the first round trains ``first_epochs`` epochs, later ones ``update_epochs``; the best
-   epoch on validation is kept (a warm round's epoch 0 is the model as it was);
+3. the first round trains ``first_epochs`` epochs, later ones ``update_epochs``, going on
+   from the last round's last weights and Adam moments (rounds add up to one long run);
+   the round's candidate is its best epoch on validation (a warm round's epoch 0 is the
+   model as it was);
 4. the round's model is exported (ONNX, parity-checked against torch) and published on the
    models topic only when its validation NDCG@10 beats the served model's measured on the
    same held-back events (the served artefact is read back from the topic and scored with
@@ -82,9 +84,22 @@ class StreamOptions:
     logits_bytes: int = 256 * 1024 * 1024   # a training step's logits, at most (chunked)
 
 
+Moments = dict[str, dict[str, torch.Tensor]]
+
+
+@dataclass
+class Trained:
+    """Where training goes on from: the last epoch's weights and the optimiser's moments
+    (by parameter name), so that rounds of a few epochs add up to one long run."""
+
+    model: BehaviourModel
+    moments: Moments = field(default_factory=dict)
+
+
 @dataclass
 class RoundResult:
-    model: BehaviourModel
+    model: BehaviourModel                   # the best epoch on validation: the candidate
+    latest: Trained
     vocabulary: list[str]
     curve: Curve
     valid_ndcg: float
@@ -261,7 +276,37 @@ def served_ranks(folder: Path, prefixes: Sequence[bytes], targets: npt.NDArray[n
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def train_round(previous: BehaviourModel | None, history: StreamHistory,
+def _restore(optimizer: torch.optim.Adam, model: BehaviourModel, moments: Moments) -> None:
+    """Put saved Adam moments back on ``model``'s parameters; the item table's rows for
+    items added since start at zero, like a fresh parameter's."""
+    for name, parameter in model.named_parameters():
+        saved = moments.get(name)
+        if saved is None:
+            continue
+        state = {}
+        for key in ("exp_avg", "exp_avg_sq"):
+            old = saved[key]
+            if old.shape == parameter.shape:
+                state[key] = old.clone()
+            elif old.shape[1:] == parameter.shape[1:] and old.shape[0] <= parameter.shape[0]:
+                grown = torch.zeros_like(parameter)
+                grown[:old.shape[0]] = old
+                state[key] = grown
+        if len(state) == 2:
+            optimizer.state[parameter] = {"step": saved["step"].clone(), **state}
+
+
+def _moments(optimizer: torch.optim.Adam, model: BehaviourModel) -> Moments:
+    out: Moments = {}
+    for name, parameter in model.named_parameters():
+        state = optimizer.state.get(parameter)
+        if state:
+            out[name] = {k: torch.as_tensor(v).detach().clone() for k, v in state.items()
+                         if k in ("step", "exp_avg", "exp_avg_sq")}
+    return out
+
+
+def train_round(previous: Trained | None, history: StreamHistory,
                 text: torch.Tensor | None, options: StreamOptions,
                 progress: Progress = lambda stage, done, total: None) -> RoundResult:
     """One round over what the history holds now (see the module's description)."""
@@ -274,7 +319,7 @@ def train_round(previous: BehaviourModel | None, history: StreamHistory,
     config = ModelConfig(items=len(ids), length=options.length, dim=options.dim,
                          blocks=options.blocks, heads=options.heads, dropout=options.dropout,
                          text_dim=0 if text is None else int(text.shape[1]))
-    model = grow(previous, config, text)
+    model = grow(None if previous is None else previous.model, config, text)
     fresh = history.fresh(options.valid_users)
     held = set(fresh)
     prefixes: list[bytes] = []
@@ -289,6 +334,8 @@ def train_round(previous: BehaviourModel | None, history: StreamHistory,
                  for u in history.users(2)]
     sequences = [s for s in sequences if len(s) >= 2 * size]
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, betas=(0.9, 0.98))
+    if previous is not None:
+        _restore(optimizer, model, previous.moments)
     epochs = options.update_epochs if previous is not None else options.first_epochs
     curve = Curve()
     best: tuple[float, float, int, dict[str, torch.Tensor]] | None = None
@@ -324,10 +371,13 @@ def train_round(previous: BehaviourModel | None, history: StreamHistory,
     if best is None:   # no epochs asked, nothing before: the fresh model is the result
         ndcg, hr = ndcg_hr(model_ranks(model, prefixes, targets, vocabulary))
         best = (ndcg, hr, 0, _copy(model))
-    model.load_state_dict(best[3])
-    model.eval()
-    return RoundResult(model=model, vocabulary=ids, curve=curve, valid_ndcg=best[0],
-                       valid_hr=best[1], valid_users=len(prefixes), best_epoch=best[2],
+    latest = Trained(model, _moments(optimizer, model))
+    candidate = BehaviourModel(config, text)
+    candidate.load_state_dict(best[3])
+    candidate.eval()
+    return RoundResult(model=candidate, latest=latest, vocabulary=ids, curve=curve,
+                       valid_ndcg=best[0], valid_hr=best[1], valid_users=len(prefixes),
+                       best_epoch=best[2],
                        seconds=time.perf_counter() - started, valid_inputs=prefixes,
                        valid_targets=targets)
 
@@ -362,19 +412,22 @@ def _copy(model: BehaviourModel) -> dict[str, torch.Tensor]:
 # --- saving and resuming ---------------------------------------------------------------
 
 
-def save_state(out: Path, history: StreamHistory, model: BehaviourModel | None) -> None:
-    """The history (with the offsets it reflects) and the weights, each replaced whole."""
+def save_state(out: Path, history: StreamHistory, trained: Trained | None) -> None:
+    """The history (with the offsets it reflects) and where training goes on from (the
+    weights and the optimiser's moments), each replaced whole."""
     out.mkdir(parents=True, exist_ok=True)
-    if model is not None:
+    if trained is not None:
         tmp = out / "model.pt.tmp"
-        torch.save({"model": model.state_dict(), "config": model.config.as_dict()}, tmp)
+        torch.save({"model": trained.model.state_dict(),
+                    "config": trained.model.config.as_dict(), "moments": trained.moments},
+                   tmp)
         tmp.replace(out / "model.pt")
     tmp = out / "state.msgpack.tmp"
     tmp.write_bytes(history.dumps())
     tmp.replace(out / "state.msgpack")
 
 
-def load_state(out: Path, keep: int) -> tuple[StreamHistory, BehaviourModel | None]:
+def load_state(out: Path, keep: int) -> tuple[StreamHistory, Trained | None]:
     state = out / "state.msgpack"
     if not state.exists():
         return StreamHistory(keep=keep), None
@@ -387,7 +440,7 @@ def load_state(out: Path, keep: int) -> tuple[StreamHistory, BehaviourModel | No
     text = torch.zeros(config.items + 1, config.text_dim) if config.text_dim else None
     model = BehaviourModel(config, text)
     model.load_state_dict(saved["model"])
-    return history, model.eval()
+    return history, Trained(model, saved.get("moments", {}))
 
 
 def plot_rounds(rounds: list[dict[str, Any]], path: Path) -> Path | None:
@@ -471,7 +524,7 @@ async def run(settings: Any, options: StreamOptions, out: Path, say: Say,
     from app.broker.security import client_security
 
     keep = options.length + 1
-    history, model = await asyncio.to_thread(load_state, out, keep)
+    history, trained = await asyncio.to_thread(load_state, out, keep)
     if history.rounds:
         say(f"resuming after round {history.rounds}: {history.events:,} item events, "
             f"{len(history.sequences):,} users, {len(history.vocabulary):,} items")
@@ -521,9 +574,9 @@ async def run(settings: Any, options: StreamOptions, out: Path, say: Say,
                 waited += 0.5
                 continue
             waited = 0.0
-            record = await _round(settings, options, out, history, reader, model, texts,
+            record = await _round(settings, options, out, history, reader, trained, texts,
                                   say, progress)
-            model = record.pop("_model")
+            trained = record.pop("_trained")
             rounds.append(record)
             (out / "rounds.json").write_text(json.dumps(rounds, indent=1) + "\n")
             await asyncio.to_thread(plot_rounds, rounds, out / "rounds.png")
@@ -579,7 +632,7 @@ async def _partitions(settings: Any, topics: Sequence[str], within: float = 60.0
 
 
 async def _round(settings: Any, options: StreamOptions, out: Path, history: StreamHistory,
-                 reader: Reader, model: BehaviourModel | None, texts: TextVectors | None,
+                 reader: Reader, trained: Trained | None, texts: TextVectors | None,
                  say: Say, progress: Progress) -> dict[str, Any]:
     from app.tools import publish_behaviour, read_behaviour
     from app.train.export import export
@@ -589,7 +642,7 @@ async def _round(settings: Any, options: StreamOptions, out: Path, history: Stre
     if texts is not None:
         await asyncio.to_thread(texts.update, history.texts, 256, progress)
     table = texts.table(history.vocabulary, history.texts) if texts is not None else None
-    result = await asyncio.to_thread(train_round, model, history, table, options, progress)
+    result = await asyncio.to_thread(train_round, trained, history, table, options, progress)
     folder = out / "versions" / f"round-{number}"
     record: dict[str, Any] = {
         "round": number, "events": history.events, "users": len(history.sequences),
@@ -631,7 +684,7 @@ async def _round(settings: Any, options: StreamOptions, out: Path, history: Stre
     record["why"] = why
     record["round_seconds"] = round(time.time() - arrived, 1)
     history.rounds = number
-    await asyncio.to_thread(save_state, out, history, result.model)
+    await asyncio.to_thread(save_state, out, history, result.latest)
     if texts is not None:
         await asyncio.to_thread(texts.save, out / "texts.msgpack")
     _tidy(out / "versions", keep=3)
@@ -641,7 +694,7 @@ async def _round(settings: Any, options: StreamOptions, out: Path, history: Stre
         f"{result.valid_users:,} held-back events (served: "
         f"{'-' if theirs is None else f'{theirs:.4f}'}): "
         + (f"published {record['published']}" if record["published"] else f"kept ({why})"))
-    record["_model"] = result.model
+    record["_trained"] = result.latest
     return record
 
 

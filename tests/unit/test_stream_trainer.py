@@ -127,15 +127,21 @@ def test_a_round_learns_then_warm_starts_into_a_grown_vocabulary(tmp_path: Path)
         **{**first.model.config.as_dict(), "items": len(history.vocabulary)}), None)
     assert torch.equal(grown.item.weight[:21], first.model.item.weight)
     assert torch.count_nonzero(grown.item.weight[21:]) == 0
-    second = train_round(first.model, history, None, options)
+    second = train_round(first.latest, history, None, options)
     assert second.model.config.items == 21
     assert second.valid_users == 10
     assert second.best_epoch in (0, 1)
     # the best epoch is never worse than the model as it was (epoch 0) on the same events
-    before = model_ranks(grow(first.model, second.model.config, None), second.valid_inputs,
+    before = model_ranks(grow(first.latest.model, second.model.config, None),
+                         second.valid_inputs,
                          second.valid_targets, HashedVocabulary(second.vocabulary))
     from app.train.run import ndcg_hr
     assert second.valid_ndcg >= ndcg_hr(before)[0]
+    # training goes on from the last weights and Adam moments, the new item's rows at 0
+    moments = second.latest.moments["item.weight"]
+    assert moments["exp_avg"].shape == (22, 16)
+    steps_per_epoch = 3   # 80 users, batch 32
+    assert int(moments["step"]) == 12 * steps_per_epoch + 1 * steps_per_epoch
     # the served artefact, scored as a worker scores it, ranks as torch does
     from app.core.sequence import stored_tokens
     from app.train.export import export
@@ -159,13 +165,16 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
     result = train_round(None, history, None, options)
     history.rounds = 1
     history.offsets = {"events": {0: 60}}
-    save_state(tmp_path, history, result.model)
-    again, model = load_state(tmp_path, keep=7)
+    save_state(tmp_path, history, result.latest)
+    again, trained = load_state(tmp_path, keep=7)
+    assert trained is not None
+    model = trained.model
+    assert set(trained.moments) == {n for n, _ in result.latest.model.named_parameters()}
     assert model is not None
     assert again.offsets == {"events": {0: 60}}
     assert again.rounds == 1
     assert again.sequences == history.sequences
-    for name, tensor in result.model.state_dict().items():
+    for name, tensor in result.latest.model.state_dict().items():
         assert (model.state_dict()[name] == tensor).all(), name
 
 
