@@ -22,7 +22,7 @@ def test_docker_compose_config_validates_the_topology() -> None:
     assert done.returncode == 0, done.stderr
     config = json.loads(done.stdout)
     services = config["services"]
-    assert set(services) == {"kafka", "topics", "worker", "prometheus", "grafana"}
+    assert set(services) == {"kafka", "topics", "worker", "trainer", "prometheus", "grafana"}
     worker = services["worker"]
     assert "container_name" not in worker
     assert "ports" not in worker
@@ -31,6 +31,8 @@ def test_docker_compose_config_validates_the_topology() -> None:
     for name in ("kafka", "worker", "prometheus", "grafana"):
         assert services[name].get("healthcheck"), name
     assert services["topics"]["command"] == ["topics"]
+    assert services["trainer"]["command"][:2] == ["train", "--stream"]
+    assert services["trainer"]["build"]["args"] == {"EXTRAS": "[train]"}
     assert services["worker"]["depends_on"]["topics"]["condition"] == \
         "service_completed_successfully"
     mounts = {Path(v["source"]).relative_to(ROOT).as_posix(): v["target"]
