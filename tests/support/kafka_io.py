@@ -6,6 +6,7 @@ import asyncio
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient
 
 
 async def produce(bootstrap: str, topic: str,
@@ -70,6 +71,18 @@ async def latest_by_key(bootstrap: str, topic: str) -> dict[bytes | None, bytes 
         return latest
     finally:
         await consumer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+    """The offsets ``group`` has committed, per (topic, partition): what a worker that
+    replaces the group's members starts reading from."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        found = await admin.list_consumer_group_offsets(group)
+        return {(tp.topic, tp.partition): meta.offset for tp, meta in found.items()}
+    finally:
+        await admin.close()
 
 
 async def history_of(bootstrap: str, topic: str, keys: set[bytes]
