@@ -47,8 +47,10 @@ def test_a_worker_whose_broker_is_gone_stops_within_its_deadline(tmp_path: Path)
         took = time.monotonic() - asked
         print(f"worker exited {code} {took:.1f}s after SIGTERM")
         assert took < 5.0 + 3.0, f"the worker took {took:.1f}s to stop"
-        assert code == PAST_DEADLINE_EXIT         # it did not stop cleanly: says so
-        assert "stop deadline" in worker.log.read_text()
+        # usually Faust's stop hangs on the missing broker and the deadline ends it (exit 3,
+        # said in the log); once (2026-12-05) it stopped cleanly in 2.2 s: both are in time
+        assert code in (0, PAST_DEADLINE_EXIT)
+        assert (code == PAST_DEADLINE_EXIT) == ("stop deadline" in worker.log.read_text())
     finally:
         healthy.stop()
         worker.stop()
