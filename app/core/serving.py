@@ -223,4 +223,7 @@ def apply_catalogue_record(catalogue: Catalogue, key: bytes | None, value: bytes
         return
     published = _entry_decoder.decode(value)
     if len(published.vector) == 4 * catalogue.dimension:
+        norm = float(np.linalg.norm(published.array().astype(np.float64)))
+        if not 0.9 <= norm <= 1.1:   # NaN included: every ranking would read it
+            raise ValueError(f"catalogue vector of norm {norm:.3g}, not a unit vector")
         catalogue.upsert(published)
