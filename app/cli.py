@@ -33,6 +33,9 @@ cli.add_typer(bench_cli, name="bench")
 model_cli = typer.Typer(help="The learning variant's ranker versions (the models topic).",
                         no_args_is_help=True)
 cli.add_typer(model_cli, name="model")
+soak_cli = typer.Typer(help="Soaks: hostile input and faults against a real worker, every "
+                            "record accounted for.", no_args_is_help=True)
+cli.add_typer(soak_cli, name="soak")
 
 
 def _print_version(value: bool) -> None:
@@ -794,6 +797,57 @@ def bench_index(
     report = index_bench.run([int(s) for s in sizes.split(",")], queries, k,
                              lambda text: typer.echo(text, err=True))
     typer.echo(json.dumps(report) if json_output else index_bench.markdown(report))
+
+
+@soak_cli.command("fuzz")
+def soak_fuzz(
+    records: Annotated[int, typer.Option(help="Generated records (about 3 in 4 hostile).")]
+    = 1_000_000,
+    seed: Annotated[int, typer.Option(help="Seeds the generator.")] = 0,
+    broker: Annotated[str | None, typer.Option(
+        help="An Apache Kafka to use (default: start one from the Maven jars).")] = None,
+    max_rss_mb: Annotated[float, typer.Option(
+        help="Fail when the worker's resident memory peaks above this.")] = 1_500.0,
+    report_path: Annotated[Path | None, typer.Option(
+        "--report", help="Also write the report (JSON) here.")] = None,
+    plot_path: Annotated[Path | None, typer.Option(
+        "--plot", help="The worker's RSS over the soak and the dead letters by reason (PNG).")]
+    = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Generated hostile records (cut, flipped, mistyped, too deep, too large, badly keyed,
+    tombstones, noise; a quarter left valid) through one real worker on Apache Kafka, and
+    undecodable records on the topics every worker follows. Passes when the worker never
+    exits, every record the contract rejects is dead-lettered exactly once at its source
+    position with its reason (and nothing else is), the counters and every user's state
+    match a reference computed from the produced records, and RSS stays under
+    --max-rss-mb. Exit 1 otherwise."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+    from app.soak import fuzz as fuzz_soak
+
+    with Progress(TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed:,.0f}/{task.total:,.0f}"), TimeRemainingColumn(),
+                  transient=False, console=Console(stderr=True)) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(phase: str, done: int, of: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=of)
+            bar.update(tasks[phase], completed=done)
+
+        report = asyncio.run(fuzz_soak.run(records, seed, broker, max_rss_mb,
+                                           bar.console.print, progress))
+    if report_path is not None:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(report, indent=1))
+    if plot_path is not None:
+        typer.echo(f"wrote {plot_path}" if fuzz_soak.plot(report, plot_path)
+                   else "matplotlib is not installed: no plot", err=True)
+    typer.echo(json.dumps(report) if json_output else fuzz_soak.markdown(report))
+    if not report["passed"]:
+        raise typer.Exit(1)
 
 
 @cli.command()
