@@ -30,6 +30,10 @@ class BrokerUnreachableError(StreamRecError):
     """No Kafka broker answered at the configured address in time."""
 
 
+class BrokerRefusedError(StreamRecError):
+    """The broker refused this client's credentials, or its certificate is not trusted."""
+
+
 class WorkerUnreachableError(StreamRecError):
     """No worker answered at the URL asked."""
 

@@ -14,7 +14,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.broker.security import client_security
-from app.errors import BrokerUnreachableError
+from app.errors import BrokerRefusedError, BrokerUnreachableError
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,8 @@ async def wait_until_ready(settings: Settings, within: float | None = None
     within = settings.connect_timeout_seconds if within is None else within
     deadline = time.monotonic() + within
     last: Exception | None = None
-    with _quiet("aiokafka"):
+    resets = 0
+    with _captured("aiokafka") as said:
         while time.monotonic() < deadline:
             admin = _admin(settings)
             try:
@@ -101,6 +102,13 @@ async def wait_until_ready(settings: Settings, within: float | None = None
                 last = exc
             finally:
                 await admin.close()
+            tls = settings.security_protocol.value.endswith("SSL")
+            resets = resets + 1 if tls and any("[ConnectionResetError]" in m for m in said) \
+                else 0
+            refusal = security_refusal(settings, said, resets)
+            if refusal is not None:   # waiting longer cannot help: say why, now
+                raise BrokerRefusedError(refusal)
+            said.clear()
             await asyncio.sleep(0.25)
     source = "STREAMREC_BROKER_URL" if settings.broker_url.strip() else "the embedded broker"
     why = f"{type(last).__name__}: {last}" if last is not None else "no broker listed"
@@ -110,17 +118,64 @@ async def wait_until_ready(settings: Settings, within: float | None = None
         "(STREAMREC_CONNECT_TIMEOUT_SECONDS waits longer)")
 
 
+TLS_RESETS = 3   # a TLS handshake reset this many times in a row: a plaintext port
+
+
+def security_refusal(settings: Settings, said: list[str], resets: int = 0) -> str | None:
+    """One line for a connection the broker (or this client) refused for its credentials or
+    its certificate, from what the Kafka client logged; None for anything else (a broker
+    not up yet is worth waiting for; these are not). ``resets``: attempts in a row whose
+    TLS handshake the peer reset (a plaintext broker closes the connection on a TLS hello;
+    one reset alone may be a broker going down)."""
+    text = " ".join(said)
+    where = f"Kafka at {settings.bootstrap_servers()}"
+    if "SaslAuthenticationFailed" in text or "Authentication failed" in text:
+        return (f"{where} refused the credentials ({settings.sasl_mechanism.value} as user "
+                f"{settings.sasl_username!r}): check STREAMREC_SASL_USERNAME and "
+                "STREAMREC_SASL_PASSWORD")
+    if "UnsupportedSaslMechanism" in text:
+        return (f"{where} does not take SASL mechanism {settings.sasl_mechanism.value}: check "
+                "STREAMREC_SASL_MECHANISM")
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        reason = text.split("certificate verify failed:", 1)[-1].split("(_ssl")[0].strip()
+        return (f"{where} presented a TLS certificate this client does not trust ({reason}): "
+                "set STREAMREC_SSL_CAFILE to the CA that signed it")
+    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text or (
+            resets >= TLS_RESETS and "[ConnectionResetError]" in text):
+        return (f"{where} does not speak TLS on that port (it closed the connection at the "
+                f"TLS handshake): check STREAMREC_SECURITY_PROTOCOL "
+                f"({settings.security_protocol.value}) and the port")
+    return None
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        causes = "".join(f" [{type(a).__name__}]" for a in args if isinstance(a, BaseException))
+        self.into.append(record.getMessage() + causes)
+
+
 @contextlib.contextmanager
-def _quiet(logger: str) -> Iterator[None]:
-    """Raise a library's logger to CRITICAL for the block (its retries would log a line
-    per attempt)."""
+def _captured(logger: str) -> Iterator[list[str]]:
+    """A library's warnings and errors, collected for the block instead of logged (its
+    retries would log a line per attempt)."""
     target = logging.getLogger(logger)
-    level = target.level
-    target.setLevel(logging.CRITICAL)
+    said: list[str] = []
+    handler = _Collect(said)
+    level, propagate = target.level, target.propagate
+    target.setLevel(logging.WARNING)
+    target.propagate = False
+    target.addHandler(handler)
     try:
-        yield
+        yield said
     finally:
+        target.removeHandler(handler)
         target.setLevel(level)
+        target.propagate = propagate
 
 
 async def ensure_topics(settings: Settings) -> list[str]:

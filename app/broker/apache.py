@@ -12,12 +12,14 @@ from __future__ import annotations
 import base64
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from app.broker.embedded import die_with_parent, stop_process
@@ -85,25 +87,117 @@ def new_cluster_id() -> str:
             return found
 
 
-class KafkaBroker:
-    """One KRaft broker+controller process in ``workdir``."""
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """A certificate authority made for one run and a broker certificate it signed (for
+    127.0.0.1 and localhost), made with the JDK's keytool: the CA as PEM for clients, the
+    broker's key and chain as a PKCS#12 keystore."""
 
-    def __init__(self, workdir: Path) -> None:
+    ca_pem: Path
+    keystore: Path
+    password: str
+
+
+def make_tls(folder: Path, keytool: str | None = None) -> TlsFiles:
+    """A fresh CA and broker certificate in ``folder`` (valid two days)."""
+    tool = keytool or shutil.which("keytool") or str(Path(_java()).with_name("keytool"))
+    folder.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(16)
+    ca, broker = folder / "ca.p12", folder / "broker.p12"
+    ca_pem, csr, signed = folder / "ca.pem", folder / "broker.csr", folder / "broker.pem"
+    store = ["-storetype", "PKCS12", "-storepass", password, "-keypass", password]
+    steps = [
+        ["-genkeypair", "-alias", "ca", "-keyalg", "RSA", "-keysize", "2048", "-validity", "2",
+         "-dname", "CN=StreamRec test CA", "-ext", "bc:c", "-keystore", str(ca), *store],
+        ["-exportcert", "-rfc", "-alias", "ca", "-keystore", str(ca), "-file", str(ca_pem),
+         *store],
+        ["-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048",
+         "-validity", "2", "-dname", "CN=localhost", "-keystore", str(broker), *store],
+        ["-certreq", "-alias", "broker", "-keystore", str(broker), "-file", str(csr), *store],
+        ["-gencert", "-alias", "ca", "-keystore", str(ca), "-infile", str(csr), "-outfile",
+         str(signed), "-rfc", "-validity", "2", "-ext", "SAN=ip:127.0.0.1,dns:localhost",
+         *store],
+        ["-importcert", "-noprompt", "-alias", "ca", "-file", str(ca_pem), "-keystore",
+         str(broker), *store],
+        ["-importcert", "-alias", "broker", "-file", str(signed), "-keystore", str(broker),
+         *store],
+    ]
+    for step in steps:
+        done = subprocess.run([tool, *step], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"keytool {step[0]} failed: {done.stdout}{done.stderr}")
+    return TlsFiles(ca_pem, broker, password)
+
+
+@dataclass(frozen=True, slots=True)
+class SaslSsl:
+    """A SASL_SSL listener beside the plaintext one: TLS with ``tls``'s certificate, SCRAM
+    (SHA-256 and SHA-512) for ``username``, whose credentials are written when the log
+    directory is formatted."""
+
+    tls: TlsFiles
+    username: str
+    password: str
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    java = Path(java_home) / "bin" / "java" if java_home else shutil.which("java")
+    if not java:
+        raise RuntimeError("a JDK (17+) is needed to run the Apache Kafka test broker")
+    return str(java)
+
+
+class KafkaBroker:
+    """One KRaft broker+controller process in ``workdir``; with ``sasl_ssl``, a second
+    listener that takes SASL/SCRAM over TLS (``secure_bootstrap``)."""
+
+    def __init__(self, workdir: Path, sasl_ssl: SaslSsl | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.controller_port = free_port()
+        self.sasl_ssl = sasl_ssl
+        self.secure_port = free_port() if sasl_ssl is not None else 0
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _java(self) -> str:
-        java_home = os.environ.get("JAVA_HOME")
-        java = Path(java_home) / "bin" / "java" if java_home else shutil.which("java")
-        if not java:
-            raise RuntimeError("a JDK (17+) is needed to run the Apache Kafka test broker")
-        return str(java)
+    @property
+    def secure_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.secure_port}"
+
+    def _listeners(self) -> list[str]:
+        plain = f"PLAINTEXT://127.0.0.1:{self.port}"
+        controller = f"CONTROLLER://127.0.0.1:{self.controller_port}"
+        if self.sasl_ssl is None:
+            return [f"listeners={plain},{controller}", f"advertised.listeners={plain}",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"]
+        secure = f"SASL_SSL://127.0.0.1:{self.secure_port}"
+        tls = self.sasl_ssl.tls
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return [
+            f"listeners={plain},{secure},{controller}",
+            f"advertised.listeners={plain},{secure}",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,"
+            "CONTROLLER:PLAINTEXT",
+            "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512",
+            f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}",
+            f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
+            "ssl.keystore.type=PKCS12",
+            f"ssl.keystore.location={tls.keystore}",
+            f"ssl.keystore.password={tls.password}",
+            f"ssl.key.password={tls.password}",
+            "ssl.client.auth=none",
+        ]
+
+    def _scram_users(self) -> list[str]:
+        if self.sasl_ssl is None:
+            return []
+        user = f"name={self.sasl_ssl.username},password={self.sasl_ssl.password}"
+        return ["--add-scram", f"SCRAM-SHA-256=[{user}]",
+                "--add-scram", f"SCRAM-SHA-512=[{user}]"]
 
     def start(self, timeout: float = 90.0) -> None:
         libs = resolve_jars()
@@ -115,11 +209,8 @@ class KafkaBroker:
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
-                f"CONTROLLER://127.0.0.1:{self.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                *self._listeners(),
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
                 "inter.broker.listener.name=PLAINTEXT",
                 f"log.dirs={data}",
                 "num.partitions=1",
@@ -137,12 +228,13 @@ class KafkaBroker:
         log4j.write_text(_LOG4J)
         classpath = f"{libs}/*"
         cluster = new_cluster_id()
-        java = self._java()
+        java = _java()
         jvm = ["-Xms256m", "-Xmx768m", f"-Dlog4j2.configurationFile={log4j}"]
         for attempt in (1, 2, 3):
             formatted = subprocess.run(
                 [java, *jvm, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                 "-t", cluster, "-c", str(props), "--ignore-formatted"],
+                 "-t", cluster, "-c", str(props), "--ignore-formatted",
+                 *self._scram_users()],
                 capture_output=True, text=True, check=False,
             )
             if formatted.returncode == 0:
