@@ -274,6 +274,16 @@ class Settings(BaseSettings):
     """How other workers reach this one (request routing). Empty: `http://WEB_HOST:WEB_PORT`,
     or the host name when WEB_HOST is 0.0.0.0."""
 
+    api_token: SecretStr = SecretStr("")
+    """When set, the API's routes (/users/..., /items/..., /model) answer only requests with
+    `Authorization: Bearer <token>` (401 otherwise); /metrics, /health and /ready stay open.
+    A request forwarded to the worker that owns the user carries the header, and the owner
+    checks it too. Empty: no authentication (keep the port private)."""
+
+    web_faust_routes: bool = False
+    """Also serve Faust's own routes: /table/<table>/<key>/ (a user's raw state) and
+    /router/ (the cluster layout). For debugging only: they need no token."""
+
     session_timeout_seconds: float = Field(default=30.0, gt=0)
     """Consumer group session timeout (the embedded broker uses at most 10 s)."""
 

@@ -75,6 +75,9 @@ def _app(settings: Settings) -> faust.App:
         web_bind=settings.web_host,
         canonical_url=settings.canonical_url(),
         web_in_thread=False,
+        web_router_enabled=settings.web_faust_routes,   # /router/: the cluster layout
+        web_tables_enabled=settings.web_faust_routes,   # /table/...: raw per-user state
+        web_graph_enabled=False,
         autodiscover=False,
         **options,
     )

@@ -6,7 +6,9 @@ lives only there); item routes answer from any worker (each holds the whole cata
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import hmac
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -63,10 +65,38 @@ def parse_request(query: Any) -> Request | str:
     )
 
 
+def authorized(header: str | None, token: str) -> bool:
+    """Whether an Authorization header carries ``token`` as a bearer token (no token set:
+    every request is). Compared in constant time."""
+    if not token:
+        return True
+    scheme, _, given = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                              token.encode())
+
+
+View = Callable[..., Awaitable[Any]]
+
+
+def guarded(token: str) -> Callable[[View], View]:
+    """A view that answers 401 unless the request carries the API token (checked before the
+    request is routed to the owner of a user)."""
+    def wrap(view: View) -> View:
+        @functools.wraps(view)
+        async def checked(web: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+            if not authorized(request.headers.get("Authorization"), token):
+                return web.json({"error": "missing or wrong bearer token (STREAMREC_API_TOKEN)"},
+                                status=401, headers={"WWW-Authenticate": "Bearer"})
+            return await view(web, request, *args, **kwargs)
+        return checked
+    return wrap
+
+
 def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None,
            ready: Callable[[], bool] = lambda: True) -> None:
     """``ready`` adds a condition of the pipeline (the catalogue is loaded)."""
     app = decl.app
+    token = guarded(decl.settings.api_token.get_secret_value())
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
@@ -87,6 +117,7 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
         return
 
     @app.page("/users/{user_id}/recommendations")
+    @token
     @app.table_route(table=decl.user_state, match_info="user_id")
     async def recommendations_view(web: Any, request: Any, user_id: str) -> Any:
         parsed = parse_request(request.query)
@@ -103,6 +134,7 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
         return web.bytes(body, content_type="application/json")
 
     @app.page("/users/{user_id}")
+    @token
     @app.table_route(table=decl.user_state, match_info="user_id")
     async def user_view(web: Any, request: Any, user_id: str) -> Any:
         key = user_id.encode()
@@ -128,6 +160,7 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
         })
 
     @app.page("/model")
+    @token
     async def model_view(web: Any, request: Any) -> Any:
         loop = pipeline.feedback
         registry = loop.registry
@@ -151,6 +184,7 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
         })
 
     @app.page("/items/{item_id}")
+    @token
     async def item_view(web: Any, request: Any, item_id: str) -> Any:
         catalogue = pipeline.recommender.catalogue
         info = catalogue.items.get(item_id)

@@ -54,3 +54,16 @@ def test_secrets_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "STREAMREC_SASL_PASSWORD=**********" in result.output
     assert "hunter2" not in result.output
     assert "hunter2" not in repr(Settings())
+
+
+def test_the_api_token_is_a_bearer_token_compared_whole() -> None:
+    from app.worker.web import authorized
+
+    assert authorized(None, "")          # no token set: open
+    assert authorized("Bearer s3cret", "s3cret")
+    assert authorized("bearer s3cret", "s3cret")
+    assert not authorized(None, "s3cret")
+    assert not authorized("Bearer s3cre", "s3cret")
+    assert not authorized("Bearer s3cret2", "s3cret")
+    assert not authorized("Basic s3cret", "s3cret")
+    assert not authorized("s3cret", "s3cret")
