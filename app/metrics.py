@@ -120,8 +120,9 @@ class Metrics:
             ),
             forgotten=Counter(
                 "streamrec_users_forgotten_total",
-                "Users forgotten on request (a tombstone on the users topic): their state "
-                "deleted from every table, tombstones written to its changelogs.",
+                "Requests to forget a user applied (each tombstone on the users topic, two "
+                "for one user counted twice): their state deleted from every table, "
+                "tombstones written to its changelogs.",
                 registry=registry,
             ),
             retries=Counter(

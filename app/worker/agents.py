@@ -278,16 +278,18 @@ async def _apply_key(flow: Flow[S, R], key: bytes, pairs: list[tuple[Any, R]], w
     return await _until_not_transient(flow.label, fold_and_write, health, metrics)
 
 
-async def _forget(flow: Flow[S, R], forgets: dict[bytes, Any], deadletters: DeadLetters,
-                  health: Health, metrics: Metrics) -> None:
-    """Delete each key in ``forgets`` (key -> the tombstone's Faust event) from every table
-    of the flow's :class:`Forgetting`, in the tombstone's partition; transient failures are
-    retried here until they pass."""
+async def _forget(flow: Flow[S, R], forgets: dict[bytes, list[Any]],
+                  deadletters: DeadLetters, health: Health, metrics: Metrics) -> None:
+    """Delete each key in ``forgets`` (key -> its tombstones' Faust events in the batch,
+    oldest first) from every table of the flow's :class:`Forgetting`, in the tombstone's
+    partition; transient failures are retried here until they pass. Every tombstone is
+    counted, or dead-lettered when its key's deletion fails."""
     assert flow.forgetting is not None
     tables = flow.forgetting.tables
     done: list[bytes] = []
-    for key, event in forgets.items():
-        def delete(key: bytes = key, event: Any = event) -> None:
+    requests = 0
+    for key, events in forgets.items():
+        def delete(key: bytes = key, event: Any = events[-1]) -> None:
             with acting_as(event):
                 for table in tables:
                     del table[key]   # a changelog tombstone, whether or not it was held
@@ -297,11 +299,13 @@ async def _forget(flow: Flow[S, R], forgets: dict[bytes, Any], deadletters: Dead
         except Exception as exc:  # noqa: BLE001 - one key must not stop the others
             count_failure(metrics, flow.label, exc)
             cause = type(exc).__name__
-            await deadletters.send(
-                flow.label, event, Rejection(Reason.PROCESSING_ERROR, cause, cause))
+            for event in events:
+                await deadletters.send(
+                    flow.label, event, Rejection(Reason.PROCESSING_ERROR, cause, cause))
             continue
         done.append(key)
-    metrics.forgotten.inc(len(done))
+        requests += len(events)
+    metrics.forgotten.inc(requests)
     if flow.forgetting.after is not None and done:
         try:
             await flow.forgetting.after(done)
@@ -319,7 +323,8 @@ async def process_batch(
     started = time.perf_counter()
     received = now_ms()
     by_key: dict[bytes, list[tuple[Any, R]]] = {}
-    forgets: dict[bytes, Any] = {}
+    forgets: dict[bytes, list[Any]] = {}
+    superseded = 0
     for event in batch:
         message = event.message
         if flow.reroute is not None and message.key is not None:
@@ -336,8 +341,8 @@ async def process_batch(
             if refused is None:
                 # what the key had earlier in this batch is forgotten with it; its records
                 # after the tombstone are applied after the forgetting, to a new state
-                by_key.pop(message.key, None)
-                forgets[message.key] = event
+                superseded += len(by_key.pop(message.key, ()))   # accepted, then forgotten
+                forgets.setdefault(message.key, []).append(event)
                 continue
             outcome: R | Rejection = refused
         else:
@@ -348,7 +353,7 @@ async def process_batch(
             by_key.setdefault(message.key, []).append((event, outcome))
     if forgets:
         await _forget(flow, forgets, deadletters, health, metrics)
-    accepted = duplicates = 0
+    accepted, duplicates = superseded, 0
     fold = flow.fold
     if flow.prepare is not None and by_key:
         try:

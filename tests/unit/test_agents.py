@@ -329,6 +329,19 @@ def test_a_tombstone_on_users_forgets_the_user_in_every_table_in_batch_order() -
     assert [read_headers(s["headers"])["reason"] for s in topic.sent] == ["bad_key", "bad_key"]
 
 
+def test_every_tombstone_is_counted_even_two_for_one_user_in_a_batch() -> None:
+    metrics, topic, profiles = Metrics.create(), Topic(), Table()
+    batch = _batch([(b"a", _profile("a", "a-1")), (b"a", None), (b"a", None), (b"b", None)])
+    asyncio.run(process_batch(_users_flow(profiles, (), []), batch,
+                              DeadLetters(topic, metrics), metrics, 16))
+    assert metrics.registry.get_sample_value("streamrec_users_forgotten_total") == 3
+    # the profile before the tombstones was accepted, then forgotten: counted, not lost
+    assert metrics.registry.get_sample_value(
+        "streamrec_input_records_total", {"topic": "users", "outcome": "accepted"}) == 1
+    assert profiles.deleted == [b"a", b"b"]
+    assert topic.sent == []
+
+
 def test_a_profile_after_the_tombstone_in_one_batch_starts_a_new_state() -> None:
     metrics, topic, profiles = Metrics.create(), Topic(), Table()
     batch = _batch([(b"a", None), (b"a", _profile("a", "a-2"))])
