@@ -813,6 +813,9 @@ def soak_fuzz(
     plot_path: Annotated[Path | None, typer.Option(
         "--plot", help="The worker's RSS over the soak and the dead letters by reason (PNG).")]
     = None,
+    worker_setting: Annotated[list[str] | None, typer.Option(
+        "--set", help="A worker setting NAME=VALUE (e.g. rocksdb_block_cache_mb=2048), "
+                      "repeatable.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Generated hostile records (cut, flipped, mistyped, too deep, too large, badly keyed,
@@ -837,8 +840,10 @@ def soak_fuzz(
                 tasks[phase] = bar.add_task(phase, total=of)
             bar.update(tasks[phase], completed=done)
 
+        settings = dict(pair.split("=", 1) for pair in worker_setting or [] if "=" in pair)
         report = asyncio.run(fuzz_soak.run(records, seed, broker, max_rss_mb,
-                                           bar.console.print, progress))
+                                           bar.console.print, progress,
+                                           worker_settings=settings))
     if report_path is not None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps(report, indent=1))

@@ -260,6 +260,20 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var/streamrec")
     """Worker state (RocksDB tables) lives below this folder."""
 
+    rocksdb_write_buffer_mb: int = Field(default=4, ge=1, le=1024)
+    """Size of one RocksDB write buffer (memtable), in MiB, for each partition of each state
+    table a worker holds (4 tables x its partitions). Faust's default is 64."""
+
+    rocksdb_write_buffers: int = Field(default=2, ge=2, le=16)
+    """Write buffers kept per table partition before writes stall on a flush (Faust's
+    default is 3)."""
+
+    rocksdb_block_cache_mb: int = Field(default=8, ge=1, le=65_536)
+    """RocksDB block cache, in MiB, per partition of each state table (Faust's default is
+    2,048: up to 2 GiB per table partition). A worker's table memory is bounded by
+    4 x partitions held x (write buffer x buffers + cache): 128 MiB for the 8 partitions of
+    the defaults."""
+
     model_path: Path = Path("models/minilm-l6-int8")
     """Folder of the ONNX encoder artifact (model.onnx, tokenizer.json, manifest.json)."""
 

@@ -264,7 +264,10 @@ def _state_check(oracle: Oracle, changelog: list[Any]) -> dict[str, Any]:
 
 async def run(records: int, seed: int, broker: str | None, max_rss_mb: float, say: Say,
               progress: Progress, followed: int | None = None,
-              workdir: Path | None = None) -> dict[str, Any]:
+              workdir: Path | None = None,
+              worker_settings: dict[str, str] | None = None) -> dict[str, Any]:
+    """The soak (module docstring); ``worker_settings`` (e.g. ``{"rocksdb_block_cache_mb":
+    "2048"}``) are the worker's STREAMREC_* settings beside the soak's own."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="streamrec-soak-"))
     local: KafkaBroker | None = None
     if broker is None:
@@ -272,7 +275,7 @@ async def run(records: int, seed: int, broker: str | None, max_rss_mb: float, sa
         local = KafkaBroker(workdir / "kafka")
         await asyncio.to_thread(local.start)
         broker = local.bootstrap
-    run_ = WorkerRun(broker, workdir, PARTITIONS, name="soak")
+    run_ = WorkerRun(broker, workdir, PARTITIONS, name="soak", **(worker_settings or {}))
     settings = run_.settings
     followed = max(20, records // 2000) if followed is None else followed
     followed_topics = [settings.topic_catalogue, settings.topic_models]
@@ -316,6 +319,7 @@ async def run(records: int, seed: int, broker: str | None, max_rss_mb: float, sa
         alive = run_.alive()
         report: dict[str, Any] = {
             "records": records, "seed": seed, "followed_per_topic": followed,
+            "worker_settings": worker_settings or {},
             "worker_survived": alive, "produce_seconds": round(produced_seconds, 1),
             "seconds": round(worked_seconds, 1),
             "records_per_second": round(records / worked_seconds),
@@ -443,6 +447,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"{rss['second_half_peak']:.0f}) |",
         f"| time, records/s end to end | {report['seconds']:.0f} s, "
         f"{report['records_per_second']:,} |",
+        "",
+        "Worker settings: " + (", ".join(f"{k}={v}" for k, v in
+                                         report.get("worker_settings", {}).items())
+                               or "defaults") + ".",
         "",
         "Dead letters by reason: " + ", ".join(
             f"{reason} {count:,}" for reason, count in

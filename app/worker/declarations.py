@@ -83,6 +83,14 @@ def _app(settings: Settings) -> faust.App:
     )
 
 
+def rocksdb_options(settings: Settings) -> dict[str, int]:
+    """The memory bounds of one table's RocksDB databases (one per partition held)."""
+    mib = 1024 * 1024
+    return {"write_buffer_size": settings.rocksdb_write_buffer_mb * mib,
+            "max_write_buffer_number": settings.rocksdb_write_buffers,
+            "block_cache_size": settings.rocksdb_block_cache_mb * mib}
+
+
 def declare(settings: Settings) -> Declarations:
     app = _app(settings)
 
@@ -98,6 +106,7 @@ def declare(settings: Settings) -> Declarations:
             value_type=bytes,  # the changelog alike
             partitions=settings.partitions,
             help=help_,
+            options=rocksdb_options(settings),   # a fresh dict: Faust's store pops from it
         )
 
     return Declarations(
