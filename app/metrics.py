@@ -54,6 +54,7 @@ class Metrics:
     pull_cache: Counter
     loop_lag: Histogram
     loop_stall: Gauge
+    broker_reachable: Gauge
     partition_stalls: Counter
     gc_pause: Histogram
     feedback: Counter
@@ -240,6 +241,12 @@ class Metrics:
                 "How late a 50 ms sleep on the worker's event loop wakes up: time the loop "
                 "was blocked, during which no request, batch or heartbeat is served.",
                 buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+                registry=registry,
+            ),
+            broker_reachable=Gauge(
+                "streamrec_broker_reachable",
+                "1 while the Kafka cluster answers the worker's metadata probe (every 5 s), "
+                "0 after two probes in a row went unanswered: the worker is then not ready.",
                 registry=registry,
             ),
             loop_stall=Gauge(

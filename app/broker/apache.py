@@ -231,6 +231,8 @@ class KafkaBroker:
         java = _java()
         jvm = ["-Xms256m", "-Xmx768m", f"-Dlog4j2.configurationFile={log4j}"]
         for attempt in (1, 2, 3):
+            if (data / "meta.properties").exists():
+                break   # started again after a stop or kill: its log and cluster id stay
             formatted = subprocess.run(
                 [java, *jvm, "-cp", classpath, "kafka.tools.StorageTool", "format",
                  "-t", cluster, "-c", str(props), "--ignore-formatted",

@@ -14,6 +14,7 @@ applied or dead-lettered (:func:`app.worker.faust_compat.take_batches`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -21,9 +22,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from faust.exceptions import PartitionsMismatch
 
+from app.broker.security import client_security
 from app.contract.deadletter import deadletter_headers, fit, redacted
 from app.contract.partitioning import partition_of
 from app.contract.records import Event, Feedback, ItemOp, UserProfile
@@ -203,6 +206,61 @@ class Health:
         if held is not None:
             log.warning("%s going again after %.1f s held up by %s", stage,
                         time.monotonic() - held[1], held[0])
+
+
+class BrokerWatch:
+    """Whether the Kafka cluster answers: one metadata request per :meth:`check` (bounded
+    by ``timeout``). ``misses`` unanswered in a row hold the worker not ready (stage
+    "broker": /ready answers 503, logged once), the next answer releases it. With nothing
+    to consume a worker would otherwise look ready through a whole broker outage."""
+
+    def __init__(self, probe: Callable[[], Awaitable[Any]], health: Health, metrics: Metrics,
+                 misses: int = 2, timeout: float = 5.0) -> None:
+        self._probe = probe
+        self._health = health
+        self._metrics = metrics
+        self.misses = misses
+        self.timeout = timeout
+        self.failures = 0
+
+    async def check(self) -> bool:
+        try:
+            await asyncio.wait_for(self._probe(), self.timeout)
+        except Exception as exc:  # noqa: BLE001 - any failure is an unanswered probe
+            self.failures += 1
+            if self.failures >= self.misses:
+                self._health.hold("broker", exc)
+                self._metrics.broker_reachable.set(0)
+            return False
+        self.failures = 0
+        self._health.release("broker")
+        self._metrics.broker_reachable.set(1)
+        return True
+
+
+def cluster_probe(settings: Settings) -> Callable[[], Awaitable[Any]]:
+    """A metadata request to the cluster on one long-lived admin client, made again after a
+    failure (a client whose broker went away may never answer again)."""
+    client: list[Any] = []
+
+    async def probe() -> Any:
+        if not client:
+            admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers(),
+                                        request_timeout_ms=5_000, **client_security(settings))
+            await admin.start()
+            client.append(admin)
+        try:
+            cluster = await client[0].describe_cluster()
+            if not cluster.get("brokers"):
+                raise RuntimeError("the cluster lists no broker")
+            return cluster
+        except BaseException:
+            admin = client.pop()
+            with contextlib.suppress(Exception):
+                await admin.close()
+            raise
+
+    return probe
 
 
 class Backoff:
@@ -519,6 +577,13 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
                         "put back in the fetch set" if changed else "left as it is")
 
     decl.app.timer(5.0)(report_lag)
+
+    broker = BrokerWatch(cluster_probe(settings), health, metrics)
+
+    async def watch_broker() -> None:
+        await broker.check()
+
+    decl.app.timer(5.0)(watch_broker)
 
     async def watch_loop() -> None:
         longest = LongestStall()

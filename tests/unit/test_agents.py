@@ -23,6 +23,7 @@ from app.core.state import (
 )
 from app.metrics import Metrics
 from app.worker.agents import (
+    BrokerWatch,
     DeadLetters,
     Flow,
     Forgetting,
@@ -415,3 +416,23 @@ def test_the_partition_of_a_key_is_the_one_aiokafkas_producer_picks() -> None:
         for n in range(300):
             key = f"user-{n}".encode()
             assert partition_of(key, count) == producer(key, every, every)
+
+
+def test_the_broker_watch_holds_readiness_after_two_unanswered_probes() -> None:
+    answers = [False, False, False, True]
+
+    async def probe() -> None:
+        if not answers.pop(0):
+            raise ConnectionError("broker gone")
+
+    metrics, health = Metrics.create(), Health()
+    watch = BrokerWatch(probe, health, metrics, misses=2)
+    assert not asyncio.run(watch.check())
+    assert health.ok   # one miss: maybe a slow answer
+    assert not asyncio.run(watch.check())
+    assert not health.ok
+    assert metrics.registry.get_sample_value("streamrec_broker_reachable") == 0
+    assert not asyncio.run(watch.check())
+    assert asyncio.run(watch.check())
+    assert health.ok
+    assert metrics.registry.get_sample_value("streamrec_broker_reachable") == 1
