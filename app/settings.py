@@ -140,6 +140,13 @@ class Settings(BaseSettings):
     `streamrec topics` or a worker creates it; an existing topic keeps its own). Dead
     letters of user-keyed topics hold user ids and, unless redacted, payloads."""
 
+    pseudonym_key: SecretStr = SecretStr("")
+    """When set, every user id is replaced by a keyed hash of it (HMAC-SHA-256 under this key,
+    `p:` and 32 hex digits) before it becomes a state key: the tables, their changelogs, the
+    remembered lists and the recommendations topic (key and `user_id`) hold pseudonyms only.
+    Producers and the pull API keep using the real ids. Changing or losing the key orphans
+    every user's state (docs/operations.md, "Pseudonymous user ids")."""
+
     deadletter_redact: bool = False
     """Dead letters of the user-keyed topics (events, feedback, users) keep neither key nor
     value, only the headers: reason, detail, source topic, partition and offset (where the

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import msgspec
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from faust.exceptions import PartitionsMismatch
@@ -144,6 +145,7 @@ class Flow(Generic[S, R]):
     publishes_state: bool = False
     partitions: int = 0   # with ``reroute``: a record not on its key's partition goes there
     reroute: Callable[[Any, int], Awaitable[None]] | None = None
+    state_key: Callable[[bytes], bytes] | None = None   # record key -> table key (pseudonym)
 
 
 class DeadLetters:
@@ -371,6 +373,10 @@ async def _forget(flow: Flow[S, R], forgets: dict[bytes, list[Any]],
             count_failure(metrics, f"{flow.label}-after", exc)
 
 
+def _same(key: bytes) -> bytes:
+    return key
+
+
 async def process_batch(
     flow: Flow[S, R], batch: Sequence[Any], deadletters: DeadLetters, metrics: Metrics,
     window: int, health: Health | None = None,
@@ -383,6 +389,7 @@ async def process_batch(
     by_key: dict[bytes, list[tuple[Any, R]]] = {}
     forgets: dict[bytes, list[Any]] = {}
     superseded = 0
+    state_key = flow.state_key or _same
     for event in batch:
         message = event.message
         if flow.reroute is not None and message.key is not None:
@@ -399,8 +406,9 @@ async def process_batch(
             if refused is None:
                 # what the key had earlier in this batch is forgotten with it; its records
                 # after the tombstone are applied after the forgetting, to a new state
-                superseded += len(by_key.pop(message.key, ()))   # accepted, then forgotten
-                forgets.setdefault(message.key, []).append(event)
+                key = state_key(message.key)
+                superseded += len(by_key.pop(key, ()))   # accepted, then forgotten
+                forgets.setdefault(key, []).append(event)
                 continue
             outcome: R | Rejection = refused
         else:
@@ -408,7 +416,7 @@ async def process_batch(
         if isinstance(outcome, Rejection):
             await deadletters.send(flow.label, event, outcome)
         else:
-            by_key.setdefault(message.key, []).append((event, outcome))
+            by_key.setdefault(state_key(message.key), []).append((event, outcome))
     if forgets:
         await _forget(flow, forgets, deadletters, health, metrics)
     accepted, duplicates = superseded, 0
@@ -448,6 +456,15 @@ async def process_batch(
     metrics.batch_seconds.labels(flow.label).observe(time.perf_counter() - started)
 
 
+def pseudonymous_profiles(user_key: Callable[[bytes], bytes]
+                          ) -> Callable[[ProfileState, UserProfile], ProfileState]:
+    """``fold_profile`` keeping the profile under the user's pseudonym, not their id."""
+    def fold(state: ProfileState, profile: UserProfile) -> ProfileState:
+        hidden = user_key(profile.user_id.encode()).decode()
+        return fold_profile(state, msgspec.structs.replace(profile, user_id=hidden))
+    return fold
+
+
 def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
           ) -> list[tuple[Any, Flow[Any, Any]]]:
     """(source topic, flow) for every input topic; with a pipeline, events lead to
@@ -473,13 +490,14 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
         return reroute
 
     partitions = decl.settings.partitions
+    user_key = decl.user_key if decl.user_key.enabled else None
     return [
         (decl.events, Flow[UserState, Event](
             "events", check.events, StateCodec(UserState), fold_event, decl.user_state,
             count_events,
             prepare=pipeline.prepare_events if pipeline else None,
             after=pipeline.after_events if pipeline else None,
-            partitions=partitions, reroute=rerouter(decl.events),
+            partitions=partitions, reroute=rerouter(decl.events), state_key=user_key,
         )),
         (decl.items, Flow[ItemState, ItemOp](
             "items", check.items, StateCodec(ItemState), fold_item, decl.item_state,
@@ -491,15 +509,16 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
             decl.feedback_state, count_feedback,
             prepare=pipeline.feedback.prepare_feedback if pipeline else None,
             after=pipeline.feedback.after_feedback if pipeline else None,
-            partitions=partitions, reroute=rerouter(decl.feedback),
+            partitions=partitions, reroute=rerouter(decl.feedback), state_key=user_key,
         )),
         (decl.users, Flow[ProfileState, UserProfile](
-            "users", check.users, StateCodec(ProfileState), fold_profile,
+            "users", check.users, StateCodec(ProfileState),
+            fold_profile if user_key is None else pseudonymous_profiles(user_key),
             decl.profile_state,
             after=pipeline.after_profiles if pipeline else None,
             forgetting=Forgetting(decl.user_tables(),
                                   pipeline.after_forget if pipeline else None),
-            partitions=partitions, reroute=rerouter(decl.users),
+            partitions=partitions, reroute=rerouter(decl.users), state_key=user_key,
         )),
     ]
 

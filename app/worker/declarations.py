@@ -15,6 +15,7 @@ import faust
 from app.broker.admin import STATE_TABLES
 from app.broker.embedded import SESSION_TIMEOUT_SECONDS
 from app.broker.security import faust_credentials
+from app.core.privacy import Pseudonyms
 from app.settings import Settings
 
 
@@ -35,6 +36,12 @@ class Declarations:
     item_state: Any
     feedback_state: Any
     profile_state: Any
+
+    @property
+    def user_key(self) -> Pseudonyms:
+        """A user id's key in the user tables and on the recommendations topic: the id's
+        bytes, or its pseudonym with STREAMREC_PSEUDONYM_KEY."""
+        return Pseudonyms(self.settings.pseudonym_key.get_secret_value())
 
     def user_tables(self) -> tuple[Any, ...]:
         """The tables keyed by user id: what forgetting a user deletes."""

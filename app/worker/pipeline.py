@@ -132,6 +132,7 @@ class Pipeline:
             served=sequence_model.version if sequence_model is not None else "")
         self.use_behaviour(sequence_model)
         self._exploration = Exploration(epsilon=settings.exploration_epsilon)
+        self.pseudonymous = bool(settings.pseudonym_key.get_secret_value())
         self.served = ServedLists(settings.pull_cache_users,
                                   settings.pull_cache_seconds * 1000)
         self.catalogue_synced = asyncio.Event()
@@ -292,6 +293,8 @@ class Pipeline:
             request,
             self.segments(result.key), params,
             self._exploration if variant == LEARNING else None, behaviour)
+        if self.pseudonymous:   # the list is keyed and addressed by the pseudonym alone
+            record = msgspec.structs.replace(record, user_id=result.key.decode())
         for source, count in ranking.counts.items():
             self.metrics.candidates.labels(source).inc(count)
         self.served.put(result.key, result.state.last_ts, record.model_version, request,

@@ -97,6 +97,7 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
     """``ready`` adds a condition of the pipeline (the catalogue is loaded)."""
     app = decl.app
     token = guarded(decl.settings.api_token.get_secret_value())
+    user_key = decl.user_key   # a user's table key: the id, or its pseudonym
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
@@ -124,9 +125,10 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
         if isinstance(parsed, str):
             return web.json({"error": parsed}, status=400)
         with metrics.pull_seconds.time():
-            raw = decl.user_state.get(user_id.encode())
+            key = user_key(user_id.encode())
+            raw = decl.user_state.get(key)
             state = _codec.decode(raw)
-            items, version = pipeline.recommend_now(state, parsed, user_id.encode(),
+            items, version = pipeline.recommend_now(state, parsed, key,
                                                     fresh=flag(request.query, "fresh"))
             body = msgspec.json.encode({"user_id": user_id, "known_user": raw is not None,
                                         "variant": pipeline.feedback.variant(user_id),
@@ -137,7 +139,7 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
     @token
     @app.table_route(table=decl.user_state, match_info="user_id")
     async def user_view(web: Any, request: Any, user_id: str) -> Any:
-        key = user_id.encode()
+        key = user_key(user_id.encode())
         raw = decl.user_state.get(key)
         held = {"profile": decl.profile_state.get(key) is not None,
                 "feedback_state": decl.feedback_state.get(key) is not None}
