@@ -295,6 +295,11 @@ class Settings(BaseSettings):
     """How other workers reach this one (request routing). Empty: `http://WEB_HOST:WEB_PORT`,
     or the host name when WEB_HOST is 0.0.0.0."""
 
+    web_idle_timeout_seconds: float = Field(default=15.0, gt=0, le=3600)
+    """A connection to the worker's HTTP server that sends no complete request for this long
+    (from its start or since its last response) is closed: idle and half-sent connections
+    do not pile up (aiohttp's own default is an hour)."""
+
     api_token: SecretStr = SecretStr("")
     """When set, the API's routes (/users/..., /items/..., /model) answer only requests with
     `Authorization: Bearer <token>` (401 otherwise); /metrics, /health and /ready stay open.

@@ -252,6 +252,19 @@ def _size(data: Any) -> int:
     return len(data) if isinstance(data, bytes | bytearray) else 0
 
 
+def bounded_web_connections(app: Any, idle_seconds: float, max_headers: int = 64) -> None:
+    """Faust's aiohttp server with limits it does not set: a connection that sends no
+    complete request for ``idle_seconds`` (from its start, or since its last response) is
+    closed (aiohttp's default waits an hour, so idle or half-sent connections pile up), and
+    a request may carry at most ``max_headers`` headers of at most 8 KiB each."""
+    from aiohttp.web import AppRunner
+
+    web = app.web
+    web._runner = AppRunner(web.web_app, access_log=None, keepalive_timeout=idle_seconds,
+                            max_headers=max_headers, max_line_size=8190,
+                            max_field_size=8190)
+
+
 def recovery_seeks_from_the_start_when_unsure(app: Any) -> None:
     """Make table recovery seek a changelog partition whose starting offset it does not
     know (None: a standby partition added after its offsets were read, in a rebalance) to

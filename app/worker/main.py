@@ -28,6 +28,7 @@ from app.worker import agents, web
 from app.worker.declarations import Declarations, declare
 from app.worker.faust_compat import (
     acting_as,
+    bounded_web_connections,
     commits_never_skip_an_offset,
     fetches_never_outlive_a_seek,
     flush_waits_for_changelogs,
@@ -103,6 +104,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
         decl.app, decl.tables(),
         sent=lambda table, size: metrics.written_bytes.labels(table).inc(size))
     recovery_seeks_from_the_start_when_unsure(decl.app)
+    bounded_web_connections(decl.app, settings.web_idle_timeout_seconds)
     told: set[tuple[Any, int]] = set()
 
     def held(tp: Any, committed: int, first: int) -> None:

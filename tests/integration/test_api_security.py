@@ -5,6 +5,7 @@ stay open; Faust's own routes (raw per-user state, the cluster layout) are not s
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -79,3 +80,44 @@ def test_the_api_wants_the_token_on_every_worker_and_faust_routes_are_off(
     for worker in (a, b):
         assert TOKEN not in worker.log.read_text(errors="replace")
 
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1024) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_idle_and_half_sent_connections_are_closed(kafka: KafkaBroker, tmp_path: Path) -> None:
+    env = isolated_env(kafka.bootstrap, tmp_path / "w")
+    env["STREAMREC_WEB_IDLE_TIMEOUT_SECONDS"] = "2"
+    worker = WorkerProcess(env, tmp_path / "w.log").start()
+    held: list[socket.socket] = []
+    try:
+        worker.wait_ready()
+        port = int(env["STREAMREC_WEB_PORT"])
+        for n in range(300):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if n % 2:   # half a request: a request line and one header, never finished
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            held.append(sock)
+        assert _get(worker, "/ready") == 200   # 300 held connections do not block it
+        started = time.monotonic()
+        closed = [_closed_by_server(sock) for sock in held]
+        took = time.monotonic() - started
+        print(f"{sum(closed)} of {len(held)} held connections closed by the worker "
+              f"within {took:.1f} s")
+        assert all(closed)
+        assert took < 15
+        too_many = "".join(f"X-{n}: {n}\r\n" for n in range(100))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(f"GET /health HTTP/1.1\r\nHost: x\r\n{too_many}\r\n".encode())
+            answer = sock.recv(1024)
+            assert answer.split(b" ")[1:2] == [b"400"], answer[:200]
+    finally:
+        for sock in held:
+            sock.close()
+        worker.stop()
