@@ -1,0 +1,438 @@
+"""`streamrec soak crash`: faults at random moments under a known workload, then every
+user's state compared with a reference.
+
+Workers (one consumer group, 4 partitions) on their own Apache Kafka; a producer streams
+each of ``users`` users' views in order at ``rate`` a second, counting what the broker
+acknowledged per user (a send it does not acknowledge is sent again with the same event id,
+as a producer with retries does: the worker's duplicate filter must make it one event).
+Meanwhile, at random moments (seeded), a random worker is stopped with SIGTERM (a share
+``graceful``) or killed with SIGKILL, every ``empty_every``-th kill on an empty data
+directory (a replacement machine: its tables come back from the changelogs), and started
+again; then the broker is killed and started ``broker_kills`` times; with ``add_worker`` a
+further worker joins half way. Each fault's recovery is timed: from the fault to the victim
+ready again, and to every sampled user of the victim's partitions answered by the API.
+
+The verdict, once the producer stops and the workers have caught up: for every user, the
+event count the API reports (``GET /users/{id}``) and the one in the compacted
+``user-state`` changelog equal the events acknowledged: 0 lost, 0 applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from app.broker.admin import ensure_topics, wait_until_ready
+from app.broker.apache import KafkaBroker, free_port
+from app.broker.embedded import die_with_parent, stop_process
+from app.contract.partitioning import partition_of
+from app.contract.samples import good_view
+from app.core.state import StateCodec, UserState
+from app.plots import pyplot
+from app.settings import Settings
+
+Say = Callable[[str], None]
+Progress = Callable[[str, int, int], None]
+PARTITIONS = 4
+TS = 1_700_000_000_000
+
+
+class Member:
+    """One `streamrec worker` process of the group: its own data dir and web port."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, name: str) -> None:
+        self.name = name
+        self.env = {**env, "STREAMREC_DATA_DIR": str(workdir / name / "data"),
+                    "STREAMREC_WEB_PORT": str(free_port())}
+        self.log = workdir / name / "worker.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.env['STREAMREC_WEB_PORT']}"
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"], env=self.env, stdout=out,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        stop_process(self.process, grace=30)
+
+    def wipe(self) -> None:
+        shutil.rmtree(self.env["STREAMREC_DATA_DIR"], ignore_errors=True)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as response:  # noqa: S310
+                return int(response.status), response.read()
+        except urllib.error.HTTPError as error:
+            return int(error.code), error.read()
+        except OSError:
+            return 0, b""
+
+    def ready(self) -> bool:
+        return self.get("/ready")[0] == 200
+
+
+class Producer:
+    """Each user's views in order, ``rate`` a second; ``sent`` counts the distinct events
+    the broker acknowledged per user; an unacknowledged send is repeated (same event id)."""
+
+    def __init__(self, bootstrap: str, topic: str, users: list[str], rate: float,
+                 seed: int = 0) -> None:
+        self.bootstrap, self.topic, self.users, self.rate = bootstrap, topic, users, rate
+        self.sent = dict.fromkeys(users, 0)
+        self.repeated = 0
+        self._stop = asyncio.Event()
+        self._rng = random.Random(seed)  # noqa: S311 - a workload, not a secret
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _send(self, producer: AIOKafkaProducer, user: str) -> None:
+        n = self.sent[user]
+        value = good_view(user, f"{user}-{n}", f"item-{n % 50}", TS + n)
+        while True:
+            try:
+                await (await producer.send(self.topic, value, key=user.encode()))
+                self.sent[user] += 1
+                return
+            except KafkaError:
+                self.repeated += 1
+                await asyncio.sleep(0.5)
+
+    async def run(self) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5,
+                                    request_timeout_ms=5_000, retry_backoff_ms=200)
+        await producer.start()
+        try:
+            step = 20 / self.rate
+            while not self._stop.is_set():
+                started = time.monotonic()
+                await asyncio.gather(*(self._send(producer, user)
+                                       for user in self._rng.sample(self.users, 20)))
+                await asyncio.sleep(max(0.0, step - (time.monotonic() - started)))
+        finally:
+            await producer.stop()
+
+
+@dataclass
+class Fault:
+    kind: str            # sigterm, sigkill, sigkill-empty, broker, join
+    victim: str
+    at: float            # seconds since the soak started
+    ready_seconds: float = -1.0      # fault to the victim ready again (-1: never)
+    served_seconds: float = -1.0     # fault to every sampled user of the victim answered
+
+
+@dataclass
+class Plan:
+    workers: int = 2
+    users: int = 200
+    rate: float = 1_000.0
+    kills: int = 20
+    graceful: float = 0.3
+    empty_every: int = 2
+    broker_kills: int = 3
+    add_worker: bool = True
+    gap: tuple[float, float] = (3.0, 10.0)
+    seed: int = 0
+    faults: list[Fault] = field(default_factory=list)
+
+
+async def _until(check: Callable[[], bool], within: float, poll: float = 0.25) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if await asyncio.to_thread(check):
+            return time.monotonic() - started
+        await asyncio.sleep(poll)
+    return -1.0
+
+
+def _up(member: Member) -> Callable[[], bool]:
+    return lambda: member.get("/health")[0] == 200
+
+
+def _serves(member: Member, users: list[str]) -> Callable[[], bool]:
+    """Whether ``member`` answers for every one of ``users`` (forwarding to owners)."""
+    return lambda: all(_known_counts([member], u) is not None for u in users)
+
+
+def _known_counts(members: list[Member], user: str) -> int | None:
+    for member in members:
+        if member.alive():
+            status, body = member.get(f"/users/{user}")
+            if status == 200:
+                return int(json.loads(body)["counts"].get("view", 0))
+            if status == 404:
+                return 0
+    return None
+
+
+async def _changelog_counts(settings: Settings, users: list[str]) -> dict[str, int]:
+    topic = f"{settings.app_id}-user-state-changelog"
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers(),
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        while not consumer.assignment():  # noqa: ASYNC110 - aiokafka has no event for it
+            await asyncio.sleep(0.1)
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        latest: dict[bytes, bytes | None] = {}
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                for message in messages:
+                    latest[message.key] = message.value
+    finally:
+        await consumer.stop()
+    codec = StateCodec(UserState)
+    return {u: codec.decode(latest.get(u.encode())).counts.get("view", 0) for u in users}
+
+
+async def run(plan: Plan, say: Say, progress: Progress,
+              workdir: Path | None = None) -> dict[str, Any]:
+    """The soak (module docstring)."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="streamrec-crash-"))
+    rng = random.Random(plan.seed)  # noqa: S311 - fault timing, not a secret
+    say("starting Apache Kafka (KRaft) from the Maven Central jars")
+    broker = KafkaBroker(workdir / "kafka")
+    await asyncio.to_thread(broker.start)
+    tag = uuid.uuid4().hex[:8]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update({"STREAMREC_BROKER_URL": broker.bootstrap, "STREAMREC_APP_ID": f"crash-{tag}",
+                "STREAMREC_PARTITIONS": str(PARTITIONS), "STREAMREC_LOG_LEVEL": "info",
+                "STREAMREC_SESSION_TIMEOUT_SECONDS": "10",
+                **{f"STREAMREC_TOPIC_{t.upper()}": f"{t}-{tag}"
+                   for t in Settings.topic_names()}})
+    settings = Settings.model_validate({k.removeprefix("STREAMREC_").lower(): v
+                                        for k, v in env.items() if k.startswith("STREAMREC_")})
+    members = [Member(env, workdir, f"w{n}") for n in range(plan.workers)]
+    users = [f"user-{n}" for n in range(plan.users)]
+    by_partition: dict[int, list[str]] = {}
+    for user in users:
+        by_partition.setdefault(partition_of(user.encode(), PARTITIONS), []).append(user)
+    sample = [u for part in by_partition.values() for u in part[:3]]   # every partition
+    started = time.monotonic()
+    producer: Producer | None = None
+    streaming: asyncio.Task[None] | None = None
+    try:
+        await wait_until_ready(settings)
+        await ensure_topics(settings)
+        for member in members:
+            member.start()
+        for member in members:
+            if await _until(member.ready, 180) < 0:
+                raise RuntimeError(f"{member.name} not ready; see {member.log}")
+        producer = Producer(broker.bootstrap, settings.topic_events, users, plan.rate,
+                            plan.seed)
+        streaming = asyncio.create_task(producer.run())
+        total = plan.kills + plan.broker_kills + int(plan.add_worker)
+        joined = False
+        for n in range(plan.kills):
+            await asyncio.sleep(rng.uniform(*plan.gap))
+            if plan.add_worker and not joined and n >= plan.kills // 2:
+                joined = True   # a worker joins half way (a rebalance), then the faults go on
+                newcomer = Member(env, workdir, f"w{len(members)}")
+                members.append(newcomer)
+                fault = Fault("join", newcomer.name, time.monotonic() - started)
+                t0 = time.monotonic()
+                newcomer.start()
+                # up: serving HTTP (it answers for any user by forwarding); whether the group
+                # gives it partitions is reported at the end (/ready needs some)
+                fault.ready_seconds = await _until(_up(newcomer), 180)
+                served = await _until(_serves(newcomer, sample), 180)
+                fault.served_seconds = -1.0 if served < 0 else time.monotonic() - t0
+                plan.faults.append(fault)
+                progress("faults", len(plan.faults), total)
+                say(f"join {newcomer.name}: ready after {fault.ready_seconds:.1f} s")
+                await asyncio.sleep(rng.uniform(*plan.gap))
+            victim = rng.choice(members)
+            graceful = rng.random() < plan.graceful
+            kills = sum(f.kind.startswith("sigkill") for f in plan.faults)
+            empty = not graceful and kills % plan.empty_every == plan.empty_every - 1
+            kind = "sigterm" if graceful else ("sigkill-empty" if empty else "sigkill")
+            fault = Fault(kind, victim.name, time.monotonic() - started)
+            t0 = time.monotonic()
+            if graceful:
+                await asyncio.to_thread(victim.stop)
+            else:
+                victim.kill()
+                if empty:
+                    victim.wipe()
+            victim.start()
+            fault.ready_seconds = await _until(victim.ready, 240)
+            served = await _until(lambda: all(_known_counts(members, u) is not None
+                                              for u in sample), 240)
+            fault.served_seconds = -1.0 if served < 0 else time.monotonic() - t0
+            plan.faults.append(fault)
+            progress("faults", len(plan.faults), total)
+            say(f"{kind} {victim.name}: ready after {fault.ready_seconds:.1f} s")
+        for _ in range(plan.broker_kills):
+            await asyncio.sleep(rng.uniform(*plan.gap))
+            fault = Fault("broker", "kafka", time.monotonic() - started)
+            broker.kill()
+            await asyncio.sleep(4.0)
+            broker.start()
+            fault.ready_seconds = await _until(lambda: all(m.ready() for m in members), 240)
+            plan.faults.append(fault)
+            progress("faults", len(plan.faults), total)
+            say(f"broker killed: every worker ready {fault.ready_seconds:.1f} s after restart")
+        await asyncio.sleep(5.0)
+        producer.stop()
+        await streaming
+        return await _verdict(plan, settings, members, users, producer, say, progress,
+                              time.monotonic() - started)
+    finally:
+        if producer is not None:
+            producer.stop()
+        if streaming is not None and not streaming.done():
+            streaming.cancel()
+        for member in members:
+            member.stop()
+        await asyncio.to_thread(broker.stop)
+
+
+async def _verdict(plan: Plan, settings: Settings, members: list[Member], users: list[str],
+                   producer: Producer, say: Say, progress: Progress,
+                   seconds: float) -> dict[str, Any]:
+    sent = producer.sent
+    expected = sum(sent.values())
+    say(f"{expected:,} events acknowledged; waiting for the workers to catch up")
+    best, moved = -1, time.monotonic()
+    counts: dict[str, int] = {}
+    while True:   # until everything is applied, or nothing more arrives for a minute
+        counts = await _changelog_counts(settings, users)
+        applied = sum(counts.values())
+        progress("caught up", min(applied, expected), expected)
+        if applied > best:
+            best, moved = applied, time.monotonic()
+        if applied >= expected or time.monotonic() - moved > 60:
+            break
+        await asyncio.sleep(2.0)
+    api = {u: await asyncio.to_thread(_known_counts, members, u) for u in users}
+    lost = {u: sent[u] - counts[u] for u in users if counts[u] < sent[u]}
+    doubled = {u: counts[u] - sent[u] for u in users if counts[u] > sent[u]}
+    api_wrong = {u: (api[u], sent[u]) for u in users if api[u] != sent[u]}
+    faults = plan.faults
+    worker_faults = [f for f in faults if f.kind.startswith("sig")]
+
+    def seconds_of(kinds: tuple[str, ...], what: str) -> dict[str, float]:
+        values = [getattr(f, what) for f in faults if f.kind in kinds and getattr(f, what) >= 0]
+        if not values:
+            return {}
+        return {"median": round(statistics.median(values), 1), "max": round(max(values), 1),
+                "n": len(values)}
+
+    report = {
+        "workers": plan.workers, "users": plan.users, "rate": plan.rate, "seed": plan.seed,
+        "seconds": round(seconds, 1), "events": expected, "repeated_sends": producer.repeated,
+        "faults": [f.__dict__ for f in faults],
+        "worker_faults": len(worker_faults),
+        "never_ready": sum(f.ready_seconds < 0 for f in faults),
+        # partitions are what /ready wants: a worker the group gives none is up but not ready
+        "ready_at_end": {m.name: m.ready() for m in members},
+        "lost": sum(lost.values()), "applied_twice": sum(doubled.values()),
+        "api_differing": len(api_wrong),
+        "examples": {"lost": dict(list(lost.items())[:5]),
+                     "doubled": dict(list(doubled.items())[:5]),
+                     "api": dict(list(api_wrong.items())[:5])},
+        "recovery": {
+            kind: {"ready": seconds_of(kinds, "ready_seconds"),
+                   "served": seconds_of(kinds, "served_seconds")}
+            for kind, kinds in (("sigterm", ("sigterm",)), ("sigkill", ("sigkill",)),
+                                ("sigkill-empty", ("sigkill-empty",)),
+                                ("broker", ("broker",)), ("join", ("join",)))},
+    }
+    report["passed"] = (not lost and not doubled and not api_wrong
+                        and report["never_ready"] == 0)
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    kinds: dict[str, int] = {}
+    for fault in report["faults"]:
+        kinds[fault["kind"]] = kinds.get(fault["kind"], 0) + 1
+    lines = [
+        f"`streamrec soak crash` ({report['workers']} workers, {report['users']} users, "
+        f"{report['rate']:.0f} events/s, seed {report['seed']}): "
+        f"{'PASSED' if report['passed'] else 'FAILED'}",
+        "",
+        f"Faults: {', '.join(f'{n} {k}' for k, n in kinds.items())}; "
+        f"{report['events']:,} events acknowledged ({report['repeated_sends']:,} sends "
+        f"repeated) in {report['seconds']:.0f} s.",
+        "",
+        "| verdict | |",
+        "| --- | ---: |",
+        f"| events lost (changelog) | {report['lost']} |",
+        f"| events applied twice (changelog) | {report['applied_twice']} |",
+        f"| users whose API count differs | {report['api_differing']} |",
+        f"| faults never recovered from | {report['never_ready']} |",
+        f"| workers holding partitions at the end (ready) | "
+        f"{sum(report['ready_at_end'].values())} of {len(report['ready_at_end'])} |",
+        "",
+        "| fault | to ready: median / max s (n) | to the victim's users served: median / max s |",
+        "| --- | --- | --- |",
+    ]
+    for kind, figures in report["recovery"].items():
+        ready, served = figures["ready"], figures["served"]
+        if not ready:
+            continue
+        lines.append(f"| {kind} | {ready['median']} / {ready['max']} ({ready['n']}) | "
+                     + (f"{served['median']} / {served['max']}" if served else "-") + " |")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], target: Path) -> bool:
+    """Each fault's recovery: seconds to ready, by kind, in order."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    colours = {"sigterm": "tab:blue", "sigkill": "tab:orange", "sigkill-empty": "tab:red",
+               "broker": "tab:purple", "join": "tab:green"}
+    figure, axis = plt.subplots(figsize=(10, 4))
+    for n, fault in enumerate(report["faults"]):
+        axis.bar(n, max(fault["ready_seconds"], 0), color=colours.get(fault["kind"], "grey"),
+                 label=fault["kind"])
+    handles, labels = axis.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=False))
+    axis.legend(unique.values(), unique.keys())
+    axis.set_xlabel("fault, in order")
+    axis.set_ylabel("seconds to ready again")
+    axis.set_title(f"{len(report['faults'])} faults: {report['lost']} events lost, "
+                   f"{report['applied_twice']} applied twice")
+    figure.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=110)
+    plt.close(figure)
+    return True

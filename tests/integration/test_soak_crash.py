@@ -1,0 +1,28 @@
+"""`streamrec soak crash`, the CI size: two workers on their own Apache Kafka, two worker
+faults (SIGTERM or SIGKILL, one of the kills on an empty disk), a worker joining, one broker
+kill, under a stream of views; every user's count, in the changelog and through the API,
+equals what the broker acknowledged (app/soak/crash.py says how)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from app.soak import crash
+
+
+@pytest.mark.slow
+def test_a_short_crash_soak_loses_nothing(tmp_path: Path) -> None:
+    plan = crash.Plan(workers=2, users=40, rate=300, kills=2, graceful=0.5, empty_every=1,
+                      broker_kills=1, add_worker=True, gap=(2.0, 4.0), seed=1)
+    report = asyncio.run(crash.run(plan, print, lambda *_: None, workdir=tmp_path))
+    assert report["passed"], json.dumps(report, indent=1)[-4000:]
+    kinds = [f["kind"] for f in report["faults"]]
+    assert kinds.count("broker") == 1
+    assert "join" in kinds
+    assert sum(k.startswith("sig") for k in kinds) == 2
+    assert report["events"] > 1_000
+    assert report["lost"] == report["applied_twice"] == report["api_differing"] == 0
