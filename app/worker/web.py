@@ -31,11 +31,13 @@ _codec = StateCodec(UserState)
 
 
 def is_ready(app: Any) -> bool:
-    """Ready once partitions are assigned and table recovery has finished."""
+    """Ready once the worker's group has assigned it its share and table recovery of that
+    share has finished. The share may be empty (more workers than Faust gives partitions
+    to): such a worker still serves every API route by forwarding to the owners, so it is
+    ready; asking for partitions kept a worker that joined a group of two on four
+    partitions unready for good (`streamrec soak crash`)."""
     recovery = app.tables.recovery
-    return bool(
-        not app.rebalancing and recovery.completed.is_set() and app.consumer.assignment()
-    )
+    return bool(not app.rebalancing and recovery.completed.is_set())
 
 
 def _csv(value: str | None) -> frozenset[str]:
