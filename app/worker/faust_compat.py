@@ -284,6 +284,25 @@ def recovery_seeks_from_the_start_when_unsure(app: Any) -> None:
     recovery._seek_offsets = seek_known
 
 
+def livelock_check_skips_unknown_positions(consumer: Any) -> None:
+    """Faust's livelock detector reads every assigned partition's fetch position, which
+    aiokafka asserts is known: a partition sought to its beginning (no committed offset)
+    has none until the broker answers the offset reset, so with the broker down at that
+    moment the assertion crashed the consumer and stopped the worker (`streamrec soak
+    crash`, a broker kill right after a rebalance). Such a partition is skipped until it
+    has a position: there is nothing to verify yet."""
+    verify = consumer.verify_event_path
+
+    def verify_known(now: float, tp: Any) -> None:
+        try:
+            verify(now, tp)
+        except AssertionError:
+            log.debug("livelock check skipped %s/%s: no fetch position yet", tp.topic,
+                      tp.partition)
+
+    consumer.verify_event_path = verify_known
+
+
 def fetches_never_outlive_a_seek(consumer: Any, topics: set[str]) -> None:
     """Drop the records of ``topics`` (the input topics) from a fetched batch when the
     consumer's positions were reset while the fetch was under way (Faust seeks every input
@@ -326,8 +345,29 @@ def fetches_never_outlive_a_seek(consumer: Any, topics: set[str]) -> None:
             records = kept
         return records, active
 
+    getmany = consumer.getmany
+
+    async def hand_out_since_the_last_seek(timeout: float  # noqa: ASYNC109 - Faust's
+                                           ) -> AsyncIterator[tuple[Any, Any]]:
+        # a seek may also come while a fetched batch is being handed out (table recovery
+        # seeks the stream partitions after it resumes the flow): the rest of the batch is
+        # from before it, and so is the read offset Faust sets after the message it was
+        # handing out when the seek came; both would make it drop the records fetched again
+        # as already read (measured: 7 of 14,140 events lost with a third worker joining)
+        before, stale = seeks[0], False
+        async for tp, message in getmany(timeout=timeout):
+            if seeks[0] != before and tp.topic in topics:
+                stale = True
+                break
+            yield tp, message
+        if stale or seeks[0] != before:
+            if stale:
+                log.info("records handed out across a seek dropped and fetched again")
+            await perform_seek()   # the read offsets and positions: the committed ones
+
     consumer.perform_seek = counted_seek
     consumer._wait_next_records = fetch_since_the_last_seek
+    consumer.getmany = hand_out_since_the_last_seek
 
 
 def commits_never_skip_an_offset(consumer: Any, topics: set[str],

@@ -32,6 +32,7 @@ from app.worker.faust_compat import (
     commits_never_skip_an_offset,
     fetches_never_outlive_a_seek,
     flush_waits_for_changelogs,
+    livelock_check_skips_unknown_positions,
     recovery_seeks_from_the_start_when_unsure,
 )
 from app.worker.feedback import FeedbackLoop
@@ -117,6 +118,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     inputs = set(settings.input_topics())
     commits_never_skip_an_offset(decl.app.consumer, inputs, held)   # before the seek wrapper
     fetches_never_outlive_a_seek(decl.app.consumer, inputs)
+    livelock_check_skips_unknown_positions(decl.app.consumer)
     web.attach(decl, metrics, pipeline, ready=lambda: (pipeline.catalogue_synced.is_set()
                                                         and feedback.synced.is_set()
                                                         and health.ok))
