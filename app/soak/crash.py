@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from app.broker.admin import ensure_topics, wait_until_ready
@@ -49,6 +49,7 @@ from app.contract.samples import good_view
 from app.core.state import StateCodec, UserState
 from app.plots import pyplot
 from app.settings import Settings
+from app.soak.fuzz import read_all
 
 Say = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
@@ -201,21 +202,8 @@ def _known_counts(members: list[Member], user: str) -> int | None:
 
 
 async def _changelog_counts(settings: Settings, users: list[str]) -> dict[str, int]:
-    topic = f"{settings.app_id}-user-state-changelog"
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers(),
-                                enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        while not consumer.assignment():  # noqa: ASYNC110 - aiokafka has no event for it
-            await asyncio.sleep(0.1)
-        ends = await consumer.end_offsets(list(consumer.assignment()))
-        latest: dict[bytes, bytes | None] = {}
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            for messages in (await consumer.getmany(timeout_ms=500)).values():
-                for message in messages:
-                    latest[message.key] = message.value
-    finally:
-        await consumer.stop()
+    latest = {r.key: r.value for r in await read_all(
+        settings.bootstrap_servers(), f"{settings.app_id}-user-state-changelog")}
     codec = StateCodec(UserState)
     return {u: codec.decode(latest.get(u.encode())).counts.get("view", 0) for u in users}
 

@@ -195,7 +195,7 @@ class RssSampler:
         return max((mb for _, mb in self.samples), default=0.0)
 
 
-async def _read_all(bootstrap: str, topic: str) -> list[Any]:
+async def read_all(bootstrap: str, topic: str) -> list[Any]:
     """Every record of ``topic`` up to its end offsets now."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_partition_fetch_bytes=4 << 20,
@@ -372,10 +372,10 @@ async def _settle(run_: WorkerRun, oracle: Oracle, report: dict[str, Any], say: 
         for (name, labels), value in samples.items()
         if name == "streamrec_processing_errors_total" and value}
     say("reading the dead-letter topic")
-    dead = await _read_all(settings.bootstrap_servers(), settings.topic_deadletter)
+    dead = await read_all(settings.bootstrap_servers(), settings.topic_deadletter)
     report["deadletters"] = _dead_letter_check(oracle, dead)
     say("reading the user-state changelog")
-    changelog = await _read_all(settings.bootstrap_servers(),
+    changelog = await read_all(settings.bootstrap_servers(),
                                 f"{settings.app_id}-user-state-changelog")
     report["state"] = _state_check(oracle, changelog)
 
