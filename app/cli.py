@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -685,6 +687,9 @@ def bench_pipeline(
              "keeps up); 0 skips it.")] = 30_000,
     live_ahead: Annotated[int, typer.Option(
         help="In the live phase, at most this many events unprocessed.")] = 2_000,
+    exactly_once: Annotated[bool, typer.Option(
+        help="Also time StreamRec with processing_guarantee=exactly_once (Kafka "
+             "transactions) on the same backlog: its cost as a ratio.")] = True,
     quick: Annotated[bool, typer.Option(
         "--quick", help="The guard (about a minute here): the decode-only ceiling and StreamRec "
                         "in turn, twice each, on a smaller backlog; reports StreamRec's "
@@ -706,7 +711,7 @@ def bench_pipeline(
     report = asyncio.run(pipeline_bench.run(
         events, partitions, broker, latency_seconds, say, pull_rate, pull_seconds, profile,
         references, profile_paced, latency_rate, behaviour_model, quick, live_events,
-        live_ahead))
+        live_ahead, exactly_once))
     if quick:
         typer.echo(json.dumps(report) if json_output else pipeline_bench.quick_markdown(report))
         if not report["passed"]:
@@ -799,6 +804,34 @@ def bench_index(
     typer.echo(json.dumps(report) if json_output else index_bench.markdown(report))
 
 
+def _worker_settings(pairs: list[str] | None) -> dict[str, str]:
+    """``--set NAME=VALUE`` options as a dict; a pair without ``=`` is a usage error."""
+    bad = [pair for pair in pairs or [] if "=" not in pair]
+    if bad:
+        raise typer.BadParameter(f"{bad[0]!r}: expected NAME=VALUE", param_hint="--set")
+    return dict(pair.split("=", 1) for pair in pairs or [])
+
+
+@contextlib.contextmanager
+def _phase_bars() -> Iterator[tuple[Callable[[str], None], Callable[[str, int, int], None]]]:
+    """A progress bar per phase of a long command, on standard error (with ETA): yields
+    ``say`` (print a line above the bars) and ``progress(phase, done, of)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed:,.0f}/{task.total:,.0f}"), TimeRemainingColumn(),
+                  transient=False, console=Console(stderr=True)) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(phase: str, done: int, of: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=of)
+            bar.update(tasks[phase], completed=done)
+
+        yield bar.console.print, progress
+
+
 @soak_cli.command("fuzz")
 def soak_fuzz(
     records: Annotated[int, typer.Option(help="Generated records (about 3 in 4 hostile).")]
@@ -825,25 +858,11 @@ def soak_fuzz(
     position with its reason (and nothing else is), the counters and every user's state
     match a reference computed from the produced records, and RSS stays under
     --max-rss-mb. Exit 1 otherwise."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
-
     from app.soak import fuzz as fuzz_soak
 
-    with Progress(TextColumn("{task.description}"), BarColumn(),
-                  TextColumn("{task.completed:,.0f}/{task.total:,.0f}"), TimeRemainingColumn(),
-                  transient=False, console=Console(stderr=True)) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(phase: str, done: int, of: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=of)
-            bar.update(tasks[phase], completed=done)
-
-        settings = dict(pair.split("=", 1) for pair in worker_setting or [] if "=" in pair)
-        report = asyncio.run(fuzz_soak.run(records, seed, broker, max_rss_mb,
-                                           bar.console.print, progress,
-                                           worker_settings=settings))
+    with _phase_bars() as (say, progress):
+        report = asyncio.run(fuzz_soak.run(records, seed, broker, max_rss_mb, say, progress,
+                                           worker_settings=_worker_settings(worker_setting)))
     if report_path is not None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps(report, indent=1))
@@ -868,6 +887,9 @@ def soak_crash(
     broker_kills: Annotated[int, typer.Option(help="Broker SIGKILLs after those.")] = 3,
     add_worker: Annotated[bool, typer.Option(help="A worker joins half way.")] = True,
     seed: Annotated[int, typer.Option(help="Seeds the fault times and victims.")] = 0,
+    worker_setting: Annotated[list[str] | None, typer.Option(
+        "--set", help="A worker setting NAME=VALUE (e.g. processing_guarantee=exactly_once, "
+                      "standby_replicas=0), repeatable.")] = None,
     report_path: Annotated[Path | None, typer.Option(
         "--report", help="Also write the report (JSON) here.")] = None,
     plot_path: Annotated[Path | None, typer.Option(
@@ -880,25 +902,14 @@ def soak_crash(
     recovery timed. Passes when every user's event count, in the changelog and as the API
     reports it, equals the events the broker acknowledged (0 lost, 0 applied twice) and
     every fault was recovered from. Exit 1 otherwise."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
-
     from app.soak import crash as crash_soak
 
     plan = crash_soak.Plan(workers=workers, users=users, rate=rate, kills=kills,
                            graceful=graceful, empty_every=empty_every,
-                           broker_kills=broker_kills, add_worker=add_worker, seed=seed)
-    with Progress(TextColumn("{task.description}"), BarColumn(),
-                  TextColumn("{task.completed:,.0f}/{task.total:,.0f}"), TimeRemainingColumn(),
-                  transient=False, console=Console(stderr=True)) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(phase: str, done: int, of: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=of)
-            bar.update(tasks[phase], completed=done)
-
-        report = asyncio.run(crash_soak.run(plan, bar.console.print, progress))
+                           broker_kills=broker_kills, add_worker=add_worker, seed=seed,
+                           worker_settings=_worker_settings(worker_setting))
+    with _phase_bars() as (say, progress):
+        report = asyncio.run(crash_soak.run(plan, say, progress))
     if report_path is not None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps(report, indent=1))

@@ -14,7 +14,11 @@ ready again, and to every sampled user of the victim's partitions answered by th
 
 The verdict, once the producer stops and the workers have caught up: for every user, the
 event count the API reports (``GET /users/{id}``) and the one in the compacted
-``user-state`` changelog equal the events acknowledged: 0 lost, 0 applied twice.
+``user-state`` changelog equal the events acknowledged: 0 lost, 0 applied twice. The
+recommendations topic, read ``read_committed`` as a consumer would, is checked for lists
+published twice (a user's list answering no event newer than an earlier one did): with
+``processing_guarantee=exactly_once`` there must be none; at-least-once reports how many.
+Every user's newest list must answer their newest event (what the user is shown now).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
@@ -169,7 +174,12 @@ class Plan:
     add_worker: bool = True
     gap: tuple[float, float] = (3.0, 10.0)
     seed: int = 0
+    worker_settings: dict[str, str] = field(default_factory=dict)   # e.g. standby_replicas
     faults: list[Fault] = field(default_factory=list)
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.worker_settings.get("processing_guarantee") == "exactly_once"
 
 
 async def _until(check: Callable[[], bool], within: float, poll: float = 0.25) -> float:
@@ -201,6 +211,28 @@ def _known_counts(members: list[Member], user: str) -> int | None:
     return None
 
 
+def repeated_lists(lists: list[tuple[bytes, int]]) -> tuple[int, dict[bytes, int]]:
+    """Of ``lists`` (each a user's key and its source event's time, in topic order), how
+    many answer no event newer than an earlier list of the same user did (a batch's lists
+    published again after a fault: its events processed twice); and the newest event time
+    each user's lists answer. A user's lists are on one partition, in order, and each
+    user's events have increasing times."""
+    answered: dict[bytes, int] = {}
+    twice = 0
+    for key, source in lists:
+        twice += source <= answered.get(key, -1)
+        answered[key] = max(source, answered.get(key, -1))
+    return twice, answered
+
+
+async def _published(settings: Settings) -> list[tuple[bytes, int]]:
+    """The committed lists of the recommendations topic: (user key, source event time)."""
+    return [(record.key, int(msgspec.json.decode(record.value)["source_event_time"]))
+            for record in await read_all(settings.bootstrap_servers(),
+                                         settings.topic_recommendations)
+            if record.value is not None]   # None: a forgotten user's tombstone
+
+
 async def _changelog_counts(settings: Settings, users: list[str]) -> dict[str, int]:
     latest = {r.key: r.value for r in await read_all(
         settings.bootstrap_servers(), f"{settings.app_id}-user-state-changelog")}
@@ -222,7 +254,9 @@ async def run(plan: Plan, say: Say, progress: Progress,
                 "STREAMREC_PARTITIONS": str(PARTITIONS), "STREAMREC_LOG_LEVEL": "info",
                 "STREAMREC_SESSION_TIMEOUT_SECONDS": "10",
                 **{f"STREAMREC_TOPIC_{t.upper()}": f"{t}-{tag}"
-                   for t in Settings.topic_names()}})
+                   for t in Settings.topic_names()},
+                **{f"STREAMREC_{name.upper()}": value
+                   for name, value in plan.worker_settings.items()}})
     settings = Settings.model_validate({k.removeprefix("STREAMREC_").lower(): v
                                         for k, v in env.items() if k.startswith("STREAMREC_")})
     members = [Member(env, workdir, f"w{n}") for n in range(plan.workers)]
@@ -319,16 +353,22 @@ async def _verdict(plan: Plan, settings: Settings, members: list[Member], users:
     say(f"{expected:,} events acknowledged; waiting for the workers to catch up")
     best, moved = -1, time.monotonic()
     counts: dict[str, int] = {}
-    while True:   # until everything is applied, or nothing more arrives for a minute
+    while True:   # until every user's events are applied, or nothing moves for a minute
         counts = await _changelog_counts(settings, users)
-        applied = sum(counts.values())
-        progress("caught up", min(applied, expected), expected)
+        # per user: one user's events applied twice must not stand in for another's missing
+        applied = sum(min(counts[u], sent[u]) for u in users)
+        progress("caught up", applied, expected)
         if applied > best:
             best, moved = applied, time.monotonic()
         if applied >= expected or time.monotonic() - moved > 60:
             break
         await asyncio.sleep(2.0)
+
     api = {u: await asyncio.to_thread(_known_counts, members, u) for u in users}
+    lists = await _published(settings)
+    lists_twice, answered = repeated_lists(lists)
+    # a user's newest list must answer their newest event: what the user is shown now
+    stale = [u for u in users if sent[u] and answered.get(u.encode(), -1) < TS + sent[u] - 1]
     lost = {u: sent[u] - counts[u] for u in users if counts[u] < sent[u]}
     doubled = {u: counts[u] - sent[u] for u in users if counts[u] > sent[u]}
     api_wrong = {u: (api[u], sent[u]) for u in users if api[u] != sent[u]}
@@ -344,6 +384,7 @@ async def _verdict(plan: Plan, settings: Settings, members: list[Member], users:
 
     report = {
         "workers": plan.workers, "users": plan.users, "rate": plan.rate, "seed": plan.seed,
+        "worker_settings": plan.worker_settings,
         "seconds": round(seconds, 1), "events": expected, "repeated_sends": producer.repeated,
         "faults": [f.__dict__ for f in faults],
         "worker_faults": len(worker_faults),
@@ -352,6 +393,7 @@ async def _verdict(plan: Plan, settings: Settings, members: list[Member], users:
         "ready_at_end": {m.name: m.ready() for m in members},
         "lost": sum(lost.values()), "applied_twice": sum(doubled.values()),
         "api_differing": len(api_wrong),
+        "lists": len(lists), "lists_twice": lists_twice, "stale_lists": len(stale),
         "examples": {"lost": dict(list(lost.items())[:5]),
                      "doubled": dict(list(doubled.items())[:5]),
                      "api": dict(list(api_wrong.items())[:5])},
@@ -363,7 +405,8 @@ async def _verdict(plan: Plan, settings: Settings, members: list[Member], users:
                                 ("broker", ("broker",)), ("join", ("join",)))},
     }
     report["passed"] = (not lost and not doubled and not api_wrong
-                        and report["never_ready"] == 0)
+                        and report["never_ready"] == 0
+                        and not stale and not (plan.exactly_once and lists_twice))
     return report
 
 
@@ -373,7 +416,9 @@ def markdown(report: dict[str, Any]) -> str:
         kinds[fault["kind"]] = kinds.get(fault["kind"], 0) + 1
     lines = [
         f"`streamrec soak crash` ({report['workers']} workers, {report['users']} users, "
-        f"{report['rate']:.0f} events/s, seed {report['seed']}): "
+        f"{report['rate']:.0f} events/s, seed {report['seed']}"
+        + "".join(f", {k}={v}" for k, v in report.get("worker_settings", {}).items())
+        + "): "
         f"{'PASSED' if report['passed'] else 'FAILED'}",
         "",
         f"Faults: {', '.join(f'{n} {k}' for k, n in kinds.items())}; "
@@ -385,6 +430,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"| events lost (changelog) | {report['lost']} |",
         f"| events applied twice (changelog) | {report['applied_twice']} |",
         f"| users whose API count differs | {report['api_differing']} |",
+        f"| lists published twice (of {report['lists']:,}; read_committed) | "
+        f"{report['lists_twice']} |",
+        f"| users whose newest list does not answer their newest event | "
+        f"{report['stale_lists']} |",
         f"| faults never recovered from | {report['never_ready']} |",
         f"| workers holding partitions at the end (ready) | "
         f"{sum(report['ready_at_end'].values())} of {len(report['ready_at_end'])} |",

@@ -8,6 +8,8 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 
+from app.soak.fuzz import read_all
+
 
 async def produce(bootstrap: str, topic: str,
                   records: list[tuple[bytes | None, bytes | None]],
@@ -54,23 +56,9 @@ async def read_topic(bootstrap: str, topic: str, expect: int, within: float = 60
 
 
 async def latest_by_key(bootstrap: str, topic: str) -> dict[bytes | None, bytes | None]:
-    """Every key's last value in ``topic`` as it stands now (read to its end offsets): a
-    changelog's view of the state it backs."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")  # no group: every partition
-    await consumer.start()
-    try:
-        while not consumer.assignment():  # noqa: ASYNC110 - aiokafka has no event for it
-            await asyncio.sleep(0.1)
-        ends = await consumer.end_offsets(list(consumer.assignment()))
-        latest: dict[bytes | None, bytes | None] = {}
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            for messages in (await consumer.getmany(timeout_ms=500)).values():
-                for message in messages:
-                    latest[message.key] = message.value
-        return latest
-    finally:
-        await consumer.stop()
+    """Every key's last committed value in ``topic`` as it stands now (read to its end
+    offsets, read_committed): a changelog's view of the state it backs."""
+    return {message.key: message.value for message in await read_all(bootstrap, topic)}
 
 
 async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
