@@ -11,6 +11,7 @@ import socket
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -179,6 +180,19 @@ class Settings(BaseSettings):
     """How often a worker commits its input offsets (Faust's default, 2.8 s). What a
     killed worker re-reads on restart is at most this much input (deduplicated by event
     id); the benchmark commits every 0.5 s to time the end of a backlog precisely."""
+
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    """``at_least_once``: a killed worker re-reads its uncommitted input; state stays exact
+    (the duplicate filter), a recommendation list may be published again.
+    ``exactly_once`` (experimental): Kafka transactions (one producer per input partition):
+    changelog writes, recommendations and input offsets commit together, so consumers
+    reading ``read_committed`` see a list once. Holds for a killed worker; not yet across
+    rebalances of several workers (docs/operations.md, "Exactly-once processing"). Not on
+    the embedded broker (no transactions)."""
+
+    standby_replicas: int = Field(default=1, ge=0, le=8)
+    """Standby copies of each table partition kept warm on other workers (Faust's
+    ``table_standby_replicas``): a fail-over then replays only what the standby missed."""
 
     recommendation_size: int = Field(default=10, ge=1, le=1000)
     """Items per published recommendation."""

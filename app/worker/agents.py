@@ -60,6 +60,7 @@ from app.metrics import Metrics
 from app.settings import Settings
 from app.worker.declarations import Declarations
 from app.worker.faust_compat import (
+    OutsideTransactions,
     StallWatch,
     acting_as,
     consumer_lag,
@@ -483,6 +484,9 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
                                     record.type.value).inc()
 
     def rerouter(topic: Any) -> Callable[[Any, int], Awaitable[None]]:
+        if decl.settings.processing_guarantee == "exactly_once":   # another's partition
+            topic = OutsideTransactions(decl.app, topic)
+
         async def reroute(event: Any, partition: int) -> None:
             message = event.message
             await topic.send(key=message.key, value=message.value, partition=partition,

@@ -86,6 +86,8 @@ def _app(settings: Settings) -> faust.App:
         web_tables_enabled=settings.web_faust_routes,   # /table/...: raw per-user state
         web_graph_enabled=False,
         autodiscover=False,
+        processing_guarantee=settings.processing_guarantee,
+        table_standby_replicas=settings.standby_replicas,
         **options,
     )
 

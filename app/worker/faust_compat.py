@@ -16,10 +16,12 @@ import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import TopicPartition
 from faust.streams import _current_event
+from faust.types import TP
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +205,7 @@ async def _take_batches(stream: Any, max_: int, within: float, backlog_within: f
 
 def flush_waits_for_changelogs(app: Any, tables: dict[str, Any], timeout: float = 60.0,
                                sent: Callable[[str, int], None] = lambda table, size: None,
-                               ) -> None:
+                               transactional: bool = False) -> None:
     """Make the flush that precedes every offset commit wait until each changelog record
     the ``tables`` (by label) have sent so far is acknowledged by the broker; each record
     is also reported to ``sent`` (the table's label, its key and value bytes).
@@ -214,10 +216,18 @@ def flush_waits_for_changelogs(app: Any, tables: dict[str, Any], timeout: float 
     then (or a broker that fails them) loses those updates for good, its offsets being past
     them. Here every changelog send is tracked until it is done, and the flush waits for
     those sent before it began (``timeout`` seconds at most; then it warns and commits, as
-    Faust would)."""
+    Faust would).
+
+    With ``transactional`` (exactly-once), each changelog record goes instead through the
+    transactional producer of its partition, as the recommendations do: Faust sends table
+    changelogs with its plain producer, outside every transaction (faust-streaming#177), so
+    a killed worker's state would survive the transaction its outputs and offsets were
+    aborted with. A commit (which ends those transactions) waits for the records sent
+    before it began to be in them, and a rebalance commits before it stops the revoked
+    partitions' producers."""
     pending: set[asyncio.Future[Any]] = set()
     for label, table in tables.items():
-        send = table.send_changelog
+        send = _in_transaction(app, table) if transactional else table.send_changelog
 
         def tracked(partition: Any, key: Any, value: Any, *args: Any, _send: Any = send,
                     _label: str = label, **kwargs: Any) -> Any:
@@ -228,23 +238,182 @@ def flush_waits_for_changelogs(app: Any, tables: dict[str, Any], timeout: float 
             return future
 
         table.send_changelog = tracked
-    producer = app.producer
-    flush = producer.flush
 
-    async def complete_flush() -> None:
-        # the records sent so far, not those sent while waiting: the offsets being
-        # committed were acked before this flush began, and every changelog record of
-        # theirs was sent by then; waiting until nothing at all is pending never ends
-        # under load (measured: a worker's commits stalled, and its fetching with them)
-        waiting = list(pending)
-        await flush()
+    async def wait_for(waiting: list[asyncio.Future[Any]]) -> None:
         if waiting:
             _, late = await asyncio.wait(waiting, timeout=timeout)
             if late:
                 log.warning("%d changelog records not acknowledged after %.0f s: "
                             "committing anyway", len(late), timeout)
 
+    # Each waits for the records sent so far, not those sent while it waits: the offsets
+    # being committed were acked before it began, and every changelog record of theirs was
+    # sent by then; waiting until nothing at all is pending never ends under load
+    # (measured: a worker's commits stalled, and its fetching with them)
+
+    if transactional:
+        transactions = app.consumer.transactions
+        commit = transactions.commit
+
+        async def commit_after_changelogs(offsets: Any, start_new_transaction: bool = True
+                                          ) -> bool:
+            await wait_for(list(pending))
+            return bool(await commit(offsets, start_new_transaction=start_new_transaction))
+
+        transactions.commit = commit_after_changelogs
+        revoking = transactions.on_partitions_revoked
+
+        async def commit_before_revoke(revoked: Any) -> None:
+            # Faust stops a revoked partition's producer with its transaction open (every
+            # rebalance revokes every partition): aborted, it took the state and lists of
+            # everything since the last commit with it, while the local tables kept them;
+            # committed here, what was processed stays done
+            try:
+                await app.consumer.commit()
+            except Exception as exc:   # noqa: BLE001 - fenced or gone: aborted, recovered
+                log.warning("commit before a rebalance failed (%s): the partitions' last "
+                            "work is redone by their next owner", type(exc).__name__)
+            await revoking(revoked)
+
+        transactions.on_partitions_revoked = commit_before_revoke
+        return
+    producer = app.producer
+    flush = producer.flush
+
+    async def complete_flush() -> None:
+        waiting = list(pending)
+        await flush()
+        await wait_for(waiting)
+
     producer.flush = complete_flush
+
+
+def _in_transaction(app: Any, table: Any) -> Callable[..., asyncio.Future[Any]]:
+    """``table.send_changelog`` through the transaction of the record's partition (the
+    changelog is co-partitioned with the input it follows); its future is done once the
+    broker has the record, and the offset is then persisted when the transaction commits,
+    as Faust does for transactional writes."""
+    topic = table.changelog_topic.get_topic_name()
+
+    async def send(partition: int, key: bytes | None, value: bytes | None) -> Any:
+        transactions = app.consumer.transactions
+        delivered = await transactions.send(topic, key, value, partition, None, None)
+        metadata = await delivered
+        app.tables.persist_offset_on_commit(
+            table.data, TP(metadata.topic, metadata.partition), metadata.offset)
+        return metadata
+
+    def send_changelog(partition: int | None, key: Any, value: Any, *args: Any, **kwargs: Any
+                       ) -> asyncio.Future[Any]:
+        if partition is None:   # Faust passes the current record's: tables are written
+            raise RuntimeError(f"{topic}: a table written outside a record's processing")
+        done = _Sent(partition)
+        task = asyncio.ensure_future(send(partition, key, value))
+        task.add_done_callback(done.follow)
+        return done
+
+    return send_changelog
+
+
+def highwaters_asked_under_transactions(consumer: Any) -> None:
+    """Make table recovery ask the broker for each changelog partition's end (its last
+    stable offset: the client reads committed) under exactly-once, as it does otherwise.
+    Faust then reads the client's cached last stable offset instead, which is -1 until the
+    partition was fetched once, and a worker restarting with local tables stopped at once
+    ("persisted offset ... is higher than the last offset in that topic (highwater)
+    (280 > -1)", seen on the first kill of a two-worker soak)."""
+    thread = consumer._thread
+
+    async def highwaters(partitions: list[Any]) -> Any:   # on the client's own loop
+        return await thread._ensure_consumer().end_offsets(partitions)
+
+    thread._highwaters = highwaters
+
+
+def routing_without_producer_metadata(app: Any, partitions: int,
+                                      partition_of: Callable[[bytes, int], int]) -> None:
+    """Let the API find a key's owner when Faust's plain producer has never written the
+    table's changelog (under exactly-once the transactional producers write it): Faust's
+    router asks that producer's metadata for the key's partition, and without it every
+    forwarded request failed with HTTP 500 (TypeError). The partition is then computed as
+    every StreamRec producer computes it (murmur2, ``partitions``)."""
+    producer = app.producer
+    key_partition = producer.key_partition
+
+    def with_fallback(topic: str, key: bytes) -> Any:
+        try:
+            return key_partition(topic, key)
+        except TypeError:   # no metadata for ``topic`` in the plain producer
+            return TP(topic, partition_of(key, partitions))
+
+    producer.key_partition = with_fallback
+
+
+class TransactionalTopic:
+    """An output topic co-partitioned with the input topic ``source`` (keyed alike, as many
+    partitions), whose records go into the transaction of their input partition: Faust's
+    own ``topic.send`` under exactly-once puts a record in a transaction only when the
+    worker consumes that topic, and sends every other one outside all transactions
+    (faust-streaming#177), where it survives the abort of the transaction its input and
+    state were in."""
+
+    def __init__(self, app: Any, topic: Any, source: str, partitions: int,
+                 partition_of: Callable[[bytes, int], int]) -> None:
+        self._app, self._topic, self._source = app, topic, source
+        self._partitions, self._partition_of = partitions, partition_of
+
+    def get_topic_name(self) -> str:
+        return str(self._topic.get_topic_name())
+
+    async def send(self, *, key: bytes, value: bytes | None) -> Any:
+        transactions = self._app.consumer.transactions
+        partition = self._partition_of(key, self._partitions)
+        group = self._app.assignor.group_for_topic(self._source)
+        return await transactions.producer.send(
+            self.get_topic_name(), key, value, partition, None, None,
+            transactional_id=f"{self._app.conf.id}-{group}-{partition}")
+
+
+class OutsideTransactions:
+    """An output topic sent to at-least-once under exactly-once, with the plain producer:
+    Faust puts a record for a topic the worker consumes into the transaction of its
+    *destination* partition, which only that partition's owner has; for a topic not
+    co-partitioned with the input (the one-partition ``examples`` topic every worker sends
+    to; a record rerouted to its key's partition) every other worker's sends then fail
+    (measured: ProducerFenced on each)."""
+
+    def __init__(self, app: Any, topic: Any) -> None:
+        self._app, self._topic = app, topic
+
+    def get_topic_name(self) -> str:
+        return str(self._topic.get_topic_name())
+
+    async def send(self, *, key: bytes | None = None, value: bytes | None = None,
+                   partition: int | None = None, headers: Any = None) -> Any:
+        return await self._app.producer.send(self.get_topic_name(), key, value, partition,
+                                             None, headers)
+
+
+class _Sent(asyncio.Future[Any]):
+    """A transactional changelog send as Faust's table expects it back (it reads the
+    record's partition from ``.message.partition``)."""
+
+    def __init__(self, partition: int) -> None:
+        super().__init__()
+        self.message = _Message(partition)
+
+    def follow(self, task: asyncio.Future[Any]) -> None:
+        if task.cancelled():
+            self.cancel()
+        elif (error := task.exception()) is not None:
+            self.set_exception(error)
+        else:
+            self.set_result(task.result())
+
+
+@dataclass(frozen=True)
+class _Message:
+    partition: int
 
 
 def _size(data: Any) -> int:

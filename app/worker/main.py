@@ -16,6 +16,7 @@ import faust
 
 from app.broker.admin import cluster_id, ensure_topics
 from app.broker.embedded import check_embedded, start_if_needed
+from app.contract.partitioning import partition_of
 from app.contract.records import Event, UserProfile
 from app.core.attribution import remember
 from app.core.state import FeedbackState, ProfileState, Shown, StateCodec, UserState
@@ -27,13 +28,17 @@ from app.settings import Settings
 from app.worker import agents, web
 from app.worker.declarations import Declarations, declare
 from app.worker.faust_compat import (
+    OutsideTransactions,
+    TransactionalTopic,
     acting_as,
     bounded_web_connections,
     commits_never_skip_an_offset,
     fetches_never_outlive_a_seek,
     flush_waits_for_changelogs,
+    highwaters_asked_under_transactions,
     livelock_check_skips_unknown_positions,
     recovery_seeks_from_the_start_when_unsure,
+    routing_without_producer_metadata,
 )
 from app.worker.feedback import FeedbackLoop
 from app.worker.pipeline import Pipeline, load_sequence_model, make_recommender
@@ -59,6 +64,34 @@ def reset_state_if_cluster_changed(settings: Settings, current: str) -> bool:
     return wiped
 
 
+UNCLEAN = "running"   # in the data dir while a worker runs; left behind by a kill
+
+
+def reset_state_after_unclean_stop(settings: Settings) -> bool:
+    """With exactly-once processing, wipe the local tables of a worker that did not stop
+    cleanly (killed, crashed, out of time): they hold the writes of its last, aborted
+    transaction, which the changelog (read committed) does not; kept, they would make the
+    input re-read after the kill look already applied, and its recommendations (aborted
+    with the transaction) would never be published. The tables recover from the committed
+    changelog instead, as on an empty disk. Marks the data dir as in use; a clean stop
+    clears the mark (:func:`stopped_cleanly`). Returns True when the tables were wiped."""
+    marker = settings.data_dir / UNCLEAN
+    tables = settings.data_dir / "faust"
+    wiped = False
+    if settings.processing_guarantee == "exactly_once" and marker.exists() and tables.exists():
+        shutil.rmtree(tables)
+        wiped = True
+        log.warning("the last run did not stop cleanly: local tables reset (exactly-once: "
+                    "they may hold an aborted transaction's writes), will recover")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text("a worker runs on this data dir (or was killed)\n")
+    return wiped
+
+
+def stopped_cleanly(settings: Settings) -> None:
+    (settings.data_dir / UNCLEAN).unlink(missing_ok=True)
+
+
 async def prepare(settings: Settings) -> None:
     current = await cluster_id(settings)
     check_embedded(settings, current)
@@ -66,10 +99,16 @@ async def prepare(settings: Settings) -> None:
     if created:
         log.info("created topics: %s", ", ".join(created))
     reset_state_if_cluster_changed(settings, current)
+    reset_state_after_unclean_stop(settings)
 
 
 def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     decl = declare(settings)
+    if settings.processing_guarantee == "exactly_once":
+        # Faust reads whether it runs transactions once, when its consumer is made, as
+        # "exactly_once and running in a worker"; it is made below, before Faust's Worker
+        # says it runs in one, so exactly_once would silently run at-least-once
+        decl.app.in_worker = True
     metrics = metrics or Metrics.create(variants=tuple(settings.ab_test().shares))
     encoder = Encoder(settings.model_dir())
     sequence_model = load_sequence_model(settings)
@@ -92,18 +131,28 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
             decl.feedback_state[result.key] = feedback_codec.encode(
                 remember(state, shown, shown.produced_at))
 
+    examples, models = decl.examples, decl.models
+    if settings.processing_guarantee == "exactly_once":   # the learner's: at-least-once
+        examples, models = (OutsideTransactions(decl.app, decl.examples),
+                            OutsideTransactions(decl.app, decl.models))
     feedback = FeedbackLoop(settings, metrics, recommender.params, recommender.sources,
-                            encoder.manifest.model_name, decl.examples, decl.models,
+                            encoder.manifest.model_name, examples, models,
                             encoder.dimension)
     feedback.catalogue = recommender.catalogue.index
-    pipeline = Pipeline(settings, metrics, encoder, recommender, decl.recommendations,
+    recommendations = decl.recommendations
+    if settings.processing_guarantee == "exactly_once":
+        recommendations = TransactionalTopic(decl.app, decl.recommendations,
+                                             settings.topic_events, settings.partitions,
+                                             partition_of)
+    pipeline = Pipeline(settings, metrics, encoder, recommender, recommendations,
                         decl.catalogue, feedback, profiles=profile_of, users=user_of,
                         remember=remember_shown, sequence_model=sequence_model)
     health = agents.Health()
     agents.attach(decl, metrics, pipeline, health)
     flush_waits_for_changelogs(
         decl.app, decl.tables(),
-        sent=lambda table, size: metrics.written_bytes.labels(table).inc(size))
+        sent=lambda table, size: metrics.written_bytes.labels(table).inc(size),
+        transactional=settings.processing_guarantee == "exactly_once")
     recovery_seeks_from_the_start_when_unsure(decl.app)
     bounded_web_connections(decl.app, settings.web_idle_timeout_seconds)
     told: set[tuple[Any, int]] = set()
@@ -119,6 +168,9 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     commits_never_skip_an_offset(decl.app.consumer, inputs, held)   # before the seek wrapper
     fetches_never_outlive_a_seek(decl.app.consumer, inputs)
     livelock_check_skips_unknown_positions(decl.app.consumer)
+    if settings.processing_guarantee == "exactly_once":
+        highwaters_asked_under_transactions(decl.app.consumer)
+        routing_without_producer_metadata(decl.app, settings.partitions, partition_of)
     web.attach(decl, metrics, pipeline, ready=lambda: (pipeline.catalogue_synced.is_set()
                                                         and feedback.synced.is_set()
                                                         and health.ok))
@@ -231,6 +283,14 @@ def run_worker(settings: Settings) -> None:
             "STREAMREC_BROKER_URL is not set: set it to your Kafka's bootstrap servers "
             "(host:port[,host:port...]), or run `streamrec worker --embedded` "
             "(STREAMREC_EMBEDDED_BROKER=true) for the memory-only development broker")
+    if settings.embedded and settings.processing_guarantee == "exactly_once":
+        raise SettingError(
+            "STREAMREC_PROCESSING_GUARANTEE=exactly_once needs Kafka transactions, which the "
+            "embedded broker does not have: set STREAMREC_BROKER_URL or use at_least_once")
+    if settings.processing_guarantee == "exactly_once":
+        log.warning("STREAMREC_PROCESSING_GUARANTEE=exactly_once is experimental: exact for a "
+                    "killed worker, not yet across rebalances of several workers "
+                    "(docs/operations.md, 'Exactly-once processing')")
     broker = start_if_needed(settings)
     one_blas_thread()
     try:
@@ -241,6 +301,10 @@ def run_worker(settings: Settings) -> None:
             broker.stop(grace=2.0) if broker is not None else None))
         try:
             worker.execute_from_commandline()
+        except SystemExit as done:
+            if done.code in (0, None):   # Faust's worker ends so when it stopped cleanly
+                stopped_cleanly(settings)
+            raise
         finally:
             worker.deadline.disarm()    # stopped in time: what follows is ours to bound
     finally:

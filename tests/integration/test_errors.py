@@ -37,6 +37,7 @@ def _run(args: list[str], tmp_path: Path, within: float = 60.0, **env: str
     ("STREAMREC_PARTITIONS", "0", "greater than or equal to 1"),
     ("STREAMREC_SECURITY_PROTOCOL", "TLS", "allowed: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
     ("STREAMREC_CONNECT_TIMEOUT_SECONDS", "soon", "valid number"),
+    ("STREAMREC_PROCESSING_GUARANTEE", "twice", "'at_least_once' or 'exactly_once'"),
 ])
 def test_a_bad_setting_is_one_line_naming_it_and_exit_2(
         tmp_path: Path, variable: str, value: str, says: str) -> None:
@@ -56,6 +57,16 @@ def test_a_worker_without_a_broker_address_refuses_to_start_embedded(tmp_path: P
     assert "STREAMREC_BROKER_URL is not set" in lines[0]
     assert "--embedded" in lines[0]
     assert not port_open("127.0.0.1", port)   # no memory-only broker was started
+
+
+def test_exactly_once_on_the_embedded_broker_is_refused(tmp_path: Path) -> None:
+    port = free_port()
+    code, lines, _ = _run(["worker", "--embedded"], tmp_path, STREAMREC_EMBEDDED_PORT=str(port),
+                          STREAMREC_PROCESSING_GUARANTEE="exactly_once")
+    assert code == 2
+    assert len(lines) == 1, lines
+    assert "needs Kafka transactions" in lines[0]
+    assert not port_open("127.0.0.1", port)
 
 
 def test_an_unreachable_broker_is_one_line_with_its_address_in_bounded_time(
