@@ -161,7 +161,8 @@ class Settings(BaseSettings):
     """How far in the future an event time may lie before it is rejected."""
 
     dedup_window: int = Field(default=128, ge=1, le=65_536)
-    """Event ids remembered per key to drop redelivered duplicates."""
+    """Event ids remembered per key to drop an event sent twice (a producer's retry: two
+    offsets). Input read again after a fault is dropped by its position, however far back."""
 
     # --- Processing -------------------------------------------------------------------
     batch_max: int = Field(default=1000, ge=1)

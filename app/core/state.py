@@ -33,6 +33,9 @@ from app.core.profile import EVENT_WEIGHTS, Interest, ProfileParams, add_signal,
 FloatArray = npt.NDArray[np.float32]
 
 
+NOWHERE = (-1, -1)   # a state's ``read_to`` before any record with a known position
+
+
 class KeyState(Struct, array_like=True, frozen=True):
     """Base of every state value: the recent event ids of the key, newest last."""
 
@@ -56,6 +59,7 @@ class UserState(KeyState, array_like=True, frozen=True):
     query_ts: int = 0
     consumed: bytes = b""                    # every item consumed (app.core.consumed)
     sequence: bytes = b""                    # the last item events, as the model reads them
+    read_to: tuple[int, int] = NOWHERE       # (input partition, offset) applied up to
 
 
 class ShownItem(Struct, array_like=True, frozen=True):
@@ -97,12 +101,14 @@ class FeedbackState(KeyState, array_like=True, frozen=True):
     counts: dict[str, int] = {}
     last_ts: int = 0
     shown: tuple[Shown, ...] = ()
+    read_to: tuple[int, int] = NOWHERE
 
 
 class ProfileState(KeyState, array_like=True, frozen=True):
     """The newest known profile of a user."""
 
     profile: UserProfile | None = None
+    read_to: tuple[int, int] = NOWHERE
 
 
 class ItemState(KeyState, array_like=True, frozen=True):
@@ -110,6 +116,7 @@ class ItemState(KeyState, array_like=True, frozen=True):
 
     item: ItemUpsert | None = None
     last_ts: int = 0
+    read_to: tuple[int, int] = NOWHERE
 
 
 class HasEventId(Protocol):
@@ -132,15 +139,29 @@ class Applied(Generic[S, R]):
 
 
 def apply_batch(
-    state: S, records: Sequence[R], window: int, fold: Callable[[S, R], S]
+    state: S, records: Sequence[R], window: int, fold: Callable[[S, R], S],
+    positions: Sequence[tuple[int, int]] | None = None,
 ) -> Applied[S, R]:
     """Fold ``records`` (one key's, in offset order) into ``state``, skipping any whose
-    ``event_id`` was seen within the last ``window`` ids (including earlier in this batch)."""
+    ``event_id`` was seen within the last ``window`` ids (including earlier in this batch)
+    and, given their input ``positions`` ((partition, offset) each), any at or before the
+    position the state was applied up to (its ``read_to``) on the same partition: input
+    read again after a fault, however far back its committed offset was (the id window
+    covers only the last ``window`` events of a key, and a re-read of more used to apply
+    the older ones twice). The id window still catches a record sent twice (a producer's
+    retry: two offsets)."""
     seen = list(state.seen)
     known = set(seen)
     applied: list[R] = []
     duplicates = 0
-    for record in records:
+    read_to: tuple[int, int] | None = getattr(state, "read_to", None)
+    for n, record in enumerate(records):
+        if positions is not None and read_to is not None:
+            position = positions[n]
+            if position[0] == read_to[0] and position[1] <= read_to[1]:
+                duplicates += 1
+                continue
+            read_to = position   # in offset order: the newest so far
         if record.event_id in known:
             duplicates += 1
             continue
@@ -150,6 +171,9 @@ def apply_batch(
         applied.append(record)
     if len(seen) > window:
         seen = seen[-window:]
+    if read_to is not None and positions is not None:
+        return Applied(msgspec.structs.replace(state, seen=tuple(seen), read_to=read_to),
+                       applied, duplicates)
     return Applied(msgspec.structs.replace(state, seen=tuple(seen)), applied, duplicates)
 
 

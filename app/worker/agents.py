@@ -328,7 +328,9 @@ async def _apply_key(flow: Flow[S, R], key: bytes, pairs: list[tuple[Any, R]], w
     def fold_and_write() -> tuple[S, Applied[S, R]]:
         with acting_as(pairs[-1][0]):
             state = flow.codec.decode(flow.table.get(key))
-            result = apply_batch(state, [record for _, record in pairs], window, fold)
+            result = apply_batch(state, [record for _, record in pairs], window, fold,
+                                 [(event.message.partition, event.message.offset)
+                                  for event, _ in pairs])
             # a redelivered record means this key's last write may not have reached the
             # changelog (a killed worker's local table can be ahead of it, its offsets not
             # committed): written again, so the changelog catches up
