@@ -341,6 +341,11 @@ class Settings(BaseSettings):
     """Worker log level (debug, info, warning, error)."""
 
     @property
+    def exactly_once(self) -> bool:
+        """True when input, state and outputs commit together in Kafka transactions."""
+        return self.processing_guarantee == "exactly_once"
+
+    @property
     def embedded(self) -> bool:
         """True when no broker is configured and the embedded broker is used."""
         return not self.broker_url.strip()

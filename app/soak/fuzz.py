@@ -379,7 +379,7 @@ async def _settle(run_: WorkerRun, oracle: Oracle, report: dict[str, Any], say: 
     report["deadletters"] = _dead_letter_check(oracle, dead)
     say("reading the user-state changelog")
     changelog = await read_all(settings.bootstrap_servers(),
-                                f"{settings.app_id}-user-state-changelog")
+                               f"{settings.app_id}-user-state-changelog")
     report["state"] = _state_check(oracle, changelog)
 
 

@@ -486,7 +486,7 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
                                     record.type.value).inc()
 
     def rerouter(topic: Any) -> Callable[[Any, int], Awaitable[None]]:
-        if decl.settings.processing_guarantee == "exactly_once":   # another's partition
+        if decl.settings.exactly_once:   # another worker's partition: no transaction
             topic = OutsideTransactions(decl.app, topic)
 
         async def reroute(event: Any, partition: int) -> None:

@@ -240,16 +240,15 @@ def flush_waits_for_changelogs(app: Any, tables: dict[str, Any], timeout: float 
         table.send_changelog = tracked
 
     async def wait_for(waiting: list[asyncio.Future[Any]]) -> None:
+        """Wait for the records sent so far, not those sent while waiting: the offsets
+        being committed were acked before it began, and every changelog record of theirs
+        was sent by then; waiting until nothing at all is pending never ends under load
+        (measured: a worker's commits stalled, and its fetching with them)."""
         if waiting:
             _, late = await asyncio.wait(waiting, timeout=timeout)
             if late:
                 log.warning("%d changelog records not acknowledged after %.0f s: "
                             "committing anyway", len(late), timeout)
-
-    # Each waits for the records sent so far, not those sent while it waits: the offsets
-    # being committed were acked before it began, and every changelog record of theirs was
-    # sent by then; waiting until nothing at all is pending never ends under load
-    # (measured: a worker's commits stalled, and its fetching with them)
 
     if transactional:
         transactions = app.consumer.transactions

@@ -78,7 +78,7 @@ def reset_state_after_unclean_stop(settings: Settings) -> bool:
     marker = settings.data_dir / UNCLEAN
     tables = settings.data_dir / "faust"
     wiped = False
-    if settings.processing_guarantee == "exactly_once" and marker.exists() and tables.exists():
+    if settings.exactly_once and marker.exists() and tables.exists():
         shutil.rmtree(tables)
         wiped = True
         log.warning("the last run did not stop cleanly: local tables reset (exactly-once: "
@@ -104,11 +104,18 @@ async def prepare(settings: Settings) -> None:
 
 def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     decl = declare(settings)
-    if settings.processing_guarantee == "exactly_once":
+    examples, models, recommendations = decl.examples, decl.models, decl.recommendations
+    if settings.exactly_once:
         # Faust reads whether it runs transactions once, when its consumer is made, as
         # "exactly_once and running in a worker"; it is made below, before Faust's Worker
         # says it runs in one, so exactly_once would silently run at-least-once
         decl.app.in_worker = True
+        # the learner's topics at-least-once; the lists in their input's transaction
+        examples, models = (OutsideTransactions(decl.app, decl.examples),
+                            OutsideTransactions(decl.app, decl.models))
+        recommendations = TransactionalTopic(decl.app, decl.recommendations,
+                                             settings.topic_events, settings.partitions,
+                                             partition_of)
     metrics = metrics or Metrics.create(variants=tuple(settings.ab_test().shares))
     encoder = Encoder(settings.model_dir())
     sequence_model = load_sequence_model(settings)
@@ -131,19 +138,10 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
             decl.feedback_state[result.key] = feedback_codec.encode(
                 remember(state, shown, shown.produced_at))
 
-    examples, models = decl.examples, decl.models
-    if settings.processing_guarantee == "exactly_once":   # the learner's: at-least-once
-        examples, models = (OutsideTransactions(decl.app, decl.examples),
-                            OutsideTransactions(decl.app, decl.models))
     feedback = FeedbackLoop(settings, metrics, recommender.params, recommender.sources,
                             encoder.manifest.model_name, examples, models,
                             encoder.dimension)
     feedback.catalogue = recommender.catalogue.index
-    recommendations = decl.recommendations
-    if settings.processing_guarantee == "exactly_once":
-        recommendations = TransactionalTopic(decl.app, decl.recommendations,
-                                             settings.topic_events, settings.partitions,
-                                             partition_of)
     pipeline = Pipeline(settings, metrics, encoder, recommender, recommendations,
                         decl.catalogue, feedback, profiles=profile_of, users=user_of,
                         remember=remember_shown, sequence_model=sequence_model)
@@ -152,7 +150,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     flush_waits_for_changelogs(
         decl.app, decl.tables(),
         sent=lambda table, size: metrics.written_bytes.labels(table).inc(size),
-        transactional=settings.processing_guarantee == "exactly_once")
+        transactional=settings.exactly_once)
     recovery_seeks_from_the_start_when_unsure(decl.app)
     bounded_web_connections(decl.app, settings.web_idle_timeout_seconds)
     told: set[tuple[Any, int]] = set()
@@ -168,7 +166,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     commits_never_skip_an_offset(decl.app.consumer, inputs, held)   # before the seek wrapper
     fetches_never_outlive_a_seek(decl.app.consumer, inputs)
     livelock_check_skips_unknown_positions(decl.app.consumer)
-    if settings.processing_guarantee == "exactly_once":
+    if settings.exactly_once:
         highwaters_asked_under_transactions(decl.app.consumer)
         routing_without_producer_metadata(decl.app, settings.partitions, partition_of)
     web.attach(decl, metrics, pipeline, ready=lambda: (pipeline.catalogue_synced.is_set()
@@ -283,11 +281,12 @@ def run_worker(settings: Settings) -> None:
             "STREAMREC_BROKER_URL is not set: set it to your Kafka's bootstrap servers "
             "(host:port[,host:port...]), or run `streamrec worker --embedded` "
             "(STREAMREC_EMBEDDED_BROKER=true) for the memory-only development broker")
-    if settings.embedded and settings.processing_guarantee == "exactly_once":
-        raise SettingError(
-            "STREAMREC_PROCESSING_GUARANTEE=exactly_once needs Kafka transactions, which the "
-            "embedded broker does not have: set STREAMREC_BROKER_URL or use at_least_once")
-    if settings.processing_guarantee == "exactly_once":
+    if settings.exactly_once:
+        if settings.embedded:
+            raise SettingError(
+                "STREAMREC_PROCESSING_GUARANTEE=exactly_once needs Kafka transactions, which "
+                "the embedded broker does not have: set STREAMREC_BROKER_URL or use "
+                "at_least_once")
         log.warning("STREAMREC_PROCESSING_GUARANTEE=exactly_once is experimental: exact for a "
                     "killed worker, not yet across rebalances of several workers "
                     "(docs/operations.md, 'Exactly-once processing')")
