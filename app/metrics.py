@@ -182,7 +182,8 @@ class Metrics:
             ),
             consumer_lag=Gauge(
                 "streamrec_consumer_lag_records",
-                "Records not yet read, per input topic and partition assigned to this worker.",
+                "Records not yet committed (the broker's end offset less the group's "
+                "committed offset), per input topic and partition assigned to this worker.",
                 ["topic", "partition"],
                 registry=registry,
             ),

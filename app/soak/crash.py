@@ -233,7 +233,7 @@ async def _published(settings: Settings) -> list[tuple[bytes, int]]:
             if record.value is not None]   # None: a forgotten user's tombstone
 
 
-async def _changelog_counts(settings: Settings, users: list[str]) -> dict[str, int]:
+async def changelog_counts(settings: Settings, users: list[str]) -> dict[str, int]:
     latest = {r.key: r.value for r in await read_all(
         settings.bootstrap_servers(), f"{settings.app_id}-user-state-changelog")}
     codec = StateCodec(UserState)
@@ -354,7 +354,7 @@ async def _verdict(plan: Plan, settings: Settings, members: list[Member], users:
     best, moved = -1, time.monotonic()
     counts: dict[str, int] = {}
     while True:   # until every user's events are applied, or nothing moves for a minute
-        counts = await _changelog_counts(settings, users)
+        counts = await changelog_counts(settings, users)
         # per user: one user's events applied twice must not stand in for another's missing
         applied = sum(min(counts[u], sent[u]) for u in users)
         progress("caught up", applied, expected)

@@ -581,10 +581,14 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
     watch = StallWatch()
 
     async def report_lag() -> None:
-        lags = consumer_lag(decl.app, inputs)
-        metrics.consumer_lag.clear()
-        for (topic, partition), lag in lags.items():
-            metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+        try:
+            lags = await consumer_lag(decl.app, inputs)
+        except Exception as exc:  # noqa: BLE001 - the broker unreachable: the gauge waits
+            count_failure(metrics, "metrics", exc)
+        else:
+            metrics.consumer_lag.clear()
+            for (topic, partition), lag in lags.items():
+                metrics.consumer_lag.labels(topic, str(partition)).set(lag)
         try:
             stalled = await watch.check(decl.app, inputs, time.monotonic())
         except Exception as exc:  # noqa: BLE001 - a watchdog must not stop the worker

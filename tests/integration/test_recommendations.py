@@ -39,10 +39,12 @@ CATALOGUE = {
 
 
 def _lag_series(worker: WorkerProcess, topic: str, within: float = 20.0) -> dict[str, float]:
-    """The consumer-lag gauge of every partition of ``topic`` (reported every 5 s)."""
+    """The consumer-lag gauge of every partition of ``topic`` (refreshed every 5 s) once it
+    reads 0 everywhere (the records not yet committed: the commit follows the work by up
+    to its interval), or as it last read after ``within`` seconds."""
     deadline = time.monotonic() + within
     found: dict[str, float] = {}
-    while time.monotonic() < deadline and not found:
+    while time.monotonic() < deadline and not (found and not any(found.values())):
         samples = scrape(worker.base_url + "/metrics")
         found = {dict(labels)["partition"]: value
                  for (name, labels), value in samples.items()

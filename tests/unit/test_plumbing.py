@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable
 
@@ -68,26 +69,30 @@ def test_acting_as_sets_faust_current_event_for_table_writes() -> None:
     assert faust.__version__  # the shim is tied to faust-streaming's private context var
 
 
-def test_consumer_lag_per_partition() -> None:
+def test_consumer_lag_is_the_broker_end_less_the_committed_offset() -> None:
     from types import SimpleNamespace
 
     from faust.types import TP
 
     from app.worker.faust_compat import consumer_lag
 
-    marks = {TP("events", 0): 100, TP("events", 1): 7, TP("other", 0): 50, TP("events", 2): None}
+    assigned = {TP("events", 0), TP("events", 1), TP("events", 2), TP("other", 0)}
+    asked: list[set[TP]] = []
+
+    async def ends(tps: list[TP]) -> dict[TP, tuple[int, int]]:
+        asked.append(set(tps))
+        # the fetch position (second) plays no part: records read ahead are not done
+        return {TP("events", 0): (100, 95), TP("events", 1): (7, 7)}   # 2: no answer
 
     class Consumer:
-        _read_offset = {TP("events", 0): 89}
+        _committed_offset = {TP("events", 0): 90}   # 1: nothing committed yet
 
         def assignment(self) -> set[TP]:
-            return set(marks)
+            return assigned
 
-        def highwater(self, tp: TP) -> int | None:
-            return marks[tp]
-
-    lags = consumer_lag(SimpleNamespace(consumer=Consumer()), {"events"})
+    lags = asyncio.run(consumer_lag(SimpleNamespace(consumer=Consumer()), {"events"}, ends))
     assert lags == {("events", 0): 10, ("events", 1): 7}
+    assert asked == [{TP("events", 0), TP("events", 1), TP("events", 2)}]
 
 
 def test_kraft_cluster_ids_never_look_like_an_option() -> None:
@@ -555,3 +560,50 @@ def test_a_commit_never_skips_the_record_at_the_committed_offset() -> None:
     asyncio.run(fixed._add_gap(tp, 13, 14))
     fixed._acked[tp].append(14)
     assert fixed._new_offset(tp) == 15
+
+
+def test_open_transactions_holding_records_are_committed_without_offsets() -> None:
+    # Faust commits a partition's transaction only with new offsets: records of a batch not
+    # yet acknowledged stayed open across a rebalance, and table recovery (to the last
+    # stable offset) put older state back under them (lists published twice)
+    from types import SimpleNamespace
+
+    from app.worker.faust_compat import commit_open_transactions
+
+    calls: list[str] = []
+
+    class Manager:
+        def __init__(self, open_: bool, partitions: set[str], pending: set[str]) -> None:
+            self.open, self.txn_partitions, self.pending = open_, partitions, pending
+
+        def is_in_transaction(self) -> bool:
+            return self.open
+
+        def partitions_to_add(self) -> set[str]:
+            return self.pending
+
+    class Client:
+        def __init__(self, tid: str, manager: Manager) -> None:
+            self.tid, self._txn_manager = tid, manager
+
+        async def commit_transaction(self) -> None:
+            calls.append(f"commit {self.tid}")
+
+        async def begin_transaction(self) -> None:
+            calls.append(f"begin {self.tid}")
+
+    clients = {
+        "written": Client("written", Manager(True, {"recommendations-0"}, set())),
+        "sending": Client("sending", Manager(True, set(), {"user-state-changelog-1"})),
+        "empty": Client("empty", Manager(True, set(), set())),      # nothing to commit
+        "ended": Client("ended", Manager(False, set(), set())),     # committed, not begun
+    }
+    producer = SimpleNamespace(_transaction_producers=clients,
+                               _trn_locks={tid: asyncio.Lock() for tid in clients})
+    app = SimpleNamespace(consumer=SimpleNamespace(
+        transactions=SimpleNamespace(producer=producer)))
+    assert asyncio.run(commit_open_transactions(app)) == 2
+    assert calls == ["commit written", "begin written", "commit sending", "begin sending"]
+    calls.clear()
+    assert asyncio.run(commit_open_transactions(app, start_new_transaction=False)) == 2
+    assert calls == ["commit written", "commit sending"]   # a stop: none begun again

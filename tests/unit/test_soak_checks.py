@@ -1,8 +1,10 @@
-"""The crash soak's checks on the output topic, on hand-made lists: what counts as a list
-published twice, and which event a user's lists answer last."""
+"""The soaks' checks on hand-made inputs: the crash soak's on the output topic (what counts
+as a list published twice, which event a user's lists answer last), and the burst soak's
+verdict on its samples."""
 
 from __future__ import annotations
 
+from app.soak.burst import Sample, _failures, _per_second, _rising, _settled
 from app.soak.crash import repeated_lists
 
 
@@ -19,3 +21,46 @@ def test_a_list_answering_no_newer_event_is_a_repeat() -> None:
     twice, answered = repeated_lists(lists)
     assert twice == 2
     assert answered == {b"a": 13, b"b": 11}
+
+
+def _sample(at: float, lag: int, reported: float, processed: float = 0.0,
+            acknowledged: int = 0, rss: float = 300.0) -> Sample:
+    return Sample(at, acknowledged, lag, reported, processed, rss)
+
+
+def test_the_burst_soak_settles_at_the_steady_lag_or_two_seconds_of_it() -> None:
+    assert _settled(steady_peak=50, rate=200) == 400     # commits trail: 2 s of the rate
+    assert _settled(steady_peak=900, rate=200) == 900
+
+
+def test_rates_skip_samples_whose_metrics_did_not_answer() -> None:
+    samples = [_sample(1, 0, 0, processed=100), _sample(2, 0, 0, processed=-1),
+               _sample(3, 0, 0, processed=400), _sample(5, 0, 0, processed=1_000)]
+    assert _per_second(samples, "processed") == [(5, 300.0)]
+
+
+def test_the_lag_alert_condition_wants_a_rising_lag() -> None:
+    flat = [_sample(n, 20_000, 20_000) for n in range(15)]
+    assert not any(_rising(flat))
+    climbing = [_sample(n, 1_000 * n, 1_000 * n) for n in range(15)]
+    assert _rising(climbing) == [False] * 10 + [True] * 5
+
+
+def _report(**changes: object) -> dict[str, object]:
+    report: dict[str, object] = {
+        "worker_survived": True, "rss_mb": {"peak": 500.0, "limit": 1_000.0},
+        "lag": {"peak": 40_000, "reported_peak": 38_000, "reported_share": 0.97},
+        "caught_up_seconds_after_burst": 42.0, "lost": 0, "applied_twice": 0}
+    report.update(changes)
+    return report
+
+
+def test_a_burst_soak_fails_on_each_broken_promise() -> None:
+    assert _failures(_report()) == []
+    assert _failures(_report(worker_survived=False)) == ["the worker exited"]
+    assert "over the limit" in _failures(_report(rss_mb={"peak": 1_200.0, "limit": 1_000.0}))[0]
+    assert "the lag the worker reported came to 36%" in _failures(
+        _report(lag={"peak": 40_000, "reported_peak": 17_000, "reported_share": 0.36}))[0]
+    assert _failures(_report(caught_up_seconds_after_burst=None)) == [
+        "not caught up after the burst"]
+    assert _failures(_report(lost=3)) == ["3 events lost, 0 applied twice"]
