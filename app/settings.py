@@ -187,9 +187,9 @@ class Settings(BaseSettings):
     (the duplicate filter), a recommendation list may be published again.
     ``exactly_once`` (experimental): Kafka transactions (one producer per input partition):
     changelog writes, recommendations and input offsets commit together, so consumers
-    reading ``read_committed`` see a list once. Holds for a killed worker; not yet across
-    rebalances of several workers (docs/operations.md, "Exactly-once processing"). Not on
-    the embedded broker (no transactions)."""
+    reading ``read_committed`` see a list once. Holds for a killed worker and across
+    rebalances; not yet after broker restarts under load (docs/operations.md,
+    "Exactly-once processing"). Not on the embedded broker (no transactions)."""
 
     standby_replicas: int = Field(default=1, ge=0, le=8)
     """Standby copies of each table partition kept warm on other workers (Faust's

@@ -288,7 +288,7 @@ def run_worker(settings: Settings) -> None:
                 "the embedded broker does not have: set STREAMREC_BROKER_URL or use "
                 "at_least_once")
         log.warning("STREAMREC_PROCESSING_GUARANTEE=exactly_once is experimental: exact for a "
-                    "killed worker, not yet across rebalances of several workers "
+                    "killed worker and across rebalances, not yet after broker restarts under load "
                     "(docs/operations.md, 'Exactly-once processing')")
     broker = start_if_needed(settings)
     one_blas_thread()
