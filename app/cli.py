@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import typer
@@ -832,6 +832,22 @@ def _phase_bars() -> Iterator[tuple[Callable[[str], None], Callable[[str, int, i
         yield bar.console.print, progress
 
 
+def _soak_verdict(report: dict[str, Any], soak: Any, report_path: Path | None,
+                  plot_path: Path | None, json_output: bool) -> None:
+    """The end of every soak command: the report written (JSON) and plotted when asked,
+    printed (markdown, or JSON), exit 1 unless it passed. ``soak`` is its module (with
+    ``plot`` and ``markdown``)."""
+    if report_path is not None:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(report, indent=1))
+    if plot_path is not None:
+        typer.echo(f"wrote {plot_path}" if soak.plot(report, plot_path)
+                   else "matplotlib is not installed: no plot", err=True)
+    typer.echo(json.dumps(report) if json_output else soak.markdown(report))
+    if not report["passed"]:
+        raise typer.Exit(1)
+
+
 @soak_cli.command("fuzz")
 def soak_fuzz(
     records: Annotated[int, typer.Option(help="Generated records (about 3 in 4 hostile).")]
@@ -863,15 +879,7 @@ def soak_fuzz(
     with _phase_bars() as (say, progress):
         report = asyncio.run(fuzz_soak.run(records, seed, broker, max_rss_mb, say, progress,
                                            worker_settings=_worker_settings(worker_setting)))
-    if report_path is not None:
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(json.dumps(report, indent=1))
-    if plot_path is not None:
-        typer.echo(f"wrote {plot_path}" if fuzz_soak.plot(report, plot_path)
-                   else "matplotlib is not installed: no plot", err=True)
-    typer.echo(json.dumps(report) if json_output else fuzz_soak.markdown(report))
-    if not report["passed"]:
-        raise typer.Exit(1)
+    _soak_verdict(report, fuzz_soak, report_path, plot_path, json_output)
 
 
 @soak_cli.command("crash")
@@ -910,15 +918,7 @@ def soak_crash(
                            worker_settings=_worker_settings(worker_setting))
     with _phase_bars() as (say, progress):
         report = asyncio.run(crash_soak.run(plan, say, progress))
-    if report_path is not None:
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(json.dumps(report, indent=1))
-    if plot_path is not None:
-        typer.echo(f"wrote {plot_path}" if crash_soak.plot(report, plot_path)
-                   else "matplotlib is not installed: no plot", err=True)
-    typer.echo(json.dumps(report) if json_output else crash_soak.markdown(report))
-    if not report["passed"]:
-        raise typer.Exit(1)
+    _soak_verdict(report, crash_soak, report_path, plot_path, json_output)
 
 
 @soak_cli.command("burst")
@@ -960,15 +960,7 @@ def soak_burst(
                            seed=seed, worker_settings=_worker_settings(worker_setting))
     with _phase_bars() as (say, progress):
         report = asyncio.run(burst_soak.run(plan, broker, say, progress))
-    if report_path is not None:
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(json.dumps(report, indent=1))
-    if plot_path is not None:
-        typer.echo(f"wrote {plot_path}" if burst_soak.plot(report, plot_path)
-                   else "matplotlib is not installed: no plot", err=True)
-    typer.echo(json.dumps(report) if json_output else burst_soak.markdown(report))
-    if not report["passed"]:
-        raise typer.Exit(1)
+    _soak_verdict(report, burst_soak, report_path, plot_path, json_output)
 
 
 @cli.command()

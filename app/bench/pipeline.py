@@ -48,7 +48,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer
 
 from app.broker.admin import GroupLag, ensure_topics, wait_until_ready
-from app.broker.apache import KafkaBroker
+from app.broker.apache import start_unless_given
 from app.broker.embedded import stop_process
 from app.contract.records import Recommendation, Search
 from app.data import movielens
@@ -321,12 +321,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
     ``quick``, the guard only (the ceiling and StreamRec, alternating); with
     ``exactly_once``, StreamRec is timed again with Kafka transactions."""
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
-    local: KafkaBroker | None = None
-    if broker is None:
-        say("starting Apache Kafka (KRaft) from the Maven Central jars")
-        local = KafkaBroker(workdir / "kafka")
-        await asyncio.to_thread(local.start)
-        broker = local.bootstrap
+    broker, local = await start_unless_given(broker, workdir, say)
     run_ = WorkerRun(broker, workdir, partitions)
     settings = run_.settings
     succeeded = False

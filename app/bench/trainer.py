@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from app.broker.admin import ensure_topics, wait_until_ready
-from app.broker.apache import KafkaBroker
+from app.broker.apache import start_unless_given
 from app.data import movielens
 from app.demo import item_record, rating_records
 from app.evaluation.split import load
@@ -53,12 +53,7 @@ async def run(dataset: str, head: float, first_epochs: int, update_epochs: int,
               broker: str | None, say: Callable[[str], None], seed: int = 0
               ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-trainer-"))
-    local: KafkaBroker | None = None
-    if broker is None:
-        say("starting Apache Kafka (KRaft) from the Maven Central jars")
-        local = KafkaBroker(workdir / "kafka")
-        await asyncio.to_thread(local.start)
-        broker = local.bootstrap
+    broker, local = await start_unless_given(broker, workdir, say)
     job = WorkerRun(broker, workdir, 4, name="bench-trainer")
     settings, env = job.settings, job.env
     try:

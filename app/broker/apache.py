@@ -9,6 +9,7 @@ Maven once and a JDK; nothing here assumes a broker that it did not start.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import re
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,3 +275,16 @@ class KafkaBroker:
         if process is not None and process.poll() is None:
             process.kill()
             process.wait(timeout=30)
+
+
+async def start_unless_given(broker: str | None, workdir: Path, say: Callable[[str], None]
+                             ) -> tuple[str, KafkaBroker | None]:
+    """``broker`` when one is given; else an Apache Kafka started from the Maven jars in
+    ``workdir``/kafka (the caller stops it): the bootstrap address, and the broker started
+    if any."""
+    if broker is not None:
+        return broker, None
+    say("starting Apache Kafka (KRaft) from the Maven Central jars")
+    local = KafkaBroker(workdir / "kafka")
+    await asyncio.to_thread(local.start)
+    return local.bootstrap, local

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shlex
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from app.broker.apache import KafkaBroker
+from app.broker.apache import start_unless_given
 from app.demo import Display
 from app.evaluation import report as reporting
 from app.evaluation.replay import VARIANTS, ReplayRun, StreamTraining, replay, summary
@@ -48,12 +47,7 @@ async def run_replays(dataset: str, variants: list[str], k: int, rate: float | N
                  f"{len(split.targets):,} users' last ratings withheld as targets"
                  + (f", {len(split.hidden):,} items hidden until late" if split.hidden else ""))
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-replay-"))
-    local: KafkaBroker | None = None
-    if broker is None:
-        display.line("starting Apache Kafka (KRaft) from the Maven Central jars")
-        local = KafkaBroker(workdir / "kafka")
-        await asyncio.to_thread(local.start)
-        broker = local.bootstrap
+    broker, local = await start_unless_given(broker, workdir, display.line)
     try:
         for variant in variants:
             run = await replay(split, broker, workdir, variant, k=k, rate=rate, window=window,

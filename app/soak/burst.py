@@ -44,7 +44,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from app.broker.admin import GroupLag, end_tracker, ensure_topics, wait_until_ready
-from app.broker.apache import KafkaBroker
+from app.broker.apache import start_unless_given
 from app.contract.samples import good_view
 from app.harness import WorkerRun
 from app.metrics import scrape, total
@@ -198,12 +198,7 @@ async def run(plan: Plan, broker: str | None, say: Say, progress: Progress,
               workdir: Path | None = None) -> dict[str, Any]:
     """The soak (module docstring)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="streamrec-burst-"))
-    local: KafkaBroker | None = None
-    if broker is None:
-        say("starting Apache Kafka (KRaft) from the Maven Central jars")
-        local = KafkaBroker(workdir / "kafka")
-        await asyncio.to_thread(local.start)
-        broker = local.bootstrap
+    broker, local = await start_unless_given(broker, workdir, say)
     run_ = WorkerRun(broker, workdir, PARTITIONS, name="burst", **plan.worker_settings)
     settings = run_.settings
     users = [f"user-{n}" for n in range(plan.users)]

@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from app.broker.admin import GroupLag, end_tracker, ensure_topics, wait_until_ready
-from app.broker.apache import KafkaBroker
+from app.broker.apache import start_unless_given
 from app.contract.deadletter import read_headers
 from app.contract.fuzz import Hostile, expected, followed_records, hostile_records
 from app.contract.records import ItemOp
@@ -272,12 +272,7 @@ async def run(records: int, seed: int, broker: str | None, max_rss_mb: float, sa
     """The soak (module docstring); ``worker_settings`` (e.g. ``{"rocksdb_block_cache_mb":
     "2048"}``) are the worker's STREAMREC_* settings beside the soak's own."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="streamrec-soak-"))
-    local: KafkaBroker | None = None
-    if broker is None:
-        say("starting Apache Kafka (KRaft) from the Maven Central jars")
-        local = KafkaBroker(workdir / "kafka")
-        await asyncio.to_thread(local.start)
-        broker = local.bootstrap
+    broker, local = await start_unless_given(broker, workdir, say)
     run_ = WorkerRun(broker, workdir, PARTITIONS, name="soak", **(worker_settings or {}))
     settings = run_.settings
     followed = max(20, records // 2000) if followed is None else followed
