@@ -346,11 +346,11 @@ async def commit_open_transactions(app: Any, start_new_transaction: bool = True)
     locks = getattr(producer, "_trn_locks", {})
     committed = 0
     for tid, client in list(clients.items()):
-        manager = client._txn_manager
-        if not manager.is_in_transaction() or not (
-                manager.txn_partitions or manager.partitions_to_add()):
-            continue
-        async with locks[tid]:
+        async with locks[tid]:   # looked at under the lock: a commit of Faust's may be on
+            manager = client._txn_manager
+            if not manager.is_in_transaction() or not (
+                    manager.txn_partitions or manager.partitions_to_add()):
+                continue
             await client.commit_transaction()
             if start_new_transaction:
                 await client.begin_transaction()
