@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from app.contract.deadletter import read_headers
 from app.contract.records import ItemUpsert, Purchase, Recommendation, UserProfile, View
 from app.contract.samples import BadSample, bad_event_samples
 from app.data import movielens
+from app.harness import wait_worker_ready
 from app.metrics import scrape, total
 from app.settings import Settings
 
@@ -199,25 +199,6 @@ def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]
         )
 
 
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local worker
-            return int(response.status)
-    except OSError:
-        return 0
-
-
-async def _wait_worker_ready(url: str, worker: subprocess.Popen[bytes], within: float) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise RuntimeError(f"the worker exited with {worker.returncode}")
-        if await asyncio.to_thread(_status, url) == 200:
-            return
-        await asyncio.sleep(0.5)
-    raise TimeoutError("the worker did not become ready")
-
-
 async def _wait_for_catalogue(metrics_url: str, expected: int, display: Display,
                               within: float = 300.0) -> None:
     """Events are only meaningful once the items they name are embedded and indexed."""
@@ -300,7 +281,7 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
         worker = _start_worker(settings, log_path)
         base = f"http://{settings.web_host}:{settings.web_port}"
         display.line(f"worker starting (log: {log_path}, metrics: {base}/metrics)")
-        await _wait_worker_ready(base + "/ready", worker, within=120)
+        await wait_worker_ready(base, worker, within=120)
         display.line("worker ready")
         titles = {m.item_id: f"{m.title} ({m.year})" if m.year else m.title
                   for m in movielens.movies(options.dataset)}

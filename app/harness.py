@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -112,6 +114,32 @@ async def produce_records(bootstrap: str, topic: str,
     finally:
         await producer.stop()
     return started
+
+
+def http_status(url: str) -> int:
+    """The HTTP status a GET of ``url`` answers (0: no answer)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local worker
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except OSError:
+        return 0
+
+
+async def wait_worker_ready(base_url: str, worker: subprocess.Popen[bytes] | None,
+                            within: float) -> None:
+    """Until the worker at ``base_url`` answers ``/ready`` with 200: RuntimeError if its
+    process exits first, TimeoutError after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if worker is None or worker.poll() is not None:
+            raise RuntimeError("the worker exited"
+                               + (f" with {worker.returncode}" if worker is not None else ""))
+        if await asyncio.to_thread(http_status, base_url + "/ready") == 200:
+            return
+        await asyncio.sleep(0.5)
+    raise TimeoutError("the worker did not become ready")
 
 
 def processed_events(url: str) -> float:

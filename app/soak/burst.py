@@ -34,7 +34,6 @@ import random
 import statistics
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,10 +45,10 @@ from aiokafka.errors import KafkaError
 from app.broker.admin import GroupLag, end_tracker, ensure_topics, wait_until_ready
 from app.broker.apache import start_unless_given
 from app.contract.samples import good_view
-from app.harness import WorkerRun
+from app.harness import WorkerRun, wait_worker_ready
 from app.metrics import scrape, total
 from app.plots import pyplot
-from app.soak.crash import TS, changelog_counts
+from app.soak.crash import TS, applied_counts
 from app.soak.fuzz import RssSampler
 
 Say = Callable[[str], None]
@@ -186,14 +185,6 @@ def _look(url: str) -> tuple[float, float]:
             total(samples, "streamrec_input_records_total", topic="events"))
 
 
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/ready", timeout=2) as response:  # noqa: S310
-            return int(response.status) == 200
-    except OSError:
-        return False
-
-
 async def run(plan: Plan, broker: str | None, say: Say, progress: Progress,
               workdir: Path | None = None) -> dict[str, Any]:
     """The soak (module docstring)."""
@@ -212,11 +203,7 @@ async def run(plan: Plan, broker: str | None, say: Say, progress: Progress,
         await ensure_topics(settings)
         run_.start_worker()
         await run_.wait_metric("streamrec_catalogue_items", 0, within=180)
-        deadline = time.monotonic() + 180
-        while not await asyncio.to_thread(_ready, run_.base_url):
-            if time.monotonic() > deadline or not run_.alive():
-                raise RuntimeError(f"the worker never became ready; see {run_.log}")
-            await asyncio.sleep(0.5)
+        await wait_worker_ready(run_.base_url, run_.worker, within=180)
         assert run_.worker is not None
         rss = RssSampler(run_.worker.pid)
         await reader.start()
@@ -293,17 +280,8 @@ async def _settle(plan: Plan, run_: WorkerRun, stream: Stream, reader: StalledRe
     users = list(stream.acked)
     expected = stream.acknowledged
     say(f"{expected:,} events acknowledged; waiting for every one to be applied")
-    best, moved = -1, time.monotonic()
-    counts: dict[str, int] = {}
-    while run_.alive():
-        counts = await changelog_counts(run_.settings, users)
-        applied = sum(min(counts[u], stream.acked[u]) for u in users)
-        progress("applied", applied, expected)
-        if applied > best:
-            best, moved = applied, time.monotonic()
-        if applied >= expected or time.monotonic() - moved > 60:
-            break
-        await asyncio.sleep(2.0)
+    counts = await applied_counts(run_.settings, stream.acked, progress, "applied",
+                                  run_.alive)
     lost = sum(max(0, stream.acked[u] - counts.get(u, 0)) for u in users)
     doubled = sum(max(0, counts.get(u, 0) - stream.acked[u]) for u in users)
     unread = await reader.unread()

@@ -345,24 +345,36 @@ async def run(plan: Plan, say: Say, progress: Progress,
         await asyncio.to_thread(broker.stop)
 
 
+async def applied_counts(settings: Settings, sent: dict[str, int], progress: Progress,
+                         phase: str, alive: Callable[[], bool] = lambda: True
+                         ) -> dict[str, int]:
+    """Every user's event count in the compacted ``user-state`` changelog, once each user
+    has the events ``sent`` for them, or once nothing has moved for a minute (or ``alive``
+    turned false); ``progress(phase, ...)`` is told at each look, every 2 s."""
+    users = list(sent)
+    expected = sum(sent.values())
+    best, moved = -1, time.monotonic()
+    counts: dict[str, int] = {}
+    while alive():
+        counts = await changelog_counts(settings, users)
+        # per user: one user's events applied twice must not stand in for another's missing
+        applied = sum(min(counts[u], sent[u]) for u in users)
+        progress(phase, applied, expected)
+        if applied > best:
+            best, moved = applied, time.monotonic()
+        if applied >= expected or time.monotonic() - moved > 60:
+            break
+        await asyncio.sleep(2.0)
+    return counts
+
+
 async def _verdict(plan: Plan, settings: Settings, members: list[Member], users: list[str],
                    producer: Producer, say: Say, progress: Progress,
                    seconds: float) -> dict[str, Any]:
     sent = producer.sent
     expected = sum(sent.values())
     say(f"{expected:,} events acknowledged; waiting for the workers to catch up")
-    best, moved = -1, time.monotonic()
-    counts: dict[str, int] = {}
-    while True:   # until every user's events are applied, or nothing moves for a minute
-        counts = await changelog_counts(settings, users)
-        # per user: one user's events applied twice must not stand in for another's missing
-        applied = sum(min(counts[u], sent[u]) for u in users)
-        progress("caught up", applied, expected)
-        if applied > best:
-            best, moved = applied, time.monotonic()
-        if applied >= expected or time.monotonic() - moved > 60:
-            break
-        await asyncio.sleep(2.0)
+    counts = await applied_counts(settings, sent, progress, "caught up")
 
     api = {u: await asyncio.to_thread(_known_counts, members, u) for u in users}
     lists = await _published(settings)
