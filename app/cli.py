@@ -30,6 +30,7 @@ cli = typer.Typer(
 )
 
 SCHEMA_DIR = Path(__file__).parent / "contract" / "schemas"
+OPENAPI_FILE = Path(__file__).parents[1] / "docs" / "openapi.json"
 bench_cli = typer.Typer(help="Benchmarks (figures for BENCHMARKS.md).", no_args_is_help=True)
 cli.add_typer(bench_cli, name="bench")
 model_cli = typer.Typer(help="The learning variant's ranker versions (the models topic).",
@@ -527,19 +528,25 @@ def schemas(
     check: Annotated[bool, typer.Option(help="Fail if the files differ from the code.")] = False,
     out: Annotated[Path, typer.Option(help="Folder to write the JSON Schema files to.")]
     = SCHEMA_DIR,
+    api: Annotated[Path, typer.Option(help="Where to write the HTTP API's OpenAPI document.")]
+    = OPENAPI_FILE,
 ) -> None:
-    """Write (or --check) the JSON Schema files of the event contract."""
+    """Write (or --check) the JSON Schema files of the event contract and the OpenAPI
+    document of the workers' HTTP API."""
     from app.contract.records import SCHEMA_TYPES, SCHEMA_VERSION, json_schema
+    from app.worker.api import openapi
 
     stale = []
-    for name in SCHEMA_TYPES:
-        path = out / f"{name}.v{SCHEMA_VERSION}.json"
-        text = json.dumps(json_schema(name), indent=2, sort_keys=True) + "\n"
+    documents = {out / f"{name}.v{SCHEMA_VERSION}.json": json_schema(name)
+                 for name in SCHEMA_TYPES}
+    documents[api] = openapi()
+    for path, document in documents.items():
+        text = json.dumps(document, indent=2, sort_keys=True) + "\n"
         if check:
             if not path.exists() or path.read_text() != text:
                 stale.append(path.name)
         else:
-            out.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             typer.echo(f"wrote {path}")
     if stale:

@@ -16,17 +16,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.core.consumed import size as consumed_size
 from app.core.ranking import FEATURES
-from app.core.recommender import Request
 from app.core.sequence import STORED
 from app.core.state import StateCodec, UserState
 from app.core.versions import ModelVersion
 from app.metrics import Metrics
+from app.worker import api
 from app.worker.declarations import Declarations
 
 if TYPE_CHECKING:
     from app.worker.pipeline import Pipeline
 
-MAX_K = 100
 _codec = StateCodec(UserState)
 
 
@@ -38,33 +37,6 @@ def is_ready(app: Any) -> bool:
     partitions unready for good (`streamrec soak crash`)."""
     recovery = app.tables.recovery
     return bool(not app.rebalancing and recovery.completed.is_set())
-
-
-def _csv(value: str | None) -> frozenset[str]:
-    return frozenset(v.strip() for v in (value or "").split(",") if v.strip())
-
-
-def flag(query: Any, name: str) -> bool:
-    """A boolean query parameter: 1, true or yes (any case) is true; absent is false."""
-    return str(query.get(name, "false")).lower() in ("1", "true", "yes")
-
-
-def parse_request(query: Any) -> Request | str:
-    """A pull request from query parameters, or the reason it is invalid."""
-    try:
-        k = int(query.get("k", "10"))
-    except ValueError:
-        return "k must be an integer"
-    if not 1 <= k <= MAX_K:
-        return f"k must be between 1 and {MAX_K}"
-    allow = _csv(query.get("category"))
-    return Request(
-        k=k,
-        exclude=_csv(query.get("exclude")),
-        allow_categories=allow or None,
-        deny_categories=_csv(query.get("not_category")),
-        exclude_seen=not flag(query, "include_seen"),
-    )
 
 
 def authorized(header: str | None, token: str) -> bool:
@@ -87,8 +59,9 @@ def guarded(token: str) -> Callable[[View], View]:
         @functools.wraps(view)
         async def checked(web: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
             if not authorized(request.headers.get("Authorization"), token):
-                return web.json({"error": "missing or wrong bearer token (STREAMREC_API_TOKEN)"},
-                                status=401, headers={"WWW-Authenticate": "Bearer"})
+                return _answer(web, api.ApiError(
+                    error="missing or wrong bearer token (STREAMREC_API_TOKEN)",
+                    code="unauthorized"), status=401, headers={"WWW-Authenticate": "Bearer"})
             return await view(web, request, *args, **kwargs)
         return checked
     return wrap
@@ -109,12 +82,18 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
 
     @app.page("/health")
     async def health_view(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok"})
+        return _answer(web, api.Health(status="ok"))
 
     @app.page("/ready")
     async def ready_view(web: Any, request: Any) -> Any:
         ok = is_ready(app) and ready()
-        return web.json({"ready": ok}, status=200 if ok else 503)
+        return _answer(web, api.Readiness(ready=ok), status=200 if ok else 503)
+
+    document = msgspec.json.encode(api.openapi())
+
+    @app.page("/openapi.json")
+    async def openapi_view(web: Any, request: Any) -> Any:
+        return web.bytes(document, content_type="application/json")
 
     if pipeline is None:
         return
@@ -123,18 +102,19 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
     @token
     @app.table_route(table=decl.user_state, match_info="user_id")
     async def recommendations_view(web: Any, request: Any, user_id: str) -> Any:
-        parsed = parse_request(request.query)
-        if isinstance(parsed, str):
-            return web.json({"error": parsed}, status=400)
+        query = api.parse_query(request.query)
+        if isinstance(query, str):
+            return _answer(web, api.ApiError(error=query, code="bad_parameter"), status=400)
         with metrics.pull_seconds.time():
             key = user_key(user_id.encode())
             raw = decl.user_state.get(key)
             state = _codec.decode(raw)
-            items, version = pipeline.recommend_now(state, parsed, key,
-                                                    fresh=flag(request.query, "fresh"))
-            body = msgspec.json.encode({"user_id": user_id, "known_user": raw is not None,
-                                        "variant": pipeline.feedback.variant(user_id),
-                                        "model_version": version, "items": items})
+            items, version = pipeline.recommend_now(state, query.request(), key,
+                                                    fresh=query.fresh)
+            body = api.encode(api.Recommendations(
+                user_id=user_id, known_user=raw is not None,
+                variant=pipeline.feedback.variant(user_id), model_version=version,
+                items=items))
         return web.bytes(body, content_type="application/json")
 
     @app.page("/users/{user_id}")
@@ -146,22 +126,23 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
         held = {"profile": decl.profile_state.get(key) is not None,
                 "feedback_state": decl.feedback_state.get(key) is not None}
         if raw is None and not any(held.values()):
-            return web.json({"error": "unknown user"}, status=404)
+            return _answer(web, api.ApiError(error="unknown user", code="unknown_user"),
+                           status=404)
         state = _codec.decode(raw)
-        return web.json({
+        return _answer(web, api.UserView(
             **held,
-            "user_id": user_id,
-            "counts": state.counts,
-            "first_ts": state.first_ts,
-            "last_ts": state.last_ts,
-            "recent": [{"item_id": i, "type": k, "ts": t} for i, k, t in state.recent],
-            "purchased": len(state.purchased),
-            "consumed": consumed_size(state.consumed),
-            "sequence_events": len(state.sequence) // STORED.itemsize,
-            "interest_weight": state.interest_weight,
-            "last_search": state.query or None,
-            "state_bytes": len(raw or b""),
-        })
+            user_id=user_id,
+            counts=state.counts,
+            first_ts=state.first_ts,
+            last_ts=state.last_ts,
+            recent=[api.RecentEvent(item_id=i, type=k, ts=t) for i, k, t in state.recent],
+            purchased=len(state.purchased),
+            consumed=consumed_size(state.consumed),
+            sequence_events=len(state.sequence) // STORED.itemsize,
+            interest_weight=state.interest_weight,
+            last_search=state.query or None,
+            state_bytes=len(raw or b""),
+        ))
 
     @app.page("/model")
     @token
@@ -169,23 +150,23 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
         loop = pipeline.feedback
         registry = loop.registry
 
-        def described(version: ModelVersion) -> dict[str, Any]:
-            return {"version": version.version, "generation": version.generation,
-                    "weights": dict(zip(FEATURES, version.weights, strict=False)),
-                    "examples_seen": version.seen, "origin": version.origin,
-                    "note": version.note, "published_at": version.published_at,
-                    "projection": version.projection or None}
+        def described(version: ModelVersion) -> api.RankerVersion:
+            return api.RankerVersion(
+                version=version.version, generation=version.generation,
+                weights=dict(zip(FEATURES, version.weights, strict=False)),
+                examples_seen=version.seen, origin=version.origin, note=version.note,
+                published_at=version.published_at, projection=version.projection or None)
 
-        return web.json({
-            "experiment": loop.experiment.name,
-            "variants": {variant: {"share": share,
-                                   "version": loop.params_for(variant).version,
-                                   "projection": loop.projection_for(variant)}
-                         for variant, share in loop.experiment.shares.items()},
-            "head": described(registry.head) if registry.head else None,
-            "checkpoints": [described(v) for _, v in sorted(registry.checkpoints.items())],
-            "behaviour_model": _behaviour_model(pipeline),
-        })
+        return _answer(web, api.ModelView(
+            experiment=loop.experiment.name,
+            variants={variant: api.VariantServed(
+                share=share, version=loop.params_for(variant).version,
+                projection=loop.projection_for(variant))
+                for variant, share in loop.experiment.shares.items()},
+            head=described(registry.head) if registry.head else None,
+            checkpoints=[described(v) for _, v in sorted(registry.checkpoints.items())],
+            behaviour_model=_behaviour_model(pipeline),
+        ))
 
     @app.page("/items/{item_id}")
     @token
@@ -194,26 +175,34 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
         info = catalogue.items.get(item_id)
         vector = catalogue.index.vector(item_id)
         if info is None or vector is None:
-            return web.json({"error": "unknown item"}, status=404)
+            return _answer(web, api.ApiError(error="unknown item", code="unknown_item"),
+                           status=404)
         similar = catalogue.index.search(vector, 6, exclude={item_id})
-        return web.json({
-            "item_id": item_id,
-            "title": info.title,
-            "category": info.category,
-            "in_stock": info.in_stock,
-            "similar": [{"item_id": i, "cosine": round(s, 4)} for i, s in similar[:5]],
-            "covisited": [{"item_id": i, "strength": round(s, 4)}
-                          for i, s in pipeline.recommender.covisit.neighbours(item_id, 5)],
-        })
+        return _answer(web, api.ItemView(
+            item_id=item_id,
+            title=info.title,
+            category=info.category,
+            in_stock=info.in_stock,
+            similar=[api.Neighbour(item_id=i, cosine=round(s, 4)) for i, s in similar[:5]],
+            covisited=[api.Covisited(item_id=i, strength=round(s, 4))
+                       for i, s in pipeline.recommender.covisit.neighbours(item_id, 5)],
+        ))
 
 
-def _behaviour_model(pipeline: Pipeline) -> dict[str, Any] | None:
+def _answer(web: Any, answer: api.Answer, status: int = 200,
+            headers: dict[str, str] | None = None) -> Any:
+    return web.bytes(api.encode(answer), content_type="application/json", status=status,
+                     headers=headers)
+
+
+def _behaviour_model(pipeline: Pipeline) -> api.BehaviourModel | None:
     """The served behaviour model: its version, what it was trained and measured on, and how
     many catalogue items it scores (from its text alone: items it never saw)."""
     model = pipeline.sequence_model
     if model is None:
         return None
     space = model.space
-    return {"version": model.version, "config": model.manifest.get("config"),
-            "result": model.manifest.get("result"), "vocabulary": len(space.vocabulary),
-            "catalogue_items_scored": len(space.ids), "scored_from_text": space.from_text}
+    return api.BehaviourModel(
+        version=model.version, config=model.manifest.get("config"),
+        result=model.manifest.get("result"), vocabulary=len(space.vocabulary),
+        catalogue_items_scored=len(space.ids), scored_from_text=space.from_text)

@@ -22,6 +22,7 @@ from app.contract.records import (
 from app.core.experiments import variant_of
 from app.metrics import scrape
 from app.settings import Settings
+from app.worker import api
 from tests.support.kafka_io import produce, read_topic
 from tests.support.worker import WorkerProcess
 
@@ -138,7 +139,13 @@ def test_pull_api(kafka: KafkaBroker, worker: WorkerProcess) -> None:
     worker.wait_metric("streamrec_input_records_total", 2, topic="events", outcome="accepted")
 
     def get(path: str) -> tuple[int, dict]:
+        """The answer, decoded as well with the model the OpenAPI document names for its
+        route and status (an undocumented field or status fails)."""
         status, body = worker._get(path)
+        template = next(r for r in api.ROUTES if _matches(r.path, path.partition("?")[0]))
+        model = template.answers[status]
+        assert model is not None
+        msgspec.json.decode(body, type=model)
         return status, json.loads(body)
 
     status, body = get("/users/kid/recommendations?k=3")
@@ -157,14 +164,21 @@ def test_pull_api(kafka: KafkaBroker, worker: WorkerProcess) -> None:
     assert status == 200
     assert body["known_user"] is False
     assert [i["explanation"]["kind"] for i in body["items"]] == ["popular", "popular"]
-    assert get("/users/kid/recommendations?k=0")[0] == 400
-    assert get("/users/nobody-yet")[0] == 404
+    assert get("/users/kid/recommendations?k=0") == (
+        400, {"error": "k: expected `int` >= 1", "code": "bad_parameter"})
+    assert get("/users/kid/recommendations?categroy=kids") == (
+        400, {"error": "unknown query parameter `categroy`", "code": "bad_parameter"})
+    assert get("/users/nobody-yet") == (404, {"error": "unknown user", "code": "unknown_user"})
     status, body = get("/users/kid")
     assert [r["item_id"] for r in body["recent"]] == ["toy-story", "alien"]
     status, body = get("/items/alien")
     assert status == 200
     assert body["similar"][0]["item_id"] in {"aliens", "gravity", "interstellar"}
-    assert get("/items/unknown")[0] == 404
+    assert get("/items/unknown") == (404, {"error": "unknown item", "code": "unknown_item"})
+    assert get("/model")[1]["experiment"]
+    assert get("/health") == (200, {"status": "ok"})
+    assert get("/ready") == (200, {"ready": True})
+    assert worker._get("/openapi.json") == (200, msgspec.json.encode(api.openapi()))
     # a new user whose profile is known gets what their segment likes: once "kid" is known
     # to be 1-12, what kid watched and watches counts for that age band; "tot", also 1-12 and
     # with no history, gets those first, explained (whether the counts came incrementally or
@@ -198,3 +212,10 @@ def test_pull_api(kafka: KafkaBroker, worker: WorkerProcess) -> None:
     after = get("/users/kit/recommendations?k=10")[1]["items"]
     assert worker.metric("streamrec_pull_cache_total", outcome="miss") == misses + 1
     assert after == get("/users/kit/recommendations?k=10&fresh=true")[1]["items"]
+
+
+def _matches(template: str, path: str) -> bool:
+    """Whether a path is an instance of a route template (``{name}`` matches one segment)."""
+    parts, given = template.split("/"), path.split("/")
+    return len(parts) == len(given) and all(
+        p.startswith("{") or p == g for p, g in zip(parts, given, strict=True))
