@@ -5,7 +5,6 @@ install), started on a free port with the scrape job and the alert rules of depl
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -17,24 +16,14 @@ import yaml
 
 from app.broker.apache import free_port
 from app.broker.embedded import stop_process
+from tests.support.debian import program
 
 ROOT = Path(__file__).resolve().parents[2]
-CACHE = Path.home() / ".cache" / "streamrec" / "prometheus-deb"
 
 
 def binary(name: str) -> Path:
     """``prometheus`` or ``promtool``: on PATH, or from the Debian package, fetched once."""
-    found = shutil.which(name)
-    if found:
-        return Path(found)
-    unpacked = CACHE / "root" / "usr" / "bin" / name
-    if not unpacked.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["apt-get", "download", "prometheus"], cwd=CACHE, check=True,
-                       capture_output=True)
-        deb = sorted(CACHE.glob("prometheus_*.deb"))[-1]
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(CACHE / "root")], check=True)
-    return unpacked
+    return program(name, ["prometheus"], "prometheus-deb")
 
 
 class Prometheus:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -43,3 +44,15 @@ def test_schema_accepts_a_good_event() -> None:
 def test_schema_rejects_what_the_validator_rejects(sample) -> None:
     body = msgspec.json.decode(sample.value)
     assert list(_validator("events").iter_errors(body))
+
+
+def test_every_code_block_of_the_clients_page_is_taken_from_its_example() -> None:
+    """docs/clients.md quotes examples/ (run by tests/integration/test_clients.py): each of
+    its code blocks must appear, as written, in one of the example files."""
+    root = Path(__file__).parents[2]
+    page = (root / "docs" / "clients.md").read_text()
+    examples = [p.read_text() for p in (root / "examples").iterdir() if p.is_file()]
+    blocks = re.findall(r"```(?:python|sh)\n(.*?)```", page, flags=re.DOTALL)
+    assert len(blocks) >= 4
+    for block in blocks:
+        assert any(block.rstrip("\n") in text for text in examples), block
