@@ -9,16 +9,36 @@ import json
 from pathlib import Path
 from typing import Any
 
-from grafana_foundation_sdk.builders.dashboard import Dashboard, Row
+from grafana_foundation_sdk.builders.dashboard import (
+    Dashboard,
+    DatasourceVariable,
+    QueryVariable,
+    Row,
+)
 from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.builders.stat import Panel as Stat
 from grafana_foundation_sdk.builders.timeseries import Panel as Timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.common import TimeZoneBrowser
-from grafana_foundation_sdk.models.dashboard import DataSourceRef
+from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh, VariableSort
 
 TARGET = Path("deploy/grafana/dashboards/streamrec.json")
-DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")
+# every panel and the worker variable ask the data source chosen in the dashboard's
+# "Data source" variable (Grafana's default Prometheus until one is picked)
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+WORKERS = '{job="streamrec", instance=~"$instance"}'
+HIT, CLICK = 'outcome="hit"', 'type="click"'
+
+
+def _m(metric: str, labels: str = "") -> str:
+    """A metric selector limited to the workers chosen in the "Worker" variable (all by
+    default), with ``labels`` (e.g. 'outcome="hit"') added."""
+    inner = 'instance=~"$instance"' + (f", {labels}" if labels else "")
+    return f"{metric}{{{inner}}}"
+
+
+def _rate(metric: str, labels: str = "") -> str:
+    return f"rate({_m(metric, labels)}[$__rate_interval])"
 
 
 def _query(expr: str, legend: str, ref: str = "A") -> Dataquery:
@@ -32,11 +52,21 @@ def _series(title: str, unit: str, *queries: Dataquery, width: int = 12) -> Time
     return panel.datasource(DATASOURCE)
 
 
+def _p99(metric: str, by: str = "", legend: str = "p99", ref: str = "A") -> Dataquery:
+    """The 0.99 quantile of a histogram, per ``by`` labels."""
+    return _quantile("0.99", metric, by, legend, ref)
+
+
+def _quantile(quantile: str, metric: str, by: str = "", legend: str = "",
+              ref: str = "A") -> Dataquery:
+    labels = ", ".join(["le", *([by] if by else [])])
+    return _query(f"histogram_quantile({quantile}, sum by ({labels}) "
+                  f"({_rate(metric + '_bucket')}))", legend or _percentile(quantile), ref)
+
+
 def _latency(quantile: str) -> Dataquery:
-    return _query(
-        f"histogram_quantile({quantile}, sum by (le) "
-        "(rate(streamrec_event_to_recommendation_seconds_bucket[$__rate_interval])))",
-        _percentile(quantile), ref=_percentile(quantile).upper())
+    return _quantile(quantile, "streamrec_event_to_recommendation_seconds",
+                     ref=_percentile(quantile).upper())
 
 
 def _percentile(quantile: str) -> str:
@@ -44,9 +74,18 @@ def _percentile(quantile: str) -> str:
     return f"p{float(quantile) * 100:.10g}"
 
 
+def _variables(dashboard: Dashboard) -> Dashboard:
+    source = DatasourceVariable("datasource").label("Data source").type("prometheus")
+    workers = (QueryVariable("instance").label("Worker").datasource(DATASOURCE)
+               .query('label_values(up{job="streamrec"}, instance)')
+               .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_ASC)
+               .multi(True).include_all(True).all_value(".*"))
+    return dashboard.with_variable(source).with_variable(workers)
+
+
 def build() -> Dashboard:
     return (
-        Dashboard("StreamRec")
+        _variables(Dashboard("StreamRec"))
         .uid("streamrec")
         .tags(["streamrec", "generated"])
         .refresh("30s")
@@ -55,95 +94,86 @@ def build() -> Dashboard:
         .with_row(Row("Flow"))
         .with_panel(_series(
             "Events by type", "ops",
-            _query("sum by (type) (rate(streamrec_events_total[$__rate_interval]))",
-                   "{{type}}")))
+            _query(f"sum by (type) ({_rate('streamrec_events_total')})", "{{type}}")))
         .with_panel(_series(
             "Input records by topic and outcome", "ops",
-            _query("sum by (topic, outcome) "
-                   "(rate(streamrec_input_records_total[$__rate_interval]))",
+            _query(f"sum by (topic, outcome) ({_rate('streamrec_input_records_total')})",
                    "{{topic}} {{outcome}}")))
         .with_panel(_series(
             "Event -> recommendation latency", "s",
             _latency("0.5"), _latency("0.9"), _latency("0.99")))
         .with_panel(_series(
             "Recommendations published", "ops",
-            _query("sum by (instance) (rate(streamrec_recommendations_total"
-                   "[$__rate_interval]))", "{{instance}}")))
+            _query(f"sum by (instance) ({_rate('streamrec_recommendations_total')})",
+                   "{{instance}}")))
         .with_row(Row("Health"))
         .with_panel(_series(
             "Consumer lag per partition", "short",
-            _query("sum by (topic, partition) (streamrec_consumer_lag_records)",
+            _query(f"sum by (topic, partition) ({_m('streamrec_consumer_lag_records')})",
                    "{{topic}}/{{partition}}")))
         .with_panel(_series(
             "Dead letters by reason", "ops",
-            _query("sum by (topic, reason) (rate(streamrec_deadletters_total"
-                   "[$__rate_interval])) > 0", "{{topic}} {{reason}}")))
+            _query(f"sum by (topic, reason) ({_rate('streamrec_deadletters_total')})",
+                   "{{topic}} {{reason}}")))
         .with_panel(_series(
             "Processing errors by stage", "ops",
-            _query("sum by (topic) (rate(streamrec_processing_errors_total"
-                   "[$__rate_interval]))", "{{topic}}")))
+            _query(f"sum by (topic) ({_rate('streamrec_processing_errors_total')})",
+                   "{{topic}}")))
         .with_panel(_series(
             "Event loop lag p99, its longest stall, and GC pauses p99", "s",
-            _query("histogram_quantile(0.99, sum by (le, instance) "
-                   "(rate(streamrec_event_loop_lag_seconds_bucket[$__rate_interval])))",
-                   "loop {{instance}}"),
-            _query("max by (instance) (streamrec_event_loop_stall_max_seconds)",
+            _p99("streamrec_event_loop_lag_seconds", "instance", "loop {{instance}}"),
+            _query(f"max by (instance) ({_m('streamrec_event_loop_stall_max_seconds')})",
                    "longest stall {{instance}}", ref="C"),
-            _query("histogram_quantile(0.99, sum by (le, generation) "
-                   "(rate(streamrec_gc_pause_seconds_bucket[$__rate_interval])))",
-                   "gc gen {{generation}}", ref="B")))
+            _p99("streamrec_gc_pause_seconds", "generation", "gc gen {{generation}}", "B")))
         .with_panel(_series(
-            "Pull API: time inside the worker p99, and cache hits", "s",
-            _query("histogram_quantile(0.99, sum by (le) "
-                   "(rate(streamrec_pull_seconds_bucket[$__rate_interval])))", "p99"),
-            _query("sum(rate(streamrec_pull_cache_total{outcome=\"hit\"}[$__rate_interval])) "
-                   "/ sum(rate(streamrec_pull_cache_total[$__rate_interval]))",
-                   "cache hit ratio", ref="B")))
+            "Pull API: time inside the worker p99", "s",
+            _p99("streamrec_pull_seconds"), width=6))
+        .with_panel(_series(
+            "Pull API: answered from the cached list", "percentunit",
+            _query(f"sum({_rate('streamrec_pull_cache_total', HIT)}) "
+                   f"/ sum({_rate('streamrec_pull_cache_total')})", "cache hit ratio"),
+            width=6))
         .with_panel(
-            Stat().title("Workers up").span(12).height(8).datasource(DATASOURCE)
-            .with_target(_query('sum(up{job="streamrec"})', "up")))
+            Stat().title("Workers up").unit("short").span(12).height(8).datasource(DATASOURCE)
+            .with_target(_query(f"sum(up{WORKERS})", "up")))
         .with_row(Row("Model"))
         .with_panel(_series(
             "Encoder batch latency p99", "s",
-            _query("histogram_quantile(0.99, sum by (le, purpose) "
-                   "(rate(streamrec_encoder_batch_seconds_bucket[$__rate_interval])))",
-                   "{{purpose}}")))
+            _p99("streamrec_encoder_batch_seconds", "purpose", "{{purpose}}")))
         .with_panel(_series(
             "Candidates per source", "ops",
-            _query("sum by (source) (rate(streamrec_candidates_total[$__rate_interval]))",
+            _query(f"sum by (source) ({_rate('streamrec_candidates_total')})",
                    "{{source}}")))
         .with_panel(_series(
             "Catalogue items per worker", "short",
-            _query("streamrec_catalogue_items", "{{instance}}")))
+            _query(_m("streamrec_catalogue_items"), "{{instance}}")))
         .with_panel(_series(
             "State table keys", "short",
-            _query("sum by (table) (streamrec_table_keys)", "{{table}}")))
+            _query(f"sum by (table) ({_m('streamrec_table_keys')})", "{{table}}")))
         .with_panel(_series(
             "Batch processing time p99", "s",
-            _query("histogram_quantile(0.99, sum by (le, topic) "
-                   "(rate(streamrec_batch_seconds_bucket[$__rate_interval])))",
-                   "{{topic}}")))
+            _p99("streamrec_batch_seconds", "topic", "{{topic}}")))
         .with_panel(_series(
             "Click-through by experiment variant", "percentunit",
-            _query('sum by (variant) (rate(streamrec_feedback_total{type="click"}'
-                   "[$__rate_interval])) / sum by (variant) "
-                   "(rate(streamrec_shown_items_total[$__rate_interval]))", "{{variant}}")))
+            _query(f"sum by (variant) ({_rate('streamrec_feedback_total', CLICK)})"
+                   f" / sum by (variant) ({_rate('streamrec_shown_items_total')})",
+                   "{{variant}}")))
         .with_panel(_series(
             "Model version per worker", "short",
-            _query("max by (instance, variant, version, encoder) (streamrec_model_info)",
+            _query(f"max by (instance, variant, version, encoder) "
+                   f"({_m('streamrec_model_info')})",
                    "{{instance}} {{variant}} {{version}} {{encoder}}")))
         .with_panel(_series(
-            "Learnt ranker weights", "short",
-            _query("max by (feature) (streamrec_model_weight)", "{{feature}}")))
+            "Learnt ranker weights", "none",
+            _query(f"max by (feature) ({_m('streamrec_model_weight')})", "{{feature}}")))
         .with_panel(_series(
-            "Model updates, rollbacks and delay p99", "short",
-            _query("sum(rate(streamrec_model_updates_total[$__rate_interval]))",
-                   "versions applied/s", ref="A"),
-            _query("sum by (origin) (increase(streamrec_model_rollbacks_total"
-                   "[$__rate_interval]))", "rollbacks ({{origin}})", ref="B"),
-            _query("histogram_quantile(0.99, sum by (le) "
-                   "(rate(streamrec_model_update_delay_seconds_bucket[$__rate_interval])))",
-                   "reward to served p99 (s)", ref="C")))
+            "Ranker versions applied and rolled back", "ops",
+            _query(f"sum({_rate('streamrec_model_updates_total')})", "versions applied"),
+            _query(f"sum by (origin) ({_rate('streamrec_model_rollbacks_total')})",
+                   "rollbacks ({{origin}})", ref="B")))
+        .with_panel(_series(
+            "Reward to served version p99", "s",
+            _p99("streamrec_model_update_delay_seconds")))
     )
 
 

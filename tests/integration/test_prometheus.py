@@ -5,6 +5,7 @@ Prometheus' HTTP API. Also: promtool accepts the configuration, the rules and th
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -12,8 +13,9 @@ from pathlib import Path
 import msgspec
 
 from app.broker.apache import KafkaBroker
-from app.contract.records import ItemUpsert, View
-from tests.support.kafka_io import produce
+from app.contract.records import Feedback, FeedbackType, ItemUpsert, Recommendation, View
+from app.observe.dashboards import queries, render
+from tests.support.kafka_io import produce, read_topic
 from tests.support.prometheus import ROOT, Prometheus, binary
 from tests.support.worker import WorkerProcess
 
@@ -70,9 +72,44 @@ def test_prometheus_scrapes_the_key_series_from_a_working_worker(
         assert (prometheus.value(
             'sum(streamrec_event_to_recommendation_seconds_bucket{le="+Inf"})') or 0) >= 1
         assert prometheus.value("streamrec_model_info") == 1.0
+        _every_panel_has_data(prometheus, worker, target)
         groups = prometheus.api("rules")["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
         assert len(rules) >= 5
         assert all(rule["health"] == "ok" for rule in rules), rules
     finally:
         prometheus.stop()
+
+
+# series that exist only after what this workload does not do: a learnt ranker version
+# served (its delay from reward to served) and a rollback
+NO_DATA_WITHOUT_A_LEARNT_VERSION = ("streamrec_model_update_delay_seconds",
+                                    "streamrec_model_rollbacks_total")
+
+
+def _every_panel_has_data(prometheus: Prometheus, worker: WorkerProcess, target: str) -> None:
+    """Each query of the generated dashboard, its variables given as Grafana would (the
+    worker chosen, a rate interval), returns a series from the scraped worker: the screen
+    an operator opens is not blank. Pulls and a click are made first so the pull-API and
+    click-through panels have something to show."""
+    for user in ("u0", "u0", "u1"):
+        assert worker._get(f"/users/{user}/recommendations?k=3")[0] == 200
+    rec = asyncio.run(read_topic(worker.env["STREAMREC_BROKER_URL"],
+                                 worker.env["STREAMREC_TOPIC_RECOMMENDATIONS"], 1))[0]
+    listed = msgspec.json.decode(rec.value, type=Recommendation)
+    click = Feedback(v=1, type=FeedbackType.CLICK, event_id="click-1", user_id=listed.user_id,
+                     rec_id=listed.rec_id, item_id=listed.items[0].item_id, ts=TS + 100)
+    asyncio.run(produce(worker.env["STREAMREC_BROKER_URL"], worker.env["STREAMREC_TOPIC_FEEDBACK"],
+                        [(listed.user_id.encode(), msgspec.json.encode(click))]))
+    worker.wait_metric("streamrec_feedback_total", 1, type="click")
+    panels = [query.replace("$__rate_interval", "1m").replace("$instance", target)
+              for query in queries(json.loads(render()))]
+    expected = [q for q in panels if not any(m in q for m in NO_DATA_WITHOUT_A_LEARNT_VERSION)]
+    assert len(expected) >= 20
+    deadline = time.monotonic() + 30
+    while True:
+        blank = [q for q in expected if not prometheus.api("query", query=q)["result"]]
+        if not blank or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert blank == []
