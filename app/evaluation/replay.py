@@ -45,9 +45,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from app.broker.admin import ensure_topics, wait_until_ready
 from app.contract.records import Feedback, FeedbackType, Recommendation
 from app.core.experiments import Experiment, variant_of
-from app.data import movielens
-from app.demo import item_record, rating_records
-from app.evaluation.split import Split
+from app.demo import rating_records
+from app.evaluation.split import Split, catalogue_records
 from app.harness import WorkerRun, flow_control, produce_records, wait_processed
 from app.metrics import scrape, total
 
@@ -335,13 +334,12 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
     collecting = asyncio.create_task(collector.run())
     try:
         await run.wait_metric("streamrec_catalogue_items", 0)
-        movies = movielens.movies(split.dataset)
         first_ts = split.stream[0].ts_ms if split.stream else 0
-        items = [(*item_record(m, first_ts), m.item_id) for m in movies]
+        items = catalogue_records(split, first_ts)
         await produce_records(broker, settings.topic_items, items, None, {}, {})
         began = time.monotonic()
-        await run.wait_metric("streamrec_catalogue_items", len(movies))
-        say(f"{variant}: catalogue of {len(movies):,} items embedded and indexed in "
+        await run.wait_metric("streamrec_catalogue_items", len(items))
+        say(f"{variant}: catalogue of {len(items):,} items embedded and indexed in "
             f"{time.monotonic() - began:.1f}s")
         records = stream_records(split)
         began = time.monotonic()

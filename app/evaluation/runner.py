@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from app.broker.apache import start_unless_given
+from app.data.interactions import dataset_name
 from app.demo import Display
 from app.evaluation import report as reporting
 from app.evaluation.replay import VARIANTS, ReplayRun, StreamTraining, replay, summary
@@ -30,8 +31,10 @@ def _progress(display: Display, variant: str, unit: str = "events"
 
 
 def label(dataset: str, cold_items: float) -> str:
-    """The runs' folder and the report's name: the dataset, or its cold-start experiment."""
-    return f"{dataset}-cold{round(cold_items * 100)}" if cold_items > 0 else dataset
+    """The runs' folder and the report's name: the dataset (a dataset file's name), or its
+    cold-start experiment."""
+    name = dataset_name(dataset)
+    return f"{name}-cold{round(cold_items * 100)}" if cold_items > 0 else name
 
 
 async def run_replays(dataset: str, variants: list[str], k: int, rate: float | None,

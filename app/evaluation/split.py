@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import msgspec
 import numpy as np
 
-from app.data import movielens
+from app.contract.records import ItemUpsert
+from app.data import interactions, movielens
+from app.data.interactions import is_dataset_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,7 @@ class Split:
     items: list[str]                                 # the whole catalogue
     genres: dict[str, tuple[str, ...]] = field(default_factory=dict)
     hidden: frozenset[str] = frozenset()             # the cold-start experiment's items
+    catalogue: list[ItemUpsert] = field(default_factory=list)   # the items, at ts 0
 
     @property
     def train_counts(self) -> Counter[str]:
@@ -82,14 +87,36 @@ def hide_items(ratings: list[movielens.Rating], fraction: float, seed: int = 0,
 
 
 def load(dataset: str, cold_items: float = 0.0) -> Split:
-    """The split of ``dataset``; with ``cold_items`` > 0, the cold-start experiment's."""
-    movies = movielens.movies(dataset)
-    ratings = movielens.ratings(dataset)
+    """The split of ``dataset`` (a MovieLens preset, ml-100k or ml-1m, or a dataset file:
+    app.data.interactions); with ``cold_items`` > 0, the cold-start experiment's."""
+    if is_dataset_file(dataset):
+        spec, catalogue, ratings = interactions.load(Path(dataset))
+        name = spec.name
+        genres: dict[str, tuple[str, ...]] = {
+            u.item_id: (u.category,) if u.category else () for u in catalogue}
+    else:
+        from app.demo import item_record
+
+        movies = movielens.movies(dataset)
+        ratings = movielens.ratings(dataset)
+        catalogue = [_upsert(item_record(m, 0)[1]) for m in movies]
+        name, genres = dataset, {m.item_id: m.genres for m in movies}
     hidden: frozenset[str] = frozenset()
     if cold_items > 0:
         ratings, hidden = hide_items(ratings, cold_items)
-    split = leave_last_out(ratings, [m.item_id for m in movies])
-    split.dataset = dataset
-    split.genres = {m.item_id: m.genres for m in movies}
+    split = leave_last_out(ratings, [u.item_id for u in catalogue])
+    split.dataset = name
+    split.genres = genres
     split.hidden = hidden
+    split.catalogue = catalogue
     return split
+
+
+def catalogue_records(split: Split, ts_ms: int) -> list[tuple[bytes, bytes, str]]:
+    """(key, value, item id) of an upsert of every catalogue item, dated ``ts_ms``."""
+    return [(u.item_id.encode(), msgspec.json.encode(msgspec.structs.replace(
+        u, ts=ts_ms, event_id=f"item-{u.item_id}-{ts_ms}")), u.item_id)
+        for u in split.catalogue]
+
+
+_upsert = msgspec.json.Decoder(ItemUpsert).decode

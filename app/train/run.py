@@ -170,16 +170,10 @@ def train(split: Split, model_config: ModelConfig, config: TrainConfig,
 def text_vectors(split: Split, model_dir: Path) -> torch.Tensor:
     """The text-encoder vector of every item of the split's catalogue, in vocabulary order
     (row 0, padding, is zero): the text the worker embeds for the item."""
-    import msgspec
-
-    from app.contract.records import ItemUpsert
     from app.core.catalogue import item_text
-    from app.data import movielens
-    from app.demo import item_record
     from app.encoder.runtime import Encoder
 
-    decode = msgspec.json.Decoder(ItemUpsert).decode
-    upserts = {m.item_id: decode(item_record(m, 0)[1]) for m in movielens.movies(split.dataset)}
+    upserts = {u.item_id: u for u in split.catalogue}
     encoder = Encoder(model_dir)
     vectors = encoder.encode([item_text(upserts[item]) for item in split.items], "passage")
     table = np.zeros((len(split.items) + 1, vectors.shape[1]), dtype=np.float32)
