@@ -12,6 +12,7 @@ from app.settings import ENV_PREFIX, Settings
 
 USAGE = 2
 UNAVAILABLE = 1
+EXIT_STUCK = 75   # EX_TEMPFAIL: a worker ended itself to have a stuck transaction redone
 
 
 class StreamRecError(Exception):

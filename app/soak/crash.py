@@ -52,6 +52,7 @@ from app.broker.embedded import die_with_parent, stop_process
 from app.contract.partitioning import partition_of
 from app.contract.samples import good_view
 from app.core.state import StateCodec, UserState
+from app.errors import EXIT_STUCK
 from app.plots import pyplot
 from app.settings import Settings
 from app.soak.fuzz import read_all
@@ -72,6 +73,8 @@ class Member:
         self.log = workdir / name / "worker.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.process: subprocess.Popen[bytes] | None = None
+        self.supervised = True          # restarted when it exits on its own (not a fault)
+        self.exits: list[int] = []      # exit codes of those exits
 
     @property
     def url(self) -> str:
@@ -109,6 +112,23 @@ class Member:
 
     def ready(self) -> bool:
         return self.get("/ready")[0] == 200
+
+    def restart_if_exited(self) -> bool:
+        """As a supervisor (compose's restart policy, Kubernetes) does: a worker that ended
+        on its own is started again; its exit code is kept for the report."""
+        if not self.supervised or self.process is None or self.process.poll() is None:
+            return False
+        self.exits.append(self.process.returncode)
+        self.start()
+        return True
+
+
+async def supervise(members: list[Member], say: Say) -> None:
+    while True:
+        for member in members:
+            if member.restart_if_exited():
+                say(f"{member.name} exited on its own ({member.exits[-1]}): restarted")
+        await asyncio.sleep(1.0)
 
 
 class Producer:
@@ -268,6 +288,7 @@ async def run(plan: Plan, say: Say, progress: Progress,
     started = time.monotonic()
     producer: Producer | None = None
     streaming: asyncio.Task[None] | None = None
+    supervising: asyncio.Task[None] | None = None
     try:
         await wait_until_ready(settings)
         await ensure_topics(settings)
@@ -279,6 +300,7 @@ async def run(plan: Plan, say: Say, progress: Progress,
         producer = Producer(broker.bootstrap, settings.topic_events, users, plan.rate,
                             plan.seed)
         streaming = asyncio.create_task(producer.run())
+        supervising = asyncio.create_task(supervise(members, say))
         total = plan.kills + plan.broker_kills + int(plan.add_worker)
         joined = False
         for n in range(plan.kills):
@@ -306,6 +328,7 @@ async def run(plan: Plan, say: Say, progress: Progress,
             kind = "sigterm" if graceful else ("sigkill-empty" if empty else "sigkill")
             fault = Fault(kind, victim.name, time.monotonic() - started)
             t0 = time.monotonic()
+            victim.supervised = False
             if graceful:
                 await asyncio.to_thread(victim.stop)
             else:
@@ -313,6 +336,7 @@ async def run(plan: Plan, say: Say, progress: Progress,
                 if empty:
                     victim.wipe()
             victim.start()
+            victim.supervised = True
             fault.ready_seconds = await _until(victim.ready, 240)
             served = await _until(lambda: all(_known_counts(members, u) is not None
                                               for u in sample), 240)
@@ -340,6 +364,10 @@ async def run(plan: Plan, say: Say, progress: Progress,
             producer.stop()
         if streaming is not None and not streaming.done():
             streaming.cancel()
+        if supervising is not None:
+            supervising.cancel()
+        for member in members:
+            member.supervised = False
         for member in members:
             member.stop()
         await asyncio.to_thread(broker.stop)
@@ -403,6 +431,9 @@ async def _verdict(plan: Plan, settings: Settings, members: list[Member], users:
         "never_ready": sum(f.ready_seconds < 0 for f in faults),
         # partitions are what /ready wants: a worker the group gives none is up but not ready
         "ready_at_end": {m.name: m.ready() for m in members},
+        # exits that were not faults: the workers' own (a stuck transaction under
+        # exactly-once: 75), each restarted as a supervisor would
+        "own_exits": {m.name: m.exits for m in members if m.exits},
         "lost": sum(lost.values()), "applied_twice": sum(doubled.values()),
         "api_differing": len(api_wrong),
         "lists": len(lists), "lists_twice": lists_twice, "stale_lists": len(stale),
@@ -416,8 +447,10 @@ async def _verdict(plan: Plan, settings: Settings, members: list[Member], users:
                                 ("sigkill-empty", ("sigkill-empty",)),
                                 ("broker", ("broker",)), ("join", ("join",)))},
     }
+    # a worker may end itself only to have a stuck transaction redone (EXIT_STUCK)
+    crashed = [c for m in members for c in m.exits if c != EXIT_STUCK]
     report["passed"] = (not lost and not doubled and not api_wrong
-                        and report["never_ready"] == 0
+                        and report["never_ready"] == 0 and not crashed
                         and not stale and not (plan.exactly_once and lists_twice))
     return report
 
@@ -447,6 +480,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"| users whose newest list does not answer their newest event | "
         f"{report['stale_lists']} |",
         f"| faults never recovered from | {report['never_ready']} |",
+        f"| workers that exited on their own (restarted) | "
+        f"{sum(len(c) for c in report['own_exits'].values())} |",
         f"| workers holding partitions at the end (ready) | "
         f"{sum(report['ready_at_end'].values())} of {len(report['ready_at_end'])} |",
         "",

@@ -4,6 +4,8 @@ verdict on its samples."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from app.soak.burst import Sample, _failures, _per_second, _rising, _settled
 from app.soak.crash import repeated_lists
 
@@ -64,3 +66,35 @@ def test_a_burst_soak_fails_on_each_broken_promise() -> None:
     assert _failures(_report(caught_up_seconds_after_burst=None)) == [
         "not caught up after the burst"]
     assert _failures(_report(lost=3)) == ["3 events lost, 0 applied twice"]
+
+
+def test_a_worker_giving_up_a_stuck_transaction_exits_to_be_restarted() -> None:
+    import subprocess
+    import sys
+
+    from app.errors import EXIT_STUCK
+
+    done = subprocess.run([sys.executable, "-c", "import logging; logging.basicConfig(); "
+                           "from app.worker.faust_compat import give_up; "
+                           "give_up('3 changelog records not acknowledged after 60 s'); "
+                           "print('not reached')"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == EXIT_STUCK
+    assert "not reached" not in done.stdout
+    assert "3 changelog records not acknowledged after 60 s under exactly-once" in done.stderr
+
+
+def test_the_soak_restarts_a_worker_that_ended_on_its_own(tmp_path: Path) -> None:
+    import subprocess
+
+    from app.soak.crash import Member
+
+    member = Member({}, tmp_path, "w0")
+    member.process = subprocess.Popen(["sh", "-c", "exit 75"])
+    member.process.wait()
+    started: list[bool] = []
+    member.start = lambda: started.append(True)  # type: ignore[method-assign]
+    assert member.restart_if_exited()
+    assert (member.exits, started) == ([75], [True])
+    member.supervised = False          # during a fault the soak restarts it itself
+    assert not member.restart_if_exited()
