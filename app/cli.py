@@ -922,9 +922,11 @@ def soak_crash(
     """Workers on their own Apache Kafka under a known stream of views, stopped (SIGTERM)
     and killed (SIGKILL; every other kill on an empty disk) at random moments and started
     again, a worker added half way, then the broker killed and started again; each fault's
-    recovery timed. Passes when every user's event count, in the changelog and as the API
-    reports it, equals the events the broker acknowledged (0 lost, 0 applied twice) and
-    every fault was recovered from. Exit 1 otherwise."""
+    recovery timed; a worker that exits on its own is restarted, as a supervisor would.
+    Passes when every user's event count, in the changelog and as the API reports it,
+    equals the events the broker acknowledged (0 lost, 0 applied twice), every fault was
+    recovered from and no worker exited on its own but to redo a stuck transaction (75).
+    Exit 1 otherwise."""
     from app.soak import crash as crash_soak
 
     plan = crash_soak.Plan(workers=workers, users=users, rate=rate, kills=kills,
