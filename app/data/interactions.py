@@ -36,7 +36,7 @@ import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -57,7 +57,7 @@ class LogColumns(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     user: str
     item: str
     time: str
-    time_unit: str = "s"
+    time_unit: Literal["s", "ms", "iso"] = "s"
     type: str | None = None
     value: str | None = None
     positive_types: list[str] = msgspec.field(default_factory=lambda: ["purchase"])
@@ -146,18 +146,16 @@ def _parquet_rows(path: Path, needed: list[str]) -> Iterator[dict[str, Any]]:
     yield from table.to_pylist()
 
 
-def _time_ms(value: Any, unit: str, where: str) -> int:
+def _time_ms(value: Any, unit: Literal["s", "ms", "iso"], where: str) -> int:
     try:
         if unit == "s":
             return round(float(value) * 1000)
         if unit == "ms":
             return round(float(value))
-        if unit == "iso":
-            when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-            return round((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
+        when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+        return round((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
     except (TypeError, ValueError) as exc:
         raise DatasetFileError(f"{where}: time {value!r} is not {unit}") from exc
-    raise DatasetFileError(f"time_unit {unit!r}: s, ms or iso")
 
 
 def _rating(row: dict[str, Any], log: LogColumns, n: int) -> Rating:
