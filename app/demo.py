@@ -70,8 +70,8 @@ def item_record(movie: movielens.Movie, ts_ms: int) -> tuple[bytes, bytes]:
     return movie.item_id.encode(), _encode(upsert)
 
 
-def profile_record(user: movielens.MovieUser, ts_ms: int) -> tuple[bytes, bytes]:
-    profile = UserProfile(
+def profile_of(user: movielens.MovieUser, ts_ms: int) -> UserProfile:
+    return UserProfile(
         v=1,
         event_id=f"profile-{user.user_id}-{ts_ms}",
         user_id=user.user_id,
@@ -80,7 +80,10 @@ def profile_record(user: movielens.MovieUser, ts_ms: int) -> tuple[bytes, bytes]
         gender=user.gender,
         occupation=user.occupation,
     )
-    return user.user_id.encode(), _encode(profile)
+
+
+def profile_record(user: movielens.MovieUser, ts_ms: int) -> tuple[bytes, bytes]:
+    return user.user_id.encode(), _encode(profile_of(user, ts_ms))
 
 
 def rating_records(dataset: str, rating: movielens.Rating) -> list[tuple[bytes, bytes]]:

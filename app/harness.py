@@ -68,13 +68,17 @@ class WorkerRun:
         stop_process(self.worker, grace=30)
         self.worker = None
 
-    async def wait_metric(self, name: str, at_least: float, within: float = 300.0) -> None:
+    async def wait_metric(self, name: str, at_least: float, within: float = 300.0,
+                          **labels: str) -> None:
+        """Until the worker's ``name`` (summed over samples with ``labels``) reaches
+        ``at_least``; a worker that exits or a deadline passed raise."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if self.worker is not None and self.worker.poll() is not None:
                 raise RuntimeError(f"worker exited; see {self.log}")
             try:
-                if total(await asyncio.to_thread(scrape, self.metrics_url), name) >= at_least:
+                samples = await asyncio.to_thread(scrape, self.metrics_url)
+                if total(samples, name, **labels) >= at_least:
                     return
             except OSError:
                 pass

@@ -23,11 +23,22 @@ A dataset file, e.g. ``shop.toml``, paths relative to it::
     category = "category"
     brand = "brand"
     price = "price"
+    [users]                    # optional: profiles, for new users' first lists
+    path = "customers.csv"
+    id = "customer_id"
+    age_band = "age"           # each optional
+    gender = "gender"
+    locale = "country"
+    occupation = "job"
+    attributes = ["tier"]      # further columns kept as free attributes
 
 Every row of the log becomes a ``view`` of its item and, when it is positive (its type is
 one of ``positive_types``, or its value is at least ``positive_value``), also a
 ``purchase``, exactly as a MovieLens rating of 4 or more does; other event types count as
-views. Rows are put in time order (ties keep the file's order)."""
+views. Rows are put in time order (ties keep the file's order). A profile is published
+before the stream, as a team's CRM would have published it; the worker keeps popularity per
+age band, gender, occupation and locale and answers a user with fewer than five events from
+their segments' favourites (docs/own-data.md)."""
 
 from __future__ import annotations
 
@@ -36,14 +47,15 @@ import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 
-from app.contract.records import ItemUpsert
+from app.contract.records import ItemUpsert, UserProfile
 from app.data.movielens import Rating
 from app.errors import SettingError
 
+_R = TypeVar("_R", ItemUpsert, UserProfile)
 POSITIVE, NEUTRAL = 5.0, 1.0   # a row's strength in the stream: positive or not
 
 
@@ -74,10 +86,31 @@ class ItemColumns(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     price: str | None = None
 
 
+class UserColumns(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    path: str
+    id: str
+    age_band: str | None = None
+    gender: str | None = None
+    locale: str | None = None
+    occupation: str | None = None
+    attributes: list[str] = msgspec.field(default_factory=list)
+
+
 class DatasetFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     name: str
     log: LogColumns
     items: ItemColumns
+    users: UserColumns | None = None
+
+
+class Dataset(NamedTuple):
+    """A dataset file read: its description, catalogue, log as ratings in time order, and
+    user profiles (none without a ``[users]`` table)."""
+
+    spec: DatasetFile
+    items: list[ItemUpsert]
+    ratings: list[Rating]
+    profiles: list[UserProfile]
 
 
 def is_dataset_file(dataset: str) -> bool:
@@ -97,9 +130,8 @@ def read_spec(path: Path) -> DatasetFile:
         raise DatasetFileError(f"{path}: {exc}") from exc
 
 
-def load(path: Path) -> tuple[DatasetFile, list[ItemUpsert], list[Rating]]:
-    """The dataset file's description, its catalogue and its log as ratings, in time
-    order."""
+def load(path: Path) -> Dataset:
+    """The dataset file at ``path`` and the files it names, read."""
     spec = read_spec(path)
     folder = path.parent
     items = [_item(row, spec.items, n) for n, row in
@@ -107,13 +139,17 @@ def load(path: Path) -> tuple[DatasetFile, list[ItemUpsert], list[Rating]]:
     ratings = [_rating(row, spec.log, n) for n, row in
                enumerate(_rows(folder / spec.log.path, _needed(spec.log)))]
     ratings.sort(key=lambda r: r.ts_ms)
-    return spec, items, ratings
+    profiles = ([_profile(row, spec.users, n) for n, row in
+                 enumerate(_rows(folder / spec.users.path, _needed(spec.users)))]
+                if spec.users else [])
+    return Dataset(spec, items, ratings, profiles)
 
 
-def _needed(columns: LogColumns | ItemColumns) -> list[str]:
+def _needed(columns: LogColumns | ItemColumns | UserColumns) -> list[str]:
     skip = {"path", "time_unit", "positive_types", "positive_value"}
-    return [value for name, value in msgspec.structs.asdict(columns).items()
-            if name not in skip and isinstance(value, str)]
+    named = [value for name, value in msgspec.structs.asdict(columns).items()
+             if name not in skip and isinstance(value, str)]
+    return named + (columns.attributes if isinstance(columns, UserColumns) else [])
 
 
 def _rows(path: Path, needed: list[str]) -> Iterator[dict[str, Any]]:
@@ -180,9 +216,33 @@ def _item(row: dict[str, Any], columns: ItemColumns, n: int) -> ItemUpsert:
 
     price = text(columns.price)
     try:
-        return ItemUpsert(v=1, event_id=f"item-{row[columns.id]}-0", item_id=str(row[columns.id]),
-                          ts=0, title=text(columns.title) or str(row[columns.id]),
-                          description=text(columns.text), category=text(columns.category),
-                          brand=text(columns.brand), price=float(price) if price else None)
+        return _valid({"v": 1, "event_id": f"item-{row[columns.id]}-0",
+                       "item_id": str(row[columns.id]), "ts": 0,
+                       "title": text(columns.title) or str(row[columns.id]),
+                       "description": text(columns.text), "category": text(columns.category),
+                       "brand": text(columns.brand),
+                       "price": float(price) if price else None}, ItemUpsert)
     except (ValueError, msgspec.ValidationError) as exc:
         raise DatasetFileError(f"{columns.path} row {n + 1}: {exc}") from exc
+
+
+def _profile(row: dict[str, Any], columns: UserColumns, n: int) -> UserProfile:
+    def text(column: str | None) -> str | None:
+        value = row[column] if column else None
+        return str(value) if value not in (None, "") else None
+
+    try:
+        return _valid({"v": 1, "event_id": f"profile-{row[columns.id]}-0",
+                       "user_id": str(row[columns.id]), "ts": 0,
+                       "age_band": text(columns.age_band), "gender": text(columns.gender),
+                       "locale": text(columns.locale), "occupation": text(columns.occupation),
+                       "attributes": {name: str(row[name]) for name in columns.attributes
+                                      if row[name] not in (None, "")}}, UserProfile)
+    except msgspec.ValidationError as exc:
+        raise DatasetFileError(f"{columns.path} row {n + 1}: {exc}") from exc
+
+
+def _valid(fields: dict[str, Any], kind: type[_R]) -> _R:
+    """``fields`` as a ``kind``, checked against the contract's limits (as the worker will
+    check it), so a row the worker would dead-letter is refused here, naming it."""
+    return msgspec.convert(fields, kind)

@@ -46,7 +46,7 @@ from app.broker.admin import ensure_topics, wait_until_ready
 from app.contract.records import Feedback, FeedbackType, Recommendation
 from app.core.experiments import Experiment, variant_of
 from app.demo import rating_records
-from app.evaluation.split import Split, catalogue_records
+from app.evaluation.split import Split, catalogue_records, profile_records
 from app.harness import WorkerRun, flow_control, produce_records, wait_processed
 from app.metrics import scrape, total
 
@@ -117,6 +117,8 @@ class ReplayRun:
     # the behaviour model the worker served (its manifest's version and training result);
     # empty: none
     behaviour_model: dict[str, Any] = field(default_factory=dict)
+    # user profiles the worker accepted before the stream (0 in runs recorded before them)
+    profiles: int = 0
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -341,6 +343,12 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         await run.wait_metric("streamrec_catalogue_items", len(items))
         say(f"{variant}: catalogue of {len(items):,} items embedded and indexed in "
             f"{time.monotonic() - began:.1f}s")
+        profiles = profile_records(split, first_ts)
+        if profiles:
+            await produce_records(broker, settings.topic_users, profiles, None, {}, {})
+            await run.wait_metric("streamrec_input_records_total", len(profiles),
+                                  topic="users")
+            say(f"{variant}: {len(profiles):,} user profiles applied")
         records = stream_records(split)
         began = time.monotonic()
         if variant == STREAM_TRAINED:
@@ -370,6 +378,8 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
             outcome: total(final, "streamrec_behaviour_examples_total", outcome=outcome)
             for outcome in ("learnt", "not_a_candidate")}
         model["projection_pairs"] = total(final, "streamrec_projection_pairs_total")
+        profiles_accepted = round(total(final, "streamrec_input_records_total",
+                                        topic="users", outcome="accepted"))
         began = time.monotonic()
         end_lists = await asyncio.to_thread(pull_lists, run.base_url, list(split.targets),
                                             k, progress=pull_progress)
@@ -394,6 +404,7 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         hits=collector.hits,
         end_lists=end_lists,
         behaviour_model=served,
+        profiles=profiles_accepted,
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from app.contract.records import ItemUpsert
+from app.contract.records import ItemUpsert, UserProfile
 from app.data import interactions, movielens
 from app.data.interactions import is_dataset_file
 
@@ -39,6 +39,7 @@ class Split:
     genres: dict[str, tuple[str, ...]] = field(default_factory=dict)
     hidden: frozenset[str] = frozenset()             # the cold-start experiment's items
     catalogue: list[ItemUpsert] = field(default_factory=list)   # the items, at ts 0
+    profiles: list[UserProfile] = field(default_factory=list)   # known users' profiles, ts 0
 
     @property
     def train_counts(self) -> Counter[str]:
@@ -90,16 +91,17 @@ def load(dataset: str, cold_items: float = 0.0) -> Split:
     """The split of ``dataset`` (a MovieLens preset, ml-100k or ml-1m, or a dataset file:
     app.data.interactions); with ``cold_items`` > 0, the cold-start experiment's."""
     if is_dataset_file(dataset):
-        spec, catalogue, ratings = interactions.load(Path(dataset))
+        spec, catalogue, ratings, profiles = interactions.load(Path(dataset))
         name = spec.name
         genres: dict[str, tuple[str, ...]] = {
             u.item_id: (u.category,) if u.category else () for u in catalogue}
     else:
-        from app.demo import item_record
+        from app.demo import item_record, profile_of
 
         movies = movielens.movies(dataset)
         ratings = movielens.ratings(dataset)
         catalogue = [_upsert(item_record(m, 0)[1]) for m in movies]
+        profiles = [profile_of(person, 0) for person in movielens.users(dataset)]
         name, genres = dataset, {m.item_id: m.genres for m in movies}
     hidden: frozenset[str] = frozenset()
     if cold_items > 0:
@@ -109,6 +111,7 @@ def load(dataset: str, cold_items: float = 0.0) -> Split:
     split.genres = genres
     split.hidden = hidden
     split.catalogue = catalogue
+    split.profiles = profiles
     return split
 
 
@@ -117,6 +120,13 @@ def catalogue_records(split: Split, ts_ms: int) -> list[tuple[bytes, bytes, str]
     return [(u.item_id.encode(), msgspec.json.encode(msgspec.structs.replace(
         u, ts=ts_ms, event_id=f"item-{u.item_id}-{ts_ms}")), u.item_id)
         for u in split.catalogue]
+
+
+def profile_records(split: Split, ts_ms: int) -> list[tuple[bytes, bytes, str]]:
+    """(key, value, user id) of every known user's profile, dated ``ts_ms``."""
+    return [(p.user_id.encode(), msgspec.json.encode(msgspec.structs.replace(
+        p, ts=ts_ms, event_id=f"profile-{p.user_id}-{ts_ms}")), p.user_id)
+        for p in split.profiles]
 
 
 _upsert = msgspec.json.Decoder(ItemUpsert).decode

@@ -31,6 +31,8 @@ def test_a_shop_log_is_replayed_and_scored_like_movielens(kafka: KafkaBroker,
     _streamrec("replay", "--dataset", str(spec), "--variants", "streamrec", "--k", "20",
                "--broker", kafka.bootstrap, "--out", str(runs))
     assert (runs / "shop").is_dir()          # filed under the dataset file's name
+    run = json.loads((runs / "shop" / "streamrec.json").read_text())
+    assert run["profiles"] == 75             # every other customer's, before the stream
     report = json.loads(_streamrec("eval", "--dataset", str(spec), "--runs", str(runs),
                                    "--json"))
     assert report["dataset"] == "shop"

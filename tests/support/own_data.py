@@ -12,8 +12,8 @@ from app.data import movielens
 
 
 def movielens_as_log(name: str, folder: Path) -> Path:
-    """``name`` as a CSV log (user, item, unix seconds, rating) and a CSV items file (its
-    text as the preset gives it), with the dataset file that maps them."""
+    """``name`` as a CSV log (user, item, unix seconds, rating), a CSV items file (its text
+    as the preset gives it) and a CSV users file, with the dataset file that maps them."""
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "ratings.csv").open("w", newline="") as handle:
         out = csv.writer(handle)
@@ -26,6 +26,11 @@ def movielens_as_log(name: str, folder: Path) -> Path:
         for m in movielens.movies(name):
             title = f"{m.title} ({m.year})" if m.year else m.title
             out.writerow([m.item_id, title, m.genres[0].lower() if m.genres else ""])
+    with (folder / "people.csv").open("w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["user", "age", "sex", "job"])
+        for person in movielens.users(name):
+            out.writerow([person.user_id, person.age, person.gender, person.occupation])
     spec = folder / f"{name}.toml"
     spec.write_text(f'''name = "{name}-log"
 [log]
@@ -39,6 +44,12 @@ path = "movies.csv"
 id = "movie"
 title = "title"
 category = "genre"
+[users]
+path = "people.csv"
+id = "user"
+age_band = "age"
+gender = "sex"
+occupation = "job"
 ''')
     return spec
 
@@ -46,7 +57,8 @@ category = "genre"
 def generated_shop(folder: Path, users: int = 150, items: int = 60, events: int = 20,
                    seed: int = 0) -> Path:
     """A shop whose users each browse one of a few aisles in turn (so what comes next is
-    learnable), with ISO times and event types; its dataset file."""
+    learnable), with ISO times and event types, and a profile (country, tier) for every
+    other customer; its dataset file."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     aisles = ["garden", "kitchen", "toys"]
@@ -69,6 +81,11 @@ def generated_shop(folder: Path, users: int = 150, items: int = 60, events: int 
                 minute = start + e * 7
                 out.writerow([f"c{u}", f"p{n}", f"2026-01-{1 + minute // 1440:02d}T"
                               f"{minute // 60 % 24:02d}:{minute % 60:02d}:00", kind])
+    with (folder / "customers.csv").open("w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["customer", "country", "tier"])
+        for u in range(0, users, 2):
+            out.writerow([f"c{u}", ["fr", "de", "pl"][u % 3], "gold" if u % 4 == 0 else ""])
     spec = folder / "shop.toml"
     spec.write_text('''name = "shop"
 [log]
@@ -85,5 +102,10 @@ title = "name"
 text = "about"
 category = "aisle"
 price = "price"
+[users]
+path = "customers.csv"
+id = "customer"
+locale = "country"
+attributes = ["tier"]
 ''')
     return spec
