@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import sys
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +17,7 @@ import typer
 from app import __version__
 from app.data.interactions import dataset_name
 from app.logs import configure_logging
+from app.progress import phases
 from app.settings import get_settings, settings_markdown
 
 cli = typer.Typer(
@@ -605,10 +604,12 @@ def export_model(
     groups = None if keep_fp32 is None else tuple(g for g in keep_fp32.split(",") if g)
     target = out or Path("models") / f"{model}-int8"
     try:
-        if requantize:
-            requantize_artifact(model, target, say=typer.echo)
-            return
-        run_export(model, target, scratch, groups, say=typer.echo, allow_drift=allow_drift)
+        with phases() as (say, advance):
+            if requantize:
+                requantize_artifact(model, target, say=say, advance=advance)
+                return
+            run_export(model, target, scratch, groups, say=say, allow_drift=allow_drift,
+                       advance=advance)
     except DriftTooLarge as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from exc
@@ -827,26 +828,6 @@ def _worker_settings(pairs: list[str] | None) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in pairs or [])
 
 
-@contextlib.contextmanager
-def _phase_bars() -> Iterator[tuple[Callable[[str], None], Callable[[str, int, int], None]]]:
-    """A progress bar per phase of a long command, on standard error (with ETA): yields
-    ``say`` (print a line above the bars) and ``progress(phase, done, of)``."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(),
-                  TextColumn("{task.completed:,.0f}/{task.total:,.0f}"), TimeRemainingColumn(),
-                  transient=False, console=Console(stderr=True)) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(phase: str, done: int, of: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=of)
-            bar.update(tasks[phase], completed=done)
-
-        yield bar.console.print, progress
-
-
 def _soak_verdict(report: dict[str, Any], soak: Any, report_path: Path | None,
                   plot_path: Path | None, json_output: bool) -> None:
     """The end of every soak command: the report written (JSON) and plotted when asked,
@@ -891,7 +872,7 @@ def soak_fuzz(
     --max-rss-mb. Exit 1 otherwise."""
     from app.soak import fuzz as fuzz_soak
 
-    with _phase_bars() as (say, progress):
+    with phases() as (say, progress):
         report = asyncio.run(fuzz_soak.run(records, seed, broker, max_rss_mb, say, progress,
                                            worker_settings=_worker_settings(worker_setting)))
     _soak_verdict(report, fuzz_soak, report_path, plot_path, json_output)
@@ -933,7 +914,7 @@ def soak_crash(
                            graceful=graceful, empty_every=empty_every,
                            broker_kills=broker_kills, add_worker=add_worker, seed=seed,
                            worker_settings=_worker_settings(worker_setting))
-    with _phase_bars() as (say, progress):
+    with phases() as (say, progress):
         report = asyncio.run(crash_soak.run(plan, say, progress))
     _soak_verdict(report, crash_soak, report_path, plot_path, json_output)
 
@@ -975,7 +956,7 @@ def soak_burst(
     plan = burst_soak.Plan(users=users, rate=rate, burst=burst, steady_seconds=steady_seconds,
                            burst_seconds=burst_seconds, within=within, max_rss_mb=max_rss_mb,
                            seed=seed, worker_settings=_worker_settings(worker_setting))
-    with _phase_bars() as (say, progress):
+    with phases() as (say, progress):
         report = asyncio.run(burst_soak.run(plan, broker, say, progress))
     _soak_verdict(report, burst_soak, report_path, plot_path, json_output)
 

@@ -4,10 +4,10 @@ not only cosine: an encoder can keep a high cosine while reordering them)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +17,25 @@ FloatArray = npt.NDArray[np.float32]
 
 class TextEncoder(Protocol):
     def encode(self, texts: Sequence[str]) -> FloatArray: ...
+
+
+class Batched(Protocol):
+    def encode(self, texts: Sequence[str], kind: Literal["query", "passage"] = "passage",
+               progress: Callable[[int, int], None] | None = None) -> FloatArray: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Followed:
+    """``encoder`` telling ``advance(phase, done, of)`` after each batch it encodes (the
+    drift measurement's long part, shown as a bar); its vectors are the encoder's own."""
+
+    encoder: Batched
+    phase: str
+    advance: Callable[[str, int, int], None]
+
+    def encode(self, texts: Sequence[str]) -> FloatArray:
+        return self.encoder.encode(
+            texts, progress=lambda done, of: self.advance(self.phase, done, of))
 
 
 @dataclass(frozen=True, slots=True)

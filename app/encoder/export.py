@@ -21,7 +21,7 @@ from typing import Any
 
 from app.encoder import drift_set
 from app.encoder.artifact import write_manifest
-from app.encoder.drift import Drift, Reference, Thresholds
+from app.encoder.drift import Drift, Followed, Reference, Thresholds
 from app.encoder.quantize import (
     DEFAULT_KEEP_FP32,
     E5_KEEP_FP32,
@@ -31,6 +31,7 @@ from app.encoder.quantize import (
     store_weights_int8,
 )
 from app.encoder.runtime import Encoder
+from app.progress import Advance, quiet, step
 
 LICENSES = Path(__file__).parent / "licenses"
 DEFAULT_THRESHOLDS = Thresholds()
@@ -114,7 +115,8 @@ WEIGHTS_DESCRIPTION = ("int8 in a 7-bit range (reduce_range: no int16 saturation
 
 
 def requantize_artifact(key: str, out: Path, thresholds: Thresholds = DEFAULT_THRESHOLDS,
-                        say: Callable[[str], None] = print) -> dict[str, Any]:
+                        say: Callable[[str], None] = print, advance: Advance = quiet
+                        ) -> dict[str, Any]:
     """Requantize an artifact's integer weights to the 7-bit range in place, from the fp32
     weights of its weights package (no torch: the checkpoint is a .safetensors file), then
     re-measure drift against its stored fp32 reference and rewrite the manifest. For an
@@ -135,7 +137,8 @@ def requantize_artifact(key: str, out: Path, thresholds: Thresholds = DEFAULT_TH
     say(f"requantized {count} integer weights to the 7-bit range from {checkpoint.name}")
     manifest = json.loads((out / "manifest.json").read_text())
     reference = Reference.load(out / REFERENCE)
-    drift = reference.drift(Encoder(out), drift_set.ALL, corpus_texts())
+    drift = reference.drift(Followed(Encoder(out), "drift: int8 texts encoded", advance),
+                            drift_set.ALL, corpus_texts())
     say(f"  mean cosine {drift.mean_cosine:.4f}, min {drift.min_cosine:.4f}, "
         f"overlap@10 {drift.overlap_at_10:.3f}")
     manifest.pop("files", None)
@@ -186,7 +189,8 @@ def _runtime_fields(source: Source) -> dict[str, Any]:
     }
 
 
-def export_fp32(source: Source, work: Path, say: Callable[[str], None]) -> Path:
+def export_fp32(source: Source, work: Path, say: Callable[[str], None],
+                advance: Advance = quiet) -> Path:
     """ONNX fp32 export with optimum into ``work/fp32`` (kept: the benchmark's baseline)."""
     from optimum.exporters.onnx import main_export
 
@@ -197,10 +201,11 @@ def export_fp32(source: Source, work: Path, say: Callable[[str], None]) -> Path:
     started = time.monotonic()
     say(f"exporting {source.model_name} from {', '.join(source.packages)} to ONNX "
         "(optimum, opset 18)")
-    main_export(
-        str(source.weights(work)), output=target, task="feature-extraction", opset=18,
-        library_name="transformers", do_validation=True,
-    )
+    with step(advance, "ONNX export (optimum)"):
+        main_export(
+            str(source.weights(work)), output=target, task="feature-extraction", opset=18,
+            library_name="transformers", do_validation=True,
+        )
     (target / "manifest.json").write_text(json.dumps(_runtime_fields(source), indent=2))
     say(f"  done in {time.monotonic() - started:.1f}s (outputs validated against PyTorch)")
     return target
@@ -214,16 +219,21 @@ def export_model(
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     say: Callable[[str], None] = print,
     allow_drift: bool = False,
+    advance: Advance = quiet,
 ) -> dict[str, Any]:
+    """``key``'s weights exported to ONNX, quantized to int8 and written to ``out`` with
+    its manifest, once its drift from fp32 is measured; ``advance(phase, done, of)``
+    follows each phase."""
     source = SOURCES[key]
     keep_fp32 = source.keep_fp32 if keep_fp32 is None else keep_fp32
     work.mkdir(parents=True, exist_ok=True)
-    fp32 = export_fp32(source, work, say)
+    fp32 = export_fp32(source, work, say, advance)
 
     say(f"quantizing to int8 (dynamic, per-channel; fp32 activations for {len(keep_fp32)} "
         "MatMul groups)")
     dynamic = work / "int8-dynamic.onnx"
-    excluded = quantize_dynamic_int8(fp32 / "model.onnx", dynamic, keep_fp32)
+    with step(advance, "int8 quantization"):
+        excluded = quantize_dynamic_int8(fp32 / "model.onnx", dynamic, keep_fp32)
     if out.exists():
         if any(out.iterdir()) and not (out / "manifest.json").exists():
             raise FileExistsError(f"{out} exists and is not an encoder artifact: not touching it")
@@ -242,9 +252,11 @@ def export_model(
 
     say("measuring drift against fp32 (sentence set + MovieLens-1M neighbours)")
     corpus = corpus_texts()
-    reference = Reference.build(Encoder(fp32), drift_set.ALL, corpus)
+    reference = Reference.build(Followed(Encoder(fp32), "drift: fp32 texts encoded", advance),
+                                drift_set.ALL, corpus)
     reference.save(out / REFERENCE)
-    drift: Drift = reference.drift(Encoder(out), drift_set.ALL, corpus)
+    drift: Drift = reference.drift(Followed(Encoder(out), "drift: int8 texts encoded",
+                                            advance), drift_set.ALL, corpus)
     say(f"  mean cosine {drift.mean_cosine:.4f}, min {drift.min_cosine:.4f}, "
         f"overlap@10 {drift.overlap_at_10:.3f}")
     manifest = write_manifest(out, {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -160,8 +160,10 @@ class Encoder:
         hidden = self.session.run(None, feeds)[0]
         return l2_normalize(self._pool(np.asarray(hidden, dtype=np.float32), mask))
 
-    def encode(self, texts: Sequence[str], kind: Kind = "passage") -> FloatArray:
-        """Embed ``texts`` (in batches of ``batch_size``, grouped by length)."""
+    def encode(self, texts: Sequence[str], kind: Kind = "passage",
+               progress: Callable[[int, int], None] | None = None) -> FloatArray:
+        """Embed ``texts`` (in batches of ``batch_size``, grouped by length); ``progress``
+        is told (done, of) after each batch."""
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return out
@@ -172,6 +174,8 @@ class Encoder:
             chunk = order[start:start + self.batch_size]
             ids, mask = self.tokenize([prefixed[i] for i in chunk])
             out[chunk] = self.run(ids, mask)
+            if progress is not None:
+                progress(start + len(chunk), len(order))
         return out
 
     def cached_query(self, text: str) -> FloatArray | None:

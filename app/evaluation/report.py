@@ -188,7 +188,11 @@ def learning_vs_frozen(split: Split, run: ReplayRun, lists: Mapping[str, Sequenc
 
 
 def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
-                  say: Callable[[str], None] = print) -> dict[str, Any]:
+                  say: Callable[[str], None] = print,
+                  advance: Callable[[str, int, int], None] = lambda *_: None
+                  ) -> dict[str, Any]:
+    """Every run's lists and the baselines' scored on ``split`` (the report's figures);
+    ``advance(phase, done, of)`` follows the long parts."""
     models: dict[str, dict[str, list[str]]] = {}
     shown: dict[str, dict[str, int]] = {}
     for run in runs:
@@ -198,20 +202,19 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
             continue
         models[run.variant] = {user: list(items) for user, items in run.lists.items()}
         shown[run.variant] = history_shown(run.lists, split)
-    say("baselines: popularity")
+    say("baselines: popularity, co-visitation alone, implicit ALS")
     models["popularity"] = baselines.popularity(split)
-    say("baselines: co-visitation alone")
     models["co-visitation alone"] = baselines.covisitation(
         split, neighbours=COVISIT_EDGES)    # the replays' bound on neighbours
-    say("baselines: implicit ALS")
     models["implicit ALS"] = baselines.als(
-        split, progress=lambda n, of: say(f"  ALS iteration {n}/{of}"))
+        split, progress=lambda n, of: advance("implicit ALS: iterations", n, of))
     users = list(split.targets)
     cold = [u for u in users if split.targets[u].prior_item_count <= COLD_ITEM_INTERACTIONS]
     short = [u for u in users if len(split.history.get(u, ())) <= SHORT_HISTORY]
     hidden = [u for u in users if split.targets[u].item_id in split.hidden]
     results: dict[str, Any] = {}
-    for name, lists in models.items():
+    for n, (name, lists) in enumerate(models.items()):
+        advance("scoring the lists", n, len(models))
         results[name] = {
             "all": _score(lists, split, users).row(),
             "cold items": _score(lists, split, cold).row() if cold else None,
@@ -219,6 +222,7 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
             "hidden items": _score(lists, split, hidden).row() if hidden else None,
             "ndcg10_by_history": _history_curve(lists, split),
         }
+    advance("scoring the lists", len(models), len(models))
     end_of_stream = {run.variant: _score(run.end_lists, split, users).row()
                      for run in runs if run.end_lists}
     end_shown = {run.variant: history_shown(run.end_lists, split)

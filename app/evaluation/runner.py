@@ -13,21 +13,10 @@ import typer
 
 from app.broker.apache import start_unless_given
 from app.data.interactions import dataset_name
-from app.demo import Display
 from app.evaluation import report as reporting
 from app.evaluation.replay import VARIANTS, ReplayRun, StreamTraining, replay, summary
 from app.evaluation.split import load
-
-
-def _progress(display: Display, variant: str, unit: str = "events"
-              ) -> Callable[[int, int, float], None]:
-    def show(done: int, of: int, seconds: float) -> None:
-        rate = done / seconds if seconds > 0 else 0.0
-        bar = "#" * int(30 * done / max(1, of))
-        left = (of - done) / rate if rate > 0 else float("nan")
-        eta = f", ETA {int(left) // 60}:{int(left) % 60:02d}" if left == left else ""
-        display.status(f"{variant}: [{bar:<30}] {done:,}/{of:,} {unit}, {rate:,.0f}/s{eta}")
-    return show
+from app.progress import Advance, phases
 
 
 def label(dataset: str, cold_items: float) -> str:
@@ -44,27 +33,39 @@ async def run_replays(dataset: str, variants: list[str], k: int, rate: float | N
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise typer.BadParameter(f"unknown variants {unknown}; known: {list(VARIANTS)}")
-    display = Display()
+    with phases() as (say, advance):
+        await _replay_variants(dataset, variants, k, rate, window, partitions, broker, out,
+                               cold_items, behaviour_model, training, say, advance)
+
+
+def _timed(advance: Advance, phase: str) -> Callable[[int, int, float], None]:
+    return lambda done, of, _seconds: advance(phase, done, of)
+
+
+async def _replay_variants(dataset: str, variants: list[str], k: int, rate: float | None,
+                           window: int, partitions: int, broker: str | None, out: Path,
+                           cold_items: float, behaviour_model: Path | None,
+                           training: StreamTraining | None, say: Callable[[str], None],
+                           advance: Advance) -> None:
     split = load(dataset, cold_items)
-    display.line(f"{dataset}: {len(split.stream):,} ratings to stream, "
-                 f"{len(split.targets):,} users' last ratings withheld as targets"
-                 + (f", {len(split.hidden):,} items hidden until late" if split.hidden else ""))
+    say(f"{dataset}: {len(split.stream):,} ratings to stream, "
+        f"{len(split.targets):,} users' last ratings withheld as targets"
+        + (f", {len(split.hidden):,} items hidden until late" if split.hidden else ""))
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-replay-"))
-    broker, local = await start_unless_given(broker, workdir, display.line)
+    broker, local = await start_unless_given(broker, workdir, say)
     try:
         for variant in variants:
             run = await replay(split, broker, workdir, variant, k=k, rate=rate, window=window,
-                               partitions=partitions, say=display.line,
-                               progress=_progress(display, variant),
-                               pull_progress=_progress(display, variant, "users asked"),
+                               partitions=partitions, say=say,
+                               progress=_timed(advance, f"{variant}: events"),
+                               pull_progress=_timed(advance, f"{variant}: users asked"),
                                behaviour_model=behaviour_model, training=training)
             path = run.save(out / label(dataset, cold_items))
             s = summary(run)
-            display.status(
-                f"{variant}: {s['events']:,} events in {s['seconds']:.0f}s "
+            say(f"{variant}: {s['events']:,} events in {s['seconds']:.0f}s "
                 f"({s['events_per_second']:,}/s), {s['recommendations']:,} recommendations, "
                 f"latency p50 {s['latency_p50_ms']:.0f} ms p99 {s['latency_p99_ms']:.0f} ms "
-                f"-> {path}", final=True)
+                f"-> {path}")
     finally:
         if local is not None:
             local.stop()
@@ -81,11 +82,9 @@ def run_eval(dataset: str, runs: Path, report_path: Path | None, update_benchmar
         return 2
     loaded = [ReplayRun.load(path) for path in found]
 
-    def say(text: str) -> None:
-        typer.echo(text, err=True)
-
-    split = load(dataset, cold_items)
-    result = reporting.evaluate_runs(split, loaded, say)
+    with phases() as (say, advance):
+        split = load(dataset, cold_items)
+        result = reporting.evaluate_runs(split, loaded, say, advance)
     result["dataset"] = name
     command = "streamrec " + shlex.join(sys.argv[1:])
     if report_path is not None:

@@ -11,7 +11,7 @@ import pytest
 
 from app.encoder import drift_set
 from app.encoder.artifact import verify
-from app.encoder.drift import Reference, Thresholds, row_cosines, top_k
+from app.encoder.drift import Followed, Reference, Thresholds, row_cosines, top_k
 from app.encoder.export import REFERENCE, corpus_texts
 from app.encoder.runtime import Encoder, cls_pool, l2_normalize, mean_pool
 
@@ -68,6 +68,18 @@ def test_drift_against_the_fp32_reference_meets_the_thresholds(encoder: Encoder)
     assert drift.failures(Thresholds()) == []
     assert drift.sentences == len(drift_set.ALL)
     assert drift.corpus_items == 3883
+
+
+def test_a_followed_encoder_tells_its_batches_and_gives_the_same_vectors(
+        encoder: Encoder) -> None:
+    """What export-model's drift bars show: progress per batch, the vectors untouched."""
+    texts = corpus_texts()[:300]
+    told: list[tuple[str, int, int]] = []
+    followed = Followed(encoder, "drift", lambda *step: told.append(step))
+    assert np.array_equal(followed.encode(texts), encoder.encode(texts))
+    assert told[-1] == ("drift", 300, 300)
+    assert [done for _, done, _ in told] == sorted({done for _, done, _ in told})
+    assert len(told) == -(-300 // encoder.batch_size)
 
 
 def test_vectors_are_unit_length_and_batching_barely_matters(encoder: Encoder) -> None:
