@@ -185,3 +185,5 @@ async def wait_processed(run: WorkerRun, count: int, already: float = 0.0,
         if progress:
             progress(int(done), count, time.monotonic() - began)
         await asyncio.sleep(poll)
+    if progress:
+        progress(count, count, time.monotonic() - began)

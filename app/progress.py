@@ -22,9 +22,11 @@ def quiet(phase: str, done: int, of: int) -> None:
 
 def eta_text(done: int, of: int, seconds: float) -> str:
     """``done/of`` with the rate and the time left at that rate, for a plain line."""
-    rate = done / seconds if seconds > 0 else 0.0
-    left = (of - done) / rate if rate > 0 and done < of else None
-    eta = f", ETA {int(left) // 60}:{int(left) % 60:02d}" if left is not None else ""
+    if seconds <= 0 or done <= 0:
+        return f"{done:,}/{of:,}"
+    rate = done / seconds
+    left = (of - done) / rate
+    eta = f", ETA {int(left) // 60}:{int(left) % 60:02d}" if done < of else ""
     return f"{done:,}/{of:,} ({rate:,.1f}/s, {seconds:.0f} s{eta})"
 
 

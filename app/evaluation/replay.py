@@ -182,7 +182,7 @@ def pull_lists(base_url: str, users: Sequence[str], k: int, workers: int = 4,
     with ThreadPoolExecutor(workers) as pool:
         for user, items in pool.map(one, users):
             out[user] = items
-            if progress and len(out) % 200 == 0:
+            if progress and (len(out) % 200 == 0 or len(out) == len(users)):
                 progress(len(out), len(users), time.monotonic() - began)
     return out
 
@@ -408,6 +408,14 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
     )
 
 
+def _of_all(progress: Callable[[int, int, float], None] | None, offset: int, total: int
+            ) -> Callable[[int, int, float], None] | None:
+    """``progress`` of a part told as progress over the whole stream."""
+    if progress is None:
+        return None
+    return lambda done, _of, seconds: progress(offset + done, total, seconds)
+
+
 async def _stream_trained(run: WorkerRun, records: list[tuple[bytes, bytes, str]],
                           rate: float | None, sent: dict[str, float], window: int,
                           training: StreamTraining, workdir: Path,
@@ -428,8 +436,9 @@ async def _stream_trained(run: WorkerRun, records: list[tuple[bytes, bytes, str]
         part = records[start:start + training.every]
         await produce_records(run.env["STREAMREC_BROKER_URL"], settings.topic_events, part,
                               rate, sent, {}, gate=flow_control(run, window, already=start),
-                              progress=progress, linger_ms=2)
-        await wait_processed(run, start + len(part), progress=progress, began=began)
+                              progress=_of_all(progress, start, len(records)), linger_ms=2)
+        await wait_processed(run, start + len(part), began=began,
+                             progress=_of_all(progress, 0, len(records)))
         stopped = time.monotonic()
         with (workdir / "trainer.log").open("ab") as log:
             process = await asyncio.create_subprocess_exec(

@@ -31,7 +31,9 @@ def test_a_log_gets_a_line_per_phase_at_most_every_interval_and_at_the_end() -> 
 
 def test_a_plain_line_says_the_rate_and_time_left() -> None:
     assert eta_text(25, 100, 5.0) == "25/100 (5.0/s, 5 s, ETA 0:15)"
-    assert eta_text(0, 100, 0.0) == "0/100 (0.0/s, 0 s)"
+    assert eta_text(0, 100, 0.0) == "0/100"
+    assert eta_text(100, 100, 0.0) == "100/100"
+    assert eta_text(100, 100, 4.0) == "100/100 (25.0/s, 4 s)"
 
 
 def test_a_step_is_a_phase_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
