@@ -706,6 +706,9 @@ def bench_pipeline(
     exactly_once: Annotated[bool, typer.Option(
         help="Also time StreamRec with processing_guarantee=exactly_once (Kafka "
              "transactions) on the same backlog: its cost as a ratio.")] = True,
+    exactly_once_first: Annotated[bool, typer.Option(
+        help="Time the exactly-once job before the at-least-once one (the second reader of "
+             "the backlog may find it cached: run both orders for a fair ratio).")] = False,
     quick: Annotated[bool, typer.Option(
         "--quick", help="The guard (about a minute here): the decode-only ceiling and StreamRec "
                         "in turn, twice each, on a smaller backlog; reports StreamRec's "
@@ -727,7 +730,7 @@ def bench_pipeline(
     report = asyncio.run(pipeline_bench.run(
         events, partitions, broker, latency_seconds, say, pull_rate, pull_seconds, profile,
         references, profile_paced, latency_rate, behaviour_model, quick, live_events,
-        live_ahead, exactly_once))
+        live_ahead, exactly_once, exactly_once_first))
     if quick:
         typer.echo(json.dumps(report) if json_output else pipeline_bench.quick_markdown(report))
         if not report["passed"]:
