@@ -80,7 +80,8 @@ class Metrics:
             registry=registry,
             records=Counter(
                 "streamrec_input_records_total",
-                "Input records by logical topic and outcome (accepted, duplicate, rejected).",
+                "Input records by logical topic and outcome (accepted, duplicate, rejected; "
+                "forgotten: a forgotten user's, from before the request).",
                 ["topic", "outcome"],
                 registry=registry,
             ),

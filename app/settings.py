@@ -141,6 +141,13 @@ class Settings(BaseSettings):
     `streamrec topics` or a worker creates it; an existing topic keeps its own). Dead
     letters of user-keyed topics hold user ids and, unless redacted, payloads."""
 
+    forget_guard_seconds: float = Field(default=600.0, ge=0, le=86_400)
+    """How long a forgotten user's marker stays (their key and the request's time, nothing
+    else): until then their events and feedback from before the request are dropped, read
+    again after a crash or arriving late behind a backlog, instead of building their state
+    again; then the marker is deleted (docs/operations.md, "Forgetting a user"). Longer than
+    the worst consumer lag you expect; 0 deletes at once (no guard)."""
+
     pseudonym_key: SecretStr = SecretStr("")
     """When set, every user id is replaced by a keyed hash of it (HMAC-SHA-256 under this key,
     `p:` and 32 hex digits) before it becomes a state key: the tables, their changelogs, the

@@ -60,6 +60,9 @@ class UserState(KeyState, array_like=True, frozen=True):
     consumed: bytes = b""                    # every item consumed (app.core.consumed)
     sequence: bytes = b""                    # the last item events, as the model reads them
     read_to: tuple[int, int] = NOWHERE       # (input partition, offset) applied up to
+    # (time in ms, partition) of a request to forget the user, while input from before it
+    # could still come (app.core.forgetting); (0, -1): none
+    forgotten: tuple[int, int] = (0, -1)
 
 
 class ShownItem(Struct, array_like=True, frozen=True):

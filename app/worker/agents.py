@@ -40,6 +40,7 @@ from app.contract.validate import (
     validators,
 )
 from app.core.experiments import variant_of
+from app.core.forgetting import NOT_FORGOTTEN, Markers, after_request, marker, swept
 from app.core.serving import now_ms
 from app.core.state import (
     Applied,
@@ -113,15 +114,75 @@ class LongestStall:
         return max(self.current, self.previous)
 
 
+class ForgetGuard:
+    """Forgotten users' markers in the user-state table (app.core.forgetting): written when
+    a user is forgotten, read before their events and feedback are applied, swept once
+    older than ``guard_ms`` (by the events flow, in the marker's partition)."""
+
+    def __init__(self, table: Any, guard_ms: int, metrics: Metrics) -> None:
+        self.table, self.guard_ms, self._metrics = table, guard_ms, metrics
+        self.codec = StateCodec(UserState)
+        self.markers = Markers()
+
+    def mark(self, key: bytes, event: Any) -> None:
+        """Leave ``key``'s marker (inside ``acting_as(event)``, ``event`` the tombstone)."""
+        message = event.message
+        at = _timestamp_ms(message) or now_ms()
+        self.table[key] = self.codec.encode(marker(at, message.partition))
+        self.markers.add(key, at, message.partition)
+
+    def forgotten_at(self, key: bytes) -> int:
+        """When ``key`` was forgotten, while its marker stands; 0 otherwise."""
+        raw = self.table.get(key)
+        return 0 if raw is None else self.codec.decode(raw).forgotten[0]
+
+    def collect(self, key: bytes, state: UserState) -> None:
+        """A stored state seen by the scan after an assignment: its marker, if any."""
+        if state.forgotten != NOT_FORGOTTEN:
+            self.markers.add(key, *state.forgotten)
+
+    def sweep(self, batch: Sequence[Any]) -> None:
+        """Delete (or unmark) the due markers of the batch's partitions, each written in
+        its partition (under exactly-once, in that partition's transaction)."""
+        if not len(self.markers):
+            return
+        before = now_ms() - self.guard_ms
+        firsts: dict[int, Any] = {}
+        for event in batch:
+            firsts.setdefault(event.message.partition, event)
+        for partition, event in firsts.items():
+            for key in self.markers.due(partition, before):
+                try:
+                    with acting_as(event):
+                        raw = self.table.get(key)
+                        after = None if raw is None else swept(self.codec.decode(raw))
+                        if after is None:
+                            del self.table[key]
+                        else:
+                            self.table[key] = self.codec.encode(after)
+                except Exception as exc:  # noqa: BLE001 - kept: swept at a later batch
+                    count_failure(self._metrics, "forget-sweep", exc)
+                    continue
+                self.markers.remove(key, partition)
+
+
+def _timestamp_ms(message: Any) -> int:
+    """A Kafka record's timestamp in ms (0 when it has none)."""
+    stamp = getattr(message, "timestamp", None)
+    return round(stamp * 1000) if stamp and stamp > 0 else 0
+
+
 @dataclass(frozen=True)
 class Forgetting:
     """What a tombstone on a flow's topic does: forget its key. The key is deleted from
     every table in ``tables`` (each delete writes a tombstone to the table's changelog, so
-    compaction removes the key's history and a recovering worker never sees it again),
-    then ``after`` drops whatever else is kept for those keys."""
+    compaction removes the key's history and a recovering worker never sees it again)
+    and, with a ``guard``, its user state replaced by a marker (deleted later), then
+    ``after`` drops whatever else is kept for those keys."""
 
     tables: tuple[Any, ...]
     after: Callable[[list[bytes]], Awaitable[None]] | None = None
+    guard: ForgetGuard | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +208,10 @@ class Flow(Generic[S, R]):
     partitions: int = 0   # with ``reroute``: a record not on its key's partition goes there
     reroute: Callable[[Any, int], Awaitable[None]] | None = None
     state_key: Callable[[bytes], bytes] | None = None   # record key -> table key (pseudonym)
+    # a forgotten user's input from before the request is dropped (the events flow also
+    # sweeps the markers)
+    guard: ForgetGuard | None = None
+    sweeps: bool = False
 
 
 class DeadLetters:
@@ -320,23 +385,40 @@ async def _until_not_transient(label: str, action: Callable[[], T], health: Heal
         return outcome
 
 
+def _not_forgotten(flow: Flow[S, R], key: bytes, state: S, pairs: list[tuple[Any, R]]
+                   ) -> list[tuple[Any, R]]:
+    """``pairs`` less those from before a request to forget ``key`` whose marker stands."""
+    if flow.guard is None:
+        return pairs
+    at = (state.forgotten[0] if isinstance(state, UserState)
+          else flow.guard.forgotten_at(key))
+    if not at:
+        return pairs
+    keep = after_request([_timestamp_ms(event.message) for event, _ in pairs], at)
+    return [pair for pair, kept in zip(pairs, keep, strict=True) if kept]
+
+
 async def _apply_key(flow: Flow[S, R], key: bytes, pairs: list[tuple[Any, R]], window: int,
                      fold: Callable[[S, R], S], health: Health, metrics: Metrics,
-                     ) -> tuple[S, Applied[S, R]]:
-    """Fold one key's records into its stored state and write it: the state before, and
-    the outcome. Transient failures are retried here, in order, until they pass."""
-    def fold_and_write() -> tuple[S, Applied[S, R]]:
+                     ) -> tuple[S, Applied[S, R], int]:
+    """Fold one key's records into its stored state and write it: the state before, the
+    outcome, and how many records were dropped as a forgotten user's. Transient failures
+    are retried here, in order, until they pass."""
+    def fold_and_write() -> tuple[S, Applied[S, R], int]:
         with acting_as(pairs[-1][0]):
             state = flow.codec.decode(flow.table.get(key))
-            result = apply_batch(state, [record for _, record in pairs], window, fold,
+            kept = _not_forgotten(flow, key, state, pairs)
+            if not kept:
+                return state, Applied(state, [], 0), len(pairs)
+            result = apply_batch(state, [record for _, record in kept], window, fold,
                                  [(event.message.partition, event.message.offset)
-                                  for event, _ in pairs])
+                                  for event, _ in kept])
             # a redelivered record means this key's last write may not have reached the
             # changelog (a killed worker's local table can be ahead of it, its offsets not
             # committed): written again, so the changelog catches up
             if result.applied or result.duplicates:
                 flow.table[key] = flow.codec.encode(result.state)
-        return state, result
+        return state, result, len(pairs) - len(kept)
 
     return await _until_not_transient(flow.label, fold_and_write, health, metrics)
 
@@ -356,6 +438,8 @@ async def _forget(flow: Flow[S, R], forgets: dict[bytes, list[Any]],
             with acting_as(event):
                 for table in tables:
                     del table[key]   # a changelog tombstone, whether or not it was held
+                if flow.forgetting is not None and flow.forgetting.guard is not None:
+                    flow.forgetting.guard.mark(key, event)
 
         try:
             await _until_not_transient(flow.label, delete, health, metrics)
@@ -431,9 +515,11 @@ async def process_batch(
         except Exception as exc:  # noqa: BLE001 - fold without the extras rather than crash
             count_failure(metrics, f"{flow.label}-prepare", exc)
     results: list[KeyResult[S, R]] = []
+    forgotten = 0
     for key, pairs in by_key.items():
         try:
-            state, result = await _apply_key(flow, key, pairs, window, fold, health, metrics)
+            state, result, dropped = await _apply_key(flow, key, pairs, window, fold, health,
+                                                      metrics)
         except Exception as exc:  # noqa: BLE001 - one key must not stop the others
             count_failure(metrics, flow.label, exc)
             cause = type(exc).__name__
@@ -443,6 +529,7 @@ async def process_batch(
             continue
         accepted += len(result.applied)
         duplicates += result.duplicates
+        forgotten += dropped
         flow.on_applied(result.applied)
         if result.applied or (flow.publishes_state and result.duplicates):
             results.append(KeyResult(key, result.state, result.applied, pairs[-1][0], state))
@@ -453,8 +540,12 @@ async def process_batch(
             if flow.publishes_state:
                 raise   # run again: its keys are duplicates then, and published again
             count_failure(metrics, f"{flow.label}-after", exc)
+    if flow.sweeps and flow.guard is not None:
+        flow.guard.sweep(batch)
     metrics.records.labels(flow.label, "accepted").inc(accepted)
     metrics.records.labels(flow.label, "duplicate").inc(duplicates)
+    if forgotten:
+        metrics.records.labels(flow.label, "forgotten").inc(forgotten)
     metrics.batch_records.labels(flow.label).observe(len(batch))
     metrics.batch_seconds.labels(flow.label).observe(time.perf_counter() - started)
 
@@ -468,10 +559,17 @@ def pseudonymous_profiles(user_key: Callable[[bytes], bytes]
     return fold
 
 
-def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
-          ) -> list[tuple[Any, Flow[Any, Any]]]:
+def forget_guard(decl: Declarations, metrics: Metrics) -> ForgetGuard | None:
+    """The markers of forgotten users, unless STREAMREC_FORGET_GUARD_SECONDS is 0."""
+    guard_ms = round(decl.settings.forget_guard_seconds * 1000)
+    return ForgetGuard(decl.user_state, guard_ms, metrics) if guard_ms > 0 else None
+
+
+def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None,
+          guard: ForgetGuard | None = None) -> list[tuple[Any, Flow[Any, Any]]]:
     """(source topic, flow) for every input topic; with a pipeline, events lead to
-    recommendations and items to the catalogue."""
+    recommendations and items to the catalogue; with a ``guard``, a forgotten user's state
+    is a marker for a while (app.core.forgetting)."""
     check = validators(limits(decl.settings))
 
     def count_events(events: Sequence[Event]) -> None:
@@ -504,6 +602,7 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
             prepare=pipeline.prepare_events if pipeline else None,
             after=pipeline.after_events if pipeline else None,
             partitions=partitions, reroute=rerouter(decl.events), state_key=user_key,
+            guard=guard, sweeps=True,
         )),
         (decl.items, Flow[ItemState, ItemOp](
             "items", check.items, StateCodec(ItemState), fold_item, decl.item_state,
@@ -516,14 +615,16 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
             prepare=pipeline.feedback.prepare_feedback if pipeline else None,
             after=pipeline.feedback.after_feedback if pipeline else None,
             partitions=partitions, reroute=rerouter(decl.feedback), state_key=user_key,
+            guard=guard,
         )),
         (decl.users, Flow[ProfileState, UserProfile](
             "users", check.users, StateCodec(ProfileState),
             fold_profile if user_key is None else pseudonymous_profiles(user_key),
             decl.profile_state,
             after=pipeline.after_profiles if pipeline else None,
-            forgetting=Forgetting(decl.user_tables(),
-                                  pipeline.after_forget if pipeline else None),
+            forgetting=Forgetting(
+                tuple(t for t in decl.user_tables() if guard is None or t is not guard.table),
+                pipeline.after_forget if pipeline else None, guard),
             partitions=partitions, reroute=rerouter(decl.users), state_key=user_key,
         )),
     ]
@@ -557,6 +658,7 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
     health = health or Health()
     deadletters = DeadLetters(decl.deadletter, metrics, settings.deadletter_max_bytes,
                               PERSONAL if settings.deadletter_redact else frozenset())
+    guard = forget_guard(decl, metrics)
     if pipeline is not None:
         decl.app.task(pipeline.follow_catalogue)
         decl.app.task(pipeline.follow_models)
@@ -572,7 +674,8 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
         decl.app.agent(decl.examples, name="streamrec.trainer")(trainer)
 
         async def keep_memory() -> None:
-            await pipeline.keep_memory(decl.app, decl.user_state)
+            await pipeline.keep_memory(decl.app, decl.user_state,
+                                       guard.collect if guard is not None else None)
 
         decl.app.task(keep_memory)
 
@@ -635,7 +738,7 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
                 count_failure(metrics, "metrics", exc)
 
     decl.app.timer(15.0)(report_table_sizes)
-    for topic, flow in flows(decl, metrics, pipeline):
+    for topic, flow in flows(decl, metrics, pipeline, guard):
 
         def waiting(processed: dict[Any, int], topic: str = topic.get_topic_name()) -> int:
             return unprocessed(decl.app, topic, processed)

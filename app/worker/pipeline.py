@@ -15,7 +15,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -329,10 +329,20 @@ class Pipeline:
         apply_catalogue_record(self.recommender.catalogue, key, value)
         self.metrics.catalogue_items.set(len(self.recommender.catalogue.index))
 
-    async def keep_memory(self, app: Any, table: Any) -> None:
+    async def keep_memory(self, app: Any, table: Any,
+                          seen: Callable[[bytes, UserState], None] | None = None) -> None:
         """After every (re)assignment, once the tables are recovered, regrow the in-memory
-        co-visitation graph and popularity from the users this worker now holds."""
+        co-visitation graph and popularity from the users this worker now holds; ``seen``
+        is shown every stored state on the way (the forgotten users' markers)."""
         codec = StateCodec(UserState)
+
+        def states() -> Iterator[tuple[UserState, tuple[str, ...]]]:
+            for key, value in table.items():
+                state = codec.decode(value)
+                if seen is not None:
+                    seen(key, state)
+                yield state, self.segments(key)
+
         built_for: frozenset[Any] | None = None
         previous: frozenset[Any] | None = None
         while True:
@@ -342,9 +352,7 @@ class Pipeline:
             if (assignment == built_for or not stable or app.rebalancing
                     or not app.tables.recovery.completed.is_set()):
                 continue
-            users = rebuild_memory(self.recommender,
-                                   ((codec.decode(value), self.segments(key))
-                                    for key, value in table.items()))
+            users = rebuild_memory(self.recommender, states())
             built_for = assignment
             log.info("co-visitation and popularity regrown from %d stored users", users)
 

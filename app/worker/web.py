@@ -15,6 +15,7 @@ import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.core.consumed import size as consumed_size
+from app.core.forgetting import is_marker
 from app.core.ranking import FEATURES
 from app.core.sequence import STORED
 from app.core.state import StateCodec, UserState
@@ -112,7 +113,7 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
             items, version = pipeline.recommend_now(state, query.request(), key,
                                                     fresh=query.fresh)
             body = api.encode(api.Recommendations(
-                user_id=user_id, known_user=raw is not None,
+                user_id=user_id, known_user=raw is not None and not is_marker(state),
                 variant=pipeline.feedback.variant(user_id), model_version=version,
                 items=items))
         return web.bytes(body, content_type="application/json")
@@ -123,12 +124,14 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
     async def user_view(web: Any, request: Any, user_id: str) -> Any:
         key = user_key(user_id.encode())
         raw = decl.user_state.get(key)
+        state = _codec.decode(raw)
+        if raw is not None and is_marker(state):   # forgotten, nothing new since
+            raw = None
         held = {"profile": decl.profile_state.get(key) is not None,
                 "feedback_state": decl.feedback_state.get(key) is not None}
         if raw is None and not any(held.values()):
             return _answer(web, api.ApiError(error="unknown user", code="unknown_user"),
                            status=404)
-        state = _codec.decode(raw)
         return _answer(web, api.UserView(
             **held,
             user_id=user_id,

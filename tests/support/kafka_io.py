@@ -13,19 +13,23 @@ from app.soak.fuzz import read_all
 
 async def produce(bootstrap: str, topic: str,
                   records: list[tuple[bytes | None, bytes | None]],
-                  batched: bool = False) -> list[tuple[int, int]]:
+                  batched: bool = False, timestamp_ms: int | None = None
+                  ) -> list[tuple[int, int]]:
     """Send records in order; return (partition, offset) of each. One at a time, or with
     ``batched`` all at once, so that many records share a producer batch (and the worker
-    takes them in large batches)."""
+    takes them in large batches); ``timestamp_ms``: each record's Kafka timestamp (default:
+    the time of sending)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=4 * 1024 * 1024,
                                 linger_ms=50 if batched else 0)
     await producer.start()
     try:
         if batched:
-            futures = [await producer.send(topic, value, key=key) for key, value in records]
+            futures = [await producer.send(topic, value, key=key, timestamp_ms=timestamp_ms)
+                       for key, value in records]
             metas = await asyncio.gather(*futures)
         else:
-            metas = [await producer.send_and_wait(topic, value, key=key)
+            metas = [await producer.send_and_wait(topic, value, key=key,
+                                                  timestamp_ms=timestamp_ms)
                      for key, value in records]
         return [(meta.partition, meta.offset) for meta in metas]
     finally:

@@ -13,11 +13,13 @@ from app.contract.records import ItemOp, ItemUpsert, UserProfile, View
 from app.contract.samples import good_view
 from app.contract.validate import Limits, validators
 from app.core.state import (
+    FeedbackState,
     ItemState,
     ProfileState,
     StateCodec,
     UserState,
     fold_event,
+    fold_feedback,
     fold_item,
     fold_profile,
 )
@@ -26,6 +28,7 @@ from app.worker.agents import (
     BrokerWatch,
     DeadLetters,
     Flow,
+    ForgetGuard,
     Forgetting,
     Health,
     KeyResult,
@@ -43,6 +46,7 @@ class Message:
     topic: str = "events"
     partition: int = 0
     offset: int = 0
+    timestamp: float = TS / 1000   # Kafka's, in seconds as Faust gives it
 
 
 @dataclass
@@ -436,3 +440,71 @@ def test_the_broker_watch_holds_readiness_after_two_unanswered_probes() -> None:
     assert asyncio.run(watch.check())
     assert health.ok
     assert metrics.registry.get_sample_value("streamrec_broker_reachable") == 1
+
+
+def _stamped(records: list[tuple[bytes | None, bytes | None, int]]) -> list[Event]:
+    """Events with Kafka timestamps (ms), offsets in order."""
+    return [Event(Message(k, v, offset=i, timestamp=ts / 1000))
+            for i, (k, v, ts) in enumerate(records)]
+
+
+def test_a_forgotten_users_input_from_before_the_request_never_builds_their_state_again(
+        ) -> None:
+    """Read again after a crash, or late behind a backlog: a forgotten user's events from
+    before the tombstone are dropped and counted; the user coming back after it is served
+    anew; once the guard has passed the marker goes (a tombstone) or, if the user came
+    back, the mark does."""
+    metrics, topic = Metrics.create(), Topic()
+    profiles, states = Table(), Table()
+    codec = StateCodec(UserState)
+    guard = ForgetGuard(states, guard_ms=10**12, metrics=metrics)
+    users = Flow("users", validators(Limits()).users, StateCodec(ProfileState), fold_profile,
+                 profiles, forgetting=Forgetting((profiles,), None, guard))
+    events = Flow("events", validators(Limits()).events, StateCodec(UserState), fold_event,
+                  states, guard=guard, sweeps=True)
+    deadletters = DeadLetters(topic, metrics)
+    asyncio.run(process_batch(events, _stamped([
+        (b"a", good_view("a", "a-1", "i", TS), TS), (b"b", good_view("b", "b-1", "i", TS), TS),
+    ]), deadletters, metrics, 16))
+    asyncio.run(process_batch(users, _stamped([(b"a", None, TS + 10), (b"b", None, TS + 10)]),
+                              deadletters, metrics, 16))
+    assert codec.decode(states[b"a"]) == UserState(forgotten=(TS + 10, 0))   # a marker only
+    assert len(guard.markers) == 2
+    # a's first event read again, one late from before the request, one after it
+    asyncio.run(process_batch(events, _stamped([
+        (b"a", good_view("a", "a-1", "i", TS), TS),
+        (b"a", good_view("a", "a-0", "j", TS - 5), TS + 10),
+        (b"a", good_view("a", "a-2", "k", TS + 20), TS + 20),
+    ]), deadletters, metrics, 16))
+    state = codec.decode(states[b"a"])
+    assert state.counts == {"view": 1}
+    assert state.first_ts == state.last_ts == TS + 20       # the event after the request
+    value = metrics.registry.get_sample_value
+    assert value("streamrec_input_records_total",
+                 {"topic": "events", "outcome": "forgotten"}) == 2
+    assert b"b" in states                                      # its guard has not passed
+    assert b"b" not in states.deleted
+    guard.guard_ms = 0
+    asyncio.run(process_batch(events, _stamped([(b"c", good_view("c", "c-1", "i", TS), TS)]),
+                              deadletters, metrics, 16))
+    assert states.deleted == [b"b"]                            # only the marker: deleted
+    assert codec.decode(states[b"a"]).forgotten == (0, -1)     # came back: unmarked
+    assert codec.decode(states[b"a"]).counts == {"view": 1}
+    assert len(guard.markers) == 0
+    assert topic.sent == []
+
+
+def test_a_forgotten_users_feedback_from_before_the_request_is_dropped_too() -> None:
+    metrics, states, feedback = Metrics.create(), Table(), Table()
+    guard = ForgetGuard(states, guard_ms=10**12, metrics=metrics)
+    states[b"a"] = StateCodec(UserState).encode(UserState(forgotten=(TS, 0)))
+    flow = Flow("feedback", validators(Limits()).feedback, StateCodec(FeedbackState),
+                fold_feedback, feedback, guard=guard)
+    click = msgspec.json.encode({"v": 1, "event_id": "f-1", "type": "click", "user_id": "a",
+                                 "rec_id": "r", "item_id": "i", "ts": TS})
+    asyncio.run(process_batch(flow, _stamped([(b"a", click, TS - 1)]),
+                              DeadLetters(Topic(), metrics), metrics, 16))
+    assert b"a" not in feedback
+    asyncio.run(process_batch(flow, _stamped([(b"a", click, TS + 1)]),
+                              DeadLetters(Topic(), metrics), metrics, 16))
+    assert b"a" in feedback
