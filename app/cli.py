@@ -393,7 +393,6 @@ def train(
     `pip install -e '.[train]'`. The best epoch is exported for the worker
     (STREAMREC_BEHAVIOUR_MODEL): ONNX, checked against torch. With --stream, trains from the
     events topic instead and keeps training as events arrive (docs/behaviour-model.md)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     if stream:
         _train_stream(StreamArgs(
@@ -413,19 +412,16 @@ def train(
                                heads=heads, dropout=dropout,
                                text_dim=0 if vectors is None else int(vectors.shape[1]))
     config = TrainConfig(epochs=epochs, seed=seed)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}"
-                  "/{task.total}"), TimeRemainingColumn(), transient=False) as bar:
-        task = bar.add_task("training", total=epochs)
-        steps: dict[str, int] = {}
+    with phases() as (say, advance):
+        stages: list[str] = []
 
         def progress(stage: str, done: int, total: int) -> None:
-            steps[stage] = done
-            epoch = len(steps) - 1 + done / total
-            bar.update(task, completed=round(epoch, 2), description=stage)
+            if not stages or stages[-1] != stage:     # "epoch e/E": a new epoch began
+                stages.append(stage)
+            advance("training: steps", (len(stages) - 1) * total + done, epochs * total)
 
         def epoch_done(curve: Curve) -> None:
-            bar.console.print(
-                f"epoch {curve.epochs[-1]}: loss {curve.loss[-1]:.4f}, validation NDCG@10 "
+            say(f"epoch {curve.epochs[-1]}: loss {curve.loss[-1]:.4f}, validation NDCG@10 "
                 f"{curve.valid_ndcg[-1]:.4f} HR@10 {curve.valid_hr[-1]:.4f}, "
                 f"{curve.seconds[-1]:.0f} s")
 
