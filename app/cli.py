@@ -166,8 +166,9 @@ def forget(
     user_ids: Annotated[list[str], typer.Argument(help="The user ids to forget.")],
 ) -> None:
     """Forget users: a tombstone on the users topic for each, which makes the worker that
-    owns the user delete their state from every table and changelog and their cached lists
-    (docs/contract.md, "Forgetting a user")."""
+    owns the user delete their state from every table and changelog and their cached lists;
+    their events from before it, read again or late, are dropped (docs/contract.md,
+    "Forgetting a user")."""
     from app.tools import forget_users
 
     sent = asyncio.run(forget_users(get_settings(), user_ids))
