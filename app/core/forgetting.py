@@ -7,8 +7,10 @@ So a forgotten user's state is not deleted at once but replaced by a *marker*: a
 holds nothing but the request's time (the Kafka timestamp of the tombstone) and partition.
 Every event or feedback record of the user whose Kafka timestamp is not after that time is
 dropped (counted as ``forgotten``); later ones are the user coming back and build a new
-state. A marker is swept (deleted: a changelog tombstone) once it is older than the guard
-(``STREAMREC_FORGET_GUARD_SECONDS``), and a state the user rebuilt since loses its mark.
+state. A marker is swept (deleted: a changelog tombstone) once the guard
+(``STREAMREC_FORGET_GUARD_SECONDS``) has passed since the request, or since the worker that
+sweeps it took its partition over if that is later; a state the user rebuilt since loses
+its mark.
 What a marker keeps is the user's key (their id, or its pseudonym) for the guard's length.
 """
 
@@ -49,24 +51,27 @@ def swept(state: UserState) -> UserState | None:
 
 
 class Markers:
-    """This worker's markers by partition, oldest first: which are due for sweeping. Built
-    as users are forgotten, and again from the stored states after every assignment."""
+    """This worker's markers by partition: which are due for sweeping. Built
+    as users are forgotten, and again from the stored states after every assignment. A
+    marker's guard runs from the request or from when this worker found it, whichever is
+    later: a worker that takes a partition over (after a restart, however long the outage,
+    or a rebalance) reads its uncommitted input again first, and the markers cover it."""
 
     __slots__ = ("_by_partition",)
 
     def __init__(self) -> None:
         self._by_partition: dict[int, dict[bytes, int]] = {}
 
-    def add(self, key: bytes, at_ms: int, partition: int) -> None:
+    def add(self, key: bytes, at_ms: int, partition: int, found_ms: int = 0) -> None:
         for keys in self._by_partition.values():
             keys.pop(key, None)
-        self._by_partition.setdefault(partition, {})[key] = at_ms
+        self._by_partition.setdefault(partition, {})[key] = max(at_ms, found_ms)
 
     def remove(self, key: bytes, partition: int) -> None:
         self._by_partition.get(partition, {}).pop(key, None)
 
     def due(self, partition: int, before_ms: int) -> list[bytes]:
-        """Keys of ``partition`` marked before ``before_ms``."""
+        """Keys of ``partition`` whose guard started before ``before_ms``."""
         return [key for key, at in self._by_partition.get(partition, {}).items()
                 if at < before_ms]
 

@@ -117,7 +117,8 @@ class LongestStall:
 class ForgetGuard:
     """Forgotten users' markers in the user-state table (app.core.forgetting): written when
     a user is forgotten, read before their events and feedback are applied, swept once
-    older than ``guard_ms`` (by the events flow, in the marker's partition)."""
+    ``guard_ms`` has passed since the request or since this worker found the marker (by
+    the events flow, in the marker's partition)."""
 
     def __init__(self, table: Any, guard_ms: int, metrics: Metrics) -> None:
         self.table, self.guard_ms, self._metrics = table, guard_ms, metrics
@@ -139,7 +140,7 @@ class ForgetGuard:
     def collect(self, key: bytes, state: UserState) -> None:
         """A stored state seen by the scan after an assignment: its marker, if any."""
         if state.forgotten != NOT_FORGOTTEN:
-            self.markers.add(key, *state.forgotten)
+            self.markers.add(key, *state.forgotten, found_ms=now_ms())
 
     def sweep(self, batch: Sequence[Any]) -> None:
         """Delete (or unmark) the due markers of the batch's partitions, each written in

@@ -54,3 +54,13 @@ def test_markers_are_due_per_partition_oldest_first_and_move_with_their_key() ->
     markers.remove(b"b", 0)
     assert markers.due(0, 10**9) == []
     assert markers.due(1, 10**9) == [b"c", b"a"]
+
+
+def test_a_marker_found_after_a_takeover_is_guarded_from_then() -> None:
+    """A worker that takes a partition over (after an outage longer than the guard) reads
+    its uncommitted input again first: the marker's guard starts when it is found."""
+    markers = Markers()
+    markers.add(b"old", 100, 0, found_ms=10_000)
+    markers.add(b"new", 5_000, 0, found_ms=1_000)
+    assert markers.due(0, 6_000) == [b"new"]
+    assert sorted(markers.due(0, 10_001)) == [b"new", b"old"]
