@@ -47,7 +47,7 @@ import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
@@ -55,7 +55,6 @@ from app.contract.records import ItemUpsert, UserProfile
 from app.data.movielens import Rating
 from app.errors import SettingError
 
-_R = TypeVar("_R", ItemUpsert, UserProfile)
 POSITIVE, NEUTRAL = 5.0, 1.0   # a row's strength in the stream: positive or not
 
 
@@ -216,12 +215,14 @@ def _item(row: dict[str, Any], columns: ItemColumns, n: int) -> ItemUpsert:
 
     price = text(columns.price)
     try:
-        return _valid({"v": 1, "event_id": f"item-{row[columns.id]}-0",
-                       "item_id": str(row[columns.id]), "ts": 0,
-                       "title": text(columns.title) or str(row[columns.id]),
-                       "description": text(columns.text), "category": text(columns.category),
-                       "brand": text(columns.brand),
-                       "price": float(price) if price else None}, ItemUpsert)
+        # converted, not constructed: checked against the contract's limits as the worker
+        # will check it, so a row the worker would dead-letter is refused here, named
+        return msgspec.convert({
+            "v": 1, "event_id": f"item-{row[columns.id]}-0", "item_id": str(row[columns.id]),
+            "ts": 0, "title": text(columns.title) or str(row[columns.id]),
+            "description": text(columns.text), "category": text(columns.category),
+            "brand": text(columns.brand), "price": float(price) if price else None,
+        }, ItemUpsert)
     except (ValueError, msgspec.ValidationError) as exc:
         raise DatasetFileError(f"{columns.path} row {n + 1}: {exc}") from exc
 
@@ -232,17 +233,13 @@ def _profile(row: dict[str, Any], columns: UserColumns, n: int) -> UserProfile:
         return str(value) if value not in (None, "") else None
 
     try:
-        return _valid({"v": 1, "event_id": f"profile-{row[columns.id]}-0",
-                       "user_id": str(row[columns.id]), "ts": 0,
-                       "age_band": text(columns.age_band), "gender": text(columns.gender),
-                       "locale": text(columns.locale), "occupation": text(columns.occupation),
-                       "attributes": {name: str(row[name]) for name in columns.attributes
-                                      if row[name] not in (None, "")}}, UserProfile)
+        return msgspec.convert({
+            "v": 1, "event_id": f"profile-{row[columns.id]}-0", "user_id": str(row[columns.id]),
+            "ts": 0, "age_band": text(columns.age_band), "gender": text(columns.gender),
+            "locale": text(columns.locale), "occupation": text(columns.occupation),
+            "attributes": {name: str(row[name]) for name in columns.attributes
+                           if row[name] not in (None, "")},
+        }, UserProfile)
     except msgspec.ValidationError as exc:
         raise DatasetFileError(f"{columns.path} row {n + 1}: {exc}") from exc
 
-
-def _valid(fields: dict[str, Any], kind: type[_R]) -> _R:
-    """``fields`` as a ``kind``, checked against the contract's limits (as the worker will
-    check it), so a row the worker would dead-letter is refused here, naming it."""
-    return msgspec.convert(fields, kind)

@@ -117,16 +117,20 @@ def load(dataset: str, cold_items: float = 0.0) -> Split:
 
 def catalogue_records(split: Split, ts_ms: int) -> list[tuple[bytes, bytes, str]]:
     """(key, value, item id) of an upsert of every catalogue item, dated ``ts_ms``."""
-    return [(u.item_id.encode(), msgspec.json.encode(msgspec.structs.replace(
-        u, ts=ts_ms, event_id=f"item-{u.item_id}-{ts_ms}")), u.item_id)
-        for u in split.catalogue]
+    return _dated([(u.item_id, u) for u in split.catalogue], "item", ts_ms)
 
 
 def profile_records(split: Split, ts_ms: int) -> list[tuple[bytes, bytes, str]]:
     """(key, value, user id) of every known user's profile, dated ``ts_ms``."""
-    return [(p.user_id.encode(), msgspec.json.encode(msgspec.structs.replace(
-        p, ts=ts_ms, event_id=f"profile-{p.user_id}-{ts_ms}")), p.user_id)
-        for p in split.profiles]
+    return _dated([(p.user_id, p) for p in split.profiles], "profile", ts_ms)
+
+
+def _dated(records: list[tuple[str, ItemUpsert | UserProfile]], kind: str, ts_ms: int
+           ) -> list[tuple[bytes, bytes, str]]:
+    """Each (id, record) as (key, JSON value, id), its time ``ts_ms`` and its event id
+    ``<kind>-<id>-<ts_ms>`` (one per publication)."""
+    return [(key.encode(), msgspec.json.encode(msgspec.structs.replace(
+        record, ts=ts_ms, event_id=f"{kind}-{key}-{ts_ms}")), key) for key, record in records]
 
 
 _upsert = msgspec.json.Decoder(ItemUpsert).decode

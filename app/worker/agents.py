@@ -431,7 +431,7 @@ async def _forget(flow: Flow[S, R], forgets: dict[bytes, list[Any]],
     partition; transient failures are retried here until they pass. Every tombstone is
     counted, or dead-lettered when its key's deletion fails."""
     assert flow.forgetting is not None
-    tables = flow.forgetting.tables
+    tables, guard = flow.forgetting.tables, flow.forgetting.guard
     done: list[bytes] = []
     requests = 0
     for key, events in forgets.items():
@@ -439,8 +439,8 @@ async def _forget(flow: Flow[S, R], forgets: dict[bytes, list[Any]],
             with acting_as(event):
                 for table in tables:
                     del table[key]   # a changelog tombstone, whether or not it was held
-                if flow.forgetting is not None and flow.forgetting.guard is not None:
-                    flow.forgetting.guard.mark(key, event)
+                if guard is not None:
+                    guard.mark(key, event)
 
         try:
             await _until_not_transient(flow.label, delete, health, metrics)
