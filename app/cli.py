@@ -999,6 +999,11 @@ def replay(
     train_update_epochs: Annotated[int, typer.Option(
         help="sequence-stream: epochs of every later round (warm-started).")] = 2,
     train_seed: Annotated[int, typer.Option(help="sequence-stream: the rounds' seed.")] = 0,
+    cut: Annotated[float | None, typer.Option(
+        help="Global time split instead of leave-last-out: stream every rating before this "
+             "quantile of the ratings' times (e.g. 0.9), then ask each returning user for "
+             "a list at the cut; their first rating after it is the target (runs go to "
+             "<dataset>-cut<percent>).")] = None,
 ) -> None:
     """Stream a dataset (MovieLens, or your own log: docs/own-data.md) through the real
     pipeline (broker, worker, encoder), each user's last interaction withheld, and keep
@@ -1012,7 +1017,7 @@ def replay(
     model = sequence_model or Path.home() / ".cache" / "streamrec" / "models" / \
         f"{dataset_name(dataset)}-seed0"
     asyncio.run(run_replays(dataset, variants.split(","), k, rate, window, partitions, broker,
-                            out, cold_items, model, training))
+                            out, cold_items, model, training, cut))
 
 
 @cli.command("eval")
@@ -1029,6 +1034,10 @@ def evaluate(
     cold_items: Annotated[float, typer.Option(
         help="Score the cold-start experiment's runs (as given to `streamrec replay`).")]
     = 0.0,
+    cut: Annotated[float | None, typer.Option(
+        help="Score the global time split's runs (as given to `streamrec replay --cut`): "
+             "lists asked at the cut against popularity, trending (the 30 days before "
+             "it), co-visitation and implicit ALS, per time away.")] = None,
 ) -> None:
     """Score the replay's published recommendations (full ranking, leave-last-out) with
     popularity, co-visitation and implicit-ALS baselines on the same split, and the
@@ -1036,7 +1045,7 @@ def evaluate(
     from app.evaluation.runner import run_eval
 
     raise typer.Exit(run_eval(dataset, runs, report, update_benchmarks, json_output,
-                              cold_items))
+                              cold_items, cut))
 
 
 @cli.command()

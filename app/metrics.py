@@ -172,7 +172,7 @@ class Metrics:
             ),
             candidates=Counter(
                 "streamrec_candidates_total",
-                "Candidates proposed, by source (encoder, covisit, popular).",
+                "Candidates proposed, by source (encoder, covisit, popular, sequence, trending).",
                 ["source"],
                 registry=registry,
             ),
@@ -375,7 +375,7 @@ class Metrics:
         metrics.processing_errors.labels("behaviour")
         for followed in ("catalogue", "models"):   # a record that could not be applied
             metrics.processing_errors.labels(followed)
-        for source in ("encoder", "covisit", "popular", "sequence"):
+        for source in ("encoder", "covisit", "popular", "sequence", "trending"):
             metrics.candidates.labels(source)
         for purpose in ("items", "queries", "behaviour"):
             metrics.encoder_seconds.labels(purpose)

@@ -266,11 +266,13 @@ class Settings(BaseSettings):
     instead of exact; see BENCHMARKS.md (`streamrec bench index`)."""
 
     candidate_sources: str = Field(
-        default="encoder,covisit,popular,sequence",
-        pattern=r"^(encoder|covisit|popular|sequence)(,(encoder|covisit|popular|sequence))*$")
+        default="encoder,covisit,popular,sequence,trending",
+        pattern=r"^(encoder|covisit|popular|sequence|trending)"
+                r"(,(encoder|covisit|popular|sequence|trending))*$")
     """Candidate sources, comma-separated (ablations). Without `encoder` the ranker's
     semantic term is off too; without `covisit`, its co-visitation term; without
-    `sequence` (or with no behaviour model), the behaviour model's."""
+    `sequence` (or with no behaviour model), the behaviour model's; without `trending`,
+    a user coming back after a while is ranked as if they had never left."""
 
     behaviour_model: Path | None = None
     """A behaviour model exported by `streamrec train` (its folder, with manifest.json):

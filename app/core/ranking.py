@@ -31,7 +31,12 @@ RECENT_FEATURES = 5   # co-visitation strength from each of the newest items, as
 COVISIT_RECENT = tuple(f"covisit_{n}" for n in range(1, RECENT_FEATURES + 1))
 # what weights scale
 FEATURES = ("semantic", "covisit", "popularity", "freshness", "novelty", *COVISIT_RECENT,
-            "log_popularity", "covisit_lift", "sequence")
+            "log_popularity", "covisit_lift", "sequence", "trending")
+# what the user's own history says: discounted by their presence (how recently they were
+# here), so that a user back after weeks away is not served what their old history alone
+# predicts (trending, weighed by their absence, takes its place)
+HISTORY_FEATURES = frozenset({"semantic", "covisit", *COVISIT_RECENT, "covisit_lift",
+                              "sequence"})
 SIGNED = frozenset({"log_popularity"})   # may weigh negatively; the others only help
 
 
@@ -53,6 +58,7 @@ class RankerParams:
     log_popularity: float = 0.0
     covisit_lift: float = 2.0  # the lift of co-visitation from every recent item, scaled
     sequence: float = 0.3    # the behaviour model's log-lift (0 without a model served)
+    trending: float = 8.0    # what is rising now (scaled), times the user's absence
     mmr_lambda: float = 0.95
     w1: FloatArray | None = None
     b1: FloatArray | None = None
@@ -95,6 +101,12 @@ class Candidates:
     covisit_lift: FloatArray | None = None
     # [n]: the behaviour model's log(N * p(item)) (app.core.behaviour); None: no model, 0
     sequence: FloatArray | None = None
+    # [n]: decayed interaction counts over a short half-life (what is rising now); None: 0
+    trending: FloatArray | None = None
+    # the user's presence: 1 when their last event is now, halving with every
+    # recommender.AWAY_HALF_LIFE_MS they have been away since (the history features are
+    # scaled by it, the trending feature by 1 - presence, their absence)
+    presence: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -131,7 +143,14 @@ def score(user: FloatArray | None, candidates: Candidates, params: RankerParams)
         else np.zeros(n, dtype=np.float32),
         "sequence": candidates.sequence if candidates.sequence is not None
         else np.zeros(n, dtype=np.float32),
+        "trending": (_scaled(candidates.trending) * np.float32(1.0 - candidates.presence)
+                     if candidates.trending is not None and candidates.presence < 1.0
+                     else np.zeros(n, dtype=np.float32)),
     }
+    if candidates.presence < 1.0:
+        presence = np.float32(candidates.presence)
+        for name in HISTORY_FEATURES:
+            features[name] = features[name] * presence
     weights = {name: float(getattr(params, name)) for name in FEATURES}
     parts = {name: weights[name] * value for name, value in features.items()}
     total = np.sum(np.stack(list(parts.values())), axis=0).astype(np.float32)
@@ -193,7 +212,7 @@ def _mmr(relevance: FloatArray, vectors: FloatArray, k: int, lam: float) -> list
 
 @dataclass(frozen=True)
 class Why:
-    kind: str          # history, search, covisit, sequence, popular
+    kind: str          # history, search, covisit, sequence, popular, trending
     item_id: str | None = None
     query: str | None = None
 
@@ -238,7 +257,9 @@ def explain(rows: Sequence[int], candidates: Candidates, scored: Scored,
                 and sequence_because[n] is not None:
             out.append(Why("sequence", item_id=sequence_because[n]))
             continue
-        if source is not None and covisit_part[n] > 0:
+        if name == "trending":
+            out.append(Why("trending"))
+        elif source is not None and covisit_part[n] > 0:
             out.append(Why("covisit", item_id=source))
         else:
             out.append(Why("popular"))

@@ -1,10 +1,14 @@
 """From a user's state to ranked, explained recommendations.
 
-Candidates come from three sources: the catalogue items nearest the user's interest
-(encoder), the co-visitation neighbours of their recent items, and what is popular (the
-fallback for new users). They are filtered, scored by the ranker, diversified with MMR and
-explained. A worker holds one :class:`Recommender`; everything here runs in-process on
-numpy arrays, without Kafka.
+Candidates come from the catalogue items nearest the user's interest (encoder), the
+co-visitation neighbours of their recent items, what is popular (the fallback for new
+users), the behaviour model's picks when one is served, and, for a user coming back after
+a while, what is trending (popular over a short half-life). They are filtered, scored by
+the ranker, diversified with MMR and explained. Time is event time: a list is asked for at
+``now`` (the stream's clock), and a user whose last event is older is *away*: their
+presence, 2 ** (-away / AWAY_HALF_LIFE_MS), discounts what their history says and their
+absence (1 - presence) weighs what is trending (app.core.ranking). A worker holds one
+:class:`Recommender`; everything here runs in-process on numpy arrays, without Kafka.
 """
 
 from __future__ import annotations
@@ -36,8 +40,14 @@ from app.core.ranking import (
 
 FloatArray = npt.NDArray[np.float32]
 
-SOURCES = frozenset({"encoder", "covisit", "popular", "sequence"})
+SOURCES = frozenset({"encoder", "covisit", "popular", "sequence", "trending"})
 FRESHNESS_HALF_LIFE_MS = 30 * DAY_MS  # a new item's freshness halves every 30 days
+# what is trending: counts over the shortest of these half-lives that holds at least
+# TRENDING_EVIDENCE interactions (a busy stream reads the last days, a slow one months)
+TRENDING_HALF_LIVES_MS = (DAY_MS, 3 * DAY_MS, 9 * DAY_MS, 27 * DAY_MS, 81 * DAY_MS)
+TRENDING_EVIDENCE = 5_000.0
+AWAY_HALF_LIFE_MS = DAY_MS            # a user's presence halves every day away
+AWAY_MIN_MS = 3_600_000               # away for less than an hour: not away at all
 QUERY_MARGIN = 64        # items kept beyond what a query needs, for the ones a user blocks
 CONSUMED_MARGIN = 3      # at most this many per_source lists of consumed items skipped
 QUERY_CACHE_SIZE = 1024  # recent queries whose nearest items are kept
@@ -96,6 +106,7 @@ class Popularity:
     _ranked: list[str] | None = None
     _floor: float = 0.0   # a lower bound of the weakest kept score
     _latest: int = 0      # the newest event time counted
+    _total: float = 0.0   # every count, scaled like the scores
 
     REBASE_HALF_LIVES = 256.0  # 2 ** 256 is far inside float64
     TOP_KEPT = 256
@@ -108,12 +119,14 @@ class Popularity:
             shrink = 0.5 ** exponent
             self.scores = {i: v * shrink for i, v in self.scores.items()}
             self._floor *= shrink
+            self._total *= shrink
             self.reference, exponent = ts, 0.0
         return float(2.0 ** max(exponent, -1074.0))
 
     def add(self, item_id: str, weight: float, ts: int) -> None:
         self._latest = max(self._latest, ts)
         scaled = weight * self._scale(ts)   # first: rescaling may replace every score
+        self._total += scaled
         score = self.scores[item_id] = self.scores.get(item_id, 0.0) + scaled
         top = self._top
         if item_id in top:
@@ -140,6 +153,10 @@ class Popularity:
     def value(self, item_id: str, now: int) -> float:
         return self.scores.get(item_id, 0.0) * self._factor(now)
 
+    def total(self, now: int) -> float:
+        """Every count, decayed to ``now``: how much evidence the counts hold."""
+        return self._total * self._factor(now)
+
     def values(self, item_ids: Sequence[str], now: int) -> FloatArray:
         """The decayed counts of ``item_ids`` at ``now`` (0 for unknown items)."""
         scores = self.scores
@@ -159,6 +176,41 @@ class Popularity:
         return [(i, self.scores[i] * factor) for i in ranked[:k]]
 
 
+@dataclass
+class Trending:
+    """What is rising now: decayed counts over several half-lives, read over the shortest
+    that holds at least ``evidence`` interactions at the time asked (a shop with thousands
+    of events a day reads its last day; a slow stream, weeks, rather than noise)."""
+
+    half_lives_ms: tuple[int, ...] = TRENDING_HALF_LIVES_MS
+    evidence: float = TRENDING_EVIDENCE
+    horizons: list[Popularity] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.horizons:
+            self.horizons = [Popularity(half_life_ms=h) for h in sorted(self.half_lives_ms)]
+
+    def add(self, item_id: str, weight: float, ts: int) -> None:
+        for horizon in self.horizons:
+            horizon.add(item_id, weight, ts)
+
+    def horizon(self, now: int) -> Popularity:
+        """The counts read at ``now``: the shortest half-life with enough evidence (the
+        longest when none has)."""
+        return next((h for h in self.horizons if h.total(now) >= self.evidence),
+                    self.horizons[-1])
+
+    def values(self, item_ids: Sequence[str], now: int) -> FloatArray:
+        return self.horizon(now).values(item_ids, now)
+
+    def top(self, k: int, now: int) -> list[tuple[str, float]]:
+        return self.horizon(now).top(k, now)
+
+    def fresh(self) -> Trending:
+        """An empty one with the same horizons (memory regrown from stored users)."""
+        return Trending(self.half_lives_ms, self.evidence)
+
+
 @dataclass(frozen=True)
 class UserView:
     """What the recommender needs to know about a user."""
@@ -170,6 +222,16 @@ class UserView:
     segments: tuple[str, ...] = ()   # profile segments ("age:25-34", ...), when known
     consumed: bytes = b""            # every item consumed, hashed (app.core.consumed)
     behaviour: FloatArray | None = None  # the behaviour model's user vector, when served
+    last_ts: int = 0                 # the user's last event (event time; 0: unknown)
+
+
+def presence(last_ts: int, now: int, half_life_ms: int = AWAY_HALF_LIFE_MS) -> float:
+    """How present a user is at ``now``: 1 while their last event is under AWAY_MIN_MS old
+    (or unknown), then 2 ** (-away / half_life_ms)."""
+    away = now - last_ts
+    if not last_ts or away < AWAY_MIN_MS:
+        return 1.0
+    return float(2.0 ** (-away / half_life_ms))
 
 
 @dataclass(frozen=True)
@@ -193,7 +255,8 @@ def with_sources(params: RankerParams, sources: frozenset[str]) -> RankerParams:
     return replace(params,
                    semantic=params.semantic if "encoder" in sources else 0.0,
                    covisit=params.covisit if "covisit" in sources else 0.0,
-                   sequence=params.sequence if "sequence" in sources else 0.0)
+                   sequence=params.sequence if "sequence" in sources else 0.0,
+                   trending=params.trending if "trending" in sources else 0.0)
 
 
 @dataclass
@@ -201,6 +264,9 @@ class Recommender:
     catalogue: Catalogue
     covisit: CoVisitation = field(default_factory=CoVisitation)
     popularity: Popularity = field(default_factory=Popularity)
+    # the same counts over a short half-life: what is rising now (returning users)
+    trending: Trending = field(default_factory=Trending)
+    away_half_life_ms: int = AWAY_HALF_LIFE_MS
     params: RankerParams = field(default_factory=RankerParams)
     per_source: int = 100
     covisit_recent: int = 20       # the recent items whose neighbours are candidates
@@ -258,7 +324,10 @@ class Recommender:
         extra = min(consumed.size(user.consumed), CONSUMED_MARGIN * self.per_source) \
             if request.exclude_seen else 0
         found: dict[str, None] = {}
-        counts = {"encoder": 0, "covisit": 0, "popular": 0, "sequence": 0}
+        counts = {"encoder": 0, "covisit": 0, "popular": 0, "sequence": 0, "trending": 0}
+        # (without the trending source the ranker is blind to time away: the ablation)
+        present = presence(user.last_ts, now, self.away_half_life_ms) \
+            if "trending" in self.sources else 1.0
         lift = self._behaviour_lift(user)
         if lift is not None and self.behaviour is not None:
             ranked = self.behaviour.top(lift, self.per_source + extra + len(blocked))
@@ -303,6 +372,14 @@ class Recommender:
             if item in self.catalogue.items and item not in found:
                 found[item] = None
                 counts["popular"] += 1
+        trending = present < 1.0
+        if trending:   # only for a user who is away: nothing else changes for the others
+            rising = [item for item, _ in self.trending.top(
+                min(wanted + extra, max(Popularity.TOP_KEPT, wanted)), now)]
+            for item in self._unconsumed(user, request, rising)[:wanted]:
+                if item in self.catalogue.items and item not in found:
+                    found[item] = None
+                    counts["trending"] += 1
         ids = [i for i in found if i in self.catalogue.index]
         info = [self.catalogue.items[i] for i in ids]
         no_sources: list[str | None] = [None] * len(ids)
@@ -329,6 +406,8 @@ class Recommender:
             if co is not None else None,
             sequence=self.behaviour.lookup(lift, ids)
             if lift is not None and self.behaviour is not None else None,
+            trending=self.trending.values(ids, now) if trending else None,
+            presence=present,
         )
         return candidates, counts
 
@@ -469,6 +548,8 @@ class Recommender:
                                    item_id=why.item_id)
             return Explanation(kind="history", text=f"because you {verb} {title}",
                                item_id=why.item_id)
+        if why.kind == "trending":
+            return Explanation(kind="popular", text="trending since your last visit")
         if segment_popular:
             return Explanation(kind="popular", text="popular with people like you")
         return Explanation(kind="popular", text="popular right now")

@@ -61,7 +61,7 @@ def user_view(state: UserState, dimension: int, embed_query: Callable[[str], Flo
     if state.query and now - state.query_ts <= QUERY_MEMORY_MS:
         query = (state.query, embed_query(state.query))
     return UserView(interest_of(state, dimension).unit(), recent, set(state.purchased), query,
-                    segments, state.consumed, behaviour)
+                    segments, state.consumed, behaviour, state.last_ts)
 
 
 def learn_sequence(recommender: Recommender, before: UserState, applied: Sequence[Event],
@@ -88,6 +88,7 @@ def learn_sequence(recommender: Recommender, before: UserState, applied: Sequenc
             order.remove(event.item_id)
         order.append(event.item_id)
         recommender.popularity.add(event.item_id, weight, event.ts)
+        recommender.trending.add(event.item_id, weight, event.ts)
         recommender.learn_segments(segments, event.item_id, weight, event.ts)
 
 
@@ -132,8 +133,9 @@ def behaviour_example(recommender: Recommender, view: UserView, now: int, event:
                       request: Request, negatives: int
                       ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
     """What a user's next item teaches the ranker: ``event``'s item against the candidates
-    the user had just before it (``view``: their state then, last event at ``now``), as
-    preferences over ``negatives`` of them. None when the item was not among those
+    the user had just before it (``view``: their state then), asked at ``now`` (the
+    event's time: a user back after a while is away), as preferences over ``negatives``
+    of them. None when the item was not among those
     candidates."""
     assert not isinstance(event, Search)
     found = recommender.candidate_features(view, request, now, event.item_id)
@@ -190,6 +192,7 @@ def rebuild_memory(recommender: Recommender,
                            max_neighbours=recommender.covisit.max_neighbours,
                            backward=recommender.covisit.backward)
     popularity = Popularity(half_life_ms=recommender.popularity.half_life_ms)
+    trending = recommender.trending.fresh()
     recommender.segment_popularity = {}
     count = 0
     for state, segments in users:
@@ -199,8 +202,10 @@ def rebuild_memory(recommender: Recommender,
             weight = SEQUENCE_WEIGHTS.get(kind, 1.0)
             covisit.observe(order[:position], item, weight)
             popularity.add(item, weight, ts)
+            trending.add(item, weight, ts)
         learn_segment_history(recommender, state, segments)
     recommender.covisit, recommender.popularity = covisit, popularity
+    recommender.trending = trending
     return count
 
 

@@ -32,7 +32,7 @@ import json
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,17 +52,19 @@ from app.metrics import scrape, total
 
 VARIANTS = {
     # name: candidate sources (StreamRec settings), for the ablations
-    "streamrec": "encoder,covisit,popular",
-    "frozen": "encoder,covisit,popular",
-    "no-encoder": "covisit,popular",
-    "no-covisit": "encoder,popular",
-    "feedback": "encoder,covisit,popular",     # with simulated clicks and the A/B split
+    "streamrec": "encoder,covisit,popular,trending",
+    "frozen": "encoder,covisit,popular,trending",
+    "no-encoder": "covisit,popular,trending",
+    "no-covisit": "encoder,popular,trending",
+    "feedback": "encoder,covisit,popular,trending",  # simulated clicks and the A/B split
     # with the behaviour model (`streamrec train`): beside the ranker's signals, and alone
-    "sequence": "encoder,covisit,popular,sequence",
+    "sequence": "encoder,covisit,popular,sequence,trending",
     "sequence-only": "sequence",
     # the same as `sequence`, the model trained from the stream during the replay
     # (`streamrec train --stream`, a round every StreamTraining.every events)
-    "sequence-stream": "encoder,covisit,popular,sequence",
+    "sequence-stream": "encoder,covisit,popular,sequence,trending",
+    # the time-aware ranker's ablation: a returning user ranked as if they never left
+    "no-trending": "encoder,covisit,popular",
 }
 SEQUENCE_VARIANTS = frozenset({"sequence", "sequence-only"})
 """Variants serving a model trained offline on the whole stream: no online figure."""
@@ -71,7 +73,8 @@ STREAM_TRAINED = "sequence-stream"
 # except in `frozen` and the behaviour model's variants (nobody: the documented defaults,
 # the reference the feedback run's halves are paired with) and `feedback` (the worker's
 # default split, half and half)
-EXPERIMENTS = {"frozen": "frozen=1", "feedback": "frozen=0.5,learning=0.5",
+EXPERIMENTS = {"frozen": "frozen=1", "no-trending": "frozen=1",
+               "feedback": "frozen=0.5,learning=0.5",
                "sequence": "frozen=1", "sequence-only": "frozen=1",
                "sequence-stream": "frozen=1"}
 LEARNING_FOR_ALL = "learning=1"
@@ -167,12 +170,15 @@ def _model_of(base_url: str) -> dict[str, Any]:
 
 
 def pull_lists(base_url: str, users: Sequence[str], k: int, workers: int = 4,
-               progress: Callable[[int, int, float], None] | None = None
-               ) -> dict[str, list[str]]:
-    """Each user's list, freshly computed by the worker (its pull API), a few at a time."""
+               progress: Callable[[int, int, float], None] | None = None,
+               at: Mapping[str, int] | None = None) -> dict[str, list[str]]:
+    """Each user's list, freshly computed by the worker (its pull API), a few at a time;
+    for the event time ``at[user]`` when given (else the worker's clock)."""
 
     def one(user: str) -> tuple[str, list[str]]:
         url = f"{base_url}/users/{urllib.parse.quote(user)}/recommendations?k={k}&fresh=1"
+        if at is not None and user in at:
+            url += f"&at={at[user]}"
         with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - our worker
             body = json.loads(response.read())
         return user, [item["item_id"] for item in body["items"]]
@@ -185,6 +191,17 @@ def pull_lists(base_url: str, users: Sequence[str], k: int, workers: int = 4,
             if progress and (len(out) % 200 == 0 or len(out) == len(users)):
                 progress(len(out), len(users), time.monotonic() - began)
     return out
+
+
+def asked_at(split: Split) -> dict[str, int]:
+    """When each target user's end-of-stream list is asked for (event time). Leave-last-out
+    asks for the very next item after a user's history, whenever the rest of the stream
+    ended: the list is asked at the user's last streamed rating (a user is never away). The
+    global time split asks every returning user at the cut."""
+    if split.cut_ms is not None:
+        return dict.fromkeys(split.targets, split.cut_ms)
+    last = {rating.user_id: rating.ts_ms for rating in split.stream}
+    return {user: last[user] for user in split.targets if user in last}
 
 
 def next_ratings(split: Split) -> dict[str, tuple[str, int]]:
@@ -382,7 +399,7 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
                                         topic="users", outcome="accepted"))
         began = time.monotonic()
         end_lists = await asyncio.to_thread(pull_lists, run.base_url, list(split.targets),
-                                            k, progress=pull_progress)
+                                            k, progress=pull_progress, at=asked_at(split))
         say(f"{variant}: {len(end_lists):,} users' lists asked at the end of the stream in "
             f"{time.monotonic() - began:.1f}s")
     finally:

@@ -1,10 +1,18 @@
-"""The leave-last-out split of a MovieLens stream, as the replay and the evaluation see it.
+"""The splits of a rating stream, as the replay and the evaluation see them.
 
-Ratings are in timestamp order, ties broken by the original row order (a stable sort). Each
-user's last rating is their *target*: the replay withholds it, so the recommendation a user
-last received before it was computed without it (in a stream that delivered it, a burst of
-ratings in one batch could let the recommendation see its own target). Everything else is
-the *stream*; the offline baselines train on exactly that.
+Ratings are in timestamp order, ties broken by the original row order (a stable sort).
+
+*Leave-last-out* (the default, the published protocol): each user's last rating is their
+*target*: the replay withholds it, so the recommendation a user last received before it was
+computed without it (in a stream that delivered it, a burst of ratings in one batch could
+let the recommendation see its own target). Everything else is the *stream*; the offline
+baselines train on exactly that.
+
+*Global time split* (:func:`time_split`): every rating before a cut time is the stream, and
+each user who rated something before the cut and comes back after it has their first
+rating after the cut as the target: the returning user, asked for at the cut, who may have
+been away for a day or for a year. Nothing after the cut is streamed, so no model, baseline
+or worker sees any user's future.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ class Split:
     hidden: frozenset[str] = frozenset()             # the cold-start experiment's items
     catalogue: list[ItemUpsert] = field(default_factory=list)   # the items, at ts 0
     profiles: list[UserProfile] = field(default_factory=list)   # known users' profiles, ts 0
+    cut_ms: int | None = None    # the global time split's cut (None: leave-last-out)
 
     @property
     def train_counts(self) -> Counter[str]:
@@ -70,6 +79,28 @@ def leave_last_out(ratings: list[movielens.Rating], items: list[str]) -> Split:
     return Split("", stream, targets, history, items)
 
 
+def time_split(ratings: list[movielens.Rating], items: list[str], cut: float) -> Split:
+    """The global time split of ``ratings`` (in stream order) at the ``cut`` quantile of
+    their times (0 < cut < 1): the ratings before the cut time are the stream; a user with
+    at least one of them and a rating at or after the cut has the first such rating as
+    the target (every rating is an interaction, as in leave-last-out)."""
+    if not 0.0 < cut < 1.0:
+        raise ValueError(f"the cut is a quantile of the ratings' times, in (0, 1): {cut}")
+    cut_ms = int(np.quantile([r.ts_ms for r in ratings], cut)) if ratings else 0
+    stream = [r for r in ratings if r.ts_ms < cut_ms]
+    history: dict[str, list[str]] = {}
+    for rating in stream:
+        history.setdefault(rating.user_id, []).append(rating.item_id)
+    counts = Counter(r.item_id for r in stream)
+    targets: dict[str, Target] = {}
+    for rating in ratings:
+        if (rating.ts_ms >= cut_ms and rating.user_id in history
+                and rating.user_id not in targets):
+            targets[rating.user_id] = Target(rating.user_id, rating.item_id, rating.ts_ms,
+                                             counts[rating.item_id])
+    return Split("", stream, targets, history, items, cut_ms=cut_ms)
+
+
 def hide_items(ratings: list[movielens.Rating], fraction: float, seed: int = 0,
                until: float = 0.8) -> tuple[list[movielens.Rating], frozenset[str]]:
     """The cold-start experiment: a random ``fraction`` of the rated items (seeded) loses
@@ -87,9 +118,12 @@ def hide_items(ratings: list[movielens.Rating], fraction: float, seed: int = 0,
     return kept, hidden
 
 
-def load(dataset: str, cold_items: float = 0.0) -> Split:
+def load(dataset: str, cold_items: float = 0.0, cut: float | None = None) -> Split:
     """The split of ``dataset`` (a MovieLens preset, ml-100k or ml-1m, or a dataset file:
-    app.data.interactions); with ``cold_items`` > 0, the cold-start experiment's."""
+    app.data.interactions): leave-last-out; with ``cold_items`` > 0, the cold-start
+    experiment's; with ``cut``, the global time split at that quantile of the times."""
+    if cut is not None and cold_items > 0:
+        raise ValueError("the cold-start experiment is a leave-last-out split: no --cut")
     if is_dataset_file(dataset):
         spec, catalogue, ratings, profiles = interactions.load(Path(dataset))
         name = spec.name
@@ -106,7 +140,8 @@ def load(dataset: str, cold_items: float = 0.0) -> Split:
     hidden: frozenset[str] = frozenset()
     if cold_items > 0:
         ratings, hidden = hide_items(ratings, cold_items)
-    split = leave_last_out(ratings, [u.item_id for u in catalogue])
+    ids = [u.item_id for u in catalogue]
+    split = time_split(ratings, ids, cut) if cut is not None else leave_last_out(ratings, ids)
     split.dataset = name
     split.genres = genres
     split.hidden = hidden

@@ -40,6 +40,10 @@ class RecommendationsQuery(Struct, forbid_unknown_fields=True, kw_only=True, fro
         description="Also return items the user consumed before (purchases stay out).")] = False
     fresh: Annotated[bool, Meta(
         description="Score now even when the user's latest computed list could answer.")] = False
+    at: Annotated[Annotated[int, Meta(ge=0)] | None, Meta(
+        description="The time to recommend for, in ms since the epoch (event time; "
+        "scored afresh). Default: the worker's clock, the newest event time it has read, "
+        "so a user back after a while is treated as away since their last event.")] = None
 
     def request(self) -> Request:
         allow = _csv(self.category)

@@ -204,7 +204,9 @@ class Pipeline:
                              segments)
             if projection and (pair := projection_pair(view, event)) is not None:
                 pairs.append(pair)
-            example = behaviour_example(self.recommender, view, before.last_ts, event,
+            # asked when the user came back for the item: a user away for a while is ranked
+            # as away, so the learner sees the trending feature where it matters
+            example = behaviour_example(self.recommender, view, event.ts, event,
                                         request, self.settings.behaviour_negatives)
             if example is None:
                 self.metrics.behaviour.labels("not_a_candidate").inc()
@@ -240,16 +242,20 @@ class Pipeline:
         return segments_of(self._profiles(key))
 
     def recommend_now(self, state: UserState, request: Request, key: bytes = b"",
-                      fresh: bool = False) -> tuple[list[RecommendedItem], str]:
+                      fresh: bool = False, at: int | None = None
+                      ) -> tuple[list[RecommendedItem], str]:
         """Recommendations for a stored user state (the pull API), and the version of the
         ranker that made them (the user's A/B variant's); a new user gets the cold-start
-        answer (popular items, with their profile segments' when known). The list last
-        computed for the user answers when nothing it depends on has changed
-        (app.core.served), unless ``fresh``."""
+        answer (popular items, with their profile segments' when known). The list is for
+        the event time ``at``, by default the worker's clock (the newest event time it has
+        read; the user's last event while it has read none): a user whose last event is
+        older is away (app.core.recommender). The list last computed for the user answers
+        when nothing it depends on has changed (app.core.served), unless ``fresh`` or
+        ``at`` is given."""
         params = self.feedback.params_for(self.feedback.variant(key.decode()))
         version = params.version
         clock = time.monotonic() * 1000
-        if not fresh and state.last_ts:
+        if not fresh and at is None and state.last_ts:
             cached = self.served.get(key, state.last_ts, version, request, clock)
             self.metrics.pull_cache.labels("hit" if cached is not None else "miss").inc()
             if cached is not None:
@@ -263,9 +269,9 @@ class Pipeline:
             self.metrics.behaviour_vectors.inc()
         view = user_view(state, self.encoder.dimension, self.encoder.encode_query,
                          self.segments(key), behaviour)
-        now = state.last_ts or self._latest_event_ts
+        now = at if at is not None else max(self._latest_event_ts, state.last_ts)
         items, _ = self.recommender.recommend(view, request, now=now, params=params)
-        if state.last_ts:
+        if state.last_ts and at is None:
             self.served.put(key, state.last_ts, version, request, items, clock)
         return items, version
 
@@ -341,6 +347,8 @@ class Pipeline:
                 state = codec.decode(value)
                 if seen is not None:
                     seen(key, state)
+                # the clock a pull is answered at: the newest event any stored user had
+                self._latest_event_ts = max(self._latest_event_ts, state.last_ts)
                 yield state, self.segments(key)
 
         built_for: frozenset[Any] | None = None

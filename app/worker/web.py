@@ -111,7 +111,7 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
             raw = decl.user_state.get(key)
             state = _codec.decode(raw)
             items, version = pipeline.recommend_now(state, query.request(), key,
-                                                    fresh=query.fresh)
+                                                    fresh=query.fresh, at=query.at)
             body = api.encode(api.Recommendations(
                 user_id=user_id, known_user=raw is not None and not is_marker(state),
                 variant=pipeline.feedback.variant(user_id), model_version=version,

@@ -91,3 +91,11 @@ def test_an_answer_with_a_field_its_model_lacks_does_not_decode() -> None:
                             type=api.ApiError)
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(b'{"error": "x", "code": "teapot"}', type=api.ApiError)
+
+
+def test_a_list_can_be_asked_for_a_given_event_time() -> None:
+    from app.worker.api import RecommendationsQuery, parse_query
+
+    assert parse_query({"at": "975000000000"}) == RecommendationsQuery(at=975_000_000_000)
+    assert parse_query({}) == RecommendationsQuery(at=None)
+    assert parse_query({"at": "-5"}) == "at: expected `int` >= 0"

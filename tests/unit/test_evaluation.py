@@ -17,7 +17,7 @@ from app.evaluation.metrics import (
     self_information,
 )
 from app.evaluation.report import history_shown, without_history
-from app.evaluation.split import leave_last_out
+from app.evaluation.split import leave_last_out, time_split
 
 
 def _r(row: int, user: str, item: str, ts: int) -> Rating:
@@ -35,6 +35,40 @@ def test_leave_last_out_withholds_each_users_last_rating_and_counts_prior_intera
     assert [r.row for r in split.stream] == [0, 1, 2]       # targets and c left out
     assert split.targets["b"].prior_item_count == 1          # y once before, by a
     assert split.targets["a"].prior_item_count == 0
+
+
+def test_the_time_split_streams_the_past_and_asks_returning_users_at_the_cut() -> None:
+    from app.core.profile import DAY_MS
+    from app.evaluation.replay import asked_at
+    from app.evaluation.timesplit import away_days, trending
+
+    day = DAY_MS
+    ratings = [
+        _r(0, "a", "x", 0), _r(1, "b", "x", 1 * day), _r(2, "b", "y", 40 * day),
+        _r(3, "c", "y", 45 * day), _r(4, "d", "z", 50 * day), _r(5, "a", "z", 60 * day),
+        _r(6, "a", "y", 61 * day), _r(7, "b", "z", 62 * day), _r(8, "e", "x", 63 * day),
+    ]
+    split = time_split(ratings, ["x", "y", "z"], 0.5)   # the median time: day 50
+    assert split.cut_ms == 50 * day
+    assert [r.row for r in split.stream] == [0, 1, 2, 3]   # strictly before the cut
+    # a and b came back (their first rating after the cut is the target); c did not, d and
+    # e have no history before it: none of theirs is scored
+    assert {u: t.item_id for u, t in split.targets.items()} == {"a": "z", "b": "z"}
+    assert split.targets["a"].prior_item_count == 0
+    assert away_days(split) == {"a": 50.0, "b": 10.0}
+    assert asked_at(split) == {"a": 50 * day, "b": 50 * day}
+    # trending: the 30 days before the cut (y twice), then all-time counts (x twice)
+    assert trending(split, k=3) == {"a": ["y", "z"], "b": ["z"]}
+    with pytest.raises(ValueError, match="quantile"):
+        time_split(ratings, ["x"], 1.0)
+
+
+def test_leave_last_out_asks_each_user_at_their_last_streamed_rating() -> None:
+    from app.evaluation.replay import asked_at
+
+    ratings = [_r(0, "a", "x", 1), _r(1, "a", "y", 5), _r(2, "a", "z", 9), _r(3, "b", "x", 2),
+               _r(4, "b", "y", 3)]
+    assert asked_at(leave_last_out(ratings, ["x", "y", "z"])) == {"a": 5, "b": 2}
 
 
 def test_rank_based_metrics() -> None:

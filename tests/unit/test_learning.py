@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from app.core.learning import (
@@ -119,10 +121,22 @@ def test_features_are_the_rankers_parts_before_weighting() -> None:
     log = [np.log1p(np.float32(v)) for v in (0.0, 4.0)]     # log popularity
     # the lift is scaled to the list's maximum, like the co-visitation sum; the behaviour
     # model's log-lift is read as it is
-    assert np.allclose(rows, [[1.0, 1.0, 0.0, 1.0, 1.0, 0, 0, 0, 0, 0, log[0], 0.25, 3.0],
-                              [0.0, 0.5, 1.0, 0.5, 0.0, 0, 0, 0, 0, 0, log[1], 1.0, -1.0]])
+    # (the trending feature is 0 for a user who is here: their presence is 1)
+    assert np.allclose(rows, [[1.0, 1.0, 0.0, 1.0, 1.0, 0, 0, 0, 0, 0, log[0], 0.25, 3.0, 0],
+                              [0.0, 0.5, 1.0, 0.5, 0.0, 0, 0, 0, 0, 0, log[1], 1.0, -1.0, 0]])
     weights = np.array([getattr(params, name) for name in FEATURES])
     assert np.allclose(rows @ weights, scored.total[[0, 1]])
+    # a user away long enough to be half present: what their history says (the semantic,
+    # co-visitation, lift and behaviour features) counts half, what is trending (scaled to
+    # the list's maximum) by their absence, the half left
+    away = replace(candidates, trending=np.array([1.0, 4.0, 0.0], dtype=np.float32),
+                   presence=0.5)
+    scored_away = score(vectors[0], away, params)
+    rows_away = features_of(scored_away, [0, 1])
+    assert np.allclose(rows_away, [
+        [0.5, 0.5, 0.0, 1.0, 1.0, 0, 0, 0, 0, 0, log[0], 0.125, 1.5, 0.125],
+        [0.0, 0.25, 1.0, 0.5, 0.0, 0, 0, 0, 0, 0, log[1], 0.5, -0.5, 0.5]])
+    assert np.allclose(rows_away @ weights, scored_away.total[[0, 1]])
 
 
 def test_preferences_from_next_items_recover_the_ranking_that_chose_them() -> None:
