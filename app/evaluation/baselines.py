@@ -29,7 +29,7 @@ Lists = dict[str, list[str]]
 FloatArray = npt.NDArray[np.float32]
 
 
-def _first_unseen(ranked: Sequence[str], seen: set[str], k: int) -> list[str]:
+def first_unseen(ranked: Sequence[str], seen: set[str], k: int) -> list[str]:
     out: list[str] = []
     for item in ranked:
         if item not in seen:
@@ -43,7 +43,7 @@ def popularity(split: Split, k: int = 50) -> Lists:
     counts = split.train_counts
     ranked = [item for item, _ in counts.most_common()]
     ranked += sorted(set(split.items) - set(counts))
-    return {user: _first_unseen(ranked, set(split.history.get(user, ())), k)
+    return {user: first_unseen(ranked, set(split.history.get(user, ())), k)
             for user in split.targets}
 
 
@@ -71,7 +71,7 @@ def covisitation(split: Split, k: int = 50, window: int = 10, recent: int = 20,
         if len(ranked) < k + len(sequence):
             ranked += [item for item, _ in counts.most_common(k + len(sequence))]
             ranked += split.items  # nothing known yet: catalogue order
-        lists[rating.user_id] = _first_unseen(ranked, set(sequence), k)
+        lists[rating.user_id] = first_unseen(ranked, set(sequence), k)
     return lists
 
 
@@ -120,7 +120,7 @@ def als(split: Split, k: int = 50, factors: int = 64, reg: float = 0.1, alpha: f
         for offset, row in enumerate(block):
             user = users[start + offset]
             row[user_rows[start + offset]] = -np.inf
-            top = np.argpartition(-row, k)[:k]
-            top = top[np.argsort(-row[top])]
-            lists[user] = [items[i] for i in top]
+            top = np.argpartition(-row, k)[:k] if k < len(row) else np.arange(len(row))
+            top = top[np.argsort(-row[top])][:k]
+            lists[user] = [items[i] for i in top if np.isfinite(row[i])]
     return lists

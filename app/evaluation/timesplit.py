@@ -18,15 +18,21 @@ per how long the user had been away at the cut (``AWAY_BUCKETS``).
 
 from __future__ import annotations
 
+import datetime
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from app.core.profile import DAY_MS
 from app.evaluation import baselines
 from app.evaluation.metrics import Scores, evaluate
 from app.evaluation.replay import COVISIT_EDGES, ReplayRun
+from app.evaluation.report import _table, history_shown, save
 from app.evaluation.split import Split
+from app.plots import pyplot
 
 TRENDING_DAYS = 30
 AWAY_BUCKETS = ((0, 1), (1, 7), (7, 30), (30, 180), (180, None))   # days away at the cut
@@ -43,7 +49,7 @@ def trending(split: Split, k: int = 50, days: int = TRENDING_DAYS) -> dict[str, 
     overall = split.train_counts
     ranked = sorted(set(split.items) | set(overall),
                     key=lambda item: (-recent[item], -overall[item], item))
-    return {user: baselines._first_unseen(ranked, set(split.history.get(user, ())), k)
+    return {user: baselines.first_unseen(ranked, set(split.history.get(user, ())), k)
             for user in split.targets}
 
 
@@ -71,8 +77,6 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
                   ) -> dict[str, Any]:
     """The runs' lists asked at the cut, their lists from before it and the baselines,
     scored on every returning user and per time away."""
-    from app.evaluation.report import history_shown
-
     models: dict[str, dict[str, list[str]]] = {}
     for run in runs:
         if run.end_lists:
@@ -117,15 +121,11 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
 
 
 def _day(ms: int | None) -> str:
-    import datetime
-
     return "-" if ms is None else datetime.datetime.fromtimestamp(
         ms / 1000, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def markdown(report: Mapping[str, Any], command: str, images: Mapping[str, str]) -> str:
-    from app.evaluation.report import _table
-
     models = report["models"]
     asked = [v for v in report["pipeline_variants"] if v in models]
     best = max(asked, key=lambda v: models[v]["all"]["NDCG@10"]) if asked else None
@@ -165,14 +165,9 @@ def markdown(report: Mapping[str, Any], command: str, images: Mapping[str, str])
     return "\n".join(lines)
 
 
-def plots(report: Mapping[str, Any], folder: Any) -> dict[str, str]:
+def plots(report: Mapping[str, Any], folder: Path) -> dict[str, str]:
     """NDCG@10 per model and time away, as grouped bars; {title: path} (none without
     matplotlib)."""
-    import numpy as np
-
-    from app.evaluation.report import save
-    from app.plots import pyplot
-
     plt = pyplot()
     if plt is None:
         return {}

@@ -223,3 +223,31 @@ def test_pooled_hit_rate_weighs_users_by_their_lists_and_pairs_on_the_same_users
     expected = np.std((hit - 0.1 * lists) / lists.mean(), ddof=1) / np.sqrt(3)
     assert rate["stderr"] == pytest.approx(expected)
     assert _pooled_hit_rate({}, [])[0] == {"mean": 0.0, "stderr": 0.0}
+
+
+def test_the_time_split_report_scores_lists_asked_at_the_cut_beside_trending() -> None:
+    from app.core.profile import DAY_MS
+    from app.evaluation import timesplit
+    from app.evaluation.replay import ReplayRun
+
+    day = DAY_MS
+    ratings = [_r(0, "a", "x", 0), _r(1, "b", "x", 1 * day), _r(2, "b", "y", 40 * day),
+               _r(3, "c", "y", 45 * day), _r(4, "a", "z", 60 * day), _r(5, "b", "z", 62 * day),
+               _r(6, "d", "x", 63 * day)]
+    split = time_split(ratings, ["x", "y", "z"], 0.5)
+    run = ReplayRun(dataset="t", variant="frozen", sources="", k=3, events=4, seconds=1.0,
+                    events_per_second=4.0, recommendations=4,
+                    lists={"a": ["y", "x"], "b": ["z"]},           # before leaving
+                    end_lists={"a": ["z", "y"], "b": ["y", "z"]})  # b is shown y again
+    result = timesplit.evaluate_runs(split, [run], say=lambda _: None)
+    models = result["models"]
+    assert models["frozen"]["all"]["HR@10"] == 1.0
+    assert models["frozen"]["all"]["NDCG@10"] == pytest.approx((1 + 1 / math.log2(3)) / 2)
+    assert models["frozen, last list before leaving"]["all"]["HR@10"] == 0.5
+    assert result["history_items_shown_at_cut"]["frozen"]["top"] == 1   # b's y
+    # the cut is day 45: a last rated on day 0, b on day 40
+    assert result["away_users"] == {"0-1 days": 0, "1-7 days": 1, "7-30 days": 0,
+                                    "30-180 days": 1, "> 180 days": 0}
+    text = timesplit.markdown(result, "streamrec eval --cut 0.5", {})
+    assert "| frozen |" in text
+    assert "| trending |" in text
