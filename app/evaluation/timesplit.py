@@ -28,7 +28,7 @@ import numpy as np
 
 from app.core.profile import DAY_MS
 from app.evaluation import baselines
-from app.evaluation.metrics import Scores, evaluate
+from app.evaluation.metrics import Scores, evaluate, ndcg_at, rank_of
 from app.evaluation.replay import COVISIT_EDGES, ReplayRun
 from app.evaluation.report import _table, history_shown, save
 from app.evaluation.split import Split
@@ -104,6 +104,11 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
                                   if members else None
                                   for bucket, members in slices.items()}}
     advance("scoring the lists", len(models), len(models))
+    per_user = {name: np.array([ndcg_at(rank_of(lists.get(u, ()), split.targets[u].item_id),
+                                        10) for u in users]) for name, lists in models.items()}
+    paired = {f"{variant} - {baseline}": _paired(per_user[variant] - per_user[baseline])
+              for variant in (r.variant for r in runs if r.end_lists)
+              for baseline in ("popularity", "trending")}
     return {
         "protocol": "time split",
         "dataset": split.dataset,
@@ -117,7 +122,15 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
         "history_items_shown_at_cut": {run.variant: history_shown(run.end_lists, split)
                                        for run in runs if run.end_lists},
         "models": results,
+        "paired_ndcg10": paired,
     }
+
+
+def _paired(difference: np.ndarray) -> dict[str, float]:
+    """A paired difference of per-user NDCG@10 (the same users): mean and standard error."""
+    error = float(difference.std(ddof=1) / np.sqrt(len(difference))) \
+        if len(difference) > 1 else 0.0
+    return {"mean": float(difference.mean()) if len(difference) else 0.0, "stderr": error}
 
 
 def _day(ms: int | None) -> str:
@@ -147,6 +160,11 @@ def markdown(report: Mapping[str, Any], command: str, images: Mapping[str, str])
         lines += [f"The best pipeline variant (`{best}`, asked at the cut) reads NDCG@10 "
                   f"{ours['NDCG@10']:.4f} / HR@10 {ours['HR@10']:.4f}; baselines at or "
                   "above it on either: " + (", ".join(above) if above else "none") + ".", ""]
+    if report.get("paired_ndcg10"):
+        lines += ["Paired differences of NDCG@10 over the same users (mean +- standard "
+                  "error): " + "; ".join(f"{name} {d['mean']:+.4f} +- {d['stderr']:.4f}"
+                                         for name, d in report["paired_ndcg10"].items())
+                  + ".", ""]
     lines += ["## By time away at the cut", "",
               "NDCG@10 per how long the user had been away (days from their last rating "
               "before the cut to the cut):", "",

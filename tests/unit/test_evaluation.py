@@ -248,6 +248,9 @@ def test_the_time_split_report_scores_lists_asked_at_the_cut_beside_trending() -
     # the cut is day 45: a last rated on day 0, b on day 40
     assert result["away_users"] == {"0-1 days": 0, "1-7 days": 1, "7-30 days": 0,
                                     "30-180 days": 1, "> 180 days": 0}
+    # frozen ranks a's z first and b's second, trending the other way round: 0 on average
+    assert result["paired_ndcg10"]["frozen - trending"]["mean"] == pytest.approx(
+        ((1 - 1 / math.log2(3)) + (1 / math.log2(3) - 1.0)) / 2)
     text = timesplit.markdown(result, "streamrec eval --cut 0.5", {})
     assert "| frozen |" in text
     assert "| trending |" in text
