@@ -212,6 +212,16 @@ def test_pull_api(kafka: KafkaBroker, worker: WorkerProcess) -> None:
     after = get("/users/kit/recommendations?k=10")[1]["items"]
     assert worker.metric("streamrec_pull_cache_total", outcome="miss") == misses + 1
     assert after == get("/users/kit/recommendations?k=10&fresh=true")[1]["items"]
+    # asked for a month after kit's last event (event time, `at`), kit is away: what is
+    # trending (what the others watched) leads and says so; asked at kit's own time, nothing
+    # is explained as trending
+    def trending(at: int) -> list[str]:
+        items = get(f"/users/kit/recommendations?k=5&at={at}")[1]["items"]
+        return [i["item_id"] for i in items
+                if i["explanation"]["text"] == "trending since your last visit"]
+
+    assert trending(TS + 20) == []
+    assert trending(TS + 20 + 30 * 86_400_000)[:1] in (["toy-story"], ["cars"])
 
 
 def _matches(template: str, path: str) -> bool:
