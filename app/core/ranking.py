@@ -101,7 +101,8 @@ class Candidates:
     covisit_lift: FloatArray | None = None
     # [n]: the behaviour model's log(N * p(item)) (app.core.behaviour); None: no model, 0
     sequence: FloatArray | None = None
-    # [n]: decayed interaction counts over a short half-life (what is rising now); None: 0
+    # [n]: what is trending (recommender.Trending: decayed counts over a horizon chosen by
+    # the evidence it holds); None: 0
     trending: FloatArray | None = None
     # the user's presence: 1 when their last event is now, halving with every
     # recommender.AWAY_HALF_LIFE_MS they have been away since (the history features are
