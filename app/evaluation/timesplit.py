@@ -28,9 +28,15 @@ import numpy as np
 
 from app.core.profile import DAY_MS
 from app.evaluation import baselines
-from app.evaluation.metrics import Scores, evaluate, ndcg_at, rank_of
 from app.evaluation.replay import COVISIT_EDGES, ReplayRun
-from app.evaluation.report import _table, history_shown, save
+from app.evaluation.report import (
+    _mean_with_error,
+    _per_user_ndcg,
+    _score,
+    _table,
+    history_shown,
+    save,
+)
 from app.evaluation.split import Split
 from app.plots import pyplot
 
@@ -66,11 +72,6 @@ def bucket_name(low: int, high: int | None) -> str:
     return f"> {low} days" if high is None else f"{low}-{high} days"
 
 
-def _scores(lists: Mapping[str, Sequence[str]], split: Split, users: Sequence[str]) -> Scores:
-    return evaluate(lists, {u: split.targets[u].item_id for u in users}, len(split.items),
-                    split.genres, split.train_counts, len(split.history))
-
-
 def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
                   say: Callable[[str], None] = print,
                   advance: Callable[[str, int, int], None] = lambda *_: None
@@ -99,14 +100,14 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
     results: dict[str, Any] = {}
     for n, (name, lists) in enumerate(models.items()):
         advance("scoring the lists", n, len(models))
-        results[name] = {"all": _scores(lists, split, users).row(),
-                         "away": {bucket: _scores(lists, split, members).row()
+        results[name] = {"all": _score(lists, split, users).row(),
+                         "away": {bucket: _score(lists, split, members).row()
                                   if members else None
                                   for bucket, members in slices.items()}}
     advance("scoring the lists", len(models), len(models))
-    per_user = {name: np.array([ndcg_at(rank_of(lists.get(u, ()), split.targets[u].item_id),
-                                        10) for u in users]) for name, lists in models.items()}
-    paired = {f"{variant} - {baseline}": _paired(per_user[variant] - per_user[baseline])
+    per_user = {name: _per_user_ndcg(lists, split, users) for name, lists in models.items()}
+    paired = {f"{variant} - {baseline}":
+              _mean_with_error(per_user[variant] - per_user[baseline])
               for variant in (r.variant for r in runs if r.end_lists)
               for baseline in ("popularity", "trending")}
     return {
@@ -125,12 +126,6 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
         "paired_ndcg10": paired,
     }
 
-
-def _paired(difference: np.ndarray) -> dict[str, float]:
-    """A paired difference of per-user NDCG@10 (the same users): mean and standard error."""
-    error = float(difference.std(ddof=1) / np.sqrt(len(difference))) \
-        if len(difference) > 1 else 0.0
-    return {"mean": float(difference.mean()) if len(difference) else 0.0, "stderr": error}
 
 
 def _day(ms: int | None) -> str:
