@@ -355,13 +355,19 @@ def train(
     blocks: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
     heads: Annotated[int, typer.Option(help="Attention heads per block.")] = 1,
     dropout: Annotated[float, typer.Option(help="Dropout in embeddings and blocks.")] = 0.2,
+    lr: Annotated[float, typer.Option(help="Adam's learning rate.")] = 1e-3,
+    batch: Annotated[int, typer.Option(help="Users per training step.")] = 128,
+    cold_items: Annotated[float, typer.Option(
+        help="Train on the cold-start experiment's split (as given to `streamrec replay "
+             "--cold-items`): the hidden items' early interactions are not seen.")] = 0.0,
     text: Annotated[bool, typer.Option(
         help="Add a learnt projection of each item's text-encoder vector to its embedding.")]
     = True,
     out: Annotated[Path | None, typer.Option(
         help="Where the weights (.pt), the curve and result (.json, .png) and the exported "
              "model (a folder of that name) go; default: "
-             "~/.cache/streamrec/models/<dataset>-seed<seed>.")] = None,
+             "~/.cache/streamrec/models/<dataset>-seed<seed> (<dataset>-cold<percent>-seed<seed> "
+             "with --cold-items).")] = None,
     publish_it: Annotated[bool, typer.Option(
         "--publish", help="Then publish it on the models topic (STREAMREC_BROKER_URL) if its "
                           "validation NDCG@10 beats the served model's on the same dataset: "
@@ -401,18 +407,19 @@ def train(
             dropout=dropout, text=text, out=out, force=force, every=every, interval=interval,
             update_epochs=update_epochs, valid_users=valid_users, rounds=rounds))
         return
+    from app.evaluation.runner import label
     from app.evaluation.split import load
     from app.train.export import export
     from app.train.model import ModelConfig
     from app.train.run import Curve, TrainConfig, plot_curve, sample_tokens, save, text_vectors
     from app.train.run import train as run_train
 
-    split = load(dataset)
+    split = load(dataset, cold_items)
     vectors = text_vectors(split, get_settings().model_dir()) if text else None
     model_config = ModelConfig(items=len(split.items), length=length, dim=dim, blocks=blocks,
                                heads=heads, dropout=dropout,
                                text_dim=0 if vectors is None else int(vectors.shape[1]))
-    config = TrainConfig(epochs=epochs, seed=seed)
+    config = TrainConfig(epochs=epochs, batch=batch, lr=lr, seed=seed)
     with phases() as (say, advance):
         stages: list[str] = []
 
@@ -429,7 +436,7 @@ def train(
         model, curve, result = run_train(split, model_config, config, vectors, progress,
                                          epoch_done)
     path = out or Path.home() / ".cache" / "streamrec" / "models" / \
-        f"{dataset_name(dataset)}-seed{seed}"
+        f"{label(dataset_name(dataset), cold_items)}-seed{seed}"
     save(path, model, curve, result, config)
     plot = plot_curve(curve, path.with_suffix(".png"), f"{dataset}, seed {seed}: "
                       f"test NDCG@10 {result['ndcg@10']:.4f}, HR@10 {result['hr@10']:.4f}")
@@ -990,7 +997,8 @@ def replay(
              "the stream (runs go to <dataset>-cold<percent>).")] = 0.0,
     sequence_model: Annotated[Path | None, typer.Option(
         help="The behaviour model the sequence variants serve (a folder `streamrec train` "
-             "exported); default: ~/.cache/streamrec/models/<dataset>-seed0.")] = None,
+             "exported); default: ~/.cache/streamrec/models/<dataset>-seed0, or "
+             "<dataset>-cold<percent>-seed0 with --cold-items.")] = None,
     train_every: Annotated[int, typer.Option(
         help="sequence-stream: events between training rounds (the model's staleness).")]
     = 150_000,
@@ -1010,12 +1018,12 @@ def replay(
     what it recommended, and what it answers for every user when asked at the end of the
     stream; `streamrec eval` scores both."""
     from app.evaluation.replay import StreamTraining
-    from app.evaluation.runner import run_replays
+    from app.evaluation.runner import label, run_replays
 
     training = StreamTraining(every=train_every, first_epochs=train_epochs,
                               update_epochs=train_update_epochs, seed=train_seed)
     model = sequence_model or Path.home() / ".cache" / "streamrec" / "models" / \
-        f"{dataset_name(dataset)}-seed0"
+        f"{label(dataset_name(dataset), cold_items)}-seed0"
     asyncio.run(run_replays(dataset, variants.split(","), k, rate, window, partitions, broker,
                             out, cold_items, model, training, cut))
 

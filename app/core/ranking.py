@@ -101,7 +101,7 @@ class Candidates:
     covisit_lift: FloatArray | None = None
     # [n]: the behaviour model's log(N * p(item)) (app.core.behaviour); None: no model, 0
     sequence: FloatArray | None = None
-    # [n]: what is trending (recommender.Trending: decayed counts over a horizon chosen by
+    # [n]: what is trending (recommender.Trending: counts over a sliding window chosen by
     # the evidence it holds); None: 0
     trending: FloatArray | None = None
     # the user's presence: 1 when their last event is now, halving with every

@@ -3,7 +3,7 @@
 Candidates come from the catalogue items nearest the user's interest (encoder), the
 co-visitation neighbours of their recent items, what is popular (the fallback for new
 users), the behaviour model's picks when one is served, and, for a user coming back after
-a while, what is trending (popular over a short half-life). They are filtered, scored by
+a while, what is trending (popular over a recent window). They are filtered, scored by
 the ranker, diversified with MMR and explained. Time is event time: a list is asked for at
 ``now`` (the stream's clock), and a user whose last event is older is *away*: their
 presence, 2 ** (-away / AWAY_HALF_LIFE_MS), discounts what their history says and their
@@ -13,7 +13,8 @@ absence (1 - presence) weighs what is trending (app.core.ranking). A worker hold
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -42,12 +43,14 @@ FloatArray = npt.NDArray[np.float32]
 
 SOURCES = frozenset({"encoder", "covisit", "popular", "sequence", "trending"})
 FRESHNESS_HALF_LIFE_MS = 30 * DAY_MS  # a new item's freshness halves every 30 days
-# what is trending: counts over the shortest of these half-lives that holds at least
-# TRENDING_EVIDENCE interactions (a busy stream reads the last days, a slow one months)
-TRENDING_HALF_LIVES_MS = (DAY_MS, 3 * DAY_MS, 9 * DAY_MS, 27 * DAY_MS, 81 * DAY_MS)
-TRENDING_EVIDENCE = 5_000.0
+# what is trending: counts over the shortest of these windows (days) that holds at least
+# TRENDING_EVIDENCE interactions (a busy stream reads the last day, a slow one weeks)
+TRENDING_WINDOWS_DAYS = (1, 3, 9, 27)
+TRENDING_EVIDENCE = 10_000.0
+TRENDING_BUCKET_ITEMS = 1_000   # items a closed hour or day of trending counts keeps
 AWAY_HALF_LIFE_MS = DAY_MS            # a user's presence halves every day away
-AWAY_MIN_MS = 3_600_000               # away for less than an hour: not away at all
+HOUR_MS = 3_600_000
+AWAY_MIN_MS = HOUR_MS                 # away for less than an hour: not away at all
 QUERY_MARGIN = 64        # items kept beyond what a query needs, for the ones a user blocks
 CONSUMED_MARGIN = 3      # at most this many per_source lists of consumed items skipped
 QUERY_CACHE_SIZE = 1024  # recent queries whose nearest items are kept
@@ -177,38 +180,156 @@ class Popularity:
 
 
 @dataclass
-class Trending:
-    """What is rising now: decayed counts over several half-lives, read over the shortest
-    that holds at least ``evidence`` interactions at the time asked (a shop with thousands
-    of events a day reads its last day; a slow stream, weeks, rather than noise)."""
+class Window:
+    """Interaction counts over a sliding window of event time: the last ``span`` buckets
+    (hours or days, ``bucket_ms``) up to the time asked (not decay: an item watched
+    steadily a month ago weighs nothing once the month is out, and last week's counts are
+    not shrunk). Reading at the newest event's bucket is exact and cheap (totals kept as
+    events arrive); reading later subtracts the buckets that have left the window."""
 
-    half_lives_ms: tuple[int, ...] = TRENDING_HALF_LIVES_MS
+    days: int
+    bucket_ms: int
+    buckets: dict[int, dict[str, float]]   # shared by the windows of one resolution
+    counts: dict[str, float] = field(default_factory=dict)
+    total: float = 0.0
+    at_bucket: int | None = None   # the bucket ``counts`` ends at (the newest event's)
+
+    @property
+    def span(self) -> int:
+        return self.days * DAY_MS // self.bucket_ms
+
+    def add(self, item_id: str, weight: float, bucket: int) -> None:
+        if self.at_bucket is None:
+            self.at_bucket = bucket
+        if bucket > self.at_bucket:
+            self.total = self._leave(self.counts, self.total, bucket)
+            self.at_bucket = bucket
+        if bucket > self.at_bucket - self.span:
+            self.counts[item_id] = self.counts.get(item_id, 0.0) + weight
+            self.total += weight
+
+    def forget(self, bucket: int, dropped: Mapping[str, float]) -> None:
+        """Counts dropped from a closed bucket (its weakest items) leave the window too."""
+        if self.at_bucket is not None and bucket > self.at_bucket - self.span:
+            self.total = _subtract(self.counts, self.total, dropped)
+
+    def _leave(self, counts: dict[str, float], total: float, bucket: int) -> float:
+        """Take out of ``counts`` the buckets that leave the window when it moves from
+        its bucket to ``bucket``; the total left."""
+        assert self.at_bucket is not None
+        for gone in range(self.at_bucket - self.span + 1,
+                          min(bucket - self.span, self.at_bucket) + 1):
+            total = _subtract(counts, total, self.buckets.get(gone, {}))
+        return total
+
+    def at(self, now: int) -> tuple[dict[str, float], float]:
+        """The counts and their total over the window ending at ``now`` (never before the
+        newest event: a list asked in the past reads the newest window)."""
+        bucket = now // self.bucket_ms
+        if self.at_bucket is None or bucket <= self.at_bucket:
+            return self.counts, self.total
+        counts = dict(self.counts)
+        return counts, self._leave(counts, self.total, bucket)
+
+
+def _subtract(counts: dict[str, float], total: float, gone: Mapping[str, float]) -> float:
+    for item, weight in gone.items():
+        total -= weight
+        left = counts.get(item, 0.0) - weight
+        if left > 1e-9:
+            counts[item] = left
+        else:
+            counts.pop(item, None)
+    return max(total, 0.0)
+
+
+@dataclass
+class Trending:
+    """What is popular now: interaction counts over sliding windows of the last 1, 3, 9 and
+    27 days, read over the shortest that holds at least ``evidence`` interactions at the
+    time asked (a shop with thousands of events a day reads its last day; a slow stream,
+    weeks, rather than noise). Windows of up to 3 days count in hourly buckets, longer ones
+    in daily buckets. Memory is bounded: when a bucket closes, only its ``bucket_items``
+    most interacted-with items are kept (what a top 50 is made of), so at most 72 hourly
+    and 27 daily buckets of that many items, whatever the traffic."""
+
+    window_days: tuple[int, ...] = TRENDING_WINDOWS_DAYS
     evidence: float = TRENDING_EVIDENCE
-    horizons: list[Popularity] = field(default_factory=list)
+    bucket_items: int = TRENDING_BUCKET_ITEMS
+    windows: list[Window] = field(default_factory=list)
+    _resolutions: dict[int, dict[int, dict[str, float]]] = field(default_factory=dict)
+    _newest: dict[int, int] = field(default_factory=dict)   # per resolution: newest bucket
+    _version: int = 0
+    _ranked: dict[tuple[int, int], tuple[int, list[str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.horizons:
-            self.horizons = [Popularity(half_life_ms=h) for h in sorted(self.half_lives_ms)]
+        if not self.windows:
+            for days in sorted(self.window_days):
+                resolution = HOUR_MS if days <= 3 else DAY_MS
+                buckets = self._resolutions.setdefault(resolution, {})
+                self.windows.append(Window(days, resolution, buckets))
 
     def add(self, item_id: str, weight: float, ts: int) -> None:
-        for horizon in self.horizons:
-            horizon.add(item_id, weight, ts)
+        for resolution, buckets in self._resolutions.items():
+            windows = [w for w in self.windows if w.bucket_ms == resolution]
+            longest = max(w.span for w in windows)
+            at = ts // resolution
+            newest = self._newest.get(resolution)
+            if newest is not None and at <= newest - longest:
+                continue   # older than every window of this resolution
+            bucket = buckets.setdefault(at, {})
+            bucket[item_id] = bucket.get(item_id, 0.0) + weight
+            for window in windows:
+                window.add(item_id, weight, at)
+            if newest is None or at > newest:
+                self._newest[resolution] = at
+                if newest is not None:
+                    self._close(buckets, newest, windows)
+                for old in [b for b in buckets if b <= at - longest]:
+                    del buckets[old]
+        self._version += 1
 
-    def horizon(self, now: int) -> Popularity:
-        """The counts read at ``now``: the shortest half-life with enough evidence (the
-        longest when none has)."""
-        return next((h for h in self.horizons if h.total(now) >= self.evidence),
-                    self.horizons[-1])
+    def _close(self, buckets: dict[int, dict[str, float]], closed: int,
+               windows: Sequence[Window]) -> None:
+        """Keep only the strongest ``bucket_items`` items of a bucket that has closed."""
+        bucket = buckets.get(closed)
+        if bucket is None or len(bucket) <= self.bucket_items:
+            return
+        kept = set(heapq.nlargest(self.bucket_items, bucket, key=bucket.__getitem__))
+        dropped = {i: w for i, w in bucket.items() if i not in kept}
+        buckets[closed] = {i: w for i, w in bucket.items() if i in kept}
+        for window in windows:
+            window.forget(closed, dropped)
+
+    def horizon(self, now: int) -> Window:
+        """The window read at ``now``: the shortest with enough evidence (the longest when
+        none has)."""
+        return next((w for w in self.windows if w.at(now)[1] >= self.evidence),
+                    self.windows[-1])
 
     def values(self, item_ids: Sequence[str], now: int) -> FloatArray:
-        return self.horizon(now).values(item_ids, now)
+        """The counts of ``item_ids`` in the window read at ``now`` (0 for others)."""
+        counts, _ = self.horizon(now).at(now)
+        return np.fromiter((counts.get(i, 0.0) for i in item_ids), dtype=np.float32,
+                           count=len(item_ids))
 
     def top(self, k: int, now: int) -> list[tuple[str, float]]:
-        return self.horizon(now).top(k, now)
+        """The k items with the highest counts in the window read at ``now``, highest
+        first (the order is kept until the next event)."""
+        window = self.horizon(now)
+        counts, _ = window.at(now)
+        key = (window.days, now // window.bucket_ms)
+        cached = self._ranked.get(key)
+        if cached is None or cached[0] != self._version or len(cached[1]) < min(k, len(counts)):
+            ranked = heapq.nlargest(max(k, Popularity.TOP_KEPT), counts, key=counts.__getitem__)
+            self._ranked = {key: (self._version, ranked)}
+        else:
+            ranked = cached[1]
+        return [(i, counts[i]) for i in ranked[:k]]
 
     def fresh(self) -> Trending:
-        """An empty one with the same horizons (memory regrown from stored users)."""
-        return Trending(self.half_lives_ms, self.evidence)
+        """An empty one with the same windows (memory regrown from stored users)."""
+        return Trending(self.window_days, self.evidence, self.bucket_items)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from app.core.learning import FEATURES
 from app.core.profile import DAY_MS
 from app.core.ranking import RankerParams
 from app.core.recommender import (
+    HOUR_MS,
     Catalogue,
     Popularity,
     Recommender,
@@ -588,19 +589,56 @@ def test_presence_halves_with_every_half_life_away() -> None:
     assert presence(1, 1 + 9 * DAY_MS, 3 * DAY_MS) == pytest.approx(0.125)
 
 
-def test_trending_reads_the_shortest_horizon_with_enough_evidence() -> None:
-    trending = Trending(half_lives_ms=(DAY_MS, 9 * DAY_MS), evidence=10.0)
+def test_trending_reads_the_shortest_window_with_enough_evidence() -> None:
+    trending = Trending(window_days=(1, 9, 81), evidence=10.0)
     for _ in range(8):
-        trending.add("titanic", 1.0, 0)            # a month ago: the old favourite
+        trending.add("titanic", 1.0, 0)            # two months ago: the old favourite
+    for _ in range(3):
+        trending.add("alien", 1.0, 55 * DAY_MS)    # last week
     for _ in range(4):
-        trending.add("cars", 1.0, 30 * DAY_MS)     # today: a few, rising
-    now = 30 * DAY_MS
-    # the day's counts hold 4 interactions (< 10): too little, the 9-day horizon answers
-    # (titanic's 8 have decayed 2 ** (30 / 9) ~ 10x: cars leads there too)
-    assert trending.horizon(now).half_life_ms == 9 * DAY_MS
-    assert [item for item, _ in trending.top(2, now)] == ["cars", "titanic"]
+        trending.add("cars", 1.0, 60 * DAY_MS)     # today: a few, rising
+    now = 60 * DAY_MS + HOUR_MS
+    # the day holds 4 interactions, the last 9 days 7 (< 10): the 81-day window answers
+    assert trending.horizon(now).days == 81
+    assert trending.top(3, now) == [("titanic", 8.0), ("cars", 4.0), ("alien", 3.0)]
+    for _ in range(6):
+        trending.add("alien", 1.0, 58 * DAY_MS)
+    assert trending.horizon(now).days == 9          # 13 in the last 9 days
+    assert trending.top(3, now) == [("alien", 9.0), ("cars", 4.0)]   # a flat window
     for _ in range(8):
-        trending.add("alien", 1.0, now)
-    assert trending.horizon(now).half_life_ms == DAY_MS   # 12 today: the day answers
-    assert [item for item, _ in trending.top(1, now)] == ["alien"]
-    assert trending.fresh().horizon(now).total(now) == 0.0
+        trending.add("jaws", 1.0, now)
+    assert trending.horizon(now).days == 1           # 12 today: the day answers
+    assert [item for item, _ in trending.top(1, now)] == ["jaws"]
+    assert trending.values(["cars", "alien", "nope"], now).tolist() == [4.0, 0.0, 0.0]
+    assert trending.fresh().horizon(now).at(now) == ({}, 0.0)
+
+
+def test_trending_read_later_leaves_out_the_days_that_left_the_window() -> None:
+    trending = Trending(window_days=(3, 9), evidence=1.0)
+    trending.add("titanic", 2.0, 0)
+    trending.add("cars", 1.0, 2 * DAY_MS)
+    assert trending.top(2, 2 * DAY_MS) == [("titanic", 2.0), ("cars", 1.0)]
+    assert trending.top(2, 3 * DAY_MS) == [("cars", 1.0)]      # day 0 left the 3 days
+    assert trending.top(2, 3 * DAY_MS - HOUR_MS) == [("titanic", 2.0), ("cars", 1.0)]
+    assert trending.top(2, 2 * DAY_MS) == [("titanic", 2.0), ("cars", 1.0)]  # unchanged
+    assert trending.horizon(5 * DAY_MS).days == 9               # nothing in the last 3
+    trending.add("alien", 1.0, 10 * DAY_MS)                     # the windows move on
+    assert trending.top(3, 10 * DAY_MS) == [("alien", 1.0)]     # the 3 days: alien only
+    assert set(trending.windows[0].buckets) == {10 * 24}       # hours: the last 3 days
+    assert set(trending.windows[1].buckets) == {2, 10}         # days: day 0 is gone
+    assert trending.horizon(10 * DAY_MS).at(10 * DAY_MS) == ({"alien": 1.0}, 1.0)
+
+
+def test_trending_memory_is_bounded_by_the_items_a_closed_bucket_keeps() -> None:
+    trending = Trending(window_days=(1, 9), evidence=1.0, bucket_items=2)
+    for item, times in (("a", 5), ("b", 4), ("c", 1), ("d", 1)):
+        for _ in range(times):
+            trending.add(item, 1.0, 0)
+    assert trending.top(4, 0) == [("a", 5.0), ("b", 4.0), ("c", 1.0), ("d", 1.0)]  # open
+    trending.add("e", 1.0, 2 * HOUR_MS)           # the first hour closes: c and d go
+    assert trending.top(5, 2 * HOUR_MS) == [("a", 5.0), ("b", 4.0), ("e", 1.0)]
+    assert trending.horizon(2 * HOUR_MS).total == 10.0
+    assert trending.windows[0].buckets[0] == {"a": 5.0, "b": 4.0}
+    trending.add("e", 1.0, 2 * DAY_MS)            # day 0 closes in the 9 days: c, d, e go
+    assert trending.windows[1].buckets[0] == {"a": 5.0, "b": 4.0}
+    assert trending.windows[1].counts == {"a": 5.0, "b": 4.0, "e": 1.0}   # e: day 2's
