@@ -1007,6 +1007,11 @@ def replay(
     train_update_epochs: Annotated[int, typer.Option(
         help="sequence-stream: epochs of every later round (warm-started).")] = 2,
     train_seed: Annotated[int, typer.Option(help="sequence-stream: the rounds' seed.")] = 0,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Worker processes in the consumer group, sharing the partitions (at "
+                    "most --partitions do work): each learns co-visitation and popularity "
+                    "from its own partitions' events only. Runs are saved as "
+                    "<variant>-x<workers>.json beside the single-worker ones.")] = 1,
     cut: Annotated[float | None, typer.Option(
         help="Global time split instead of leave-last-out: stream every rating before this "
              "quantile of the ratings' times (e.g. 0.9), then ask each returning user for "
@@ -1025,7 +1030,7 @@ def replay(
     model = sequence_model or Path.home() / ".cache" / "streamrec" / "models" / \
         f"{label(dataset_name(dataset), cold_items)}-seed0"
     asyncio.run(run_replays(dataset, variants.split(","), k, rate, window, partitions, broker,
-                            out, cold_items, model, training, cut))
+                            out, cold_items, model, training, cut, workers))
 
 
 @cli.command("eval")

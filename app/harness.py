@@ -25,7 +25,9 @@ from app.settings import Settings
 
 
 class WorkerRun:
-    """One run's settings (fresh topics and group) and its worker subprocess."""
+    """One run's settings (fresh topics and group) and its worker subprocesses: one, or
+    several in the same consumer group (:meth:`with_workers`), each with its own data folder
+    and web port (the first's are ``base_url`` and ``metrics_url``)."""
 
     def __init__(self, bootstrap: str, workdir: Path, partitions: int, name: str = "bench",
                  **settings: str) -> None:
@@ -45,40 +47,82 @@ class WorkerRun:
             k.removeprefix("STREAMREC_").lower(): v
             for k, v in self.env.items() if k.startswith("STREAMREC_")
         })
+        self.workdir = workdir
         self.base_url = f"http://127.0.0.1:{self.env['STREAMREC_WEB_PORT']}"
         self.metrics_url = f"{self.base_url}/metrics"
+        # the other members of the group: their own data folder and port, the rest shared
+        self._members: list[dict[str, str]] = []
+        self.base_urls = [self.base_url]
+        self.metrics_urls = [self.metrics_url]
         workdir.mkdir(parents=True, exist_ok=True)
         self.log = workdir / "worker.log"
         self.worker: subprocess.Popen[bytes] | None = None
+        self.others: list[subprocess.Popen[bytes]] = []
+
+    def with_workers(self, workers: int) -> WorkerRun:
+        """``workers`` worker processes in the group instead of one (before starting)."""
+        if workers < 1:
+            raise ValueError("a run needs at least one worker")
+        self._members = [{"STREAMREC_DATA_DIR": str(self.workdir / f"worker-{n}"),
+                          "STREAMREC_WEB_PORT": str(free_port())} for n in range(1, workers)]
+        self.base_urls = [self.base_url] + [
+            f"http://127.0.0.1:{m['STREAMREC_WEB_PORT']}" for m in self._members]
+        self.metrics_urls = [f"{url}/metrics" for url in self.base_urls]
+        return self
 
     def start_worker(self, module: str = "app.cli", **overrides: str) -> None:
-        """A worker process (``app.worker.ceiling`` for the decode-only reference);
-        ``overrides`` are extra STREAMREC_* settings, e.g. a fresh APP_ID."""
+        """The worker processes (``app.worker.ceiling`` for the decode-only reference, one
+        process only); ``overrides`` are extra STREAMREC_* settings, e.g. a fresh APP_ID."""
         env = {**self.env, **{f"STREAMREC_{k.upper()}": v for k, v in overrides.items()}}
         args = [sys.executable, "-m", module] + (["worker"] if module == "app.cli" else [])
         with self.log.open("ab") as log:
             self.worker = subprocess.Popen(args, env=env, stdout=log,
                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                            preexec_fn=die_with_parent)
+        if module != "app.cli":
+            return
+        for n, member in enumerate(self._members, start=1):
+            with self.log.with_name(f"worker-{n}.log").open("ab") as log:
+                self.others.append(subprocess.Popen(
+                    args, env={**env, **member}, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, preexec_fn=die_with_parent))
 
     def alive(self) -> bool:
-        return self.worker is not None and self.worker.poll() is None
+        return (self.worker is not None and self.worker.poll() is None
+                and all(p.poll() is None for p in self.others))
 
     def stop_worker(self) -> None:
-        stop_process(self.worker, grace=30)
-        self.worker = None
+        for process in [self.worker, *self.others]:
+            stop_process(process, grace=30)
+        self.worker, self.others = None, []
+
+    def total(self, name: str, **labels: str) -> float:
+        """A metric summed over every worker's /metrics (and over samples with ``labels``)."""
+        return sum(total(scrape(url), name, **labels) for url in self.metrics_urls)
+
+    def processed(self) -> float:
+        """Records of the events topic every worker together has processed."""
+        return sum(processed_events(url) for url in self.metrics_urls)
+
+    async def wait_ready(self, within: float = 300.0) -> None:
+        """Until every worker answers /ready (its share of partitions assigned and
+        recovered)."""
+        for url, process in zip(self.base_urls, [self.worker, *self.others], strict=False):
+            await wait_worker_ready(url, process, within)
 
     async def wait_metric(self, name: str, at_least: float, within: float = 300.0,
-                          **labels: str) -> None:
-        """Until the worker's ``name`` (summed over samples with ``labels``) reaches
-        ``at_least``; a worker that exits or a deadline passed raise."""
+                          every: bool = False, **labels: str) -> None:
+        """Until the workers' ``name`` (summed over samples with ``labels``, and over the
+        workers; with ``every``, on each worker) reaches ``at_least``; a worker that exits
+        or a deadline passed raise."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            if self.worker is not None and self.worker.poll() is not None:
+            if self.worker is not None and not self.alive():
                 raise RuntimeError(f"worker exited; see {self.log}")
             try:
-                samples = await asyncio.to_thread(scrape, self.metrics_url)
-                if total(samples, name, **labels) >= at_least:
+                values = [total(await asyncio.to_thread(scrape, url), name, **labels)
+                          for url in self.metrics_urls]
+                if (min(values) if every else sum(values)) >= at_least:
                     return
             except OSError:
                 pass
@@ -165,7 +209,7 @@ def flow_control(run: WorkerRun, window: int, already: float = 0.0
         while n - processed >= window // 2:
             if not run.alive():
                 raise RuntimeError(f"the worker exited; see {run.log}")
-            processed = await asyncio.to_thread(processed_events, run.metrics_url) - already
+            processed = await asyncio.to_thread(run.processed) - already
             if n - processed >= window // 2:
                 await asyncio.sleep(0.1)   # each look renders /metrics in the worker
 
@@ -178,8 +222,7 @@ async def wait_processed(run: WorkerRun, count: int, already: float = 0.0,
     """Wait until the worker has processed ``count`` more events than ``already`` (its
     /metrics); ``progress(done, count, seconds since began)`` is told at each look."""
     began = time.monotonic() if began is None else began
-    while (done := await asyncio.to_thread(processed_events, run.metrics_url)
-           - already) < count:
+    while (done := await asyncio.to_thread(run.processed) - already) < count:
         if not run.alive():
             raise RuntimeError(f"the worker exited; see {run.log}")
         if progress:

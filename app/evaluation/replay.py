@@ -48,7 +48,6 @@ from app.core.experiments import Experiment, variant_of
 from app.demo import rating_records
 from app.evaluation.split import Split, catalogue_records, profile_records
 from app.harness import WorkerRun, flow_control, produce_records, wait_processed
-from app.metrics import scrape, total
 
 VARIANTS = {
     # name: candidate sources (StreamRec settings), for the ablations
@@ -122,10 +121,19 @@ class ReplayRun:
     behaviour_model: dict[str, Any] = field(default_factory=dict)
     # user profiles the worker accepted before the stream (0 in runs recorded before them)
     profiles: int = 0
+    # worker processes in the consumer group (each with the co-visitation graph and the
+    # popularity of its own partitions' events)
+    workers: int = 1
+
+    @property
+    def name(self) -> str:
+        """The run's name in reports: its variant, and how many workers when more than one."""
+        return self.variant if self.workers == 1 else f"{self.variant} x{self.workers} workers"
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.variant}.json"
+        path = folder / (f"{self.variant}.json" if self.workers == 1
+                         else f"{self.variant}-x{self.workers}.json")
         path.write_text(json.dumps(asdict(self)))
         return path
 
@@ -319,10 +327,11 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
                  progress: Callable[[int, int, float], None] | None = None,
                  pull_progress: Callable[[int, int, float], None] | None = None,
                  behaviour_model: Path | None = None,
-                 training: StreamTraining | None = None,
+                 training: StreamTraining | None = None, workers: int = 1,
                  ) -> ReplayRun:
-    """Stream ``split`` through a fresh worker (its own topics and group) and collect what it
-    published; the ``sequence`` variants' worker serves ``behaviour_model``."""
+    """Stream ``split`` through a fresh worker (its own topics and group; or ``workers``
+    of them sharing the partitions) and collect what it published; the ``sequence``
+    variants' worker serves ``behaviour_model``."""
     served: dict[str, Any] = {}
     extra: dict[str, str] = {}
     if variant in SEQUENCE_VARIANTS:
@@ -334,16 +343,20 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         served = {"folder": str(behaviour_model), "version": manifest["version"],
                   "config": manifest["config"], "result": manifest.get("result", {})}
         extra["behaviour_model"] = str(behaviour_model)
+    if workers > 1 and variant == STREAM_TRAINED:
+        raise ValueError("the sequence-stream variant runs one worker")
     run = WorkerRun(broker, workdir / variant, partitions, name="replay",
                     recommendation_size=str(k), candidate_sources=VARIANTS[variant],
                     shown_items=str(SHOWN),
                     experiment_variants=EXPERIMENTS.get(variant, LEARNING_FOR_ALL),
                     behaviour_sample=BEHAVIOUR_SAMPLE, covisit_edges=str(COVISIT_EDGES),
-                    **extra)
+                    **extra).with_workers(workers)
     settings = run.settings
     await wait_until_ready(settings)
     await ensure_topics(settings)
     run.start_worker()
+    if workers > 1:   # every member holds its share before anything is produced
+        await run.wait_ready()
     sent: dict[str, float] = {}
     experiment = settings.ab_test()
     react = (_Reactions(broker, settings.topic_feedback, experiment)
@@ -357,7 +370,7 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         items = catalogue_records(split, first_ts)
         await produce_records(broker, settings.topic_items, items, None, {}, {})
         began = time.monotonic()
-        await run.wait_metric("streamrec_catalogue_items", len(items))
+        await run.wait_metric("streamrec_catalogue_items", len(items), every=True)
         say(f"{variant}: catalogue of {len(items):,} items embedded and indexed in "
             f"{time.monotonic() - began:.1f}s")
         profiles = profile_records(split, first_ts)
@@ -384,19 +397,19 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
             await wait_processed(run, len(records), progress=progress, began=began)
             training_seconds = 0.0
         seconds = time.monotonic() - began - training_seconds
-        published = total(await asyncio.to_thread(scrape, run.metrics_url),
-                          "streamrec_recommendations_total")
+        published = await asyncio.to_thread(run.total, "streamrec_recommendations_total")
         deadline = time.monotonic() + 120
         while collector.count < published and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
         model = await asyncio.to_thread(_model_of, run.base_url)
-        final = await asyncio.to_thread(scrape, run.metrics_url)
         model["behaviour_examples"] = {
-            outcome: total(final, "streamrec_behaviour_examples_total", outcome=outcome)
+            outcome: await asyncio.to_thread(run.total, "streamrec_behaviour_examples_total",
+                                             outcome=outcome)
             for outcome in ("learnt", "not_a_candidate")}
-        model["projection_pairs"] = total(final, "streamrec_projection_pairs_total")
-        profiles_accepted = round(total(final, "streamrec_input_records_total",
-                                        topic="users", outcome="accepted"))
+        model["projection_pairs"] = await asyncio.to_thread(
+            run.total, "streamrec_projection_pairs_total")
+        profiles_accepted = round(await asyncio.to_thread(
+            run.total, "streamrec_input_records_total", topic="users", outcome="accepted"))
         began = time.monotonic()
         end_lists = await asyncio.to_thread(pull_lists, run.base_url, list(split.targets),
                                             k, progress=pull_progress, at=asked_at(split))
@@ -422,6 +435,7 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         end_lists=end_lists,
         behaviour_model=served,
         profiles=profiles_accepted,
+        workers=workers,
     )
 
 
@@ -494,7 +508,8 @@ async def _wait_serving(run: WorkerRun, version: str, within: float = 300.0) -> 
 def summary(run: ReplayRun) -> dict[str, Any]:
     latency = np.array(run.latency_ms) if run.latency_ms else np.zeros(1)
     return {
-        "variant": run.variant, "events": run.events, "seconds": round(run.seconds, 1),
+        "variant": run.name, "workers": run.workers, "events": run.events,
+        "seconds": round(run.seconds, 1),
         "events_per_second": round(run.events_per_second),
         "recommendations": run.recommendations,
         "latency_p50_ms": float(np.percentile(latency, 50)),

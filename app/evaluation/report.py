@@ -200,8 +200,8 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
             # the behaviour model was trained offline on the whole stream: its online lists
             # were made by a model that had seen the ratings they are scored on
             continue
-        models[run.variant] = {user: list(items) for user, items in run.lists.items()}
-        shown[run.variant] = history_shown(run.lists, split)
+        models[run.name] = {user: list(items) for user, items in run.lists.items()}
+        shown[run.name] = history_shown(run.lists, split)
     say("baselines: popularity, co-visitation alone, implicit ALS")
     models["popularity"] = baselines.popularity(split)
     models["co-visitation alone"] = baselines.covisitation(
@@ -223,15 +223,15 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
             "ndcg10_by_history": _history_curve(lists, split),
         }
     advance("scoring the lists", len(models), len(models))
-    end_of_stream = {run.variant: _score(run.end_lists, split, users).row()
+    end_of_stream = {run.name: _score(run.end_lists, split, users).row()
                      for run in runs if run.end_lists}
-    end_shown = {run.variant: history_shown(run.end_lists, split)
+    end_shown = {run.name: history_shown(run.end_lists, split)
                  for run in runs if run.end_lists}
     plain = models.get("frozen")
-    plain_hits = next((run.hits for run in runs if run.variant == "frozen" and run.hits),
+    plain_hits = next((run.hits for run in runs if run.name == "frozen" and run.hits),
                       None)
-    ab = {run.variant: learning_vs_frozen(split, run, models[run.variant], plain, plain_hits)
-          for run in runs if run.experiment and run.variant in models}
+    ab = {run.name: learning_vs_frozen(split, run, models[run.name], plain, plain_hits)
+          for run in runs if run.experiment and run.name in models}
     return {
         "ab": ab,
         "dataset": split.dataset,
@@ -243,12 +243,12 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
         "hidden_item_users": len(hidden),
         "short_history_users": len(short),
         "history_buckets": list(HISTORY_BUCKETS),
-        "pipeline_variants": [run.variant for run in runs],
-        "scored_online": [run.variant for run in runs if run.variant in models],
+        "pipeline_variants": [run.name for run in runs],
+        "scored_online": [run.name for run in runs if run.name in models],
         "history_items_shown": shown,
         "history_items_shown_end_of_stream": end_shown,
         "replay": [summary(run) for run in runs],
-        "explanations": {run.variant: run.explanation_kinds for run in runs},
+        "explanations": {run.name: run.explanation_kinds for run in runs},
         "models": results,
         "end_of_stream": end_of_stream,
     }
@@ -560,7 +560,7 @@ def plots(report: dict[str, Any], runs: Sequence[ReplayRun], folder: Path
     for run in runs:
         if run.latency_ms:
             values = np.clip(np.array(run.latency_ms), 0.1, None)
-            ax.hist(values, bins=np.logspace(-1, 4, 80), histtype="step", label=run.variant)
+            ax.hist(values, bins=np.logspace(-1, 4, 80), histtype="step", label=run.name)
     ax.set_xscale("log")
     ax.set_xlabel("event -> recommendation (ms)")
     ax.set_ylabel("recommendations")

@@ -32,14 +32,15 @@ def label(dataset: str, cold_items: float, cut: float | None = None) -> str:
 async def run_replays(dataset: str, variants: list[str], k: int, rate: float | None,
                       window: int, partitions: int, broker: str | None, out: Path,
                       cold_items: float = 0.0, behaviour_model: Path | None = None,
-                      training: StreamTraining | None = None, cut: float | None = None
-                      ) -> None:
+                      training: StreamTraining | None = None, cut: float | None = None,
+                      workers: int = 1) -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise typer.BadParameter(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     with phases() as (say, advance):
         await _replay_variants(dataset, variants, k, rate, window, partitions, broker, out,
-                               cold_items, behaviour_model, training, cut, say, advance)
+                               cold_items, behaviour_model, training, cut, say, advance,
+                               workers)
 
 
 def _timed(advance: Advance, phase: str) -> Callable[[int, int, float], None]:
@@ -50,7 +51,8 @@ async def _replay_variants(dataset: str, variants: list[str], k: int, rate: floa
                            window: int, partitions: int, broker: str | None, out: Path,
                            cold_items: float, behaviour_model: Path | None,
                            training: StreamTraining | None, cut: float | None,
-                           say: Callable[[str], None], advance: Advance) -> None:
+                           say: Callable[[str], None], advance: Advance, workers: int = 1
+                           ) -> None:
     split = load(dataset, cold_items, cut)
     if split.cut_ms is not None:
         say(f"{dataset}: {len(split.stream):,} ratings before the cut ({cut:.0%} of the "
@@ -68,10 +70,11 @@ async def _replay_variants(dataset: str, variants: list[str], k: int, rate: floa
                                partitions=partitions, say=say,
                                progress=_timed(advance, f"{variant}: events"),
                                pull_progress=_timed(advance, f"{variant}: users asked"),
-                               behaviour_model=behaviour_model, training=training)
+                               behaviour_model=behaviour_model, training=training,
+                               workers=workers)
             path = run.save(out / label(dataset, cold_items, cut))
             s = summary(run)
-            say(f"{variant}: {s['events']:,} events in {s['seconds']:.0f}s "
+            say(f"{run.name}: {s['events']:,} events in {s['seconds']:.0f}s "
                 f"({s['events_per_second']:,}/s), {s['recommendations']:,} recommendations, "
                 f"latency p50 {s['latency_p50_ms']:.0f} ms p99 {s['latency_p99_ms']:.0f} ms "
                 f"-> {path}")

@@ -81,10 +81,10 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
     models: dict[str, dict[str, list[str]]] = {}
     for run in runs:
         if run.end_lists:
-            models[run.variant] = dict(run.end_lists)
+            models[run.name] = dict(run.end_lists)
     for run in runs:
         if run.lists:
-            models[f"{run.variant}, last list before leaving"] = {
+            models[f"{run.name}, last list before leaving"] = {
                 user: list(run.lists[user]) for user in split.targets if user in run.lists}
     say("baselines: popularity, trending, co-visitation alone, implicit ALS")
     models["popularity"] = baselines.popularity(split)
@@ -108,7 +108,7 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
     per_user = {name: _per_user_ndcg(lists, split, users) for name, lists in models.items()}
     paired = {f"{variant} - {baseline}":
               _mean_with_error(per_user[variant] - per_user[baseline])
-              for variant in (r.variant for r in runs if r.end_lists)
+              for variant in (r.name for r in runs if r.end_lists)
               for baseline in ("popularity", "trending")}
     return {
         "protocol": "time split",
@@ -119,8 +119,8 @@ def evaluate_runs(split: Split, runs: Sequence[ReplayRun],
         "items": len(split.items),
         "stream_ratings": len(split.stream),
         "away_users": {bucket: len(members) for bucket, members in slices.items()},
-        "pipeline_variants": [run.variant for run in runs],
-        "history_items_shown_at_cut": {run.variant: history_shown(run.end_lists, split)
+        "pipeline_variants": [run.name for run in runs],
+        "history_items_shown_at_cut": {run.name: history_shown(run.end_lists, split)
                                        for run in runs if run.end_lists},
         "models": results,
         "paired_ndcg10": paired,

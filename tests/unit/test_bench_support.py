@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from app import harness
 from app.bench.pipeline import summarise_profile
+from app.harness import WorkerRun
 
 
 def test_profile_summary_counts_inclusive_and_self_time(tmp_path: Path) -> None:
@@ -21,3 +25,22 @@ def test_profile_summary_counts_inclusive_and_self_time(tmp_path: Path) -> None:
     assert " 80.0%  process_batch (agents.py)" in inclusive
     assert " 60.0%  recommend (r.py)" in own
     assert " 20.0%  poll (consumer.py)" in own
+
+
+def test_a_run_of_several_workers_gives_each_its_own_port_and_data_and_sums_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = WorkerRun("127.0.0.1:9", tmp_path, 4, name="replay").with_workers(3)
+    assert len(set(run.base_urls)) == 3
+    assert run.base_urls[0] == run.base_url
+    assert run.metrics_urls[0] == run.metrics_url
+    folders = [run.env["STREAMREC_DATA_DIR"]] + [m["STREAMREC_DATA_DIR"] for m in run._members]
+    assert len(set(folders)) == 3
+    processed = {url: {("streamrec_input_records_total", (("topic", "events"),)): 10.0 * n}
+                 for n, url in enumerate(run.metrics_urls, start=1)}
+    monkeypatch.setattr(harness, "scrape", processed.__getitem__)
+    assert run.processed() == 60.0
+    assert run.total("streamrec_input_records_total", topic="events") == 60.0
+    single = WorkerRun("127.0.0.1:9", tmp_path, 4)
+    assert single.metrics_urls == [single.metrics_url]              # one worker by default
+    with pytest.raises(ValueError, match="at least one worker"):
+        run.with_workers(0)
