@@ -87,7 +87,9 @@ def run_eval(dataset: str, runs: Path, report_path: Path | None, update_benchmar
              json_output: bool, cold_items: float = 0.0, cut: float | None = None) -> int:
     name = label(dataset, cold_items, cut)
     folder = runs / name
-    found = [folder / f"{v}.json" for v in VARIANTS if (folder / f"{v}.json").exists()]
+    found = [path for v in VARIANTS for path in [folder / f"{v}.json", *sorted(
+        folder.glob(f"{v}-x*.json"), key=lambda p: int(p.stem.rpartition("-x")[2]))]
+        if path.exists()]   # each variant's single-worker run, then its many-worker ones
     if not found:
         typer.echo(f"no replay runs in {folder}: run `streamrec replay --dataset {dataset}`"
                    + (f" --cold-items {cold_items}" if cold_items else "")
