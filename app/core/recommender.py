@@ -251,7 +251,8 @@ class Trending:
     weeks, rather than noise). Windows of up to 3 days count in hourly buckets, longer ones
     in daily buckets. Memory is bounded: when a bucket closes, only its ``bucket_items``
     most interacted-with items are kept (what a top 50 is made of), so at most 72 hourly
-    and 27 daily buckets of that many items, whatever the traffic."""
+    and 27 daily buckets of that many items, whatever the traffic, beside the open hour and
+    day (every item touched in them)."""
 
     window_days: tuple[int, ...] = TRENDING_WINDOWS_DAYS
     evidence: float = TRENDING_EVIDENCE
@@ -261,6 +262,8 @@ class Trending:
     _newest: dict[int, int] = field(default_factory=dict)   # per resolution: newest bucket
     _version: int = 0
     _ranked: dict[tuple[int, int], tuple[int, list[str]]] = field(default_factory=dict)
+    _groups: list[tuple[int, dict[int, dict[str, float]], list[Window], int]] = field(
+        default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.windows:
@@ -268,11 +271,14 @@ class Trending:
                 resolution = HOUR_MS if days <= 3 else DAY_MS
                 buckets = self._resolutions.setdefault(resolution, {})
                 self.windows.append(Window(days, resolution, buckets))
+        # per resolution: its buckets, its windows and the longest span (the hot path)
+        self._groups = [(resolution, buckets,
+                         [w for w in self.windows if w.bucket_ms == resolution],
+                         max(w.span for w in self.windows if w.bucket_ms == resolution))
+                        for resolution, buckets in self._resolutions.items()]
 
     def add(self, item_id: str, weight: float, ts: int) -> None:
-        for resolution, buckets in self._resolutions.items():
-            windows = [w for w in self.windows if w.bucket_ms == resolution]
-            longest = max(w.span for w in windows)
+        for resolution, buckets, windows, longest in self._groups:
             at = ts // resolution
             newest = self._newest.get(resolution)
             if newest is not None and at <= newest - longest:
