@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,3 +255,19 @@ def test_the_time_split_report_scores_lists_asked_at_the_cut_beside_trending() -
     text = timesplit.markdown(result, "streamrec eval --cut 0.5", {})
     assert "| frozen |" in text
     assert "| trending |" in text
+
+
+def test_a_many_worker_run_is_saved_and_reported_beside_the_single_worker_one(
+        tmp_path: Path) -> None:
+    from app.evaluation.replay import ReplayRun
+
+    def run(workers: int, lists: dict[str, list[str]]) -> ReplayRun:
+        return ReplayRun(dataset="t", variant="frozen", sources="", k=3, events=1,
+                         seconds=1.0, events_per_second=1.0, recommendations=1,
+                         lists=lists, workers=workers)
+
+    one, four = run(1, {"a": ["y"]}), run(4, {"a": ["x"]})
+    assert (one.name, four.name) == ("frozen", "frozen x4 workers")
+    assert one.save(tmp_path).name == "frozen.json"
+    assert four.save(tmp_path).name == "frozen-x4.json"
+    assert ReplayRun.load(tmp_path / "frozen-x4.json").workers == 4
