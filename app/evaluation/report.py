@@ -503,15 +503,17 @@ def _published_lines(ax: Any, at: float, suffix: str = "") -> None:
         ax.text(at, values["NDCG@10"], f" {name}{suffix}", fontsize=7)
 
 
-def plots(report: dict[str, Any], runs: Sequence[ReplayRun], folder: Path
-          ) -> dict[str, str]:
-    """PNG plots beside the report; returns {title: relative path}."""
+def plots(report: dict[str, Any], runs: Sequence[ReplayRun], folder: Path,
+          prefix: str | None = None) -> dict[str, str]:
+    """PNG plots beside the report, their files named ``<prefix>-...`` (default: the
+    dataset); returns {title: relative path}."""
     plt = pyplot()
     if plt is None:
         return {}
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, str] = {}
     dataset = report["dataset"]
+    prefix = prefix or dataset
     models = report["models"]
     names = list(models)
 
@@ -524,7 +526,7 @@ def plots(report: dict[str, Any], runs: Sequence[ReplayRun], folder: Path
     ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
     ax.set_title(f"{dataset}: quality per model (full ranking, leave-last-out)")
     ax.legend()
-    out["metrics per model"] = save(fig, folder / f"{dataset}-models.png")
+    out["metrics per model"] = save(fig, folder / f"{prefix}-models.png")
 
     ends = report.get("end_of_stream") or {}
     if ends:
@@ -542,7 +544,7 @@ def plots(report: dict[str, Any], runs: Sequence[ReplayRun], folder: Path
         ax.set_ylabel("NDCG@10")
         ax.set_title(f"{dataset}: online lists vs the same worker asked at the end")
         ax.legend(fontsize=8)
-        out["online vs end of stream"] = save(fig, folder / f"{dataset}-end-of-stream.png")
+        out["online vs end of stream"] = save(fig, folder / f"{prefix}-end-of-stream.png")
 
     fig, ax = plt.subplots(figsize=(8, 3.8))
     buckets = report["history_buckets"]
@@ -554,7 +556,7 @@ def plots(report: dict[str, Any], runs: Sequence[ReplayRun], folder: Path
     ax.set_ylabel("NDCG@10")
     ax.set_title(f"{dataset}: NDCG@10 against history length")
     ax.legend(fontsize=7)
-    out["NDCG@10 against history length"] = save(fig, folder / f"{dataset}-history.png")
+    out["NDCG@10 against history length"] = save(fig, folder / f"{prefix}-history.png")
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for run in runs:
@@ -566,7 +568,7 @@ def plots(report: dict[str, Any], runs: Sequence[ReplayRun], folder: Path
     ax.set_ylabel("recommendations")
     ax.set_title(f"{dataset}: latency during the replay")
     ax.legend(fontsize=7)
-    out["latency during the replay"] = save(fig, folder / f"{dataset}-latency.png")
+    out["latency during the replay"] = save(fig, folder / f"{prefix}-latency.png")
 
     for run_name, result in report.get("ab", {}).items():
         fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -577,7 +579,7 @@ def plots(report: dict[str, Any], runs: Sequence[ReplayRun], folder: Path
         ax.set_ylabel(f"click-through (top {SHOWN})")
         ax.set_title(f"{dataset}: learning curve of the `{run_name}` run")
         ax.legend(fontsize=8)
-        out[f"learning curve ({run_name})"] = save(fig, folder / f"{dataset}-{run_name}-curve.png")
+        out[f"learning curve ({run_name})"] = save(fig, folder / f"{prefix}-{run_name}-curve.png")
     return out
 
 

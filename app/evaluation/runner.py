@@ -106,7 +106,8 @@ def run_eval(dataset: str, runs: Path, report_path: Path | None, update_benchmar
     if report_path is not None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
         if cut is None:
-            images = reporting.plots(result, loaded, report_path.parent / "img")
+            images = reporting.plots(result, loaded, report_path.parent / "img",
+                                     report_path.stem)
             report_path.write_text(reporting.markdown(result, command, images))
         else:
             images = timesplit.plots(result, report_path.parent / "img")
