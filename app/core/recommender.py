@@ -182,10 +182,9 @@ class Popularity:
 @dataclass
 class Window:
     """Interaction counts over a sliding window of event time: the last ``span`` buckets
-    (hours or days, ``bucket_ms``) up to the time asked (not decay: an item watched
+    (hours or days, ``bucket_ms``) up to the newest event (not decay: an item watched
     steadily a month ago weighs nothing once the month is out, and last week's counts are
-    not shrunk). Reading at the newest event's bucket is exact and cheap (totals kept as
-    events arrive); reading later subtracts the buckets that have left the window."""
+    not shrunk). Totals are kept as events arrive, so reading is a lookup."""
 
     days: int
     bucket_ms: int
@@ -223,13 +222,11 @@ class Window:
         return total
 
     def at(self, now: int) -> tuple[dict[str, float], float]:
-        """The counts and their total over the window ending at ``now`` (never before the
-        newest event: a list asked in the past reads the newest window)."""
-        bucket = now // self.bucket_ms
-        if self.at_bucket is None or bucket <= self.at_bucket:
-            return self.counts, self.total
-        counts = dict(self.counts)
-        return counts, self._leave(counts, self.total, bucket)
+        """The counts and their total over the window read at ``now``: the window ends at
+        the newest event, not at ``now`` (asked after a quiet month, what was trending
+        when the stream last moved, not nothing)."""
+        del now
+        return self.counts, self.total
 
 
 def _subtract(counts: dict[str, float], total: float, gone: Mapping[str, float]) -> float:

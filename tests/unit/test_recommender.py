@@ -613,20 +613,22 @@ def test_trending_reads_the_shortest_window_with_enough_evidence() -> None:
     assert trending.fresh().horizon(now).at(now) == ({}, 0.0)
 
 
-def test_trending_read_later_leaves_out_the_days_that_left_the_window() -> None:
+def test_trending_windows_move_with_the_newest_event_not_the_time_asked() -> None:
     trending = Trending(window_days=(3, 9), evidence=1.0)
     trending.add("titanic", 2.0, 0)
     trending.add("cars", 1.0, 2 * DAY_MS)
     assert trending.top(2, 2 * DAY_MS) == [("titanic", 2.0), ("cars", 1.0)]
-    assert trending.top(2, 3 * DAY_MS) == [("cars", 1.0)]      # day 0 left the 3 days
-    assert trending.top(2, 3 * DAY_MS - HOUR_MS) == [("titanic", 2.0), ("cars", 1.0)]
-    assert trending.top(2, 2 * DAY_MS) == [("titanic", 2.0), ("cars", 1.0)]  # unchanged
-    assert trending.horizon(5 * DAY_MS).days == 9               # nothing in the last 3
-    trending.add("alien", 1.0, 10 * DAY_MS)                     # the windows move on
-    assert trending.top(3, 10 * DAY_MS) == [("alien", 1.0)]     # the 3 days: alien only
+    # asked a month later with nothing since: what was trending when the stream last moved
+    assert trending.top(2, 32 * DAY_MS) == [("titanic", 2.0), ("cars", 1.0)]
+    trending.add("cars", 1.0, 3 * DAY_MS)             # day 0 leaves the 3 days
+    assert trending.top(2, 3 * DAY_MS) == [("cars", 2.0)]
+    assert trending.horizon(3 * DAY_MS).days == 3
+    trending.add("alien", 1.0, 10 * DAY_MS)           # the windows move on
+    assert trending.top(3, 10 * DAY_MS) == [("alien", 1.0)]    # the 3 days: alien only
     assert set(trending.windows[0].buckets) == {10 * 24}       # hours: the last 3 days
-    assert set(trending.windows[1].buckets) == {2, 10}         # days: day 0 is gone
+    assert set(trending.windows[1].buckets) == {2, 3, 10}      # days: day 0 is gone
     assert trending.horizon(10 * DAY_MS).at(10 * DAY_MS) == ({"alien": 1.0}, 1.0)
+    assert trending.windows[1].at(10 * DAY_MS) == ({"cars": 2.0, "alien": 1.0}, 3.0)
 
 
 def test_trending_memory_is_bounded_by_the_items_a_closed_bucket_keeps() -> None:
