@@ -201,7 +201,7 @@ class Window:
         if self.at_bucket is None:
             self.at_bucket = bucket
         if bucket > self.at_bucket:
-            self.total = self._leave(self.counts, self.total, bucket)
+            self._leave(bucket)
             self.at_bucket = bucket
         if bucket > self.at_bucket - self.span:
             self.counts[item_id] = self.counts.get(item_id, 0.0) + weight
@@ -212,21 +212,13 @@ class Window:
         if self.at_bucket is not None and bucket > self.at_bucket - self.span:
             self.total = _subtract(self.counts, self.total, dropped)
 
-    def _leave(self, counts: dict[str, float], total: float, bucket: int) -> float:
-        """Take out of ``counts`` the buckets that leave the window when it moves from
-        its bucket to ``bucket``; the total left."""
+    def _leave(self, bucket: int) -> None:
+        """Take out the buckets that leave the window when it moves from its bucket to
+        ``bucket``."""
         assert self.at_bucket is not None
         for gone in range(self.at_bucket - self.span + 1,
                           min(bucket - self.span, self.at_bucket) + 1):
-            total = _subtract(counts, total, self.buckets.get(gone, {}))
-        return total
-
-    def at(self, now: int) -> tuple[dict[str, float], float]:
-        """The counts and their total over the window read at ``now``: the window ends at
-        the newest event, not at ``now`` (asked after a quiet month, what was trending
-        when the stream last moved, not nothing)."""
-        del now
-        return self.counts, self.total
+            self.total = _subtract(self.counts, self.total, self.buckets.get(gone, {}))
 
 
 def _subtract(counts: dict[str, float], total: float, gone: Mapping[str, float]) -> float:
@@ -243,36 +235,38 @@ def _subtract(counts: dict[str, float], total: float, gone: Mapping[str, float])
 @dataclass
 class Trending:
     """What is popular now: interaction counts over sliding windows of the last 1, 3, 9 and
-    27 days, read over the shortest that holds at least ``evidence`` interactions at the
-    time asked (a shop with thousands of events a day reads its last day; a slow stream,
-    weeks, rather than noise). Windows of up to 3 days count in hourly buckets, longer ones
-    in daily buckets. Memory is bounded: when a bucket closes, only its ``bucket_items``
-    most interacted-with items are kept (what a top 50 is made of), so at most 72 hourly
-    and 27 daily buckets of that many items, whatever the traffic, beside the open hour and
-    day (every item touched in them)."""
+    27 days, read over the shortest that holds at least ``evidence`` interactions (a shop
+    with thousands of events a day reads its last day; a slow stream, weeks, rather than
+    noise). The windows end at the newest event read, not at the time asked: a user asked
+    about after a quiet month gets what was trending when the stream last moved (``now``
+    is taken for the same calls as :class:`Popularity`'s, and does not move them).
+    Windows of up to 3 days count in hourly buckets, longer ones in daily buckets. Memory
+    is bounded: when a bucket closes, only its ``bucket_items`` most interacted-with items
+    are kept (what a top 50 is made of), so at most 72 hourly and 27 daily buckets of that
+    many items, whatever the traffic, beside the open hour and day (every item touched in
+    them)."""
 
     window_days: tuple[int, ...] = TRENDING_WINDOWS_DAYS
     evidence: float = TRENDING_EVIDENCE
     bucket_items: int = TRENDING_BUCKET_ITEMS
-    windows: list[Window] = field(default_factory=list)
-    _resolutions: dict[int, dict[int, dict[str, float]]] = field(default_factory=dict)
+    windows: list[Window] = field(init=False)   # shortest first
     _newest: dict[int, int] = field(default_factory=dict)   # per resolution: newest bucket
     _version: int = 0
-    _ranked: dict[tuple[int, int], tuple[int, list[str]]] = field(default_factory=dict)
+    _ranked: tuple[int, int, list[str]] | None = None   # (window days, version, top items)
+    # per resolution: its buckets, its windows and their longest span (the per-event path)
     _groups: list[tuple[int, dict[int, dict[str, float]], list[Window], int]] = field(
-        default_factory=list, init=False, repr=False)
+        init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.windows:
-            for days in sorted(self.window_days):
-                resolution = HOUR_MS if days <= 3 else DAY_MS
-                buckets = self._resolutions.setdefault(resolution, {})
-                self.windows.append(Window(days, resolution, buckets))
-        # per resolution: its buckets, its windows and the longest span (the hot path)
+        resolutions: dict[int, dict[int, dict[str, float]]] = {}
+        self.windows = []
+        for days in sorted(self.window_days):
+            resolution = HOUR_MS if days <= 3 else DAY_MS
+            self.windows.append(Window(days, resolution, resolutions.setdefault(resolution, {})))
         self._groups = [(resolution, buckets,
                          [w for w in self.windows if w.bucket_ms == resolution],
                          max(w.span for w in self.windows if w.bucket_ms == resolution))
-                        for resolution, buckets in self._resolutions.items()]
+                        for resolution, buckets in resolutions.items()]
 
     def add(self, item_id: str, weight: float, ts: int) -> None:
         for resolution, buckets, windows, longest in self._groups:
@@ -305,29 +299,29 @@ class Trending:
             window.forget(closed, dropped)
 
     def horizon(self, now: int) -> Window:
-        """The window read at ``now``: the shortest with enough evidence (the longest when
-        none has)."""
-        return next((w for w in self.windows if w.at(now)[1] >= self.evidence),
-                    self.windows[-1])
+        """The window read: the shortest with enough evidence (the longest when none
+        has)."""
+        del now   # (the windows end at the newest event)
+        return next((w for w in self.windows if w.total >= self.evidence), self.windows[-1])
 
     def values(self, item_ids: Sequence[str], now: int) -> FloatArray:
-        """The counts of ``item_ids`` in the window read at ``now`` (0 for others)."""
-        counts, _ = self.horizon(now).at(now)
+        """The counts of ``item_ids`` in the window read (0 for others)."""
+        counts = self.horizon(now).counts
         return np.fromiter((counts.get(i, 0.0) for i in item_ids), dtype=np.float32,
                            count=len(item_ids))
 
     def top(self, k: int, now: int) -> list[tuple[str, float]]:
-        """The k items with the highest counts in the window read at ``now``, highest
-        first (the order is kept until the next event)."""
+        """The k items with the highest counts in the window read, highest first (the
+        order is kept until the next event)."""
         window = self.horizon(now)
-        counts, _ = window.at(now)
-        key = (window.days, now // window.bucket_ms)
-        cached = self._ranked.get(key)
-        if cached is None or cached[0] != self._version or len(cached[1]) < min(k, len(counts)):
+        counts = window.counts
+        cached = self._ranked
+        if (cached is None or cached[:2] != (window.days, self._version)
+                or len(cached[2]) < min(k, len(counts))):
             ranked = heapq.nlargest(max(k, Popularity.TOP_KEPT), counts, key=counts.__getitem__)
-            self._ranked = {key: (self._version, ranked)}
+            self._ranked = (window.days, self._version, ranked)
         else:
-            ranked = cached[1]
+            ranked = cached[2]
         return [(i, counts[i]) for i in ranked[:k]]
 
     def fresh(self) -> Trending:
