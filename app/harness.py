@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from app.broker.admin import end_tracker
 from app.broker.apache import free_port
 from app.broker.embedded import die_with_parent, stop_process
-from app.metrics import scrape, total
+from app.metrics import Samples, scrape, total
 from app.settings import Settings
 
 
@@ -96,13 +96,21 @@ class WorkerRun:
             stop_process(process, grace=30)
         self.worker, self.others = None, []
 
+    def samples(self) -> Samples:
+        """Every worker's /metrics samples, summed per name and labels."""
+        merged: Samples = {}
+        for url in self.metrics_urls:
+            for key, value in scrape(url).items():
+                merged[key] = merged.get(key, 0.0) + value
+        return merged
+
     def total(self, name: str, **labels: str) -> float:
         """A metric summed over every worker's /metrics (and over samples with ``labels``)."""
-        return sum(total(scrape(url), name, **labels) for url in self.metrics_urls)
+        return total(self.samples(), name, **labels)
 
     def processed(self) -> float:
         """Records of the events topic every worker together has processed."""
-        return sum(processed_events(url) for url in self.metrics_urls)
+        return self.total("streamrec_input_records_total", topic="events")
 
     async def wait_ready(self, within: float = 300.0) -> None:
         """Until every worker answers /ready (its share of partitions assigned and
@@ -188,11 +196,6 @@ async def wait_worker_ready(base_url: str, worker: subprocess.Popen[bytes] | Non
             return
         await asyncio.sleep(0.5)
     raise TimeoutError("the worker did not become ready")
-
-
-def processed_events(url: str) -> float:
-    """Records of the events topic a worker has processed (its /metrics)."""
-    return total(scrape(url), "streamrec_input_records_total", topic="events")
 
 
 def flow_control(run: WorkerRun, window: int, already: float = 0.0

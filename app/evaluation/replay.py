@@ -48,6 +48,7 @@ from app.core.experiments import Experiment, variant_of
 from app.demo import rating_records
 from app.evaluation.split import Split, catalogue_records, profile_records
 from app.harness import WorkerRun, flow_control, produce_records, wait_processed
+from app.metrics import total
 
 VARIANTS = {
     # name: candidate sources (StreamRec settings), for the ablations
@@ -402,14 +403,13 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         while collector.count < published and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
         model = await asyncio.to_thread(_model_of, run.base_url)
+        final = await asyncio.to_thread(run.samples)
         model["behaviour_examples"] = {
-            outcome: await asyncio.to_thread(run.total, "streamrec_behaviour_examples_total",
-                                             outcome=outcome)
+            outcome: total(final, "streamrec_behaviour_examples_total", outcome=outcome)
             for outcome in ("learnt", "not_a_candidate")}
-        model["projection_pairs"] = await asyncio.to_thread(
-            run.total, "streamrec_projection_pairs_total")
-        profiles_accepted = round(await asyncio.to_thread(
-            run.total, "streamrec_input_records_total", topic="users", outcome="accepted"))
+        model["projection_pairs"] = total(final, "streamrec_projection_pairs_total")
+        profiles_accepted = round(total(final, "streamrec_input_records_total",
+                                        topic="users", outcome="accepted"))
         began = time.monotonic()
         end_lists = await asyncio.to_thread(pull_lists, run.base_url, list(split.targets),
                                             k, progress=pull_progress, at=asked_at(split))
