@@ -21,7 +21,7 @@ beyond the two items' popularity (:meth:`CoVisitation.lift`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,13 +151,51 @@ class CoVisitation:
         """Record that ``item`` follows ``history`` (the user's items, oldest first)."""
         visited = self._id(item)   # (first: interning may grow ``visits``)
         self.visits[visited] += 1.0
+        for source, target, strength in self.increments(history, item, weight):
+            self._add(source, target, strength)
+
+    def increments(self, history: Sequence[str], item: str, weight: float = 1.0
+                   ) -> Iterator[tuple[str, str, float]]:
+        """The edges (source, target, strength added) that ``item`` following ``history``
+        strengthens: what :meth:`observe` adds, for a caller that sums them elsewhere (the
+        global item statistics, app.core.itemstats)."""
         for distance, previous in enumerate(reversed(history[-self.window:]), start=1):
             if previous == item:
                 continue
             strength = weight / distance
-            self._add(previous, item, strength)
+            yield previous, item, strength
             if self.backward:
-                self._add(item, previous, strength * self.backward)
+                yield item, previous, strength * self.backward
+
+    def merge(self, edges: Mapping[str, Mapping[str, float]], visits: Mapping[str, float]
+              ) -> None:
+        """Add summed increments (source -> target -> strength; visits per item), with the
+        same bound as :meth:`observe`: an item's edges are pruned to the strongest
+        ``max_neighbours`` once it holds twice that."""
+        for item, count in visits.items():
+            visited = self._id(item)   # (first: interning may grow ``visits``)
+            self.visits[visited] += count
+        for source, targets in edges.items():
+            for target, strength in targets.items():
+                self._add(source, target, strength)
+
+    def replace(self, item: str, targets: Sequence[str], strengths: Sequence[float],
+                visits: float) -> None:
+        """Set ``item``'s outgoing edges and visits to the given ones (an item's entry of
+        the global graph, which every worker follows): its edges before are dropped."""
+        visited = self._id(item)   # (first: interning may grow ``visits``)
+        self.visits[visited] = visits
+        if not targets:
+            self.out.pop(item, None)
+            return
+        ids = np.fromiter((self._id(t) for t in targets), dtype=np.int64, count=len(targets))
+        self.out[item] = _Out({int(t): slot for slot, t in enumerate(ids.tolist())}, ids,
+                              np.asarray(strengths, dtype=np.float64))
+
+    def visited(self, item: str) -> float:
+        """How often ``item`` was observed as the next item."""
+        found = self.index.get(item)
+        return 0.0 if found is None else float(self.visits[found])
 
     def _id(self, item: str) -> int:
         found = self.index.get(item)

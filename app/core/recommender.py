@@ -131,6 +131,38 @@ class Popularity:
         scaled = weight * self._scale(ts)   # first: rescaling may replace every score
         self._total += scaled
         score = self.scores[item_id] = self.scores.get(item_id, 0.0) + scaled
+        self._rerank(item_id, score)
+
+    @property
+    def latest(self) -> int:
+        """The newest event time counted (0: none)."""
+        return self._latest
+
+    def merge(self, scores: Mapping[str, float], reference: int, latest: int) -> None:
+        """Add the counts of another Popularity of the same half-life (its ``scores``,
+        scaled to its ``reference``, newest count at ``latest``): each is a sum of weights
+        scaled to that reference, so it adds here as one count at that time."""
+        for item_id, scaled in scores.items():
+            self.add(item_id, scaled, reference)
+        if scores:
+            self._latest = max(self._latest, latest)
+
+    def set(self, item_id: str, value: float, at: int) -> None:
+        """Make ``item_id``'s count ``value`` at time ``at`` (an item's entry of the global
+        statistics, which every worker follows), whatever it was."""
+        self._latest = max(self._latest, at)
+        scaled = value * self._scale(at)
+        before = self.scores.get(item_id, 0.0)
+        self._total += scaled - before
+        self.scores[item_id] = scaled
+        if scaled < before and item_id in self._top:   # the one way a kept score shrinks
+            self._floor = min(self._floor, scaled)
+            self._ranked = None
+            return
+        self._rerank(item_id, scaled)
+
+    def _rerank(self, item_id: str, score: float) -> None:
+        """Keep ``_top`` (the TOP_KEPT strongest) right after ``item_id``'s score grew."""
         top = self._top
         if item_id in top:
             self._ranked = None
