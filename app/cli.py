@@ -1009,9 +1009,12 @@ def replay(
     train_seed: Annotated[int, typer.Option(help="sequence-stream: the rounds' seed.")] = 0,
     workers: Annotated[int, typer.Option(
         min=1, help="Worker processes in the consumer group, sharing the partitions (at "
-                    "most --partitions do work): each learns co-visitation and popularity "
-                    "from its own partitions' events only. Runs are saved as "
+                    "most --partitions do work). Runs are saved as "
                     "<variant>-x<workers>.json beside the single-worker ones.")] = 1,
+    global_items: Annotated[bool, typer.Option(
+        "--global-items", help="Co-visitation and popularity from every worker's events, "
+        "merged per item (STREAMREC_ITEM_STATS=global), not each worker's own partitions'. "
+        "Runs are saved as <variant>-global[-x<workers>].json.")] = False,
     cut: Annotated[float | None, typer.Option(
         help="Global time split instead of leave-last-out: stream every rating before this "
              "quantile of the ratings' times (e.g. 0.9), then ask each returning user for "
@@ -1030,7 +1033,8 @@ def replay(
     model = sequence_model or Path.home() / ".cache" / "streamrec" / "models" / \
         f"{label(dataset_name(dataset), cold_items)}-seed0"
     asyncio.run(run_replays(dataset, variants.split(","), k, rate, window, partitions, broker,
-                            out, cold_items, model, training, cut, workers))
+                            out, cold_items, model, training, cut, workers,
+                            "global" if global_items else "local"))
 
 
 @cli.command("eval")

@@ -21,7 +21,8 @@ from app.core.attribution import UNATTRIBUTED
 
 INPUT_TOPICS = ("events", "items", "feedback", "users")
 OUTCOMES = ("accepted", "duplicate", "rejected")
-TABLES = ("user-state", "item-state", "feedback-state", "profile-state")   # metric labels
+TABLES = ("user-state", "item-state", "feedback-state", "profile-state",   # metric labels
+          "item-stats")
 _BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
@@ -42,6 +43,7 @@ class Metrics:
     recommendations: Counter
     written_bytes: Counter
     latency: Histogram
+    item_stats_freshness: Histogram
     candidates: Counter
     catalogue_items: Gauge
     consumer_lag: Gauge
@@ -168,6 +170,15 @@ class Metrics:
                 "From an event's Kafka timestamp to the publication of the recommendation it "
                 "caused.",
                 buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
+                registry=registry,
+            ),
+            item_stats_freshness=Histogram(
+                "streamrec_item_stats_freshness_seconds",
+                "With item_stats=global: from an event's Kafka timestamp until this worker's "
+                "co-visitation graph and popularity hold it (the oldest event of each "
+                "followed item entry). Every worker's graph reflects an event once its "
+                "slowest follower does: read the highest p99 over the workers.",
+                buckets=(0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0),
                 registry=registry,
             ),
             candidates=Counter(
@@ -370,10 +381,10 @@ class Metrics:
         for event_type in EVENT_TYPES:
             metrics.events.labels(event_type)
         metrics.processing_errors.labels("recommendations")
-        for written in (*TABLES, "recommendations", "catalogue"):
+        for written in (*TABLES, "recommendations", "catalogue", "evidence"):
             metrics.written_bytes.labels(written)
         metrics.processing_errors.labels("behaviour")
-        for followed in ("catalogue", "models"):   # a record that could not be applied
+        for followed in ("catalogue", "models", "item-stats", "evidence"):   # not applied
             metrics.processing_errors.labels(followed)
         for source in ("encoder", "covisit", "popular", "sequence", "trending"):
             metrics.candidates.labels(source)

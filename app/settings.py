@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     """Internal: ranker parameter versions (head and checkpoints), read in full by every
     worker (compacted, one partition)."""
 
+    topic_evidence: str = "item-evidence"
+    """Internal (``item_stats=global``): what each batch of events teaches about items,
+    one record per item partition and batch, read by the owner of that partition."""
+
     partitions: int = Field(default=8, ge=1, le=4096)
     """Partitions of every user-keyed topic (must be equal: topics are co-partitioned)."""
 
@@ -337,6 +341,20 @@ class Settings(BaseSettings):
     session_timeout_seconds: float = Field(default=30.0, gt=0)
     """Consumer group session timeout (the embedded broker uses at most 10 s)."""
 
+    item_stats: Literal["local", "global"] = "local"
+    """Where the co-visitation graph and popularity come from. ``local``: each worker
+    counts the events of its own partitions (with N workers, ~1/N of the evidence: 4
+    workers lost 9-29% of NDCG@10, BENCHMARKS.md "Many workers"). ``global``: each batch's
+    evidence goes to the worker owning each item's partition of the ``item-evidence``
+    topic, which merges it into the ``item-stats`` table; every worker follows that
+    table's compacted changelog (docs/pipeline.md, "Global item statistics"). Trending
+    and segment popularity stay per worker either way."""
+
+    item_stats_flush_seconds: float = Field(default=1.0, gt=0, le=60)
+    """With ``item_stats=global``: how long an item's owner gathers evidence before it
+    writes the entries of the items that changed (once each, however many records touched
+    them). Longer: fewer, larger writes; every worker's graph is that much later."""
+
     request_timeout_seconds: float = Field(default=40.0, gt=0)
     """Kafka request timeout."""
 
@@ -378,7 +396,15 @@ class Settings(BaseSettings):
                      if name.startswith("topic_"))
 
     def input_topics(self) -> tuple[str, ...]:
-        return (self.topic_events, self.topic_items, self.topic_feedback, self.topic_users)
+        """The topics the worker's consumer group reads (the evidence topic too with global
+        item statistics)."""
+        inputs = (self.topic_events, self.topic_items, self.topic_feedback, self.topic_users)
+        return (*inputs, self.topic_evidence) if self.global_items else inputs
+
+    @property
+    def global_items(self) -> bool:
+        """True when item statistics are shared by every worker (``item_stats=global``)."""
+        return self.item_stats == "global"
 
     def canonical_url(self) -> str:
         if self.web_canonical_url:

@@ -30,7 +30,7 @@ _MODELS = {**_COMPACTED, "segment.ms": str(10 * 60 * 1000),
            "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": str(3600 * 1000)}
 
 
-STATE_TABLES = ("user-state", "item-state", "feedback-state", "profile-state")
+STATE_TABLES = ("user-state", "item-state", "feedback-state", "profile-state", "item-stats")
 """The worker's tables, each backed by a compacted changelog topic."""
 
 
@@ -68,6 +68,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_catalogue, n, dict(_COMPACTED)),
         TopicSpec(settings.topic_examples, 1, dict(_EXAMPLES)),
         TopicSpec(settings.topic_models, 1, dict(_MODELS)),
+        TopicSpec(settings.topic_evidence, n, {"retention.ms": str(24 * 3600 * 1000)}),
         *changelogs,
     ]
 

@@ -40,6 +40,7 @@ class EvidenceRecord(msgspec.Struct, frozen=True, array_like=True):
     popularity: dict[str, float]         # item -> weight, scaled to ``reference``
     reference: int                       # ms
     latest: int                          # ms: the newest event counted
+    produced: int = 0   # ms, wall clock: when the batch's oldest event reached Kafka
 
 
 class ItemSummary(msgspec.Struct, frozen=True, array_like=True):
@@ -51,6 +52,8 @@ class ItemSummary(msgspec.Struct, frozen=True, array_like=True):
     visits: float
     popularity: float       # its count at ``at``
     at: int                 # ms: the newest event its partition has counted
+    offset: int = -1        # the last evidence record merged into it (in its partition)
+    produced: int = 0       # ms, wall clock: the oldest event merged since its last entry
 
 
 _evidence = msgspec.msgpack.Encoder()
@@ -97,9 +100,11 @@ class Evidence:
     def __bool__(self) -> bool:
         return bool(self.visits or self.edges)
 
-    def split(self, partitions: int, partition_of: PartitionOf) -> dict[int, EvidenceRecord]:
+    def split(self, partitions: int, partition_of: PartitionOf, produced: int = 0
+              ) -> dict[int, EvidenceRecord]:
         """The evidence per partition of its items (an edge goes with its source item: the
-        owner of an item holds its outgoing edges)."""
+        owner of an item holds its outgoing edges); ``produced``: when the batch's oldest
+        event reached Kafka (ms), for the freshness of what follows from it."""
         pop = self.popularity
         parts: dict[int, tuple[dict[str, dict[str, float]], dict[str, float],
                                dict[str, float]]] = {}
@@ -119,18 +124,24 @@ class Evidence:
             visits[item] = count
             popularity[item] = pop.scores.get(item, 0.0)
         reference = pop.reference or 0
-        return {number: EvidenceRecord(1, edges, visits, popularity, reference, pop.latest)
+        return {number: EvidenceRecord(1, edges, visits, popularity, reference, pop.latest,
+                                       produced)
                 for number, (edges, visits, popularity) in parts.items()}
 
 
 @dataclass
 class ItemStats:
     """The merged statistics of the items one worker owns (those of its partitions of the
-    evidence topic), and the items changed since the last :meth:`changed`."""
+    evidence topic), and the items changed since the last :meth:`changed`.
+
+    Exact across the owner's own restarts: each item remembers the offset of the last
+    evidence record merged into it (stored with its entry), and a record read again after
+    a restart is merged only into the items whose stored entry does not hold it yet."""
 
     graph: CoVisitation
     popularity: Popularity
-    _dirty: set[str] = field(default_factory=set)
+    applied: dict[str, int] = field(default_factory=dict)   # item -> last record merged
+    _dirty: dict[str, int] = field(default_factory=dict)    # item -> oldest produced since
 
     @classmethod
     def like(cls, rules: CoVisitation, half_life_ms: int) -> ItemStats:
@@ -138,31 +149,47 @@ class ItemStats:
                                 backward=rules.backward),
                    Popularity(half_life_ms=half_life_ms))
 
-    def merge(self, record: EvidenceRecord) -> None:
-        self.graph.merge(record.edges, record.visits)
-        self.popularity.merge(record.popularity, record.reference, record.latest)
-        self._dirty.update(record.edges)
-        self._dirty.update(record.visits)
+    def merge(self, record: EvidenceRecord, offset: int = -1) -> int:
+        """Merge ``record`` (the evidence partition's record at ``offset``; -1: unknown,
+        always merged) into the items that do not hold it yet; how many items it changed."""
+        edges, visits, popularity = record.edges, record.visits, record.popularity
+        items = edges.keys() | visits.keys()
+        held = ({i for i in items if self.applied.get(i, -1) >= offset} if offset >= 0
+                else set())
+        if held:   # read again after a restart: some items stored it already
+            edges = {s: t for s, t in edges.items() if s not in held}
+            visits = {i: n for i, n in visits.items() if i not in held}
+            popularity = {i: p for i, p in popularity.items() if i not in held}
+        self.graph.merge(edges, visits)
+        self.popularity.merge(popularity, record.reference, record.latest)
+        dirty = self._dirty
+        for item in items - held:
+            if offset >= 0:
+                self.applied[item] = offset
+            dirty[item] = min(dirty.get(item, record.produced), record.produced)
+        return len(items) - len(held)
 
     def restore(self, item: str, summary: ItemSummary) -> None:
         """Put back an item's stored entry (after a restart or a reassignment)."""
         follow_summary(self.graph, self.popularity, item, summary)
+        self.applied[item] = summary.offset
 
-    def changed(self) -> list[str]:
-        """The items changed since the last call (sorted), and forget them."""
-        dirty, self._dirty = sorted(self._dirty), set()
-        return dirty
+    def summaries(self) -> list[tuple[str, ItemSummary]]:
+        """The entries of the items changed since the last call (by name), and forget
+        them."""
+        dirty, self._dirty = self._dirty, {}
+        return [(item, self.summary(item, dirty[item])) for item in sorted(dirty)]
 
-    def summary(self, item: str) -> ItemSummary:
-        """``item``'s entry: every edge it holds (up to twice the bound, strongest first:
-        the graph followed is then the one its owner holds, and its owner resumes from it
-        exactly after a restart), its visits, its popularity at the newest event."""
-        edges = self.graph.out.get(item)
-        neighbours = [] if edges is None else self.graph.neighbours(item, len(edges.slots))
+    def summary(self, item: str, produced: int = 0) -> ItemSummary:
+        """``item``'s entry: its ``max_neighbours`` strongest edges (what a worker ranks
+        with; the weaker ones its owner holds until the next pruning are left out, half
+        the bytes), its visits, its popularity at the newest event. An owner resuming from
+        its entries starts as from a pruning."""
+        neighbours = self.graph.neighbours(item, self.graph.max_neighbours)
         latest = self.popularity.latest
         return ItemSummary(1, [t for t, _ in neighbours], [s for _, s in neighbours],
                            self.graph.visited(item), self.popularity.value(item, latest),
-                           latest)
+                           latest, self.applied.get(item, -1), produced)
 
 
 def follow_summary(graph: CoVisitation, popularity: Popularity, item: str,

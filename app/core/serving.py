@@ -20,6 +20,7 @@ from app.contract.records import Event, Recommendation, Search
 from app.core.catalogue import CatalogueEntry
 from app.core.covisit import CoVisitation
 from app.core.exploration import Exploration, explored
+from app.core.itemstats import Evidence
 from app.core.learning import preferences
 from app.core.profile import DAY_MS, SEQUENCE_WEIGHTS, decay
 from app.core.ranking import RankerParams
@@ -65,9 +66,12 @@ def user_view(state: UserState, dimension: int, embed_query: Callable[[str], Flo
 
 
 def learn_sequence(recommender: Recommender, before: UserState, applied: Sequence[Event],
-                   segments: Sequence[str] = ()) -> None:
+                   segments: Sequence[str] = (), evidence: Evidence | None = None) -> None:
     """Feed co-visitation and popularity (overall, and per profile segment of the user)
-    with a user's newly applied item events, ``before`` being their state before them. Each
+    with a user's newly applied item events, ``before`` being their state before them.
+    With ``evidence`` (global item statistics), overall popularity is counted there
+    instead, for the items' owners, and the graph here only until their entries come back
+    (the worker sees its own events at once). Each
     item follows what came before it: the recent items before the batch, then the batch's
     earlier items (never a later item of the same batch, however many it held: a backlog
     batch can hold more than the state keeps). Another event on the item just touched (a
@@ -83,11 +87,14 @@ def learn_sequence(recommender: Recommender, before: UserState, applied: Sequenc
         previous = event.item_id
         kind = str(type(event).__struct_config__.tag)
         weight = SEQUENCE_WEIGHTS[kind]
+        if evidence is not None:
+            evidence.observe(order, event.item_id, weight, event.ts)
+        else:
+            recommender.popularity.add(event.item_id, weight, event.ts)
         recommender.covisit.observe(order, event.item_id, weight)
         if event.item_id in order:
             order.remove(event.item_id)
         order.append(event.item_id)
-        recommender.popularity.add(event.item_id, weight, event.ts)
         recommender.trending.add(event.item_id, weight, event.ts)
         recommender.learn_segments(segments, event.item_id, weight, event.ts)
 
@@ -96,14 +103,15 @@ def recommend_after(recommender: Recommender, encoder: QueryEncoder, before: Use
                     state: UserState, applied: Sequence[Event], request: Request,
                     segments: tuple[str, ...] = (), params: RankerParams | None = None,
                     exploration: Exploration | None = None,
-                    behaviour: FloatArray | None = None
+                    behaviour: FloatArray | None = None, evidence: Evidence | None = None
                     ) -> tuple[Recommendation, Ranking]:
     """The recommendation that follows a user's newly applied events, ``state`` after them
     and ``before`` before them (co-visitation and popularity learn from them first), scored
     with ``params`` (the recommender's own when None) and, when ``exploration`` is on, one
     slot explored; with its ranking (candidates per source, each item's features).
-    ``behaviour`` is the behaviour model's user vector for ``state``, when one is served."""
-    learn_sequence(recommender, before, applied, segments)
+    ``behaviour`` is the behaviour model's user vector for ``state``, when one is served;
+    ``evidence``: where the batch's item evidence is summed (global item statistics)."""
+    learn_sequence(recommender, before, applied, segments, evidence)
     view = user_view(state, encoder.dimension, encoder.encode_query, segments, behaviour)
     rec_id = uuid.uuid4().hex
     params = params or recommender.params
@@ -184,10 +192,12 @@ def shown_list(record: Recommendation, ranking: Ranking, variant: str, size: int
 
 
 def rebuild_memory(recommender: Recommender,
-                   users: Iterable[tuple[UserState, tuple[str, ...]]]) -> int:
+                   users: Iterable[tuple[UserState, tuple[str, ...]]],
+                   items: bool = True) -> int:
     """Regrow co-visitation and popularity (overall and per segment) from stored users'
     recent items and profile segments (after a restart or a rebalance: they live only in
-    memory). Returns the number of users read."""
+    memory); without ``items``, trending and segment popularity only (the graph and the
+    overall popularity are the global ones, followed). Returns the number of users read."""
     covisit = CoVisitation(window=recommender.covisit.window,
                            max_neighbours=recommender.covisit.max_neighbours,
                            backward=recommender.covisit.backward)
@@ -200,11 +210,13 @@ def rebuild_memory(recommender: Recommender,
         order = [item for item, _, _ in state.recent]
         for position, (item, kind, ts) in enumerate(state.recent):
             weight = SEQUENCE_WEIGHTS.get(kind, 1.0)
-            covisit.observe(order[:position], item, weight)
-            popularity.add(item, weight, ts)
+            if items:
+                covisit.observe(order[:position], item, weight)
+                popularity.add(item, weight, ts)
             trending.add(item, weight, ts)
         learn_segment_history(recommender, state, segments)
-    recommender.covisit, recommender.popularity = covisit, popularity
+    if items:
+        recommender.covisit, recommender.popularity = covisit, popularity
     recommender.trending = trending
     return count
 

@@ -122,19 +122,25 @@ class ReplayRun:
     behaviour_model: dict[str, Any] = field(default_factory=dict)
     # user profiles the worker accepted before the stream (0 in runs recorded before them)
     profiles: int = 0
-    # worker processes in the consumer group (each with the co-visitation graph and the
-    # popularity of its own partitions' events)
+    # worker processes in the consumer group
     workers: int = 1
+    # where co-visitation and popularity came from: "local" (each worker's own partitions'
+    # events) or "global" (every worker's, merged by item: STREAMREC_ITEM_STATS)
+    item_stats: str = "local"
 
     @property
     def name(self) -> str:
-        """The run's name in reports: its variant, and how many workers when more than one."""
-        return self.variant if self.workers == 1 else f"{self.variant} x{self.workers} workers"
+        """The run's name in reports: its variant, how many workers when more than one,
+        and whether its item statistics were global."""
+        scope = ", global item statistics" if self.item_stats == "global" else ""
+        many = f" x{self.workers} workers" if self.workers > 1 else ""
+        return f"{self.variant}{many}{scope}" if many or scope else self.variant
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / (f"{self.variant}.json" if self.workers == 1
-                         else f"{self.variant}-x{self.workers}.json")
+        scope = "-global" if self.item_stats == "global" else ""
+        many = f"-x{self.workers}" if self.workers > 1 else ""
+        path = folder / f"{self.variant}{scope}{many}.json"
         path.write_text(json.dumps(asdict(self)))
         return path
 
@@ -329,12 +335,12 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
                  pull_progress: Callable[[int, int, float], None] | None = None,
                  behaviour_model: Path | None = None,
                  training: StreamTraining | None = None, workers: int = 1,
-                 ) -> ReplayRun:
+                 item_stats: str = "local") -> ReplayRun:
     """Stream ``split`` through a fresh worker (its own topics and group; or ``workers``
-    of them sharing the partitions) and collect what it published; the ``sequence``
-    variants' worker serves ``behaviour_model``."""
+    of them sharing the partitions, with ``item_stats`` local or global) and collect what
+    it published; the ``sequence`` variants' worker serves ``behaviour_model``."""
     served: dict[str, Any] = {}
-    extra: dict[str, str] = {}
+    extra: dict[str, str] = {"item_stats": item_stats}
     if variant in SEQUENCE_VARIANTS:
         if behaviour_model is None or not (behaviour_model / "manifest.json").exists():
             raise FileNotFoundError(
@@ -435,7 +441,7 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         end_lists=end_lists,
         behaviour_model=served,
         profiles=profiles_accepted,
-        workers=workers,
+        workers=workers, item_stats=item_stats,
     )
 
 

@@ -33,14 +33,14 @@ async def run_replays(dataset: str, variants: list[str], k: int, rate: float | N
                       window: int, partitions: int, broker: str | None, out: Path,
                       cold_items: float = 0.0, behaviour_model: Path | None = None,
                       training: StreamTraining | None = None, cut: float | None = None,
-                      workers: int = 1) -> None:
+                      workers: int = 1, item_stats: str = "local") -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise typer.BadParameter(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     with phases() as (say, advance):
         await _replay_variants(dataset, variants, k, rate, window, partitions, broker, out,
                                cold_items, behaviour_model, training, cut, say, advance,
-                               workers)
+                               workers, item_stats)
 
 
 def _timed(advance: Advance, phase: str) -> Callable[[int, int, float], None]:
@@ -51,8 +51,8 @@ async def _replay_variants(dataset: str, variants: list[str], k: int, rate: floa
                            window: int, partitions: int, broker: str | None, out: Path,
                            cold_items: float, behaviour_model: Path | None,
                            training: StreamTraining | None, cut: float | None,
-                           say: Callable[[str], None], advance: Advance, workers: int = 1
-                           ) -> None:
+                           say: Callable[[str], None], advance: Advance, workers: int = 1,
+                           item_stats: str = "local") -> None:
     split = load(dataset, cold_items, cut)
     if split.cut_ms is not None:
         say(f"{dataset}: {len(split.stream):,} ratings before the cut ({cut:.0%} of the "
@@ -71,7 +71,7 @@ async def _replay_variants(dataset: str, variants: list[str], k: int, rate: floa
                                progress=_timed(advance, f"{variant}: events"),
                                pull_progress=_timed(advance, f"{variant}: users asked"),
                                behaviour_model=behaviour_model, training=training,
-                               workers=workers)
+                               workers=workers, item_stats=item_stats)
             path = run.save(out / label(dataset, cold_items, cut))
             s = summary(run)
             say(f"{run.name}: {s['events']:,} events in {s['seconds']:.0f}s "
@@ -87,9 +87,14 @@ def run_eval(dataset: str, runs: Path, report_path: Path | None, update_benchmar
              json_output: bool, cold_items: float = 0.0, cut: float | None = None) -> int:
     name = label(dataset, cold_items, cut)
     folder = runs / name
-    found = [path for v in VARIANTS for path in [folder / f"{v}.json", *sorted(
-        folder.glob(f"{v}-x*.json"), key=lambda p: int(p.stem.rpartition("-x")[2]))]
-        if path.exists()]   # each variant's single-worker run, then its many-worker ones
+    def many(pattern: str) -> list[Path]:
+        return sorted(folder.glob(pattern), key=lambda p: int(p.stem.rpartition("-x")[2]))
+
+    # each variant's single-worker run, its many-worker ones, then the same with global
+    # item statistics
+    found = [path for v in VARIANTS for path in [
+        folder / f"{v}.json", *many(f"{v}-x*.json"),
+        folder / f"{v}-global.json", *many(f"{v}-global-x*.json")] if path.exists()]
     if not found:
         typer.echo(f"no replay runs in {folder}: run `streamrec replay --dataset {dataset}`"
                    + (f" --cold-items {cold_items}" if cold_items else "")

@@ -27,6 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from faust.exceptions import PartitionsMismatch
 
+from app.broker.admin import changelog_topic
 from app.broker.security import client_security
 from app.contract.deadletter import deadletter_headers, fit, redacted
 from app.contract.partitioning import partition_of
@@ -70,6 +71,7 @@ from app.worker.faust_compat import (
     unprocessed,
     unstick,
 )
+from app.worker.itemstats import ItemOwners
 from app.worker.results import KeyResult, count_failure
 
 if TYPE_CHECKING:
@@ -680,6 +682,9 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
 
         decl.app.task(keep_memory)
 
+    if pipeline is not None and settings.global_items:
+        _attach_item_stats(decl, metrics, pipeline, deadletters, health)
+
     inputs = set(settings.input_topics())
 
     watch = StallWatch()
@@ -754,3 +759,44 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
                                          settings.dedup_window, health)
 
         decl.app.agent(topic, name=f"streamrec.{flow.label}")(agent)
+
+
+def _attach_item_stats(decl: Declarations, metrics: Metrics, pipeline: Pipeline,
+                       deadletters: DeadLetters, health: Health) -> None:
+    """Global item statistics: the owner's agent on the evidence topic (merging into the
+    item-stats table) and every worker's follower of that table's changelog."""
+    settings = decl.settings
+    topic = settings.topic_evidence
+    owners = ItemOwners(
+        decl.item_stats, pipeline.recommender.covisit,
+        pipeline.recommender.popularity.half_life_ms, settings.partitions, metrics,
+        lambda: frozenset(tp.partition for tp in decl.app.consumer.assignment()
+                          if tp.topic == topic))
+
+    async def follow_item_stats() -> None:
+        await pipeline.follow_item_stats(changelog_topic(settings.app_id, "item-stats"))
+
+    decl.app.task(follow_item_stats)
+
+    async def dead_letter(event: Any, why: Rejection) -> None:
+        await deadletters.send("evidence", event, why)
+
+    def waiting(processed: dict[Any, int]) -> int:
+        return unprocessed(decl.app, topic, processed)
+
+    async def aggregate(stream: Any) -> None:
+        flush = settings.item_stats_flush_seconds   # a batch: what came within it
+        async for batch in take_batches(stream, settings.batch_max, flush, flush, waiting):
+            backoff = Backoff()
+            while True:   # not acknowledged before it is merged and written
+                try:
+                    await owners.process(batch, dead_letter)
+                except Exception as exc:  # noqa: BLE001 - run again: merged exactly once
+                    count_failure(metrics, "evidence", exc)
+                    health.hold("evidence-batch", exc)
+                    await backoff.wait()
+                    continue
+                health.release("evidence-batch")
+                break
+
+    decl.app.agent(decl.evidence, name="streamrec.item-stats")(aggregate)

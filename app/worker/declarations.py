@@ -32,10 +32,12 @@ class Declarations:
     catalogue: Any
     examples: Any
     models: Any
+    evidence: Any
     user_state: Any
     item_state: Any
     feedback_state: Any
     profile_state: Any
+    item_stats: Any
 
     @property
     def user_key(self) -> Pseudonyms:
@@ -50,7 +52,8 @@ class Declarations:
     def tables(self) -> dict[str, Any]:
         """The state tables by their metric label."""
         return {"user-state": self.user_state, "item-state": self.item_state,
-                "feedback-state": self.feedback_state, "profile-state": self.profile_state}
+                "feedback-state": self.feedback_state, "profile-state": self.profile_state,
+                "item-stats": self.item_stats}
 
 
 def _app(settings: Settings) -> faust.App:
@@ -130,9 +133,12 @@ def declare(settings: Settings) -> Declarations:
         catalogue=raw_topic(settings.topic_catalogue),
         examples=raw_topic(settings.topic_examples),
         models=raw_topic(settings.topic_models),
+        evidence=raw_topic(settings.topic_evidence),
         user_state=state_table("user-state", "UserState per user (msgpack)"),
         item_state=state_table("item-state", "ItemState per item (msgpack)"),
         feedback_state=state_table("feedback-state", "FeedbackState per user (msgpack)"),
         profile_state=state_table("profile-state", "ProfileState per user (msgpack)"),
+        item_stats=state_table("item-stats", "ItemSummary per item: its edges, visits and "
+                               "popularity (msgpack; item_stats=global)"),
     )
 

@@ -142,9 +142,14 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
                             encoder.manifest.model_name, examples, models,
                             encoder.dimension)
     feedback.catalogue = recommender.catalogue.index
+    evidence = None
+    if settings.global_items:   # to every item partition, outside the input's transaction
+        evidence = (OutsideTransactions(decl.app, decl.evidence) if settings.exactly_once
+                    else decl.evidence)
     pipeline = Pipeline(settings, metrics, encoder, recommender, recommendations,
                         decl.catalogue, feedback, profiles=profile_of, users=user_of,
-                        remember=remember_shown, sequence_model=sequence_model)
+                        remember=remember_shown, sequence_model=sequence_model,
+                        evidence_topic=evidence)
     health = agents.Health()
     agents.attach(decl, metrics, pipeline, health)
     flush_waits_for_changelogs(
@@ -171,6 +176,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
         routing_without_producer_metadata(decl.app, settings.partitions, partition_of)
     web.attach(decl, metrics, pipeline, ready=lambda: (pipeline.catalogue_synced.is_set()
                                                         and feedback.synced.is_set()
+                                                        and pipeline.item_stats_synced.is_set()
                                                         and health.ok))
     return decl
 

@@ -22,6 +22,7 @@ import msgspec
 import numpy as np
 
 from app.broker.reading import follow
+from app.contract.partitioning import partition_of
 from app.contract.records import (
     Event,
     ItemOp,
@@ -32,6 +33,8 @@ from app.contract.records import (
 from app.core.catalogue import entry, item_text
 from app.core.covisit import CoVisitation
 from app.core.exploration import Exploration
+from app.core.itemstats import Evidence, decode_summary, follow_summary
+from app.core.itemstats import encode as encode_item_stats
 from app.core.profile import segments_of
 from app.core.ranking import RankerParams
 from app.core.recommender import (
@@ -114,8 +117,11 @@ class Pipeline:
                  users: Callable[[bytes], UserState] = lambda key: UserState(),
                  remember: Callable[[KeyResult[UserState, Event], Shown], None]
                  = lambda result, shown: None,
-                 sequence_model: SequenceModel | None = None) -> None:
-        """``remember`` keeps a published list for attribution (the feedback table)."""
+                 sequence_model: SequenceModel | None = None,
+                 evidence_topic: Any = None) -> None:
+        """``remember`` keeps a published list for attribution (the feedback table);
+        ``evidence_topic``: where each batch's item evidence goes (global item statistics;
+        None: each worker counts its own events)."""
         self.settings = settings
         self.metrics = metrics
         self.encoder = encoder
@@ -136,6 +142,10 @@ class Pipeline:
         self.served = ServedLists(settings.pull_cache_users,
                                   settings.pull_cache_seconds * 1000)
         self.catalogue_synced = asyncio.Event()
+        self._evidence_topic = evidence_topic
+        self.item_stats_synced = asyncio.Event()
+        if evidence_topic is None:
+            self.item_stats_synced.set()
         self._latest_event_ts = 0
         self._fold: Callable[[UserState, Event], UserState] = event_fold(EventContext(
             item_vector=recommender.catalogue.index.vector, query_vectors={},
@@ -175,6 +185,8 @@ class Pipeline:
         rewards: list[float] = []
         pairs: list[tuple[bytes, str]] = []
         vectors = await self._behaviour([r.state for r in results])
+        evidence = (Evidence(self.recommender.covisit, self.recommender.popularity.half_life_ms)
+                    if self._evidence_topic is not None else None)
         for result, vector in zip(results, vectors, strict=True):
             if learn:   # before the user's events feed co-visitation
                 try:
@@ -182,14 +194,29 @@ class Pipeline:
                 except Exception as exc:  # noqa: BLE001 - learning must not cost the list
                     count_failure(self.metrics, "behaviour", exc)
             try:
-                await self._recommend(result, request, vector)
+                await self._recommend(result, request, vector, evidence)
             except Exception as exc:  # noqa: BLE001 - state is saved; count and go on
                 count_failure(self.metrics, "recommendations", exc)
-        await self.feedback.flush_shown()
         stamps = [r.last_event.message.timestamp for r in results]
+        if evidence:
+            await self._send_evidence(evidence, stamps)
+        await self.feedback.flush_shown()
         await self.feedback.send_behaviour(
             features, rewards, [q for q, _ in pairs], [t for _, t in pairs],
             int(max(stamps) * 1000) if stamps and all(stamps) else now_ms())
+
+    async def _send_evidence(self, evidence: Evidence, stamps: Sequence[float | None]
+                             ) -> None:
+        """A batch's item evidence, one record per item partition, to the evidence topic;
+        stamped with the oldest of the batch's users' last events' Kafka timestamps (the
+        freshness of the global statistics is measured from it)."""
+        known = [stamp for stamp in stamps if stamp]
+        produced = round(min(known) * 1000) if known else now_ms()
+        for number, record in evidence.split(self.settings.partitions, partition_of,
+                                             produced).items():
+            value = encode_item_stats(record)
+            await self._evidence_topic.send(key=None, value=value, partition=number)
+            self.metrics.written_bytes.labels("evidence").inc(len(value))
 
     def _learn_from(self, result: KeyResult[UserState, Event], request: Request,
                     features: list[tuple[float, ...]], rewards: list[float],
@@ -290,7 +317,8 @@ class Pipeline:
         return vectors
 
     async def _recommend(self, result: KeyResult[UserState, Event], request: Request,
-                         behaviour: FloatArray | None = None) -> None:
+                         behaviour: FloatArray | None = None,
+                         evidence: Evidence | None = None) -> None:
         self._latest_event_ts = max(self._latest_event_ts, result.state.last_ts)
         variant = self.feedback.variant(result.applied[-1].user_id)
         params = self.feedback.params_for(variant)
@@ -298,7 +326,7 @@ class Pipeline:
             self.recommender, self.encoder, result.before, result.state, result.applied,
             request,
             self.segments(result.key), params,
-            self._exploration if variant == LEARNING else None, behaviour)
+            self._exploration if variant == LEARNING else None, behaviour, evidence)
         if self.pseudonymous:   # the list is keyed and addressed by the pseudonym alone
             record = msgspec.structs.replace(record, user_id=result.key.decode())
         for source, count in ranking.counts.items():
@@ -360,9 +388,12 @@ class Pipeline:
             if (assignment == built_for or not stable or app.rebalancing
                     or not app.tables.recovery.completed.is_set()):
                 continue
-            users = rebuild_memory(self.recommender, states())
+            local = self._evidence_topic is None
+            users = rebuild_memory(self.recommender, states(), items=local)
             built_for = assignment
-            log.info("co-visitation and popularity regrown from %d stored users", users)
+            log.info("%s regrown from %d stored users",
+                     "co-visitation and popularity" if local else "trending and segment "
+                     "popularity (the graph is the global one)", users)
 
     async def follow_catalogue(self) -> None:
         """Read the whole catalogue topic, then keep following it."""
@@ -372,6 +403,27 @@ class Pipeline:
 
         await follow(self.settings, self.settings.topic_catalogue, self.apply_catalogue,
                      self.catalogue_synced, loaded, failed=self._follow_failed("catalogue"))
+
+    def apply_item_stats(self, key: bytes | None, value: bytes | None) -> None:
+        """One entry of the global item statistics (the item-stats table's changelog):
+        the item's edges, visits and popularity replace this worker's."""
+        if key is None:
+            return
+        summary = decode_summary(value) if value else None
+        follow_summary(self.recommender.covisit, self.recommender.popularity, key.decode(),
+                       summary)
+        if summary is not None and summary.produced and self.item_stats_synced.is_set():
+            self.metrics.item_stats_freshness.observe(
+                max(0.0, (now_ms() - summary.produced) / 1000))
+
+    async def follow_item_stats(self, topic: str) -> None:
+        """Read the whole global item statistics, then keep following them."""
+        def loaded() -> None:
+            log.info("global item statistics loaded: %d items with neighbours",
+                     len(self.recommender.covisit.out))
+
+        await follow(self.settings, topic, self.apply_item_stats, self.item_stats_synced,
+                     loaded, failed=self._follow_failed("item-stats"))
 
     async def follow_models(self) -> None:
         """Read the whole models topic, then keep following it: the ranker's versions and

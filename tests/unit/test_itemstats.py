@@ -85,8 +85,8 @@ def _global(stream: list[tuple[str, str, float, int]], bound: int, workers: int 
         owners[number].merge(decode_evidence(data))
     graph, popularity = CoVisitation(max_neighbours=bound), Popularity(HALF_LIFE)
     for owner in owners:
-        for item in owner.changed():
-            follow_summary(graph, popularity, item, decode_summary(encode(owner.summary(item))))
+        for item, summary in owner.summaries():
+            follow_summary(graph, popularity, item, decode_summary(encode(summary)))
     return graph, popularity
 
 
@@ -150,13 +150,13 @@ def test_an_owner_resumes_from_its_stored_entries() -> None:
     [two] = second.split(1, partition_of).values()
     running = ItemStats.like(rules, HALF_LIFE)
     running.merge(one)
-    stored = {item: encode(running.summary(item)) for item in running.changed()}
+    stored = {item: encode(summary) for item, summary in running.summaries()}
     restarted = ItemStats.like(rules, HALF_LIFE)
     for item, data in stored.items():
         restarted.restore(item, decode_summary(data))
     running.merge(two)
     restarted.merge(two)
-    for item in running.changed():
+    for item, _ in running.summaries():
         mine, theirs = restarted.summary(item), running.summary(item)
         assert dict(zip(mine.targets, mine.strengths, strict=True)) == pytest.approx(
             dict(zip(theirs.targets, theirs.strengths, strict=True)))
@@ -171,8 +171,30 @@ def test_a_follower_drops_an_item_that_is_gone() -> None:
     evidence.observe(["a"], "b", 1.0, 0)
     [record] = evidence.split(1, partition_of).values()
     owner.merge(record)
-    for item in owner.changed():
-        follow_summary(graph, popularity, item, owner.summary(item))
+    for item, summary in owner.summaries():
+        follow_summary(graph, popularity, item, summary)
     assert graph.neighbours("a", 5) == [("b", 1.0)]
     follow_summary(graph, popularity, "a", None)
     assert graph.neighbours("a", 5) == []
+
+
+def test_a_record_read_again_is_merged_only_where_it_is_not_stored() -> None:
+    """An owner killed after storing some of a record's items and not others reads the
+    record again: the stored items skip it, the others take it, none counts it twice."""
+    rules = CoVisitation(max_neighbours=1_000)
+    evidence = Evidence(rules, HALF_LIFE)
+    evidence.observe(["a"], "b", 1.0, 0)
+    evidence.observe(["b"], "c", 1.0, HOUR)
+    [first] = evidence.split(1, partition_of).values()
+    once = ItemStats.like(rules, HALF_LIFE)
+    once.merge(first, offset=7)
+    entries = dict(once.summaries())
+    restarted = ItemStats.like(rules, HALF_LIFE)
+    restarted.restore("a", entries["a"])   # "a" was stored before the kill, "b", "c" not
+    assert restarted.merge(first, offset=7) == 2
+    assert restarted.merge(first, offset=7) == 0   # and a third time: nothing
+    again = dict(restarted.summaries())
+    assert again.keys() == {"b", "c"}
+    for item in ("b", "c"):
+        assert again[item] == entries[item]
+    assert restarted.summary("a") == entries["a"]

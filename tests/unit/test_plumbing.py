@@ -45,6 +45,7 @@ def test_user_keyed_topics_are_co_partitioned() -> None:
     compacted = {s.name for s in specs if s.configs.get("cleanup.policy") == "compact"}
     changelogs = {f"streamrec-{table}-changelog" for table in STATE_TABLES}
     assert compacted == {"items", "users", "catalogue", "models"} | changelogs
+    assert "item-evidence" in {s.name for s in specs}
     examples = next(s for s in specs if s.name == "examples")
     assert examples.configs == {"retention.ms": str(7 * 24 * 3600 * 1000)}
 
