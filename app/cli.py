@@ -713,6 +713,10 @@ def bench_pipeline(
     exactly_once_first: Annotated[bool, typer.Option(
         help="Time the exactly-once job before the at-least-once one (the second reader of "
              "the backlog may find it cached: run both orders for a fair ratio).")] = False,
+    global_items: Annotated[bool, typer.Option(
+        "--global-items", help="Also time StreamRec with item_stats=global on the same "
+        "backlog (its cost as a ratio, and its bytes per event), and run the latency "
+        "phase's worker with it (the statistics' freshness at that load).")] = False,
     quick: Annotated[bool, typer.Option(
         "--quick", help="The guard (about a minute here): the decode-only ceiling and StreamRec "
                         "in turn, twice each, on a smaller backlog; reports StreamRec's "
@@ -734,7 +738,7 @@ def bench_pipeline(
     report = asyncio.run(pipeline_bench.run(
         events, partitions, broker, latency_seconds, say, pull_rate, pull_seconds, profile,
         references, profile_paced, latency_rate, behaviour_model, quick, live_events,
-        live_ahead, exactly_once, exactly_once_first))
+        live_ahead, exactly_once, exactly_once_first, global_items))
     if quick:
         typer.echo(json.dumps(report) if json_output else pipeline_bench.quick_markdown(report))
         if not report["passed"]:

@@ -197,6 +197,15 @@ def _histogram_shares(before: Samples, after: Samples,
             for b in bounds}
 
 
+def bound_of_share(shares: dict[str, float], share: float) -> float | None:
+    """The smallest histogram bound (ms) within which ``share`` of the observations fell
+    (``_histogram_shares``' cumulative shares); None when none holds that many."""
+    for bound, within in sorted(shares.items(), key=lambda kv: float(kv[0])):
+        if within >= share:
+            return float(bound)
+    return None
+
+
 def batch_shape(samples: Samples) -> dict[str, float]:
     """How the events agent's work was cut, from a worker's /metrics: its batches, the
     events in them, the time spent on each, and the recommendations published (one per
@@ -208,7 +217,7 @@ def batch_shape(samples: Samples) -> dict[str, float]:
     vectors = total(samples, "streamrec_behaviour_vectors_total")
     model_seconds = total(samples, "streamrec_encoder_batch_seconds_sum", purpose="behaviour")
     written = {to: total(samples, "streamrec_written_bytes_total", to=to)
-               for to in (*TABLES, "recommendations")}
+               for to in (*TABLES, "recommendations", "evidence")}
     return {"batches": batches, "events": events, "recommendations": published,
             "bytes_per_event": sum(written.values()) / events if events else float("nan"),
             **{f"bytes_per_event:{to}": size / events if events else float("nan")
@@ -293,6 +302,7 @@ VARIANTS = {
     "streamrec": ("app.cli", {}),
 }
 WITH_MODEL = "streamrec + behaviour model"
+GLOBAL_ITEMS = "streamrec, global item statistics"   # item_stats=global
 EXACTLY_ONCE = "streamrec, exactly-once"   # processing_guarantee=exactly_once (transactions)
 CEILING = "faust decode-only ceiling"
 
@@ -315,14 +325,16 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
               latency_rate: float | None = None,
               behaviour_model: Path | None = None, quick: bool = False,
               live_events: int = LIVE_EVENTS, live_ahead: int = LIVE_AHEAD,
-              exactly_once: bool = True, exactly_once_first: bool = False
-              ) -> dict[str, Any]:
+              exactly_once: bool = True, exactly_once_first: bool = False,
+              global_items: bool = False) -> dict[str, Any]:
     """The benchmark (module docstring); with ``behaviour_model``, the StreamRec job is
     timed again serving that model (its latency and pull phases stay without it); with
     ``quick``, the guard only (the ceiling and StreamRec, alternating); with
     ``exactly_once``, StreamRec is timed again with Kafka transactions (before the
     at-least-once job with ``exactly_once_first``: the backlog's second reader may find it
-    in the page cache, so an honest ratio takes both orders)."""
+    in the page cache, so an honest ratio takes both orders); with ``global_items``,
+    StreamRec is timed again with item_stats=global, and the latency phase's worker runs
+    it (the global statistics' freshness at that load)."""
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     broker, local = await start_unless_given(broker, workdir, say)
     run_ = WorkerRun(broker, workdir, partitions)
@@ -352,10 +364,13 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         per_core: dict[str, float] = {}   # events per CPU-second of the worker process
         shape: dict[str, float] = {}      # the StreamRec job's batches and recommendations
         model_shape: dict[str, float] = {}   # the same, serving the behaviour model
+        global_shape: dict[str, float] = {}  # the same, with global item statistics
         empty_items = f"{settings.topic_items}-none"  # variants must not re-embed the catalogue
         variants = dict(VARIANTS) if references else {"streamrec": VARIANTS["streamrec"]}
         if behaviour_model is not None:
             variants[WITH_MODEL] = ("app.cli", {"behaviour_model": str(behaviour_model)})
+        if global_items:
+            variants[GLOBAL_ITEMS] = ("app.cli", {"item_stats": "global"})
         if exactly_once:
             variants[EXACTLY_ONCE] = ("app.cli", {"processing_guarantee": "exactly_once"})
             if exactly_once_first:
@@ -383,6 +398,9 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             if name == "streamrec":
                 shape = batch_shape(await asyncio.to_thread(scrape, run_.metrics_url))
                 say(shape_line(shape))
+            if name == GLOBAL_ITEMS:
+                global_shape = batch_shape(await asyncio.to_thread(scrape, run_.metrics_url))
+                say(shape_line(global_shape))
             if name == WITH_MODEL:
                 model_shape = batch_shape(await asyncio.to_thread(scrape, run_.metrics_url))
                 say(f"{shape_line(model_shape)}; the model: "
@@ -392,7 +410,8 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         throughput = rates["streamrec"]
         run_.start_worker(app_id=f"{settings.app_id}-latency", topic_items=empty_items,
                           data_dir=str(workdir / "latency"),
-                          **own_learning_topics(settings, f"{settings.app_id}-latency"))
+                          **own_learning_topics(settings, f"{settings.app_id}-latency"),
+                          **({"item_stats": "global"} if global_items else {}))
         await run_.wait_metric("streamrec_catalogue_items", len(movies))
         lag = GroupLag(settings, f"{settings.app_id}-latency")
         await lag.start()
@@ -419,6 +438,13 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
         paced_shape = batch_shape({key: value - before.get(key, 0.0)
                                    for key, value in after.items()})
         say(shape_line(paced_shape))
+        freshness: dict[str, Any] = {}
+        if global_items:
+            shares = _histogram_shares(before, after, "streamrec_item_stats_freshness_seconds")
+            freshness = {"within_ms": shares, "p50_ms": bound_of_share(shares, 0.5),
+                         "p99_ms": bound_of_share(shares, 0.99)}
+            say(f"  global item statistics: p50 within {freshness['p50_ms']} ms, p99 within "
+                f"{freshness['p99_ms']} ms of the event")
         await asyncio.sleep(2.0)
         stop.set()
         await collector
@@ -471,6 +497,8 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             "variants_order": list(rates),
             "backlog_batches": shape,
             "backlog_batches_with_model": model_shape,
+            "backlog_batches_global_items": global_shape,
+            "item_stats_freshness": freshness,
             "latency_batches": paced_shape,
             "producer_events_per_second": producer_rate,
             "latency_rate_per_second": rate,
@@ -623,6 +651,18 @@ def markdown(report: dict[str, Any]) -> str:
            f"{report['backlog_batches_with_model']['behaviour_ms_per_user']:.2f} ms per user "
            "vector, batched.", ""]
           if WITH_MODEL in (rates := report["variants_events_per_second"]) else []),
+        *([f"With global item statistics, StreamRec works off the backlog at "
+           f"{rates[GLOBAL_ITEMS] / rates['streamrec']:.2f} x its rate with per-worker "
+           f"ones ({cpu[GLOBAL_ITEMS] / cpu['streamrec']:.2f} x per CPU-second); it writes "
+           f"{report['backlog_batches_global_items']['bytes_per_event:evidence']:,.0f} "
+           "bytes of evidence and "
+           f"{report['backlog_batches_global_items']['bytes_per_event:item-stats']:,.0f} "
+           "of item entries per event; at the latency load the followed statistics hold an "
+           f"event within {report['item_stats_freshness']['p50_ms']} ms (p50), "
+           f"{report['item_stats_freshness']['p99_ms']} ms (p99), the latency worker "
+           "running them.", ""]
+          if GLOBAL_ITEMS in rates
+          and GLOBAL_ITEMS in (cpu := report["variants_events_per_cpu_second"]) else []),
         *([f"With exactly-once processing (Kafka transactions, committed every "
            f"{BENCH_COMMIT_SECONDS} s here), StreamRec works off the backlog at "
            f"{rates[EXACTLY_ONCE] / rates['streamrec']:.2f} x its at-least-once rate "
