@@ -198,7 +198,12 @@ class CoVisitation:
         if not targets:
             self.out.pop(item, None)
             return
-        ids = np.fromiter((self._id(t) for t in targets), dtype=np.int64, count=len(targets))
+        index = self.index
+        found = list(map(index.get, targets))   # (one dict lookup per target: the hot
+        if None in found:                         # path of every followed entry)
+            found = [self._id(t) if n is None else n for t, n in zip(targets, found,
+                                                                       strict=True)]
+        ids = np.array(found, dtype=np.int64)
         self.out[item] = _Out(len(ids), ids, np.asarray(strengths, dtype=np.float64))
 
     def visited(self, item: str) -> float:
@@ -238,6 +243,17 @@ class CoVisitation:
         ranked = sorted(zip(ids.tolist(), strengths.tolist(), strict=True),
                         key=lambda kv: kv[1], reverse=True)
         return [(self.names[t], s) for t, s in ranked]
+
+    def ranked(self, item: str, k: int) -> tuple[list[str], list[float]]:
+        """``item``'s k strongest neighbours and their strengths, strongest first, as two
+        lists (an entry of the global graph: sorted with numpy, not pair by pair)."""
+        edges = self.out.get(item)
+        if edges is None:
+            return [], []
+        ids, strengths = edges.strongest(k)
+        order = np.argsort(-strengths, kind="stable")
+        names = self.names
+        return [names[t] for t in ids[order].tolist()], strengths[order].tolist()
 
     def interned(self, items: Sequence[str]) -> Ids:
         """The interned ids of ``items`` (-1 for an item the graph has not seen)."""

@@ -185,9 +185,9 @@ class ItemStats:
         with; the weaker ones its owner holds until the next pruning are left out, half
         the bytes), its visits, its popularity at the newest event. An owner resuming from
         its entries starts as from a pruning."""
-        neighbours = self.graph.neighbours(item, self.graph.max_neighbours)
+        targets, strengths = self.graph.ranked(item, self.graph.max_neighbours)
         latest = self.popularity.latest
-        return ItemSummary(1, [t for t, _ in neighbours], [s for _, s in neighbours],
+        return ItemSummary(1, targets, strengths,
                            self.graph.visited(item), self.popularity.value(item, latest),
                            latest, self.applied.get(item, -1), produced)
 
