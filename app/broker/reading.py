@@ -36,12 +36,14 @@ async def follow(settings: Settings, topic: str, apply: Apply, synced: asyncio.E
     read. Then go on following it, or return when not ``keep_following``. A record that
     ``apply`` raises on is handed to ``failed`` and skipped: whatever a compacted topic
     holds, its followers go on (one bad record there used to stop every worker, at every
-    start, until compaction removed it)."""
+    start, until compaction removed it). Under exactly-once only committed records are
+    read: a killed worker's aborted table writes are never followed."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.bootstrap_servers(),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        isolation_level="read_committed" if settings.exactly_once else "read_uncommitted",
         **client_security(settings),
     )
     await consumer.start()

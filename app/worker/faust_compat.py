@@ -468,12 +468,47 @@ class TransactionalTopic:
         return str(self._topic.get_topic_name())
 
     async def send(self, *, key: bytes, value: bytes | None) -> Any:
-        transactions = self._app.consumer.transactions
         partition = self._partition_of(key, self._partitions)
-        group = self._app.assignor.group_for_topic(self._source)
-        return await transactions.producer.send(
-            self.get_topic_name(), key, value, partition, None, None,
-            transactional_id=f"{self._app.conf.id}-{group}-{partition}")
+        return await send_in_transaction_of(self._app, self._source, partition,
+                                            self.get_topic_name(), key, value, partition)
+
+
+async def send_in_transaction_of(app: Any, source: str, source_partition: int, topic: str,
+                                 key: bytes | None, value: bytes | None, partition: int
+                                 ) -> Any:
+    """Send a record to ``topic``/``partition`` in the transaction of input partition
+    ``source``/``source_partition`` (committed or aborted with that partition's offsets)."""
+    group = app.assignor.group_for_topic(source)
+    return await app.consumer.transactions.producer.send(
+        topic, key, value, partition, None, None,
+        transactional_id=f"{app.conf.id}-{group}-{source_partition}")
+
+
+class EvidenceSends:
+    """Where a batch's item evidence goes, one record per item partition. ``source``
+    (exactly-once): each record is sent in the transaction of the input partition whose
+    events it sums, so a killed worker's uncommitted evidence is aborted with its input
+    offsets and state, and what its replacement reads again is counted once (the owner
+    reads committed records only); without, records go out at-least-once with the plain
+    producer (a kill -9 may then count the evidence of the batches in flight twice, or
+    not at all)."""
+
+    def __init__(self, app: Any, topic: Any, source: str | None) -> None:
+        self._app, self._topic, self._source = app, topic, source
+
+    @property
+    def per_input_partition(self) -> bool:
+        """Whether a batch's evidence must be summed per input partition."""
+        return self._source is not None
+
+    async def send(self, value: bytes, partition: int, source_partition: int | None) -> Any:
+        if self._source is None:
+            return await self._topic.send(key=None, value=value, partition=partition)
+        if source_partition is None:
+            raise ValueError("evidence under exactly-once needs its input partition")
+        return await send_in_transaction_of(
+            self._app, self._source, source_partition, str(self._topic.get_topic_name()),
+            None, value, partition)
 
 
 class OutsideTransactions:

@@ -28,6 +28,7 @@ from app.settings import Settings
 from app.worker import agents, web
 from app.worker.declarations import Declarations, declare
 from app.worker.faust_compat import (
+    EvidenceSends,
     OutsideTransactions,
     TransactionalTopic,
     acting_as,
@@ -143,9 +144,9 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
                             encoder.dimension)
     feedback.catalogue = recommender.catalogue.index
     evidence = None
-    if settings.global_items:   # to every item partition, outside the input's transaction
-        evidence = (OutsideTransactions(decl.app, decl.evidence) if settings.exactly_once
-                    else decl.evidence)
+    if settings.global_items:   # to every item partition, in its input's transaction
+        evidence = EvidenceSends(decl.app, decl.evidence,
+                                 settings.topic_events if settings.exactly_once else None)
     pipeline = Pipeline(settings, metrics, encoder, recommender, recommendations,
                         decl.catalogue, feedback, profiles=profile_of, users=user_of,
                         remember=remember_shown, sequence_model=sequence_model,

@@ -70,6 +70,7 @@ from app.encoder.runtime import Encoder, FloatArray
 from app.metrics import Metrics
 from app.settings import Settings
 from app.worker.behaviour import BehaviourModels
+from app.worker.faust_compat import EvidenceSends
 from app.worker.feedback import LEARNING, FeedbackLoop
 from app.worker.results import KeyResult, count_failure
 
@@ -118,7 +119,7 @@ class Pipeline:
                  remember: Callable[[KeyResult[UserState, Event], Shown], None]
                  = lambda result, shown: None,
                  sequence_model: SequenceModel | None = None,
-                 evidence_topic: Any = None) -> None:
+                 evidence_topic: EvidenceSends | None = None) -> None:
         """``remember`` keeps a published list for attribution (the feedback table);
         ``evidence_topic``: where each batch's item evidence goes (global item statistics;
         None: each worker counts its own events)."""
@@ -185,8 +186,7 @@ class Pipeline:
         rewards: list[float] = []
         pairs: list[tuple[bytes, str]] = []
         vectors = await self._behaviour([r.state for r in results])
-        evidence = (Evidence(self.recommender.covisit, self.recommender.popularity.half_life_ms)
-                    if self._evidence_topic is not None else None)
+        evidences: dict[int | None, Evidence] = {}
         for result, vector in zip(results, vectors, strict=True):
             if learn:   # before the user's events feed co-visitation
                 try:
@@ -194,28 +194,46 @@ class Pipeline:
                 except Exception as exc:  # noqa: BLE001 - learning must not cost the list
                     count_failure(self.metrics, "behaviour", exc)
             try:
-                await self._recommend(result, request, vector, evidence)
+                await self._recommend(result, request, vector, self._evidence_of(
+                    evidences, result.last_event.message.partition))
             except Exception as exc:  # noqa: BLE001 - state is saved; count and go on
                 count_failure(self.metrics, "recommendations", exc)
         stamps = [r.last_event.message.timestamp for r in results]
-        if evidence:
-            await self._send_evidence(evidence, stamps)
+        for source, evidence in evidences.items():
+            if evidence:
+                await self._send_evidence(evidence, stamps, source)
         await self.feedback.flush_shown()
         await self.feedback.send_behaviour(
             features, rewards, [q for q, _ in pairs], [t for _, t in pairs],
             int(max(stamps) * 1000) if stamps and all(stamps) else now_ms())
 
-    async def _send_evidence(self, evidence: Evidence, stamps: Sequence[float | None]
-                             ) -> None:
+    def _evidence_of(self, evidences: dict[int | None, Evidence], partition: int
+                     ) -> Evidence | None:
+        """Where a user's events in this batch add their item evidence (None: local item
+        statistics); one sum per batch, or per input partition under exactly-once (each
+        goes in that partition's transaction)."""
+        if self._evidence_topic is None:
+            return None
+        source = partition if self._evidence_topic.per_input_partition else None
+        found = evidences.get(source)
+        if found is None:
+            found = evidences[source] = Evidence(self.recommender.covisit,
+                                                 self.recommender.popularity.half_life_ms)
+        return found
+
+    async def _send_evidence(self, evidence: Evidence, stamps: Sequence[float | None],
+                             source: int | None) -> None:
         """A batch's item evidence, one record per item partition, to the evidence topic;
         stamped with the oldest of the batch's users' last events' Kafka timestamps (the
         freshness of the global statistics is measured from it)."""
+        sends = self._evidence_topic
+        assert sends is not None   # (evidence is summed only with a topic to send it to)
         known = [stamp for stamp in stamps if stamp]
         produced = round(min(known) * 1000) if known else now_ms()
         for number, record in evidence.split(self.settings.partitions, partition_of,
                                              produced).items():
             value = encode_item_stats(record)
-            await self._evidence_topic.send(key=None, value=value, partition=number)
+            await sends.send(value, number, source)
             self.metrics.written_bytes.labels("evidence").inc(len(value))
 
     def _learn_from(self, result: KeyResult[UserState, Event], request: Request,

@@ -19,8 +19,9 @@ from app.broker.apache import KafkaBroker, free_port
 from app.contract.records import View
 from app.core.covisit import CoVisitation
 from app.core.profile import SEQUENCE_WEIGHTS
+from app.soak.fuzz import read_all
 from tests.integration.test_recommendations import CATALOGUE, TS, _items
-from tests.support.kafka_io import produce
+from tests.support.kafka_io import latest_by_key, produce
 from tests.support.worker import WorkerProcess, isolated_env, wait_total
 
 ITEMS = sorted(CATALOGUE)
@@ -140,3 +141,50 @@ def test_every_worker_follows_the_single_worker_graph(kafka: KafkaBroker, tmp_pa
     finally:
         for worker in workers:
             worker.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep_local_state", [True, False], ids=["same-disk", "new-disk"])
+def test_evidence_of_a_killed_transaction_is_counted_once(
+        kafka: KafkaBroker, tmp_path: Path, keep_local_state: bool) -> None:
+    """Exactly-once: a worker killed (SIGKILL) after it sent a batch's evidence but before
+    its transaction committed. The evidence is aborted with the batch's input offsets and
+    state, no owner merges it, and the replacement, reading the events again, counts each
+    edge once (the graph is the single-worker one, not twice its strengths)."""
+    env = isolated_env(kafka.bootstrap, tmp_path / "data", partitions=4)
+    env.update({"STREAMREC_ITEM_STATS": "global", "STREAMREC_ITEM_STATS_FLUSH_SECONDS": "0.5",
+                "STREAMREC_PROCESSING_GUARANTEE": "exactly_once",
+                "STREAMREC_STANDBY_REPLICAS": "0",
+                # a commit long after the events: the kill lands inside the transaction
+                "STREAMREC_COMMIT_INTERVAL_SECONDS": "600"})
+    waves = [_wave(range(0, 40), seed=4, start=0)]
+    first = WorkerProcess(env, tmp_path / "worker1.log").start()
+    try:
+        first.wait_ready()
+        asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_ITEMS"], _items()))
+        first.wait_metric("streamrec_catalogue_items", len(CATALOGUE))
+        sent = _events(waves[0])
+        asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_EVENTS"], sent))
+        first.wait_metric("streamrec_input_records_total", len(sent), topic="events",
+                          outcome="accepted")
+        first.wait_metric("streamrec_recommendations_total", len(waves[0]) - 1)
+        time.sleep(1.0)   # every batch's evidence reaches the broker, uncommitted
+    finally:
+        first.kill()
+    stats = f"{env['STREAMREC_APP_ID']}-item-stats-changelog"
+    assert asyncio.run(latest_by_key(kafka.bootstrap, stats)) == {}   # nothing merged ...
+    evidence = asyncio.run(read_all(kafka.bootstrap, env["STREAMREC_TOPIC_EVIDENCE"]))
+    assert evidence == [], f"{len(evidence)} evidence records visible to read_committed"
+    if not keep_local_state:
+        shutil.rmtree(tmp_path / "data")
+
+    env["STREAMREC_COMMIT_INTERVAL_SECONDS"] = "1"
+    second = WorkerProcess(env, tmp_path / "worker2.log").start()
+    try:
+        second.wait_ready(within=120)
+        _wait_same([second], _expected(waves))   # the events read again, counted once
+        waves.append(_wave(range(20, 60), seed=5, start=100))
+        asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_EVENTS"], _events(waves[1])))
+        _wait_same([second], _expected(waves))
+    finally:
+        second.stop()
