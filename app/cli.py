@@ -690,7 +690,8 @@ def bench_pipeline(
     profile: Annotated[Path | None, typer.Option(
         help="Profile the StreamRec worker with py-spy while it works off the backlog and "
              "write where the time went to this file (to F-model for the worker serving "
-             "--behaviour-model, and to F-pull for the pull phase).")]
+             "--behaviour-model, F-global for the one with --global-items, and F-pull "
+             "for the pull phase).")]
     = None,
     profile_paced: Annotated[bool, typer.Option(
         help="With --profile, also profile the paced phase (to F-latency). The sampler "

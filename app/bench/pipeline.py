@@ -384,9 +384,11 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             group = f"{settings.app_id}-{len(rates)}"
             say(f"{name}: working off the backlog")
             _start_variant(run_, module, overrides, group, empty_items, workdir)
-            profiled = name in ("streamrec", WITH_MODEL)   # the model's cost: side by side
-            target = profile if name == "streamrec" or profile is None else \
-                profile.with_name(f"{profile.stem}-model{profile.suffix}")
+            # the model's and the global statistics' cost: side by side
+            suffix = {"streamrec": "", WITH_MODEL: "-model", GLOBAL_ITEMS: "-global"}
+            profiled = name in suffix
+            target = None if profile is None or not profiled else \
+                profile.with_name(f"{profile.stem}{suffix[name]}{profile.suffix}")
             spy = _start_profiler(run_, workdir / f"profile-{name}.txt") \
                 if target is not None and profiled else None
             assert run_.worker is not None
