@@ -176,7 +176,7 @@ class Metrics:
                 "streamrec_item_stats_freshness_seconds",
                 "With item_stats=global: from an event's Kafka timestamp until this worker's "
                 "co-visitation graph and popularity hold it (the oldest event of each "
-                "followed item entry). Every worker's graph reflects an event once its "
+                "evidence record merged). Every worker's graph reflects an event once its "
                 "slowest follower does: read the highest p99 over the workers.",
                 buckets=(0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0),
                 registry=registry,

@@ -345,15 +345,19 @@ class Settings(BaseSettings):
     """Where the co-visitation graph and popularity come from. ``local``: each worker
     counts the events of its own partitions (with N workers, ~1/N of the evidence: 4
     workers lost 9-29% of NDCG@10, BENCHMARKS.md "Many workers"). ``global``: each batch's
-    evidence goes to the worker owning each item's partition of the ``item-evidence``
-    topic, which merges it into the ``item-stats`` table; every worker follows that
-    table's compacted changelog (docs/pipeline.md, "Global item statistics"). Trending
-    and segment popularity stay per worker either way."""
+    evidence, summed per item, goes to the ``item-evidence`` topic (partitioned by item),
+    which every worker merges into its own copy of the whole graph; the worker owning an
+    item's partition also keeps the item's entry in the ``item-stats`` table, whose
+    compacted changelog is the snapshot a starting worker loads first (docs/pipeline.md,
+    "Global item statistics"). Trending and segment popularity stay per worker either
+    way."""
 
-    item_stats_flush_seconds: float = Field(default=1.0, gt=0, le=60)
+    item_stats_flush_seconds: float = Field(default=10.0, gt=0, le=60)
     """With ``item_stats=global``: how long an item's owner gathers evidence before it
-    writes the entries of the items that changed (once each, however many records touched
-    them). Longer: fewer, larger writes; every worker's graph is that much later."""
+    writes the snapshot entries of the items that changed (once each, however many records
+    touched them). Running workers merge the evidence itself, so this does not delay them:
+    longer means fewer writes, and a starting worker merging up to that much more evidence
+    after the snapshot."""
 
     request_timeout_seconds: float = Field(default=40.0, gt=0)
     """Kafka request timeout."""

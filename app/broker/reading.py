@@ -1,5 +1,6 @@
-"""Reading a whole topic outside any consumer group: the catalogue and the models topic,
-which every worker (and an operator's command) reads from the beginning."""
+"""Reading a whole topic outside any consumer group: the catalogue, the models topic and
+the global item statistics, which every worker (and an operator's command) reads from the
+beginning (or, for the item evidence, from the snapshot's offsets on)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from app.broker.admin import wait_until_ready
 from app.broker.security import client_security
@@ -19,6 +20,7 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 Apply = Callable[[bytes | None, bytes | None], object]   # a return value is ignored
+ApplyRecord = Callable[[ConsumerRecord[bytes, bytes]], object]
 Failed = Callable[[str, BaseException], None]
 
 
@@ -38,6 +40,17 @@ async def follow(settings: Settings, topic: str, apply: Apply, synced: asyncio.E
     holds, its followers go on (one bad record there used to stop every worker, at every
     start, until compaction removed it). Under exactly-once only committed records are
     read: a killed worker's aborted table writes are never followed."""
+    await follow_records(settings, topic, lambda message: apply(message.key, message.value),
+                         synced, on_synced, keep_following, failed)
+
+
+async def follow_records(settings: Settings, topic: str, apply: ApplyRecord,
+                         synced: asyncio.Event, on_synced: Callable[[], None] = lambda: None,
+                         keep_following: bool = True, failed: Failed = log_failure,
+                         start: Callable[[int], int] | None = None) -> None:
+    """:func:`follow`, with each whole record (its partition and offset too) handed to
+    ``apply``, and each partition read from ``start(partition)`` (default: its
+    beginning; an offset the topic no longer holds: its oldest record)."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.bootstrap_servers(),
@@ -55,12 +68,15 @@ async def follow(settings: Settings, topic: str, apply: Apply, synced: asyncio.E
                 ends = await consumer.end_offsets(list(assigned))
             else:
                 await asyncio.sleep(0.1)
+        if start is not None:
+            for tp in ends:
+                consumer.seek(tp, start(tp.partition))
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
             for messages in batches.values():
                 for message in messages:
                     try:
-                        apply(message.key, message.value)
+                        apply(message)
                     except Exception as exc:  # noqa: BLE001 - one record must not stop it
                         failed(topic, exc)
             if not synced.is_set() and await _caught_up(consumer, ends):

@@ -69,9 +69,9 @@ def learn_sequence(recommender: Recommender, before: UserState, applied: Sequenc
                    segments: Sequence[str] = (), evidence: Evidence | None = None) -> None:
     """Feed co-visitation and popularity (overall, and per profile segment of the user)
     with a user's newly applied item events, ``before`` being their state before them.
-    With ``evidence`` (global item statistics), overall popularity is counted there
-    instead, for the items' owners, and the graph here only until their entries come back
-    (the worker sees its own events at once). Each
+    With ``evidence`` (global item statistics), the graph and overall popularity are
+    counted there instead: every worker, this one too, merges it from the evidence topic
+    (about a second later; counted here as well, it would be counted twice). Each
     item follows what came before it: the recent items before the batch, then the batch's
     earlier items (never a later item of the same batch, however many it held: a backlog
     batch can hold more than the state keeps). Another event on the item just touched (a
@@ -91,7 +91,7 @@ def learn_sequence(recommender: Recommender, before: UserState, applied: Sequenc
             evidence.observe(order, event.item_id, weight, event.ts)
         else:
             recommender.popularity.add(event.item_id, weight, event.ts)
-        recommender.covisit.observe(order, event.item_id, weight)
+            recommender.covisit.observe(order, event.item_id, weight)
         if event.item_id in order:
             order.remove(event.item_id)
         order.append(event.item_id)

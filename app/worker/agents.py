@@ -764,7 +764,8 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
 def _attach_item_stats(decl: Declarations, metrics: Metrics, pipeline: Pipeline,
                        deadletters: DeadLetters, health: Health) -> None:
     """Global item statistics: the owner's agent on the evidence topic (merging into the
-    item-stats table) and every worker's follower of that table's changelog."""
+    item-stats table, the snapshot) and every worker's follower (the snapshot, then the
+    evidence itself)."""
     settings = decl.settings
     topic = settings.topic_evidence
     owners = ItemOwners(
@@ -774,7 +775,8 @@ def _attach_item_stats(decl: Declarations, metrics: Metrics, pipeline: Pipeline,
                           if tp.topic == topic))
 
     async def follow_item_stats() -> None:
-        await pipeline.follow_item_stats(changelog_topic(settings.app_id, "item-stats"))
+        await pipeline.follow_item_stats(changelog_topic(settings.app_id, "item-stats"),
+                                         topic)
 
     decl.app.task(follow_item_stats)
 

@@ -5,11 +5,14 @@ Each worker owns the evidence partitions the consumer group gives it. Per partit
 keeps the merged statistics of that partition's items in memory (an :class:`ItemStats`,
 put back from the ``item-stats`` table when the partition is first read after a start or
 a rebalance), merges every record of a batch, then writes each changed item's entry to the
-table once per batch: its changelog is the compacted topic every worker follows.
+table once per batch, and the partition's snapshot marker after them: the table's
+compacted changelog is the snapshot a starting worker loads before it follows the
+evidence itself (app.core.itemstats.Follower).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,12 +20,22 @@ from typing import Any
 from app.contract.partitioning import partition_of
 from app.contract.validate import Reason, Rejection
 from app.core.covisit import CoVisitation
-from app.core.itemstats import ItemStats, decode_evidence, decode_summary, encode
+from app.core.itemstats import (
+    ItemStats,
+    SnapshotMark,
+    decode_evidence,
+    decode_summary,
+    encode,
+    is_mark,
+    snapshot_key,
+)
 from app.metrics import Metrics
 from app.worker.faust_compat import acting_as
 from app.worker.results import count_failure
 
 log = logging.getLogger(__name__)
+
+_WRITES_PER_SLICE = 200   # entries written between two turns of the event loop
 
 DeadLetter = Callable[[Any, Rejection], Any]   # (Faust event, why) -> awaitable
 
@@ -50,7 +63,7 @@ class ItemOwners:
             stats = self._owned[partition] = ItemStats.like(self._rules, self._half_life_ms)
             restored = 0
             for key, value in self._table.items():
-                if partition_of(key, self._partitions) == partition:
+                if not is_mark(key) and partition_of(key, self._partitions) == partition:
                     stats.restore(key.decode(), decode_summary(value))
                     restored += 1
             stats.summaries()   # put back, not changed
@@ -87,7 +100,11 @@ class ItemOwners:
             self._stats(message.partition).merge(record, message.offset)
             last[message.partition] = event
         for partition, event in last.items():
-            with acting_as(event):
-                for item, summary in self._owned[partition].summaries():
-                    key, value = item.encode(), encode(summary)
-                    self._table[key] = value
+            for n, (item, summary) in enumerate(self._owned[partition].summaries(), 1):
+                with acting_as(event):
+                    self._table[item.encode()] = encode(summary)
+                if n % _WRITES_PER_SLICE == 0:   # thousands after a long flush: let pulls
+                    await asyncio.sleep(0)       # and the other agents in between
+            with acting_as(event):   # after its entries: they hold the batch's records
+                self._table[snapshot_key(partition)] = encode(SnapshotMark(
+                    1, event.message.offset))

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from app.broker.reading import follow
+from app.broker.reading import follow, follow_records
 from app.contract.partitioning import partition_of
 from app.contract.records import (
     Event,
@@ -33,7 +33,7 @@ from app.contract.records import (
 from app.core.catalogue import entry, item_text
 from app.core.covisit import CoVisitation
 from app.core.exploration import Exploration
-from app.core.itemstats import Evidence, decode_summary, follow_summary
+from app.core.itemstats import Evidence, Follower
 from app.core.itemstats import encode as encode_item_stats
 from app.core.profile import segments_of
 from app.core.ranking import RankerParams
@@ -422,26 +422,34 @@ class Pipeline:
         await follow(self.settings, self.settings.topic_catalogue, self.apply_catalogue,
                      self.catalogue_synced, loaded, failed=self._follow_failed("catalogue"))
 
-    def apply_item_stats(self, key: bytes | None, value: bytes | None) -> None:
-        """One entry of the global item statistics (the item-stats table's changelog):
-        the item's edges, visits and popularity replace this worker's."""
-        if key is None:
-            return
-        summary = decode_summary(value) if value else None
-        follow_summary(self.recommender.covisit, self.recommender.popularity, key.decode(),
-                       summary)
-        if summary is not None and summary.produced and self.item_stats_synced.is_set():
-            self.metrics.item_stats_freshness.observe(
-                max(0.0, (now_ms() - summary.produced) / 1000))
+    async def follow_item_stats(self, snapshot: str, evidence: str) -> None:
+        """Keep this worker's copy of the global item statistics: load the snapshot (every
+        entry and marker of the item-stats table's changelog ``snapshot``), then merge the
+        ``evidence`` topic's records after each partition's marker, and go on merging them
+        as they come (app.core.itemstats.Follower). Synced once the evidence the topic held
+        after the snapshot is merged."""
+        follower = Follower.over(self.recommender.covisit, self.recommender.popularity)
+        failed = self._follow_failed("item-stats")
+        loaded = asyncio.Event()
+        await follow_records(self.settings, snapshot, lambda message: follower.load(
+            message.key, message.value, message.partition), loaded, keep_following=False,
+            failed=failed)
+        log.info("global item statistics: snapshot loaded, %d items with neighbours; "
+                 "merging the evidence after it", len(self.recommender.covisit.out))
+        freshness = self.metrics.item_stats_freshness
+        synced = self.item_stats_synced
 
-    async def follow_item_stats(self, topic: str) -> None:
-        """Read the whole global item statistics, then keep following them."""
-        def loaded() -> None:
+        def merge(message: Any) -> None:
+            record = follower.merge(message.value, message.offset)
+            if record.produced and synced.is_set():
+                freshness.observe(max(0.0, (now_ms() - record.produced) / 1000))
+
+        def caught_up() -> None:
             log.info("global item statistics loaded: %d items with neighbours",
                      len(self.recommender.covisit.out))
 
-        await follow(self.settings, topic, self.apply_item_stats, self.item_stats_synced,
-                     loaded, failed=self._follow_failed("item-stats"))
+        await follow_records(self.settings, evidence, merge, synced, caught_up,
+                             failed=failed, start=follower.start)
 
     async def follow_models(self) -> None:
         """Read the whole models topic, then keep following it: the ranker's versions and

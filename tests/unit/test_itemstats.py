@@ -11,11 +11,14 @@ from app.contract.partitioning import partition_of
 from app.core.covisit import CoVisitation
 from app.core.itemstats import (
     Evidence,
+    Follower,
     ItemStats,
+    SnapshotMark,
     decode_evidence,
     decode_summary,
     encode,
     follow_summary,
+    snapshot_key,
 )
 from app.core.recommender import Popularity
 
@@ -50,12 +53,12 @@ def _single(stream: list[tuple[str, str, float, int]], bound: int
     return graph, popularity
 
 
-def _global(stream: list[tuple[str, str, float, int]], bound: int, workers: int = 3,
-            partitions: int = 4, batch: int = 97, seed: int = 5
-            ) -> tuple[CoVisitation, Popularity]:
+def _records(stream: list[tuple[str, str, float, int]], bound: int, workers: int = 3,
+             partitions: int = 4, batch: int = 97, seed: int = 5
+             ) -> list[tuple[int, int, bytes]]:
     """The stream through ``workers`` (users split by key), each summing its batches'
-    evidence per item partition; the owners merge the records in an interleaved order
-    (as they arrive from several workers); one follower applies every owner's entries."""
+    evidence per item partition: the evidence topic's records as (partition, offset,
+    bytes), in the order they arrive (each worker's in order, the workers interleaved)."""
     rules = CoVisitation(max_neighbours=bound)
     history: dict[str, list[str]] = {}
     records: list[list[tuple[int, bytes]]] = [[] for _ in range(workers)]
@@ -76,13 +79,26 @@ def _global(stream: list[tuple[str, str, float, int]], bound: int, workers: int 
                 flush(w)
     for w in range(workers):
         flush(w)
-    owners = [ItemStats.like(rules, HALF_LIFE) for _ in range(partitions)]
     rng = random.Random(seed)
     queues = [list(r) for r in records]
-    while any(queues):   # each worker's records in order, the workers interleaved
+    offsets = [0] * partitions
+    topic = []
+    while any(queues):
         queue = rng.choice([q for q in queues if q])
         number, data = queue.pop(0)
-        owners[number].merge(decode_evidence(data))
+        topic.append((number, offsets[number], data))
+        offsets[number] += 1
+    return topic
+
+
+def _global(stream: list[tuple[str, str, float, int]], bound: int, partitions: int = 4
+            ) -> tuple[CoVisitation, Popularity]:
+    """The evidence merged by each partition's owner; one graph following every owner's
+    entries."""
+    rules = CoVisitation(max_neighbours=bound)
+    owners = [ItemStats.like(rules, HALF_LIFE) for _ in range(partitions)]
+    for number, offset, data in _records(stream, bound, partitions=partitions):
+        owners[number].merge(decode_evidence(data), offset)
     graph, popularity = CoVisitation(max_neighbours=bound), Popularity(HALF_LIFE)
     for owner in owners:
         for item, summary in owner.summaries():
@@ -90,20 +106,86 @@ def _global(stream: list[tuple[str, str, float, int]], bound: int, workers: int 
     return graph, popularity
 
 
-def test_the_followed_graph_equals_the_single_workers() -> None:
-    stream = _stream()
-    single, single_popularity = _single(stream, bound=1_000)
-    graph, popularity = _global(stream, bound=1_000)
+def _assert_same(graph: CoVisitation, popularity: Popularity, single: CoVisitation,
+                 single_popularity: Popularity, end: int) -> None:
     assert graph.edges.keys() == single.edges.keys()
     for source, targets in single.edges.items():
         assert graph.edges[source] == pytest.approx(targets, rel=1e-9)
     items = sorted(single.index)
     assert [graph.visited(i) for i in items] == [single.visited(i) for i in items]
-    end = stream[-1][3]
     assert popularity.values(items, end) == pytest.approx(
         single_popularity.values(items, end), rel=1e-5)   # (float32 values)
     assert [i for i, _ in popularity.top(10, end)] == [
         i for i, _ in single_popularity.top(10, end)]
+
+
+def test_the_followed_graph_equals_the_single_workers() -> None:
+    stream = _stream()
+    single, single_popularity = _single(stream, bound=1_000)
+    graph, popularity = _global(stream, bound=1_000)
+    _assert_same(graph, popularity, single, single_popularity, stream[-1][3])
+
+
+def test_a_worker_merging_the_evidence_holds_the_single_workers_graph() -> None:
+    """Every worker's own copy: the evidence topic merged as it comes, no entries."""
+    stream = _stream()
+    single, single_popularity = _single(stream, bound=1_000)
+    follower = Follower.over(CoVisitation(max_neighbours=1_000), Popularity(HALF_LIFE))
+    for _, offset, data in _records(stream, bound=1_000):
+        follower.merge(data, offset)
+    _assert_same(follower.stats.graph, follower.stats.popularity, single,
+                 single_popularity, stream[-1][3])
+
+
+@pytest.mark.parametrize("torn", [False, True], ids=["whole", "torn"])
+def test_a_starting_worker_loads_the_snapshot_then_the_evidence_after_it(torn: bool
+                                                                         ) -> None:
+    """A worker starting mid-stream loads the owners' entries and markers, then merges the
+    evidence after each marker: the same graph as a worker that merged it all. ``torn``:
+    an owner was killed after writing some of a batch's entries and before its marker (at
+    least once): the entries already written hold records after the marker, which are
+    not merged into them twice."""
+    stream = _stream()
+    single, single_popularity = _single(stream, bound=1_000)
+    topic = _records(stream, bound=1_000)
+    rules = CoVisitation(max_neighbours=1_000)
+    owners = [ItemStats.like(rules, HALF_LIFE) for _ in range(4)]
+    changelog: list[tuple[int, bytes, bytes]] = []   # (partition, key, value)
+    cut = len(topic) // 2
+    for n, (number, offset, data) in enumerate(topic[:cut]):
+        owners[number].merge(decode_evidence(data), offset)
+        if n % 7 == 6 or n == cut - 1:   # an owner batch ends: entries, then the marker
+            for p, owner in enumerate(owners):
+                changelog += [(p, item.encode(), encode(summary))
+                              for item, summary in owner.summaries()]
+                done = [o for q, o, _ in topic[:n + 1] if q == p]
+                if done:
+                    changelog.append((p, snapshot_key(p), encode(SnapshotMark(1, done[-1]))))
+    if torn:   # the next records merged, their entries half written, no marker
+        for number, offset, data in topic[cut:cut + 12]:
+            owners[number].merge(decode_evidence(data), offset)
+        entries = [(p, item.encode(), encode(summary)) for p, owner in enumerate(owners)
+                   for item, summary in owner.summaries()]
+        changelog += entries[: len(entries) // 2]
+    starting = Follower.over(CoVisitation(max_neighbours=1_000), Popularity(HALF_LIFE))
+    for p, key, value in changelog:
+        starting.load(key, value, p)
+    assert all(starting.start(p) > 0 for p in range(4))
+    for number, offset, data in topic:
+        if offset >= starting.start(number):
+            starting.merge(data, offset)
+    _assert_same(starting.stats.graph, starting.stats.popularity, single,
+                 single_popularity, stream[-1][3])
+
+
+def test_a_starting_worker_with_no_snapshot_reads_the_evidence_from_its_beginning(
+        ) -> None:
+    follower = Follower.over(CoVisitation(), Popularity(HALF_LIFE))
+    assert follower.start(3) == 0
+    follower.load(snapshot_key(3), encode(SnapshotMark(1, 41)), 3)
+    assert (follower.start(3), follower.start(2)) == (42, 0)
+    follower.load(b"a", b"", 3)   # a tombstone: gone
+    assert follower.stats.graph.neighbours("a", 5) == []
 
 
 def test_a_bounded_graph_keeps_nearly_the_same_neighbours() -> None:
