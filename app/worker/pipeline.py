@@ -22,7 +22,7 @@ import msgspec
 import numpy as np
 
 from app.broker.reading import follow, follow_records
-from app.contract.partitioning import partition_of
+from app.contract.partitioning import item_partition
 from app.contract.records import (
     Event,
     ItemOp,
@@ -230,7 +230,7 @@ class Pipeline:
         assert sends is not None   # (evidence is summed only with a topic to send it to)
         known = [stamp for stamp in stamps if stamp]
         produced = round(min(known) * 1000) if known else now_ms()
-        for number, record in evidence.split(self.settings.partitions, partition_of,
+        for number, record in evidence.split(self.settings.partitions, item_partition,
                                              produced).items():
             value = encode_item_stats(record)
             await sends.send(value, number, source)
