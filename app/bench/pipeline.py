@@ -659,7 +659,7 @@ def markdown(report: dict[str, Any]) -> str:
            f"{report['backlog_batches_global_items']['bytes_per_event:evidence']:,.0f} "
            "bytes of evidence and "
            f"{report['backlog_batches_global_items']['bytes_per_event:item-stats']:,.0f} "
-           "of item entries per event; at the latency load the followed statistics hold an "
+           "of snapshot entries per event; at the latency load every worker's graph holds an "
            f"event within {report['item_stats_freshness']['p50_ms']} ms (p50), "
            f"{report['item_stats_freshness']['p99_ms']} ms (p99), the latency worker "
            "running them.", ""]

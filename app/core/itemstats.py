@@ -39,6 +39,10 @@ from app.core.covisit import CoVisitation
 from app.core.recommender import Popularity
 
 PartitionOf = Callable[[bytes, int], int]
+_SEP = "\x1f"   # between a segment and an item in one key (neither holds it)
+# one partition's share of a batch: edges, visits, popularity, segment popularity
+_Part = tuple[dict[str, dict[str, float]], dict[str, float], dict[str, float],
+              dict[str, dict[str, float]]]
 
 
 class EvidenceRecord(msgspec.Struct, frozen=True, array_like=True):
@@ -51,6 +55,10 @@ class EvidenceRecord(msgspec.Struct, frozen=True, array_like=True):
     reference: int                       # ms
     latest: int                          # ms: the newest event counted
     produced: int = 0   # ms, wall clock: when the batch's oldest event reached Kafka
+    # profile segment -> item -> weight, scaled to ``segments_reference``
+    segments: dict[str, dict[str, float]] = msgspec.field(default_factory=dict)
+    segments_reference: int = 0          # ms
+    segments_latest: int = 0             # ms: the newest event counted for a segment
 
 
 class SnapshotMark(msgspec.Struct, frozen=True, array_like=True):
@@ -72,6 +80,8 @@ class ItemSummary(msgspec.Struct, frozen=True, array_like=True):
     at: int                 # ms: the newest event its partition has counted
     offset: int = -1        # the last evidence record merged into it (in its partition)
     produced: int = 0       # ms, wall clock: the oldest event merged since its last entry
+    segments: dict[str, float] = msgspec.field(default_factory=dict)   # segment -> count
+    segments_at: int = 0    # ms: when those counts are read
 
 
 _evidence = msgspec.msgpack.Encoder()
@@ -118,9 +128,11 @@ class Evidence:
     edges: dict[str, dict[str, float]] = field(default_factory=dict)
     visits: dict[str, float] = field(default_factory=dict)
     popularity: Popularity = field(init=False)
+    segment_popularity: Popularity = field(init=False)   # keyed by segment, SEP, item
 
     def __post_init__(self) -> None:
         self.popularity = Popularity(half_life_ms=self.half_life_ms)
+        self.segment_popularity = Popularity(half_life_ms=self.half_life_ms)
 
     def observe(self, history: Sequence[str], item: str, weight: float, ts: int) -> None:
         """``item`` follows ``history`` (the user's items, oldest first) at ``ts``: what
@@ -131,36 +143,45 @@ class Evidence:
             targets[target] = targets.get(target, 0.0) + strength
         self.popularity.add(item, weight, ts)
 
+    def observe_segments(self, segments: Sequence[str], item: str, weight: float, ts: int
+                         ) -> None:
+        """What Recommender.learn_segments would count: ``item`` for each of the user's
+        profile ``segments``."""
+        for segment in segments:
+            self.segment_popularity.add(segment + _SEP + item, weight, ts)
+
     def __bool__(self) -> bool:
-        return bool(self.visits or self.edges)
+        return bool(self.visits or self.edges or self.segment_popularity.scores)
 
     def split(self, partitions: int, partition_of: PartitionOf, produced: int = 0
               ) -> dict[int, EvidenceRecord]:
         """The evidence per partition of its items (an edge goes with its source item: the
         owner of an item holds its outgoing edges); ``produced``: when the batch's oldest
         event reached Kafka (ms), for the freshness of what follows from it."""
-        pop = self.popularity
-        parts: dict[int, tuple[dict[str, dict[str, float]], dict[str, float],
-                               dict[str, float]]] = {}
+        pop, by_segment = self.popularity, self.segment_popularity
+        parts: dict[int, _Part] = {}
 
-        def part(item: str) -> tuple[dict[str, dict[str, float]], dict[str, float],
-                                     dict[str, float]]:
+        def part(item: str) -> _Part:
             number = partition_of(item.encode(), partitions)
             found = parts.get(number)
             if found is None:
-                found = parts[number] = ({}, {}, {})
+                found = parts[number] = ({}, {}, {}, {})
             return found
 
         for source, targets in self.edges.items():
             part(source)[0][source] = targets
         for item, count in self.visits.items():
-            _, visits, popularity = part(item)
+            _, visits, popularity, _ = part(item)
             visits[item] = count
             popularity[item] = pop.scores.get(item, 0.0)
+        for key, score in by_segment.scores.items():
+            segment, _, item = key.partition(_SEP)
+            part(item)[3].setdefault(segment, {})[item] = score
         reference = pop.reference or 0
         return {number: EvidenceRecord(1, edges, visits, popularity, reference, pop.latest,
-                                       produced)
-                for number, (edges, visits, popularity) in parts.items()}
+                                       produced, segments, by_segment.reference or 0,
+                                       by_segment.latest)
+                for number, (edges, visits, popularity, segments) in parts.items()}
 
 
 @dataclass
@@ -174,6 +195,7 @@ class ItemStats:
 
     graph: CoVisitation
     popularity: Popularity
+    segments: dict[str, Popularity] = field(default_factory=dict)   # per profile segment
     applied: dict[str, int] = field(default_factory=dict)   # item -> last record merged
     _dirty: dict[str, int] = field(default_factory=dict)    # item -> oldest produced since
     tracks_changes: bool = True   # False: a follower, which writes no entries
@@ -188,15 +210,23 @@ class ItemStats:
         """Merge ``record`` (the evidence partition's record at ``offset``; -1: unknown,
         always merged) into the items that do not hold it yet; how many items it changed."""
         edges, visits, popularity = record.edges, record.visits, record.popularity
+        segments = record.segments
         items = edges.keys() | visits.keys()
+        for counts in segments.values():
+            items |= counts.keys()
         held = ({i for i in items if self.applied.get(i, -1) >= offset} if offset >= 0
                 else set())
         if held:   # read again after a restart: some items stored it already
             edges = {s: t for s, t in edges.items() if s not in held}
             visits = {i: n for i, n in visits.items() if i not in held}
             popularity = {i: p for i, p in popularity.items() if i not in held}
+            segments = {g: {i: p for i, p in counts.items() if i not in held}
+                        for g, counts in segments.items()}
         self.graph.merge(edges, visits)
         self.popularity.merge(popularity, record.reference, record.latest)
+        for segment, counts in segments.items():
+            self._segment(segment).merge(counts, record.segments_reference,
+                                         record.segments_latest)
         merged = items - held if held else items
         if offset >= 0:
             applied = self.applied
@@ -208,9 +238,15 @@ class ItemStats:
                 dirty[item] = min(dirty.get(item, produced), produced)
         return len(merged)
 
+    def _segment(self, segment: str) -> Popularity:
+        found = self.segments.get(segment)
+        if found is None:
+            found = self.segments[segment] = Popularity(self.popularity.half_life_ms)
+        return found
+
     def restore(self, item: str, summary: ItemSummary) -> None:
         """Put back an item's stored entry (after a restart or a reassignment)."""
-        follow_summary(self.graph, self.popularity, item, summary)
+        follow_summary(self.graph, self.popularity, item, summary, self.segments)
         self.applied[item] = summary.offset
 
     def summaries(self) -> list[tuple[str, ItemSummary]]:
@@ -226,21 +262,35 @@ class ItemStats:
         its entries starts as from a pruning."""
         targets, strengths = self.graph.ranked(item, self.graph.max_neighbours)
         latest = self.popularity.latest
+        held = [(segment, counts) for segment, counts in self.segments.items()
+                if item in counts.scores]
+        at = max((counts.latest for _, counts in held), default=0)
         return ItemSummary(1, targets, strengths,
                            self.graph.visited(item), self.popularity.value(item, latest),
-                           latest, self.applied.get(item, -1), produced)
+                           latest, self.applied.get(item, -1), produced,
+                           {segment: counts.value(item, at) for segment, counts in held}, at)
 
 
 def follow_summary(graph: CoVisitation, popularity: Popularity, item: str,
-                   summary: ItemSummary | None) -> None:
-    """Apply one entry of the global statistics to a graph and popularity (None: the item
-    is gone from them)."""
+                   summary: ItemSummary | None,
+                   segments: dict[str, Popularity] | None = None) -> None:
+    """Apply one entry of the global statistics to a graph, popularity and (when given)
+    popularity per profile segment (None: the item is gone from them)."""
     if summary is None:
         graph.replace(item, [], [], 0.0)
         popularity.set(item, 0.0, popularity.latest)
+        for counts in (segments or {}).values():
+            if item in counts.scores:
+                counts.set(item, 0.0, counts.latest)
         return
     graph.replace(item, summary.targets, summary.strengths, summary.visits)
     popularity.set(item, summary.popularity, summary.at)
+    if segments is not None:
+        for segment, value in summary.segments.items():
+            found = segments.get(segment)
+            if found is None:
+                found = segments[segment] = Popularity(popularity.half_life_ms)
+            found.set(item, value, summary.segments_at)
 
 
 @dataclass
@@ -254,8 +304,11 @@ class Follower:
     marks: dict[int, int] = field(default_factory=dict)   # partition -> offset snapshotted
 
     @classmethod
-    def over(cls, graph: CoVisitation, popularity: Popularity) -> Follower:
-        return cls(ItemStats(graph, popularity, tracks_changes=False))
+    def over(cls, graph: CoVisitation, popularity: Popularity,
+             segments: dict[str, Popularity] | None = None) -> Follower:
+        """``segments``: the popularity per profile segment to keep (a new dict: none)."""
+        return cls(ItemStats(graph, popularity, {} if segments is None else segments,
+                             tracks_changes=False))
 
     def load(self, key: bytes | None, value: bytes | None, partition: int) -> None:
         """One record of the item-stats changelog (read from its beginning)."""
@@ -269,7 +322,8 @@ class Follower:
         if value:
             self.stats.restore(item, decode_summary(value))
         else:   # (a tombstone: the item is gone)
-            follow_summary(self.stats.graph, self.stats.popularity, item, None)
+            follow_summary(self.stats.graph, self.stats.popularity, item, None,
+                           self.stats.segments)
             self.stats.applied.pop(item, None)
 
     def start(self, partition: int) -> int:

@@ -69,8 +69,8 @@ def learn_sequence(recommender: Recommender, before: UserState, applied: Sequenc
                    segments: Sequence[str] = (), evidence: Evidence | None = None) -> None:
     """Feed co-visitation and popularity (overall, and per profile segment of the user)
     with a user's newly applied item events, ``before`` being their state before them.
-    With ``evidence`` (global item statistics), the graph and overall popularity are
-    counted there instead: every worker, this one too, merges it from the evidence topic
+    With ``evidence`` (global item statistics), the graph, overall and segment popularity
+    are counted there instead: every worker, this one too, merges it from the evidence topic
     (about a second later; counted here as well, it would be counted twice). Each
     item follows what came before it: the recent items before the batch, then the batch's
     earlier items (never a later item of the same batch, however many it held: a backlog
@@ -96,7 +96,10 @@ def learn_sequence(recommender: Recommender, before: UserState, applied: Sequenc
             order.remove(event.item_id)
         order.append(event.item_id)
         recommender.trending.add(event.item_id, weight, event.ts)
-        recommender.learn_segments(segments, event.item_id, weight, event.ts)
+        if evidence is not None:
+            evidence.observe_segments(segments, event.item_id, weight, event.ts)
+        else:
+            recommender.learn_segments(segments, event.item_id, weight, event.ts)
 
 
 def recommend_after(recommender: Recommender, encoder: QueryEncoder, before: UserState,
@@ -196,14 +199,15 @@ def rebuild_memory(recommender: Recommender,
                    items: bool = True) -> int:
     """Regrow co-visitation and popularity (overall and per segment) from stored users'
     recent items and profile segments (after a restart or a rebalance: they live only in
-    memory); without ``items``, trending and segment popularity only (the graph and the
-    overall popularity are the global ones, followed). Returns the number of users read."""
+    memory); without ``items``, trending only (the graph, the overall and the segment
+    popularity are the global ones, followed). Returns the number of users read."""
     covisit = CoVisitation(window=recommender.covisit.window,
                            max_neighbours=recommender.covisit.max_neighbours,
                            backward=recommender.covisit.backward)
     popularity = Popularity(half_life_ms=recommender.popularity.half_life_ms)
     trending = recommender.trending.fresh()
-    recommender.segment_popularity = {}
+    if items:
+        recommender.segment_popularity = {}
     count = 0
     for state, segments in users:
         count += 1
@@ -214,7 +218,8 @@ def rebuild_memory(recommender: Recommender,
                 covisit.observe(order[:position], item, weight)
                 popularity.add(item, weight, ts)
             trending.add(item, weight, ts)
-        learn_segment_history(recommender, state, segments)
+        if items:
+            learn_segment_history(recommender, state, segments)
     if items:
         recommender.covisit, recommender.popularity = covisit, popularity
     recommender.trending = trending
@@ -222,11 +227,16 @@ def rebuild_memory(recommender: Recommender,
 
 
 def learn_segment_history(recommender: Recommender, state: UserState,
-                          segments: Sequence[str]) -> None:
+                          segments: Sequence[str], evidence: Evidence | None = None) -> None:
     """Count a user's stored recent items for their profile segments (when a profile
-    arrives after the history, and when memory is regrown: both give the same counts)."""
+    arrives after the history, and when memory is regrown: both give the same counts);
+    into ``evidence`` instead with global item statistics."""
     for item, kind, ts in state.recent:
-        recommender.learn_segments(segments, item, SEQUENCE_WEIGHTS.get(kind, 1.0), ts)
+        weight = SEQUENCE_WEIGHTS.get(kind, 1.0)
+        if evidence is not None:
+            evidence.observe_segments(segments, item, weight, ts)
+        else:
+            recommender.learn_segments(segments, item, weight, ts)
 
 
 def apply_catalogue_record(catalogue: Catalogue, key: bytes | None, value: bytes | None

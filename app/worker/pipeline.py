@@ -266,13 +266,19 @@ class Pipeline:
         """A profile that puts a user in new segments counts their history so far for those
         segments: the same counts a regrowth of memory would give. The user's cached list
         is dropped: a new user's answer depends on their segments."""
+        evidences: dict[int | None, Evidence] = {}
         for result in results:
             self.served.forget(result.key)
             added = (set(segments_of(result.state.profile))
                      - set(segments_of(result.before.profile)))
             if added:
                 learn_segment_history(self.recommender, self._users(result.key),
-                                      sorted(added))
+                                      sorted(added), self._evidence_of(
+                                          evidences, result.last_event.message.partition))
+        stamps = [r.last_event.message.timestamp for r in results]
+        for source, evidence in evidences.items():
+            if evidence:
+                await self._send_evidence(evidence, stamps, source)
 
     async def after_forget(self, keys: list[bytes]) -> None:
         """Forgotten users (their tables already cleared): their cached lists are dropped
@@ -410,8 +416,8 @@ class Pipeline:
             users = rebuild_memory(self.recommender, states(), items=local)
             built_for = assignment
             log.info("%s regrown from %d stored users",
-                     "co-visitation and popularity" if local else "trending and segment "
-                     "popularity (the graph is the global one)", users)
+                     "co-visitation and popularity" if local else "trending (the graph, "
+                     "overall and segment popularity are the global ones)", users)
 
     async def follow_catalogue(self) -> None:
         """Read the whole catalogue topic, then keep following it."""
@@ -428,7 +434,9 @@ class Pipeline:
         ``evidence`` topic's records after each partition's marker, and go on merging them
         as they come (app.core.itemstats.Follower). Synced once the evidence the topic held
         after the snapshot is merged."""
-        follower = Follower.over(self.recommender.covisit, self.recommender.popularity)
+        recommender = self.recommender
+        follower = Follower.over(recommender.covisit, recommender.popularity,
+                                 recommender.segment_popularity)
         failed = self._follow_failed("item-stats")
         loaded = asyncio.Event()
         await follow_records(self.settings, snapshot, lambda message: follower.load(

@@ -280,3 +280,44 @@ def test_a_record_read_again_is_merged_only_where_it_is_not_stored() -> None:
     for item in ("b", "c"):
         assert again[item] == entries[item]
     assert restarted.summary("a") == entries["a"]
+
+
+def test_segment_popularity_is_global_too() -> None:
+    """Popularity per profile segment goes through the evidence like the rest: merged as it
+    comes, and through the owners' entries (the snapshot), it is what one worker counts."""
+    stream = _stream(events=2_000)
+    segments = {f"u{n}": ((f"age:{n % 3}", f"occupation:{n % 5}") if n % 4 else ())
+                for n in range(60)}   # (a quarter of the users without a profile)
+    single: dict[str, Popularity] = {}
+    rules = CoVisitation(max_neighbours=1_000)
+    evidence = [Evidence(rules, HALF_LIFE) for _ in range(3)]
+    records: list[tuple[int, bytes]] = []
+    for n, (user, item, weight, ts) in enumerate(stream):
+        for segment in segments[user]:
+            single.setdefault(segment, Popularity(HALF_LIFE)).add(item, weight, ts)
+        worker = partition_of(user.encode(), 3)
+        evidence[worker].observe_segments(segments[user], item, weight, ts)
+        if n % 50 == 49 or n == len(stream) - 1:
+            for w in range(3):
+                if evidence[w]:
+                    records += [(p, encode(r)) for p, r in evidence[w].split(
+                        4, partition_of).items()]
+                evidence[w] = Evidence(rules, HALF_LIFE)
+    follower = Follower.over(CoVisitation(), Popularity(HALF_LIFE))
+    owners = [ItemStats.like(rules, HALF_LIFE) for _ in range(4)]
+    for offset, (number, data) in enumerate(records):
+        follower.merge(data, offset)
+        owners[number].merge(decode_evidence(data), offset)
+    starting = Follower.over(CoVisitation(), Popularity(HALF_LIFE))
+    for number, owner in enumerate(owners):
+        for item, summary in owner.summaries():
+            starting.load(item.encode(), encode(summary), number)
+    end = stream[-1][3]
+    assert single.keys() == follower.stats.segments.keys() == starting.stats.segments.keys()
+    for segment, counts in single.items():
+        items = sorted(counts.scores)
+        for copy in (follower, starting):
+            mine = copy.stats.segments[segment]
+            assert mine.values(items, end) == pytest.approx(counts.values(items, end),
+                                                            rel=1e-5)
+            assert [i for i, _ in mine.top(5, end)] == [i for i, _ in counts.top(5, end)]

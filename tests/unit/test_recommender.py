@@ -647,3 +647,33 @@ def test_trending_memory_is_bounded_by_the_items_a_closed_bucket_keeps() -> None
     trending.add("e", 1.0, 2 * DAY_MS)            # day 0 closes in the 9 days: c, d, e go
     assert trending.windows[1].buckets[0] == {"a": 5.0, "b": 4.0}
     assert trending.windows[1].counts == {"a": 5.0, "b": 4.0, "e": 1.0}   # e: day 2's
+
+
+def test_with_global_item_statistics_a_worker_counts_items_only_into_the_evidence() -> None:
+    """Global item statistics: a worker's events (and a late profile's history) go to the
+    evidence alone, graph and overall and segment popularity alike: the worker merges them
+    back from the evidence topic like everyone's (counted here too, twice). A regrowth
+    after a rebalance leaves those global parts alone and regrows trending only."""
+    from app.core.itemstats import Evidence
+    from app.core.serving import learn_segment_history, learn_sequence, rebuild_memory
+
+    cat = catalogue()
+    context = EventContext(item_vector=cat.index.vector, query_vectors={}, dimension=D)
+    live, state = Recommender(cat), UserState()
+    evidence = Evidence(live.covisit, live.popularity.half_life_ms)
+    batch = [View(v=1, event_id=f"v{n}", user_id="u", ts=n, item_id=item)
+             for n, item in enumerate(["alien", "aliens", "predator"])]
+    result = apply_batch(state, batch, 64, event_fold(context))
+    learn_sequence(live, state, result.applied, ("age:25-34",), evidence)
+    learn_segment_history(live, result.state, ("gender:f",), evidence)
+    assert not live.covisit.out
+    assert not live.popularity.scores
+    assert not live.segment_popularity
+    assert live.trending.top(5, 3)   # (trending stays per worker)
+    assert evidence.edges["alien"] == {"aliens": 1.0, "predator": 0.5}
+    [record] = evidence.split(1, lambda key, n: 0).values()
+    assert record.segments.keys() == {"age:25-34", "gender:f"}
+    assert record.segments["gender:f"].keys() == {"alien", "aliens", "predator"}
+    live.segment_popularity["age:25-34"] = followed = Popularity()
+    rebuild_memory(live, [(result.state, ("age:25-34",))], items=False)
+    assert live.segment_popularity == {"age:25-34": followed}
