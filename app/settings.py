@@ -349,8 +349,8 @@ class Settings(BaseSettings):
     which every worker merges into its own copy of the whole graph; the worker owning an
     item's partition also keeps the item's entry in the ``item-stats`` table, whose
     compacted changelog is the snapshot a starting worker loads first (docs/pipeline.md,
-    "Global item statistics"). Trending and segment popularity stay per worker either
-    way."""
+    "Global item statistics"). Popularity per profile segment follows the same
+    setting; trending (the last hour's counts) stays per worker either way."""
 
     item_stats_flush_seconds: float = Field(default=10.0, gt=0, le=60)
     """With ``item_stats=global``: how long an item's owner gathers evidence before it
