@@ -1017,8 +1017,9 @@ def replay(
                     "most --partitions do work). Runs are saved as "
                     "<variant>-x<workers>.json beside the single-worker ones.")] = 1,
     global_items: Annotated[bool, typer.Option(
-        "--global-items", help="Co-visitation and popularity from every worker's events, "
-        "merged per item (STREAMREC_ITEM_STATS=global), not each worker's own partitions'. "
+        "--global-items", help="Co-visitation and popularity (overall and per segment) from "
+        "every worker's events, merged per item (STREAMREC_ITEM_STATS=global), not each "
+        "worker's own partitions'. "
         "Runs are saved as <variant>-global[-x<workers>].json.")] = False,
     cut: Annotated[float | None, typer.Option(
         help="Global time split instead of leave-last-out: stream every rating before this "
