@@ -718,6 +718,9 @@ def bench_pipeline(
         "--global-items", help="Also time StreamRec with item_stats=global on the same "
         "backlog (its cost as a ratio, and its bytes per event), and run the latency "
         "phase's worker with it (the statistics' freshness at that load).")] = False,
+    global_items_first: Annotated[bool, typer.Option(
+        help="With --global-items, time the global job before the per-worker one (as "
+             "--exactly-once-first: run both orders for a fair ratio).")] = False,
     quick: Annotated[bool, typer.Option(
         "--quick", help="The guard (about a minute here): the decode-only ceiling and StreamRec "
                         "in turn, twice each, on a smaller backlog; reports StreamRec's "
@@ -739,7 +742,7 @@ def bench_pipeline(
     report = asyncio.run(pipeline_bench.run(
         events, partitions, broker, latency_seconds, say, pull_rate, pull_seconds, profile,
         references, profile_paced, latency_rate, behaviour_model, quick, live_events,
-        live_ahead, exactly_once, exactly_once_first, global_items))
+        live_ahead, exactly_once, exactly_once_first, global_items, global_items_first))
     if quick:
         typer.echo(json.dumps(report) if json_output else pipeline_bench.quick_markdown(report))
         if not report["passed"]:

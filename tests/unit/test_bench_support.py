@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app import harness
-from app.bench.pipeline import summarise_profile
+from app.bench.pipeline import first, summarise_profile
 from app.harness import WorkerRun
 
 
@@ -44,3 +44,9 @@ def test_a_run_of_several_workers_gives_each_its_own_port_and_data_and_sums_them
     assert single.metrics_urls == [single.metrics_url]              # one worker by default
     with pytest.raises(ValueError, match="at least one worker"):
         run.with_workers(0)
+
+
+def test_a_variant_can_be_timed_first_and_the_rest_keep_their_order() -> None:
+    variants = {"ceiling": 1, "streamrec": 2, "global": 3, "exactly-once": 4}
+    assert list(first(variants, "global")) == ["global", "ceiling", "streamrec", "exactly-once"]
+    assert first(variants, "global")["global"] == 3
