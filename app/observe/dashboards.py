@@ -28,6 +28,7 @@ TARGET = Path("deploy/grafana/dashboards/streamrec.json")
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 WORKERS = '{job="streamrec", instance=~"$instance"}'
 HIT, CLICK = 'outcome="hit"', 'type="click"'
+ACCEPTED = 'topic="events", outcome="accepted"'
 
 
 def _m(metric: str, labels: str = "") -> str:
@@ -136,6 +137,14 @@ def build() -> Dashboard:
         .with_panel(
             Stat().title("Workers up").unit("short").span(12).height(8).datasource(DATASOURCE)
             .with_target(_query(f"sum(up{WORKERS})", "up")))
+        .with_row(Row("Scale"))
+        .with_panel(_series(
+            "Global item statistics: event -> every graph, p99 (item_stats=global)", "s",
+            _p99("streamrec_item_stats_freshness_seconds", "instance", "{{instance}}")))
+        .with_panel(_series(
+            "Bytes written to Kafka per input event", "decbytes",
+            _query(f"sum by (to) ({_rate('streamrec_written_bytes_total')}) / scalar(sum("
+                   f"{_rate('streamrec_input_records_total', ACCEPTED)}))", "{{to}}")))
         .with_row(Row("Model"))
         .with_panel(_series(
             "Encoder batch latency p99", "s",

@@ -32,6 +32,7 @@ def test_docker_compose_config_validates_the_topology() -> None:
     first, last = (int(p) for p in ports["published"].split("-"))
     assert (ports["target"], first, ports["host_ip"]) == (6066, 6066, "127.0.0.1")
     assert last - first + 1 == int(worker["environment"]["STREAMREC_PARTITIONS"])
+    assert worker["environment"]["STREAMREC_ITEM_STATS"] == "global"   # replicas share them
     kafka = services["kafka"]
     assert "HOST://localhost:9094" in kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     assert [(p["published"], p["target"]) for p in kafka["ports"]] == [("9094", 9094)]
