@@ -350,7 +350,8 @@ class Settings(BaseSettings):
     item's partition also keeps the item's entry in the ``item-stats`` table, whose
     compacted changelog is the snapshot a starting worker loads first (docs/pipeline.md,
     "Global item statistics"). Popularity per profile segment follows the same
-    setting; trending (the last hour's counts) stays per worker either way."""
+    setting; trending (counts over sliding windows of 1-27 days) stays per worker
+    either way."""
 
     item_stats_flush_seconds: float = Field(default=10.0, gt=0, le=60)
     """With ``item_stats=global``: how long an item's owner gathers evidence before it
