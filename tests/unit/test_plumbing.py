@@ -105,10 +105,15 @@ def test_kraft_cluster_ids_never_look_like_an_option() -> None:
     assert all(len(i) == 22 for i in ids)
 
 
+WINDOW = 0.15   # a batch's window (s); events come every 0.3 of it: slow enough that a
+# loaded machine's scheduling (a few ms late here and there) does not decide a test
+
+
 def _batch_sizes(waiting_on_broker: int | Callable[[], int], chunks: int = 10,
                  per_chunk: int = 60) -> list[int]:
-    """take_batches over a Faust channel fed ``per_chunk`` events every 15 ms (``chunks``
-    times): the batch sizes, with ``waiting_on_broker`` records reported as not yet read."""
+    """take_batches over a Faust channel fed ``per_chunk`` events every 0.3 windows
+    (``chunks`` times): the batch sizes, with ``waiting_on_broker`` records reported as not
+    yet read."""
     import asyncio
 
     from app.worker.faust_compat import take_batches
@@ -126,7 +131,7 @@ def _batch_sizes(waiting_on_broker: int | Callable[[], int], chunks: int = 10,
                 return (waiting_on_broker() if callable(waiting_on_broker)
                         else waiting_on_broker)
 
-            async for batch in take_batches(stream, 1000, 0.05, 1.0, behind):
+            async for batch in take_batches(stream, 1000, WINDOW, 20 * WINDOW, behind):
                 sizes.append(len(batch))
                 if sum(sizes) >= per_chunk * chunks:
                     everything.set()
@@ -136,7 +141,7 @@ def _batch_sizes(waiting_on_broker: int | Callable[[], int], chunks: int = 10,
         for _ in range(chunks):
             for value in range(per_chunk):
                 await channel.send(value=value)
-            await asyncio.sleep(0.015)
+            await asyncio.sleep(0.3 * WINDOW)
         await everything.wait()
         task.cancel()
         # iterating a stream made the app's Kafka consumer, whose thread has a loop of its
@@ -156,7 +161,7 @@ def test_batches_grow_only_while_a_backlog_waits_on_the_broker() -> None:
 
 
 def test_batches_grow_on_a_machine_that_takes_events_in_slower_than_the_fixed_bar() -> None:
-    """~50 events per 50 ms window, under the tenth of BATCH_MAX (100) a fast machine takes
+    """~50 events per window, under the tenth of BATCH_MAX (100) a fast machine takes
     in: the bar follows the batch's first window, so a backlog still grows batches."""
     ordinary = _batch_sizes(waiting_on_broker=0, chunks=20, per_chunk=15)
     backlog = _batch_sizes(waiting_on_broker=5_000, chunks=20, per_chunk=15)
