@@ -79,7 +79,8 @@ class ItemSummary(msgspec.Struct, frozen=True, array_like=True):
     popularity: float       # its count at ``at``
     at: int                 # ms: the newest event its partition has counted
     offset: int = -1        # the last evidence record merged into it (in its partition)
-    produced: int = 0       # ms, wall clock: the oldest event merged since its last entry
+    produced: int = 0       # unused since every worker merges the evidence (its freshness
+    # comes from the evidence records): kept, 0, so the fields after it keep their places
     segments: dict[str, float] = msgspec.field(default_factory=dict)   # segment -> count
     segments_at: int = 0    # ms: when those counts are read
 
@@ -197,7 +198,7 @@ class ItemStats:
     popularity: Popularity
     segments: dict[str, Popularity] = field(default_factory=dict)   # per profile segment
     applied: dict[str, int] = field(default_factory=dict)   # item -> last record merged
-    _dirty: dict[str, int] = field(default_factory=dict)    # item -> oldest produced since
+    _dirty: set[str] = field(default_factory=set)            # items changed since
     tracks_changes: bool = True   # False: a follower, which writes no entries
 
     @classmethod
@@ -233,9 +234,7 @@ class ItemStats:
             for item in merged:
                 applied[item] = offset
         if self.tracks_changes:
-            dirty, produced = self._dirty, record.produced
-            for item in merged:
-                dirty[item] = min(dirty.get(item, produced), produced)
+            self._dirty |= merged
         return len(merged)
 
     def _segment(self, segment: str) -> Popularity:
@@ -252,10 +251,10 @@ class ItemStats:
     def summaries(self) -> list[tuple[str, ItemSummary]]:
         """The entries of the items changed since the last call (by name), and forget
         them."""
-        dirty, self._dirty = self._dirty, {}
-        return [(item, self.summary(item, dirty[item])) for item in sorted(dirty)]
+        dirty, self._dirty = self._dirty, set()
+        return [(item, self.summary(item)) for item in sorted(dirty)]
 
-    def summary(self, item: str, produced: int = 0) -> ItemSummary:
+    def summary(self, item: str) -> ItemSummary:
         """``item``'s entry: its ``max_neighbours`` strongest edges (what a worker ranks
         with; the weaker ones its owner holds until the next pruning are left out, half
         the bytes), its visits, its popularity at the newest event. An owner resuming from
@@ -267,7 +266,7 @@ class ItemStats:
         at = max((counts.latest for _, counts in held), default=0)
         return ItemSummary(1, targets, strengths,
                            self.graph.visited(item), self.popularity.value(item, latest),
-                           latest, self.applied.get(item, -1), produced,
+                           latest, self.applied.get(item, -1), 0,
                            {segment: counts.value(item, at) for segment, counts in held}, at)
 
 
