@@ -22,7 +22,7 @@ from app.core.profile import SEQUENCE_WEIGHTS
 from app.soak.fuzz import read_all
 from tests.integration.test_recommendations import CATALOGUE, TS, _items
 from tests.support.kafka_io import latest_by_key, produce
-from tests.support.worker import WorkerProcess, isolated_env, wait_total
+from tests.support.worker import WorkerProcess, isolated_env, wait_assigned, wait_total
 
 ITEMS = sorted(CATALOGUE)
 
@@ -106,6 +106,7 @@ def test_every_worker_follows_the_single_worker_graph(kafka: KafkaBroker, tmp_pa
         asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_ITEMS"], _items()))
         for worker in workers:
             worker.wait_metric("streamrec_catalogue_items", len(CATALOGUE))
+        wait_assigned(workers, env["STREAMREC_TOPIC_EVENTS"], 4)   # no rebalance under way
         waves = [_wave(range(0, 60), seed=1, start=0)]
         sent = len(_events(waves[0]))
         asyncio.run(produce(kafka.bootstrap, env["STREAMREC_TOPIC_EVENTS"], _events(waves[0])))

@@ -113,6 +113,31 @@ def wait_total(workers: list[WorkerProcess], name: str, at_least: float,
     raise AssertionError(f"{name}{labels} = {value} < {at_least} after {within}s{logs}")
 
 
+def wait_assigned(workers: list[WorkerProcess], topic: str, partitions: int,
+                  within: float = 90.0) -> list[set[int]]:
+    """Wait until every worker holds at least one partition of ``topic`` and together they
+    hold each of its ``partitions`` once, the same in two readings in a row (each worker
+    reports its assignment as ``streamrec_consumer_lag_records`` every 5 s, so a group
+    still rebalancing does not pass). Returns each worker's partitions."""
+    deadline = time.monotonic() + within
+    held: list[set[int]] = []
+    before: list[set[int]] | None = None
+    while time.monotonic() < deadline:
+        held = [{int(dict(labels)["partition"])
+                 for (name, labels), _ in scrape(w.base_url + "/metrics").items()
+                 if name == "streamrec_consumer_lag_records"
+                 and dict(labels).get("topic") == topic}
+                for w in workers]
+        whole = all(held) and sorted(p for h in held for p in h) == list(range(partitions))
+        if whole and held == before:
+            return held
+        before = held if whole else None
+        time.sleep(2.6)
+    logs = "".join(f"\n--- {w.log.name} (last lines) ---\n{_tail(w.log)}" for w in workers)
+    raise AssertionError(f"{topic}'s {partitions} partitions not spread over every worker "
+                         f"after {within}s: {held}{logs}")
+
+
 def _tail(log: Path, lines: int = 25) -> str:
     """The end of a worker's log, for a failure message (a test's tmp dir is gone in CI)."""
     try:
