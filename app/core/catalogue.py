@@ -157,6 +157,11 @@ class VectorIndex:
     def __len__(self) -> int:
         return len(self._row)
 
+    @property
+    def rows(self) -> int:
+        """Rows in use (live or not): the length of a query's scores."""
+        return self._used
+
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._row
 
@@ -233,16 +238,28 @@ class VectorIndex:
         matrix: FloatArray = self._matrix[rows]
         return matrix, np.searchsorted(rows, target_rows).astype(np.int64), known
 
-    def search(self, query: FloatArray, k: int, exclude: set[str] | None = None
-               ) -> list[tuple[str, float]]:
+    def search(self, query: FloatArray, k: int, exclude: set[str] | None = None,
+               scores: FloatArray | None = None) -> list[tuple[str, float]]:
         """The k live items with the highest inner product with ``query`` (approximately,
         above the threshold: the graph is asked for k plus the excluded items plus a margin,
-        and the exact search answers if too few survive the filters)."""
+        and the exact search answers if too few survive the filters). ``scores``: every
+        row's inner product with ``query``, when already known (``scores_many``, for this
+        version of the index)."""
         if self._ann is not None:
             found = self._search_ann(query, k, exclude or set())
             if found is not None:
                 return found
-        return self.exact_search(query, k, exclude)
+        return self.exact_search(query, k, exclude, scores)
+
+    def scores_many(self, queries: FloatArray) -> FloatArray | None:
+        """Each row's inner product with each of ``queries`` ([len(queries), rows]), in one
+        matrix product: what ``search`` then needs for each query, for this version of the
+        index (a matrix-vector product per query reads the whole matrix each time). None
+        above the approximate search's threshold (its graph answers instead)."""
+        if self._ann is not None or not len(queries):
+            return None
+        found: FloatArray = queries.astype(np.float32, copy=False) @ self._matrix[:self._used].T
+        return found
 
     def _search_ann(self, query: FloatArray, k: int, exclude: set[str]
                     ) -> list[tuple[str, float]] | None:
@@ -261,11 +278,13 @@ class VectorIndex:
                 return out
         return None if len(self._ann) > len(out) + len(exclude) else out
 
-    def exact_search(self, query: FloatArray, k: int, exclude: set[str] | None = None
-                     ) -> list[tuple[str, float]]:
-        """The exact k live items with the highest inner product with ``query``."""
+    def exact_search(self, query: FloatArray, k: int, exclude: set[str] | None = None,
+                     scores: FloatArray | None = None) -> list[tuple[str, float]]:
+        """The exact k live items with the highest inner product with ``query`` (``scores``:
+        each row's, when already known)."""
         used = self._used
-        scores = self._matrix[:used] @ query
+        scores = self._matrix[:used] @ query if scores is None or len(scores) != used \
+            else scores.copy()
         scores[~self._live[:used]] = -np.inf
         if exclude:
             row = self._row.get

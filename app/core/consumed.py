@@ -26,12 +26,40 @@ _DTYPE = np.dtype("<u4")
 _ONE = struct.Struct("<I")
 
 
+# item id -> hash, for the ids lists are checked against (each list checks ~1,000 ids:
+# hashing each afresh was a third of a recommendation's time); emptied when full
+_KNOWN: dict[str, int] = {}
+KNOWN_LIMIT = 1 << 20
+
+
 def item_hash(item_id: str) -> int:
     return zlib.crc32(item_id.encode("utf-8", "surrogatepass"))
 
 
+def known_hash(item_id: str) -> int:
+    """``item_hash``, remembered."""
+    found = _KNOWN.get(item_id)
+    if found is None:
+        if len(_KNOWN) >= KNOWN_LIMIT:
+            _KNOWN.clear()
+        found = _KNOWN[item_id] = item_hash(item_id)
+    return found
+
+
 def hashes(item_ids: Sequence[str]) -> npt.NDArray[np.uint32]:
-    return np.fromiter((item_hash(i) for i in item_ids), dtype=_DTYPE, count=len(item_ids))
+    return np.fromiter((known_hash(i) for i in item_ids), dtype=_DTYPE, count=len(item_ids))
+
+
+def held(consumed: bytes) -> frozenset[int]:
+    """The set's hashes, for many membership checks in a row (``not_in``)."""
+    return frozenset(np.frombuffer(consumed, dtype=_DTYPE).tolist())
+
+
+def not_in(hashed: frozenset[int], item_ids: Sequence[str]) -> list[str]:
+    """``item_ids`` less those whose hash is in ``hashed`` (``held``), in order."""
+    known = _KNOWN.get
+    return [i for i in item_ids
+            if ((h if (h := known(i)) is not None else known_hash(i)) not in hashed)]
 
 
 def size(consumed: bytes) -> int:
@@ -64,4 +92,8 @@ def contains(consumed: bytes, item_ids: Sequence[str]) -> npt.NDArray[np.bool_]:
     """For each of ``item_ids``, whether the set holds it."""
     if not consumed or not item_ids:
         return np.zeros(len(item_ids), dtype=bool)
-    return np.isin(hashes(item_ids), np.frombuffer(consumed, dtype=_DTYPE))
+    held = np.sort(np.frombuffer(consumed, dtype=_DTYPE))   # (np.isin: ~10x the time here)
+    wanted = hashes(item_ids)
+    at = np.minimum(np.searchsorted(held, wanted), len(held) - 1)
+    found: npt.NDArray[np.bool_] = held[at] == wanted
+    return found

@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -374,6 +375,24 @@ class UserView:
     behaviour: FloatArray | None = None  # the behaviour model's user vector, when served
     last_ts: int = 0                 # the user's last event (event time; 0: unknown)
 
+    @cached_property
+    def held(self) -> frozenset[int]:
+        """``consumed`` as a set of hashes: a list checks ~1,000 ids against it."""
+        return consumed.held(self.consumed)
+
+
+SEARCH_MANY_BYTES = 64 << 20   # at most this much of a batch's scores at once
+
+
+@dataclass(frozen=True)
+class Searched:
+    """A user's query against every catalogue row (the encoder source's inner products),
+    computed with the rest of a batch's in one matrix product (``Recommender.search_many``),
+    for one version of the index."""
+
+    version: int
+    scores: FloatArray
+
 
 def presence(last_ts: int, now: int, half_life_ms: int = AWAY_HALF_LIFE_MS) -> float:
     """How present a user is at ``now``: 1 while their last event is under AWAY_MIN_MS old
@@ -461,12 +480,43 @@ class Recommender:
                                + segment / max(float(segment.max(initial=0.0)), 1e-9))
         return blended.astype(np.float32)
 
+    def _query(self, user: UserView, params: RankerParams) -> FloatArray | None:
+        """What the encoder source searches with: the user's interest through the ranker's
+        user projection W1 (items are indexed as they are: W2 must be the identity for the
+        search to match the score); None without an interest or the source."""
+        if user.interest is None or "encoder" not in self.sources:
+            return None
+        if params.w1 is None and params.b1 is None:
+            return user.interest
+        projected: FloatArray = project(user.interest[None, :], params.w1, params.b1)[0]
+        return projected
+
+    def search_many(self, users: Sequence[UserView], params: Sequence[RankerParams | None]
+                    ) -> list[Searched | None]:
+        """The encoder source's inner products for each of ``users`` (with their ``params``,
+        None: the recommender's own), in one matrix product for them all: pass each to
+        ``rank`` as ``searched``. None for a user without a query, when the index is
+        approximate, and beyond SEARCH_MANY_BYTES of scores (a batch's share of a large
+        catalogue)."""
+        index = self.catalogue.index
+        room = max(1, SEARCH_MANY_BYTES // (4 * max(index.rows, 1)))
+        queries = {n: q for n, (u, p) in enumerate(zip(users, params, strict=True))
+                   if (q := self._query(u, p or self.params)) is not None}
+        asked = list(queries)[:room]   # (the rest search one by one)
+        out: list[Searched | None] = [None] * len(users)
+        scores = index.scores_many(np.stack([queries[n] for n in asked])) if asked else None
+        if scores is not None:
+            for row, n in enumerate(asked):
+                out[n] = Searched(index.version, scores[row])
+        return out
+
     def candidates(self, user: UserView, request: Request, now: int,
-                   params: RankerParams | None = None) -> tuple[Candidates, dict[str, int]]:
+                   params: RankerParams | None = None, searched: Searched | None = None
+                   ) -> tuple[Candidates, dict[str, int]]:
         """The union of every source's candidates, with their features; plus how many each
         source proposed (a metric). The encoder's are the items nearest the user's interest
-        through the ranker's user projection W1 (items are indexed as they are: W2 must be
-        the identity for the search to match the score)."""
+        through the ranker's user projection W1 (``_query``; ``searched``: its inner product
+        with every item, when computed with a batch's)."""
         params = params or self.params
         blocked = self._blocked(user, request)
         # consumed items are dropped from each source's list: ask each for that many more
@@ -486,11 +536,13 @@ class Recommender:
                                          )[:self.per_source]:
                 found[item] = None
                 counts["sequence"] += 1
-        if user.interest is not None and "encoder" in self.sources:
-            query = user.interest if params.w1 is None and params.b1 is None else project(
-                user.interest[None, :], params.w1, params.b1)[0]
-            hits = [item for item, _ in self.catalogue.index.search(
-                query, self.per_source + extra, blocked)]
+        query = self._query(user, params)
+        if query is not None:
+            index = self.catalogue.index
+            known = searched.scores if searched is not None \
+                and searched.version == index.version else None
+            hits = [item for item, _ in index.search(query, self.per_source + extra, blocked,
+                                                     known)]
             for item in self._unconsumed(user, request, hits)[:self.per_source]:
                 found[item] = None
                 counts["encoder"] += 1
@@ -596,18 +648,21 @@ class Recommender:
         return hits
 
     def recommend(self, user: UserView, request: Request, now: int,
-                  params: RankerParams | None = None
+                  params: RankerParams | None = None, searched: Searched | None = None
                   ) -> tuple[list[RecommendedItem], dict[str, int]]:
-        ranking = self.rank(user, request, now, params)
+        ranking = self.rank(user, request, now, params, searched=searched)
         return ranking.items, ranking.counts
 
     def rank(self, user: UserView, request: Request, now: int,
-             params: RankerParams | None = None, extra: int = 0) -> Ranking:
+             params: RankerParams | None = None, extra: int = 0,
+             searched: Searched | None = None) -> Ranking:
         """The top ``request.k`` items (``extra`` more ranked below them, for exploration),
         scored with ``params`` (the recommender's own when None), explained, with each
-        item's unweighted ranker features (what a learner fits)."""
+        item's unweighted ranker features (what a learner fits). ``searched``: the encoder
+        source's inner products for ``user`` and ``params``, when computed with a batch's
+        (``search_many``)."""
         params = params or self.params
-        candidates, counts = self.candidates(user, request, now, params)
+        candidates, counts = self.candidates(user, request, now, params, searched)
         if not candidates.item_ids:
             return Ranking([], counts, [])
         blocked = self._blocked(user, request) | {
@@ -660,16 +715,17 @@ class Recommender:
     def _unconsumed(cls, user: UserView, request: Request, item_ids: list[str]) -> list[str]:
         if not user.consumed or not request.exclude_seen:
             return item_ids
-        mask = cls._consumed(user, request, item_ids)
-        return [item for item, out in zip(item_ids, mask, strict=True) if not out]
+        return consumed.not_in(user.held, item_ids)
 
     @staticmethod
     def _consumed(user: UserView, request: Request, item_ids: Sequence[str]
                   ) -> npt.NDArray[np.bool_]:
         """Which of ``item_ids`` the user consumed, when the request leaves those out."""
-        if not request.exclude_seen:
+        if not request.exclude_seen or not user.consumed:
             return np.zeros(len(item_ids), dtype=bool)
-        return consumed.contains(user.consumed, item_ids)
+        held, known = user.held, consumed.known_hash
+        return np.fromiter((known(i) in held for i in item_ids), dtype=bool,
+                           count=len(item_ids))
 
     @staticmethod
     def _blocked(user: UserView, request: Request) -> set[str]:

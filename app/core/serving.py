@@ -24,7 +24,15 @@ from app.core.itemstats import Evidence
 from app.core.learning import preferences
 from app.core.profile import DAY_MS, SEQUENCE_WEIGHTS, decay
 from app.core.ranking import RankerParams
-from app.core.recommender import Catalogue, Popularity, Ranking, Recommender, Request, UserView
+from app.core.recommender import (
+    Catalogue,
+    Popularity,
+    Ranking,
+    Recommender,
+    Request,
+    Searched,
+    UserView,
+)
 from app.core.state import Shown, ShownItem, UserState, interest_of
 
 FloatArray = npt.NDArray[np.float32]
@@ -106,24 +114,29 @@ def recommend_after(recommender: Recommender, encoder: QueryEncoder, before: Use
                     state: UserState, applied: Sequence[Event], request: Request,
                     segments: tuple[str, ...] = (), params: RankerParams | None = None,
                     exploration: Exploration | None = None,
-                    behaviour: FloatArray | None = None, evidence: Evidence | None = None
+                    behaviour: FloatArray | None = None, evidence: Evidence | None = None,
+                    view: UserView | None = None, searched: Searched | None = None
                     ) -> tuple[Recommendation, Ranking]:
     """The recommendation that follows a user's newly applied events, ``state`` after them
     and ``before`` before them (co-visitation and popularity learn from them first), scored
     with ``params`` (the recommender's own when None) and, when ``exploration`` is on, one
     slot explored; with its ranking (candidates per source, each item's features).
     ``behaviour`` is the behaviour model's user vector for ``state``, when one is served;
-    ``evidence``: where the batch's item evidence is summed (global item statistics)."""
+    ``evidence``: where the batch's item evidence is summed (global item statistics).
+    ``view``: ``state``'s user_view (with ``segments`` and ``behaviour``) and ``searched``
+    its encoder search (``Recommender.search_many``), when made with the rest of a batch's
+    (neither depends on what co-visitation and popularity learn here)."""
     learn_sequence(recommender, before, applied, segments, evidence)
-    view = user_view(state, encoder.dimension, encoder.encode_query, segments, behaviour)
+    if view is None:
+        view = user_view(state, encoder.dimension, encoder.encode_query, segments, behaviour)
     rec_id = uuid.uuid4().hex
     params = params or recommender.params
     if exploration is not None and exploration.epsilon > 0:
         ranking = explored(recommender.rank(view, request, state.last_ts, params,
-                                            extra=exploration.pool),
+                                            extra=exploration.pool, searched=searched),
                            request.k, exploration, rec_id)
     else:
-        ranking = recommender.rank(view, request, state.last_ts, params)
+        ranking = recommender.rank(view, request, state.last_ts, params, searched=searched)
     last = applied[-1]
     record = Recommendation(
         v=1, rec_id=rec_id, user_id=last.user_id, items=ranking.items,

@@ -41,6 +41,8 @@ from app.core.recommender import (
     Catalogue,
     Recommender,
     Request,
+    Searched,
+    UserView,
     with_sources,
 )
 from app.core.served import ServedLists
@@ -187,7 +189,21 @@ class Pipeline:
         pairs: list[tuple[bytes, str]] = []
         vectors = await self._behaviour([r.state for r in results])
         evidences: dict[int | None, Evidence] = {}
-        for result, vector in zip(results, vectors, strict=True):
+        views: list[UserView | None]
+        searched: list[Searched | None]
+        try:   # every user's view and encoder search first: one matrix product for all
+            made = [user_view(r.state, self.encoder.dimension, self.encoder.encode_query,
+                              self.segments(r.key), vector)
+                    for r, vector in zip(results, vectors, strict=True)]
+            views = list(made)
+            searched = self.recommender.search_many(made, [
+                self.feedback.params_for(self.feedback.variant(r.applied[-1].user_id))
+                for r in results])
+        except Exception as exc:  # noqa: BLE001 - each list then makes its own
+            count_failure(self.metrics, "recommendations", exc)
+            views, searched = [None] * len(results), [None] * len(results)
+        for result, vector, view, search in zip(results, vectors, views, searched,
+                                                strict=True):
             if learn:   # before the user's events feed co-visitation
                 try:
                     self._learn_from(result, request, features, rewards, pairs)
@@ -195,7 +211,7 @@ class Pipeline:
                     count_failure(self.metrics, "behaviour", exc)
             try:
                 await self._recommend(result, request, vector, self._evidence_of(
-                    evidences, result.last_event.message.partition))
+                    evidences, result.last_event.message.partition), view, search)
             except Exception as exc:  # noqa: BLE001 - state is saved; count and go on
                 count_failure(self.metrics, "recommendations", exc)
         stamps = [r.last_event.message.timestamp for r in results]
@@ -342,7 +358,8 @@ class Pipeline:
 
     async def _recommend(self, result: KeyResult[UserState, Event], request: Request,
                          behaviour: FloatArray | None = None,
-                         evidence: Evidence | None = None) -> None:
+                         evidence: Evidence | None = None, view: UserView | None = None,
+                         searched: Searched | None = None) -> None:
         self._latest_event_ts = max(self._latest_event_ts, result.state.last_ts)
         variant = self.feedback.variant(result.applied[-1].user_id)
         params = self.feedback.params_for(variant)
@@ -350,7 +367,8 @@ class Pipeline:
             self.recommender, self.encoder, result.before, result.state, result.applied,
             request,
             self.segments(result.key), params,
-            self._exploration if variant == LEARNING else None, behaviour, evidence)
+            self._exploration if variant == LEARNING else None, behaviour, evidence, view,
+            searched)
         if self.pseudonymous:   # the list is keyed and addressed by the pseudonym alone
             record = msgspec.structs.replace(record, user_id=result.key.decode())
         for source, count in ranking.counts.items():

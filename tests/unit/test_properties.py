@@ -310,3 +310,7 @@ def test_the_consumed_set_is_bounded_and_holds_what_was_just_consumed(items: lis
         assert consumed.contains(held, items).all()
         assert consumed.size(held) == len(set(items))
         assert consumed.add(b"", items, limit) == held   # one call, the same set
+    # the set of hashes a list checks against says the same as the bytes
+    others = [f"i{n}" for n in range(40)]
+    assert consumed.not_in(consumed.held(held), others) == [
+        i for i, out in zip(others, consumed.contains(held, others), strict=True) if not out]

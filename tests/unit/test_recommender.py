@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from app.contract.records import ItemUpsert, Purchase, Search, View
+from app.core import consumed
 from app.core.catalogue import VectorIndex, clean_label, entry, item_text
 from app.core.covisit import CoVisitation
 from app.core.learning import FEATURES
@@ -20,6 +21,7 @@ from app.core.recommender import (
     Popularity,
     Recommender,
     Request,
+    Searched,
     Trending,
     UserView,
     presence,
@@ -85,6 +87,34 @@ def test_a_sci_fi_fan_gets_sci_fi_with_a_reason() -> None:
     assert first.rank == 1
     assert first.explanation.kind in {"history", "covisit"}
     assert "Alien" in first.explanation.text
+
+
+def test_a_batch_searched_at_once_gets_the_lists_each_user_would_alone() -> None:
+    """search_many: one matrix product for a batch's encoder searches, the same lists (with
+    a projection W1 too); a search made before the catalogue changed is not used."""
+    rng = np.random.default_rng(3)
+    rec = Recommender(catalogue(), per_source=3)   # (the encoder's three nearest items)
+    users = [UserView(interest=unit(*rng.standard_normal(D)), recent=[("alien", "view", 1.0)],
+                      purchased=set(), consumed=consumed.add(b"", ["cars"]))
+             for _ in range(6)] + [UserView(interest=None, recent=[], purchased=set())]
+    projected = RankerParams(w1=rng.standard_normal((D, D)).astype(np.float32))
+    for params in (None, projected):
+        searched = rec.search_many(users, [params] * len(users))
+        assert [s is None for s in searched] == [False] * 6 + [True]
+        for user, found in zip(users, searched, strict=True):
+            alone = rec.recommend(user, Request(k=5), now=0, params=params)[0]
+            assert rec.recommend(user, Request(k=5), now=0, params=params,
+                                 searched=found)[0] == alone
+    rec.per_source = 2   # (the encoder's two nearest items are the candidates)
+    kid = UserView(interest=unit(0, 1, 0.05, 0), recent=[], purchased=set())
+    stale = rec.search_many([kid], [None])[0]
+    assert isinstance(stale, Searched)
+    rec.catalogue.upsert(entry(ItemUpsert(v=1, event_id="n", item_id="notebook", ts=0,
+                                          title="Notebook", category="romance"),
+                               unit(0, 1, 0.05, 0), "t"))   # moved next to the kid
+    fresh = rec.recommend(kid, Request(k=1), now=0)[0]
+    assert [i.item_id for i in fresh] == ["notebook"]
+    assert rec.recommend(kid, Request(k=1), now=0, searched=stale)[0] == fresh
 
 
 def test_purchased_out_of_stock_and_excluded_items_are_filtered() -> None:
