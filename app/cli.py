@@ -708,6 +708,11 @@ def bench_pipeline(
              "keeps up); 0 skips it.")] = 30_000,
     live_ahead: Annotated[int, typer.Option(
         help="In the live phase, at most this many events unprocessed.")] = 2_000,
+    per_event_events: Annotated[int, typer.Option(
+        help="Events of the last phase, a list per event: the next events of the users "
+             "seen so far with the users taken in turn (at most half as many unprocessed "
+             "as there are users, so a batch holds one event per user); 0 skips it.")
+    ] = 10_000,
     exactly_once: Annotated[bool, typer.Option(
         help="Also time StreamRec with processing_guarantee=exactly_once (Kafka "
              "transactions) on the same backlog: its cost as a ratio.")] = True,
@@ -730,8 +735,9 @@ def bench_pipeline(
     """One worker on Apache Kafka with the MovieLens-1M catalogue: sustained events/s of
     StreamRec, the naive job, the Quix Streams job and Faust's decode-only ceiling; then
     event-to-recommendation latency at half StreamRec's rate (or --latency-rate), the pull
-    API's latency, and the live regime (the next events in time order, as fast as the worker
-    keeps up). With --quick, the throughput guard only."""
+    API's latency, the live regime (the next events in time order, as fast as the worker
+    keeps up) and a list per event (users taken in turn). With --quick, the throughput guard
+    only."""
     from app.bench import pipeline as pipeline_bench
 
     def say(text: str) -> None:
@@ -742,7 +748,8 @@ def bench_pipeline(
     report = asyncio.run(pipeline_bench.run(
         events, partitions, broker, latency_seconds, say, pull_rate, pull_seconds, profile,
         references, profile_paced, latency_rate, behaviour_model, quick, live_events,
-        live_ahead, exactly_once, exactly_once_first, global_items, global_items_first))
+        live_ahead, exactly_once, exactly_once_first, global_items, global_items_first,
+        per_event_events))
     if quick:
         typer.echo(json.dumps(report) if json_output else pipeline_bench.quick_markdown(report))
         if not report["passed"]:

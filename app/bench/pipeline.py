@@ -18,6 +18,10 @@ its ratings as events, measured from outside with plain Kafka clients.
    it keeps up (never more than ``live_ahead`` unprocessed): small batches, a list after
    nearly every event, as a deployment that keeps up sees; events per CPU-second, CPU-ms
    per published list, lists and bytes written per event.
+6. A list per event: the next events of the users seen so far, the users taken in turn
+   (``in_turn``), never more unprocessed than half the users: a batch holds one event per
+   user, as when many users are active at once (MovieLens-1M's time order comes in one
+   user's bursts). The same figures, bytes written per event by destination.
 
 ``quick`` (the guard the test suite runs): the catalogue, then the decode-only ceiling and
 StreamRec in turn, twice each, on a smaller backlog; the figure is StreamRec's events per
@@ -39,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +320,8 @@ QUICK_EVENTS = 30_000
 QUICK_ROUNDS = 2
 LIVE_EVENTS = 30_000   # the live phase: MovieLens-1M's next events in time order ...
 LIVE_AHEAD = 2_000     # ... never more than this many ahead of what the worker processed
+PER_EVENT_EVENTS = 10_000   # a list per event: the next events of the users seen so far,
+PER_EVENT_SOURCE = 300_000  # taken in turn, from this many next events of the stream
 
 
 def first(variants: dict[str, Any], name: str) -> dict[str, Any]:
@@ -331,7 +337,8 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
               behaviour_model: Path | None = None, quick: bool = False,
               live_events: int = LIVE_EVENTS, live_ahead: int = LIVE_AHEAD,
               exactly_once: bool = True, exactly_once_first: bool = False,
-              global_items: bool = False, global_items_first: bool = False) -> dict[str, Any]:
+              global_items: bool = False, global_items_first: bool = False,
+              per_event_events: int = PER_EVENT_EVENTS) -> dict[str, Any]:
     """The benchmark (module docstring); with ``behaviour_model``, the StreamRec job is
     timed again serving that model (its latency and pull phases stay without it); with
     ``quick``, the guard only (the ceiling and StreamRec, alternating); with
@@ -340,7 +347,8 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
     in the page cache, so an honest ratio takes both orders); with ``global_items``,
     StreamRec is timed again with item_stats=global (first with ``global_items_first``,
     for the same reason), and the latency phase's worker runs it (the global statistics'
-    freshness at that load)."""
+    freshness at that load); ``per_event_events``: the length of the last phase, a list per
+    event (0 skips it)."""
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     broker, local = await start_unless_given(broker, workdir, say)
     run_ = WorkerRun(broker, workdir, partitions)
@@ -493,6 +501,9 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             after, await asyncio.to_thread(scrape, run_.metrics_url))
         live = await _live(run_, events + len(paced), live_events, live_ahead, say) \
             if live_events > 0 else {}
+        per_event = await _live(run_, events + len(paced) + max(live_events, 0),
+                                per_event_events, live_ahead, say, in_turn_=True) \
+            if per_event_events > 0 else {}
         succeeded = True
         return {
             "cores": os.cpu_count(),
@@ -522,6 +533,7 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             "pull": pull,
             "pull_fresh": pull_fresh,
             "live": live,
+            "per_event": per_event,
         }
     finally:
         stop_process(run_.worker, grace=30)
@@ -544,16 +556,45 @@ def _start_variant(run_: WorkerRun, module: str, overrides: dict[str, str], grou
                       **own_learning_topics(run_.settings, group), **overrides)
 
 
+def in_turn(records: Sequence[tuple[bytes, bytes, str]], users: set[bytes], count: int
+            ) -> list[tuple[bytes, bytes, str]]:
+    """The first ``count`` of ``records`` by ``users`` with the users taken in turn: each
+    user's next record, then the next user's, ... (each user's records keep their order).
+    A batch of fewer events than there are users then holds one event per user, as when
+    many users are active at once: a list per event."""
+    queues: dict[bytes, list[tuple[bytes, bytes, str]]] = {}
+    for record in records:
+        if record[0] in users:
+            queues.setdefault(record[0], []).append(record)
+    turns = list(queues.values())
+    out: list[tuple[bytes, bytes, str]] = []
+    depth = 0
+    while turns and len(out) < count:
+        out.extend(queue[depth] for queue in turns)
+        depth += 1
+        turns = [queue for queue in turns if len(queue) > depth]
+    return out[:count]
+
+
 async def _live(run_: WorkerRun, start: int, count: int, ahead: int,
-                say: Callable[[str], None]) -> dict[str, Any]:
+                say: Callable[[str], None], in_turn_: bool = False) -> dict[str, Any]:
     """The live regime: the warm latency worker is sent MovieLens-1M's next ``count`` events
     in time order, as fast as it keeps up (never more than ``ahead`` unprocessed), so its
     batches stay small and nearly every user's event is followed by a list. What one
-    worker sustains there, per CPU-second and per list."""
+    worker sustains there, per CPU-second and per list. ``in_turn_``: the events with
+    their users taken in turn (``in_turn``): a list per event."""
     settings = run_.settings
-    records = bench_events(start + count)[start:]
+    if in_turn_:   # the users seen so far (their state is in the worker), in turn
+        stream = bench_events(start + PER_EVENT_SOURCE)
+        records = in_turn(stream[start:], {key for key, _, _ in stream[:start]}, count)
+        ahead = min(ahead, max(1, len({key for key, _, _ in records}) // 2))
+    else:   # (fewer ahead than users: a batch holds one event per user)
+        records = bench_events(start + count)[start:]
+    users = len({key for key, _, _ in records})
     assert run_.worker is not None
-    say(f"live: {len(records):,} events in time order, at most {ahead:,} ahead of the worker")
+    say(f"{'a list per event' if in_turn_ else 'live'}: {len(records):,} events "
+        f"{f'of {users:,} users taken in turn' if in_turn_ else 'in time order'}, at most "
+        f"{ahead:,} ahead of the worker")
     before = await asyncio.to_thread(scrape, run_.metrics_url)
     already = total(before, "streamrec_input_records_total", topic="events")
     cpu_before = cpu_seconds(run_.worker.pid)
@@ -566,7 +607,7 @@ async def _live(run_: WorkerRun, start: int, count: int, ahead: int,
     after = await asyncio.to_thread(scrape, run_.metrics_url)
     shape = batch_shape({key: value - before.get(key, 0.0) for key, value in after.items()})
     lists = shape["recommendations"]
-    report = {"events": len(records), "ahead": ahead, "seconds": seconds,
+    report = {"events": len(records), "users": users, "ahead": ahead, "seconds": seconds,
               "events_per_second": len(records) / seconds,
               "events_per_cpu_second": len(records) / cpu if cpu > 0 else float("nan"),
               "cpu_ms_per_list": 1000 * cpu / lists if lists else float("nan"),
@@ -707,6 +748,14 @@ def markdown(report: dict[str, Any]) -> str:
            f"per event | {live['cpu_ms_per_list']:.2f} / {live['lists_per_event']:.2f} / "
            f"{live['batches']['bytes_per_event']:,.0f} |"]
           if (live := report.get("live")) else []),
+        *([f"| a list per event ({each['events']:,} events of {each['users']:,} users taken "
+           f"in turn, at most {each['ahead']:,} ahead): events/s / per worker CPU-second | "
+           f"{each['events_per_second']:,.0f} / {each['events_per_cpu_second']:,.0f} |",
+           f"| a list per event: CPU-ms per published list / lists per event / bytes "
+           f"written per event ({_by_destination(each['batches'])}) | "
+           f"{each['cpu_ms_per_list']:.2f} / {each['lists_per_event']:.2f} / "
+           f"{each['batches']['bytes_per_event']:,.0f} |"]
+          if (each := report.get("per_event")) else []),
         f"| pull API at {pull['rate_per_second']:,.0f} req/s: p50 / p99 / max | "
         f"{pull['p50_ms']:.1f} / {pull['p99_ms']:.1f} / {pull['max_ms']:.1f} ms "
         f"({pull['requests']:,} requests, {pull['errors']} errors) |",
@@ -714,6 +763,13 @@ def markdown(report: dict[str, Any]) -> str:
         *(_pull_rows(report["pull_fresh"], ", scored afresh (fresh=true)")
           if "pull_fresh" in report else []),
     ]) + "\n"
+
+
+def _by_destination(shape: dict[str, float]) -> str:
+    """Bytes written per event by destination, largest first ("user-state 700, ...")."""
+    parts = sorted(((k.split(":", 1)[1], v) for k, v in shape.items()
+                    if k.startswith("bytes_per_event:") and v > 0), key=lambda kv: -kv[1])
+    return ", ".join(f"{name} {value:,.0f}" for name, value in parts)
 
 
 def _pull_rows(pull: dict[str, Any], what: str) -> list[str]:

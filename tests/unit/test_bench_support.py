@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app import harness
-from app.bench.pipeline import first, summarise_profile
+from app.bench.pipeline import first, in_turn, summarise_profile
 from app.harness import WorkerRun
 
 
@@ -50,3 +50,12 @@ def test_a_variant_can_be_timed_first_and_the_rest_keep_their_order() -> None:
     variants = {"ceiling": 1, "streamrec": 2, "global": 3, "exactly-once": 4}
     assert list(first(variants, "global")) == ["global", "ceiling", "streamrec", "exactly-once"]
     assert first(variants, "global")["global"] == 3
+
+
+def test_users_taken_in_turn_keep_their_own_order_and_leave_out_unseen_users() -> None:
+    stream = [(b"a", b"1", "a1"), (b"a", b"2", "a2"), (b"a", b"3", "a3"), (b"b", b"1", "b1"),
+              (b"c", b"1", "c1"), (b"b", b"2", "b2")]
+    assert [i for _, _, i in in_turn(stream, {b"a", b"b"}, 10)] == ["a1", "b1", "a2", "b2",
+                                                                    "a3"]
+    assert [i for _, _, i in in_turn(stream, {b"a", b"b", b"c"}, 4)] == ["a1", "b1", "c1",
+                                                                         "a2"]
