@@ -14,6 +14,7 @@ from app.core.state import (
     fold_feedback,
     fold_item,
     fold_profile,
+    seen_token,
 )
 
 
@@ -33,7 +34,18 @@ def test_duplicates_across_batches_are_dropped() -> None:
     second = apply_batch(first.state, [view("b"), view("c")], 10, fold_event)
     assert second.duplicates == 1
     assert second.state.counts == {"view": 3}
-    assert second.state.seen == ("a", "b", "c")
+    assert second.state.seen == tuple(seen_token(i) for i in ("a", "b", "c"))
+
+
+def test_the_window_keeps_tokens_of_ids_and_ids_stored_before_still_count() -> None:
+    """An id's token is 11 characters whatever the id; a state written when the window
+    held the ids themselves still drops a record it names."""
+    token = seen_token("5b1c2f0e-9d7a-4c1e-8f3b-2a6d9e0c4b7f")
+    assert len(token) == 11 and token != seen_token("5b1c2f0e-9d7a-4c1e-8f3b-2a6d9e0c4b7e")
+    written_before = UserState(seen=("a", "b"), counts={"view": 2})
+    again = apply_batch(written_before, [view("b"), view("c")], 3, fold_event)
+    assert again.duplicates == 1
+    assert again.state.seen == ("a", "b", seen_token("c"))   # the old ids leave in turn
 
 
 def test_input_read_again_from_far_back_is_dropped_by_its_position() -> None:
@@ -79,7 +91,7 @@ def test_states_written_before_positions_decode_with_none_known() -> None:
 
 def test_the_window_is_bounded_and_keeps_the_newest() -> None:
     result = apply_batch(UserState(), [view(str(i)) for i in range(10)], 4, fold_event)
-    assert result.state.seen == ("6", "7", "8", "9")
+    assert result.state.seen == tuple(seen_token(str(i)) for i in range(6, 10))
     again = apply_batch(result.state, [view("0"), view("9")], 4, fold_event)
     assert again.duplicates == 1  # "0" left the window: applied again, by design
     assert again.state.counts == {"view": 11}
