@@ -2,10 +2,11 @@
 validated records into it.
 
 Every state value carries ``seen``: the last ``window`` records applied to that key, newest
-last, each as a 12-character token of its ``event_id`` (``seen_token``: 64 bits of a hash;
-values written before hold the ids themselves, which still count). A record whose id is
-among them is a redelivered duplicate: it is dropped and counted, never applied twice. State values are encoded with msgpack
-(array-like: new fields may only be appended, with defaults, so old values still decode).
+last, each as an 11-character token of its ``event_id`` (``seen_token``: 64 bits of a
+hash; values written before hold the ids themselves, which still count). A record whose id
+is among them is a redelivered duplicate: it is dropped and counted, never applied twice.
+State values are encoded with msgpack (array-like: new fields may only be appended, with
+defaults, so old values still decode).
 """
 
 from __future__ import annotations

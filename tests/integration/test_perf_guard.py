@@ -1,7 +1,7 @@
 """The performance guard: `streamrec bench pipeline --quick` on the session's Apache Kafka.
 StreamRec's events per worker CPU-second, as a share of Faust's decode-only ceiling measured
-in the same run, must stay above the floor (app.bench.pipeline.QUICK_FLOOR, about half the
-share at HEAD): noise passes, a 2x regression fails. BENCHMARKS.md, "The guard", says how
+in the same run, must stay above the floor (app.bench.pipeline.QUICK_FLOOR, about 60% of
+the share at HEAD): noise passes, a 2x regression fails. BENCHMARKS.md, "The guard", says how
 the floor was set and how to move it."""
 
 from __future__ import annotations

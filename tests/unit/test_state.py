@@ -41,7 +41,8 @@ def test_the_window_keeps_tokens_of_ids_and_ids_stored_before_still_count() -> N
     """An id's token is 11 characters whatever the id; a state written when the window
     held the ids themselves still drops a record it names."""
     token = seen_token("5b1c2f0e-9d7a-4c1e-8f3b-2a6d9e0c4b7f")
-    assert len(token) == 11 and token != seen_token("5b1c2f0e-9d7a-4c1e-8f3b-2a6d9e0c4b7e")
+    assert len(token) == 11
+    assert token != seen_token("5b1c2f0e-9d7a-4c1e-8f3b-2a6d9e0c4b7e")
     written_before = UserState(seen=("a", "b"), counts={"view": 2})
     again = apply_batch(written_before, [view("b"), view("c")], 3, fold_event)
     assert again.duplicates == 1
