@@ -77,9 +77,11 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
-        return web.bytes(
-            generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        # ?name[]=...: only those samples, as Prometheus's own exporters answer it (a
+        # poller that wants one counter should not make the worker render them all)
+        names = request.query.getall("name[]", [])
+        registry = metrics.registry.restricted_registry(names) if names else metrics.registry
+        return web.bytes(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/health")
     async def health_view(web: Any, request: Any) -> Any:

@@ -53,3 +53,24 @@ def test_alert_rules_name_exported_metrics() -> None:
     exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
     named = {name for expr in exprs for name in _METRIC.findall(expr)}
     assert named <= exported_series(), named - exported_series()
+
+
+def test_metrics_asked_by_name_render_those_samples_alone() -> None:
+    """/metrics?name[]=N (what the benchmark's flow control polls ten times a second): the
+    worker renders N's samples only, with the same values."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from app.metrics import total
+
+    metrics = Metrics.create()
+    metrics.records.labels("events", "accepted").inc(7)
+    whole = generate_latest(metrics.registry).decode()
+    only = generate_latest(metrics.registry.restricted_registry(
+        ["streamrec_input_records_total"])).decode()
+    names = {s.name for f in text_string_to_metric_families(only) for s in f.samples}
+    assert names == {"streamrec_input_records_total"}
+    assert len(only) * 20 < len(whole)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(only) for s in f.samples}
+    assert total(samples, "streamrec_input_records_total", topic="events") == 7
