@@ -37,8 +37,16 @@ def test_a_run_of_several_workers_gives_each_its_own_port_and_data_and_sums_them
     assert len(set(folders)) == 3
     processed = {url: {("streamrec_input_records_total", (("topic", "events"),)): 10.0 * n}
                  for n, url in enumerate(run.metrics_urls, start=1)}
-    monkeypatch.setattr(harness, "scrape", processed.__getitem__)
+    asked: list[str] = []
+
+    def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        base, _, query = url.partition("?")
+        asked.append(query)
+        return processed[base]
+
+    monkeypatch.setattr(harness, "scrape", scrape)
     assert run.processed() == 60.0
+    assert set(asked) == {"name%5B%5D=streamrec_input_records_total"}   # that counter alone
     assert run.total("streamrec_input_records_total", topic="events") == 60.0
     single = WorkerRun("127.0.0.1:9", tmp_path, 4)
     assert single.metrics_urls == [single.metrics_url]              # one worker by default
