@@ -723,9 +723,7 @@ class Recommender:
         """Which of ``item_ids`` the user consumed, when the request leaves those out."""
         if not request.exclude_seen or not user.consumed:
             return np.zeros(len(item_ids), dtype=bool)
-        held, known = user.held, consumed.known_hash
-        return np.fromiter((known(i) in held for i in item_ids), dtype=bool,
-                           count=len(item_ids))
+        return consumed.in_held(user.held, item_ids)
 
     @staticmethod
     def _blocked(user: UserView, request: Request) -> set[str]:
