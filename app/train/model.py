@@ -57,7 +57,6 @@ class BehaviourModel(nn.Module):
         self.blocks = nn.TransformerEncoder(layer, config.blocks,
                                             enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(config.dropout)
         nn.init.normal_(self.item.weight, std=0.02)
         with torch.no_grad():
             self.item.weight[0].zero_()
@@ -81,7 +80,7 @@ class BehaviourModel(nn.Module):
         positions = torch.arange(length, device=items.device)
         x = (table[items] * self.config.dim ** 0.5 + self.kind(kinds) + self.gap(gaps)
              + self.position(positions)[None])
-        x = self.dropout(x) * (items > 0).unsqueeze(-1)
+        x = dropout(x, self.config.dropout, self.training) * (items > 0).unsqueeze(-1)
         causal: Tensor = self.causal   # type: ignore[assignment]  # a registered buffer
         mask = causal[:length, :length]
         layers = list(self.blocks.layers)
@@ -123,9 +122,27 @@ def _block(layer: nn.TransformerEncoderLayer, x: Tensor, mask: Tensor,
 
     weights = torch.softmax(split(q, rows) @ split(k, length).transpose(-2, -1)
                             * (dim // heads) ** -0.5 + mask, dim=-1)
-    weights = functional.dropout(weights, attention.dropout, layer.training)
+    p, training = layer.dropout.p, layer.training
+    weights = dropout(weights, attention.dropout, training)
     mixed = (weights @ split(v, length)).transpose(1, 2).reshape(batch, rows, dim)
-    x = x + layer.dropout1(attention.out_proj(mixed))
-    hidden = layer.linear2(layer.dropout(functional.gelu(layer.linear1(layer.norm2(x)))))
-    out: Tensor = x + layer.dropout2(hidden)
+    x = x + dropout(attention.out_proj(mixed), p, training)
+    hidden = dropout(functional.gelu(layer.linear1(layer.norm2(x))), p, training)
+    out: Tensor = x + dropout(layer.linear2(hidden), p, training)
     return out
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout, as ``functional.dropout``, with the keep mask drawn 16 bits per
+    element from 64-bit random words: torch's CPU dropout draws one Bernoulli per element and
+    was a quarter of a training step's time (this is ~3x cheaper). ``p`` is rounded to a
+    multiple of 2^-16."""
+    if not training or p <= 0.0:
+        return x
+    if p >= 1.0:
+        return torch.zeros_like(x)
+    words = -(-x.numel() // 4)
+    bits = torch.randint(-2 ** 63, 2 ** 63 - 1, (words,), dtype=torch.int64,
+                         device=x.device).view(torch.int16)[:x.numel()].view(x.shape)
+    cut = round(p * 65536) - 32768            # int16 spans [-32768, 32767]: P(bits < cut) = p
+    keep = (bits >= cut).to(x.dtype) * (1.0 / (1.0 - p))
+    return x * keep

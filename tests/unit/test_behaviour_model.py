@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 from app.data.movielens import Rating  # noqa: E402
 from app.evaluation.split import leave_last_out  # noqa: E402
-from app.train.model import BehaviourModel, ModelConfig  # noqa: E402
+from app.train.model import BehaviourModel, ModelConfig, dropout  # noqa: E402
 from app.train.run import TrainConfig, next_item_batch, train  # noqa: E402
 
 ITEMS = [f"i{n}" for n in range(30)]
@@ -30,6 +30,22 @@ def test_targets_are_the_next_item_at_every_position() -> None:
     inputs, targets = next_item_batch([[(1, 1, 0), (2, 1, 1), (3, 3, 2)]], 4)
     assert inputs.items.tolist() == [[0, 0, 1, 2]]
     assert targets.tolist() == [[0, 0, 2, 3]]
+
+
+def test_dropout_drops_at_its_rate_and_keeps_the_mean() -> None:
+    torch.manual_seed(0)
+    x = torch.ones(400, 500, requires_grad=True)
+    y = dropout(x, 0.2, True)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.2) < 0.005                  # 200,000 draws: sd ~0.0009
+    assert set(torch.unique(y).tolist()) == {0.0, 1.25}
+    assert abs(y.mean().item() - 1.0) < 0.01
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())             # the gradient passes where kept, scaled
+    assert dropout(x, 0.2, False) is x                  # evaluation: the identity
+    odd = torch.ones(3, 5, 7)                           # sizes not a multiple of 4 words
+    assert dropout(odd, 0.5, True).shape == odd.shape
+    assert not dropout(odd, 1.0, True).any()
 
 
 def test_it_learns_what_comes_next() -> None:
