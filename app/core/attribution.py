@@ -1,8 +1,14 @@
 """Attribution: joining feedback with what was recommended (pure functions).
 
-Every published recommendation is remembered per user (bounded: the newest ``MAX_SHOWN``
-lists, each for at most ``ttl_ms``), with each item's position and the ranker's unweighted
-features. A feedback event names a ``rec_id`` and an item; joined with the remembered list
+Every published recommendation is remembered per user, with each item's position and the
+ranker's unweighted features, in one of ``MAX_SHOWN`` slots: the list made after a user's
+n-th event goes to slot n mod ``MAX_SHOWN`` (its own key, ``slot_key``, written once), and
+the slot is the last two hex digits of its ``rec_id``. So a list is remembered until the
+user has had ``MAX_SHOWN`` more events (then its slot is reused) and answers feedback for
+at most ``ttl_ms``, and remembering a list writes that list alone (the user's feedback
+state, once rewritten with every list it held on each new list, is written only when
+feedback comes). Lists remembered before slots, inside the feedback state, still answer
+until they expire. A feedback event names a ``rec_id`` and an item; joined with the remembered list
 it becomes *pairwise* training examples for the learner: the item acted on was preferred to
 every other item of the shown list. Each preference is a pair of examples, the feature
 difference (acted on minus passed over) labelled 1 and its negation labelled 0, so a
@@ -25,6 +31,7 @@ returned as such, never dropped silently.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import msgspec
@@ -32,7 +39,9 @@ import msgspec
 from app.contract.records import Feedback, FeedbackType
 from app.core.state import FeedbackState, Shown
 
-MAX_SHOWN = 16                       # lists remembered per user
+MAX_SHOWN = 16                       # slots: a user's lists of their last 16 events
+SLOT_SEPARATOR = b"\xff"             # never in UTF-8: a slot's key is never a user's key
+_SLOTS = {f"{slot:02x}": slot for slot in range(MAX_SHOWN)}
 TTL_MS = 24 * 3_600_000              # how long a list can be answered
 CONVERSION_WINDOW_MS = 24 * 3_600_000
 UNATTRIBUTED = ("unknown_rec", "expired", "item_not_shown")   # reasons
@@ -65,19 +74,65 @@ def _bump(counts: dict[str, int], key: str) -> dict[str, int]:
     return {**counts, key: counts.get(key, 0) + 1}
 
 
-def remember(state: FeedbackState, shown: Shown, now_ms: int,
-             ttl_ms: int = TTL_MS, max_shown: int = MAX_SHOWN) -> FeedbackState:
-    """Remember a published list; forget expired ones and the oldest beyond the bound."""
-    kept = tuple(s for s in state.shown if now_ms - s.produced_at <= ttl_ms
-                 and s.rec_id != shown.rec_id)
-    return msgspec.structs.replace(state, shown=(*kept, shown)[-max_shown:])
+def slot_of(events: int) -> int:
+    """The slot of the list made after a user's ``events``-th event (their events counted
+    in their state)."""
+    return events % MAX_SHOWN
 
 
-def attribute(state: FeedbackState, feedback: Feedback, ttl_ms: int = TTL_MS,
-              conversion_window_ms: int = CONVERSION_WINDOW_MS
+def new_rec_id(slot: int) -> str:
+    """A random rec_id (32 hex digits, 112 random bits) naming its ``slot`` in its last
+    two digits."""
+    return f"{uuid.uuid4().hex[:30]}{_slot_hex(slot)}"
+
+
+def _slot_hex(slot: int) -> str:
+    if not 0 <= slot < MAX_SHOWN:
+        raise ValueError(f"slot {slot} not in [0, {MAX_SHOWN})")
+    return f"{slot:02x}"
+
+
+def slot_in(rec_id: str) -> int | None:
+    """The slot a rec_id names (None: not one of ours, e.g. a rec_id made before slots)."""
+    return _SLOTS.get(rec_id[-2:]) if len(rec_id) == 32 else None
+
+
+def slot_key(user_key: bytes, slot: int) -> bytes:
+    """Where a user's list in ``slot`` is kept (in the feedback table, beside the user's
+    own key)."""
+    return user_key + SLOT_SEPARATOR + _slot_hex(slot).encode()
+
+
+_shown_encoder = msgspec.msgpack.Encoder()
+_shown_decoder = msgspec.msgpack.Decoder(Shown)
+
+
+def encode_shown(shown: Shown) -> bytes:
+    return _shown_encoder.encode(shown)
+
+
+def decode_shown(raw: bytes | None) -> Shown | None:
+    """A slot's list (None: the slot was never written)."""
+    return None if raw is None else _shown_decoder.decode(raw)
+
+
+def slot_keys(user_key: bytes) -> list[bytes]:
+    """Every slot key of a user: what forgetting them deletes with their key."""
+    return [slot_key(user_key, slot) for slot in range(MAX_SHOWN)]
+
+
+def attribute(state: FeedbackState, feedback: Feedback, remembered: Shown | None = None,
+              ttl_ms: int = TTL_MS, conversion_window_ms: int = CONVERSION_WINDOW_MS
               ) -> tuple[FeedbackState, Outcome]:
-    """Join one feedback event with the list it answers."""
+    """Join one feedback event with the list it answers: ``remembered``, the list in the
+    slot its rec_id names (a reused slot holds another list: the one asked for is gone),
+    or one of the lists the state still holds from before slots (dropped once expired)."""
     shown = next((s for s in reversed(state.shown) if s.rec_id == feedback.rec_id), None)
+    if shown is None and remembered is not None and remembered.rec_id == feedback.rec_id:
+        shown = remembered
+    if state.shown:
+        state = msgspec.structs.replace(state, shown=tuple(
+            s for s in state.shown if feedback.ts - s.produced_at <= ttl_ms))
     reason = None
     if shown is None:
         reason = "unknown_rec"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
@@ -17,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.contract.records import Event, Recommendation, Search
+from app.core.attribution import new_rec_id, slot_of
 from app.core.catalogue import CatalogueEntry
 from app.core.covisit import CoVisitation
 from app.core.exploration import Exploration, explored
@@ -129,7 +129,7 @@ def recommend_after(recommender: Recommender, encoder: QueryEncoder, before: Use
     learn_sequence(recommender, before, applied, segments, evidence)
     if view is None:
         view = user_view(state, encoder.dimension, encoder.encode_query, segments, behaviour)
-    rec_id = uuid.uuid4().hex
+    rec_id = new_rec_id(slot_of(sum(state.counts.values())))
     params = params or recommender.params
     if exploration is not None and exploration.epsilon > 0:
         ranking = explored(recommender.rank(view, request, state.last_ts, params,

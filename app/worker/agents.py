@@ -186,6 +186,8 @@ class Forgetting:
     tables: tuple[Any, ...]
     after: Callable[[list[bytes]], Awaitable[None]] | None = None
     guard: ForgetGuard | None = None
+    # a user's keys in a table: theirs, and in the feedback table their lists' slots too
+    keys: Callable[[Any, bytes], Sequence[bytes]] = lambda table, key: (key,)
 
 
 @dataclass(frozen=True)
@@ -433,14 +435,15 @@ async def _forget(flow: Flow[S, R], forgets: dict[bytes, list[Any]],
     partition; transient failures are retried here until they pass. Every tombstone is
     counted, or dead-lettered when its key's deletion fails."""
     assert flow.forgetting is not None
-    tables, guard = flow.forgetting.tables, flow.forgetting.guard
+    tables, guard, keys = flow.forgetting.tables, flow.forgetting.guard, flow.forgetting.keys
     done: list[bytes] = []
     requests = 0
     for key, events in forgets.items():
         def delete(key: bytes = key, event: Any = events[-1]) -> None:
             with acting_as(event):
                 for table in tables:
-                    del table[key]   # a changelog tombstone, whether or not it was held
+                    for held in keys(table, key):
+                        del table[held]   # a changelog tombstone, whether or not held
                 if guard is not None:
                     guard.mark(key, event)
 
@@ -627,7 +630,7 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
             after=pipeline.after_profiles if pipeline else None,
             forgetting=Forgetting(
                 tuple(t for t in decl.user_tables() if guard is None or t is not guard.table),
-                pipeline.after_forget if pipeline else None, guard),
+                pipeline.after_forget if pipeline else None, guard, decl.user_keys),
             partitions=partitions, reroute=rerouter(decl.users), state_key=user_key,
         )),
     ]

@@ -15,6 +15,7 @@ import faust
 from app.broker.admin import STATE_TABLES
 from app.broker.embedded import SESSION_TIMEOUT_SECONDS
 from app.broker.security import faust_credentials
+from app.core.attribution import slot_keys
 from app.core.privacy import Pseudonyms
 from app.settings import Settings
 
@@ -48,6 +49,11 @@ class Declarations:
     def user_tables(self) -> tuple[Any, ...]:
         """The tables keyed by user id: what forgetting a user deletes."""
         return self.user_state, self.feedback_state, self.profile_state
+
+    def user_keys(self, table: Any, key: bytes) -> list[bytes]:
+        """A user's keys in one of the user tables: their key, and in the feedback table
+        also the slots of their remembered lists (app.core.attribution)."""
+        return [key, *slot_keys(key)] if table is self.feedback_state else [key]
 
     def tables(self) -> dict[str, Any]:
         """The state tables by their metric label."""

@@ -1,7 +1,8 @@
 """The worker's side of the feedback loop: glue between Faust and the pure learning core.
 
-- events: each published list is remembered for attribution (the feedback table, keyed by
-  user like the events, so the list and its feedback meet on one worker), and how many
+- events: each published list is remembered for attribution (the feedback table, under one
+  of the user's slot keys, in the user's partition, so the list and its feedback meet on
+  one worker), and how many
   items each learnt version showed is sent to the trainer;
 - feedback: joined with the remembered list (app.core.attribution); the examples and
   clicks by version go to the one-partition ``examples`` topic;
@@ -29,7 +30,7 @@ from app.core.learning import LearnerConfig, LearnerState
 from app.core.ranking import FEATURES, RankerParams
 from app.core.recommender import with_sources
 from app.core.serving import now_ms
-from app.core.state import FeedbackState, fold_feedback
+from app.core.state import FeedbackState, Shown, fold_feedback
 from app.core.training import (
     Batch,
     SoftmaxSet,
@@ -57,8 +58,13 @@ _batch_decoder = msgspec.msgpack.Decoder(Batch)
 class FeedbackLoop:
     def __init__(self, settings: Settings, metrics: Metrics, base: RankerParams,
                  sources: frozenset[str], encoder_name: str, examples_topic: Any,
-                 models_topic: Any, dimension: int = 384) -> None:
+                 models_topic: Any, dimension: int = 384,
+                 remembered: Callable[[Feedback], Shown | None] = lambda feedback: None
+                 ) -> None:
+        """``remembered``: the list in the slot a feedback's rec_id names (the feedback
+        table; app.core.attribution)."""
         self.settings = settings
+        self._remembered = remembered
         self.metrics = metrics
         self.experiment = settings.ab_test()
         self.registry = Registry()
@@ -162,7 +168,8 @@ class FeedbackLoop:
         self._outcomes = outcomes
 
         def fold(state: FeedbackState, feedback: Feedback) -> FeedbackState:
-            state, outcome = attribute(fold_feedback(state, feedback), feedback)
+            state, outcome = attribute(fold_feedback(state, feedback), feedback,
+                                       self._remembered(feedback))
             outcomes.append((feedback, outcome))
             return state
 

@@ -17,9 +17,9 @@ import faust
 from app.broker.admin import cluster_id, ensure_topics
 from app.broker.embedded import check_embedded, start_if_needed
 from app.contract.partitioning import partition_of
-from app.contract.records import Event, UserProfile
-from app.core.attribution import remember
-from app.core.state import FeedbackState, ProfileState, Shown, StateCodec, UserState
+from app.contract.records import Event, Feedback, UserProfile
+from app.core.attribution import decode_shown, encode_shown, slot_in, slot_key
+from app.core.state import ProfileState, Shown, StateCodec, UserState
 from app.encoder.runtime import Encoder
 from app.errors import SettingError
 from app.logs import configure_logging
@@ -131,17 +131,22 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     def user_of(key: bytes) -> UserState:
         return user_codec.decode(decl.user_state.get(key))
 
-    feedback_codec = StateCodec(FeedbackState)
-
     def remember_shown(result: KeyResult[UserState, Event], shown: Shown) -> None:
+        slot = slot_in(shown.rec_id)
+        assert slot is not None   # every list's rec_id names its slot (recommend_after)
         with acting_as(result.last_event):   # the feedback table's partition is the user's
-            state = feedback_codec.decode(decl.feedback_state.get(result.key))
-            decl.feedback_state[result.key] = feedback_codec.encode(
-                remember(state, shown, shown.produced_at))
+            decl.feedback_state[slot_key(result.key, slot)] = encode_shown(shown)
+
+    def remembered(feedback: Feedback) -> Shown | None:
+        slot = slot_in(feedback.rec_id)
+        if slot is None:
+            return None
+        key = slot_key(decl.user_key(feedback.user_id.encode()), slot)
+        return decode_shown(decl.feedback_state.get(key))
 
     feedback = FeedbackLoop(settings, metrics, recommender.params, recommender.sources,
                             encoder.manifest.model_name, examples, models,
-                            encoder.dimension)
+                            encoder.dimension, remembered)
     feedback.catalogue = recommender.catalogue.index
     evidence = None
     if settings.global_items:   # to every item partition, in its input's transaction

@@ -130,7 +130,8 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
         if raw is not None and is_marker(state):   # forgotten, nothing new since
             raw = None
         held = {"profile": decl.profile_state.get(key) is not None,
-                "feedback_state": decl.feedback_state.get(key) is not None}
+                "feedback_state": any(decl.feedback_state.get(k) is not None
+                                      for k in decl.user_keys(decl.feedback_state, key))}
         if raw is None and not any(held.values()):
             return _answer(web, api.ApiError(error="unknown user", code="unknown_user"),
                            status=404)

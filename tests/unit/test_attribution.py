@@ -6,7 +6,17 @@ import msgspec
 import numpy as np
 
 from app.contract.records import Feedback, FeedbackType
-from app.core.attribution import attribute, remember
+from app.core.attribution import (
+    MAX_SHOWN,
+    attribute,
+    decode_shown,
+    encode_shown,
+    new_rec_id,
+    slot_in,
+    slot_key,
+    slot_keys,
+    slot_of,
+)
 from app.core.state import FeedbackState, Shown, ShownItem, StateCodec
 
 HOUR = 3_600_000
@@ -24,8 +34,9 @@ def feedback(kind: FeedbackType, rec_id: str, item: str, ts: int) -> Feedback:
 
 
 def test_a_click_is_preferred_to_every_other_shown_item_in_pairs() -> None:
-    state = remember(FeedbackState(), shown("r1", 0, ["a", "b", "c", "d"]), now_ms=0)
-    state, outcome = attribute(state, feedback(FeedbackType.CLICK, "r1", "c", HOUR))
+    listed = shown("r1", 0, ["a", "b", "c", "d"])
+    state, outcome = attribute(FeedbackState(), feedback(FeedbackType.CLICK, "r1", "c", HOUR),
+                               listed)
     assert outcome.unattributed is None
     # c (feature 2) against a (0), b (1) and d (3): each difference 1, its negation 0
     assert [(e.features[0], e.reward) for e in outcome.examples] == [
@@ -33,43 +44,81 @@ def test_a_click_is_preferred_to_every_other_shown_item_in_pairs() -> None:
     assert all(e.features[1] == 0.0 for e in outcome.examples)   # equal features cancel
     assert not outcome.conversion
     assert state.counts == {"attributed:click": 1}
-    state, first = attribute(state, feedback(FeedbackType.PURCHASE, "r1", "a", 2 * HOUR))
+    state, first = attribute(state, feedback(FeedbackType.PURCHASE, "r1", "a", 2 * HOUR),
+                             listed)
     assert len(first.examples) == 6
     assert {e.weight for e in first.examples} == {3.0}
     assert first.conversion
-    late = attribute(state, feedback(FeedbackType.PURCHASE, "r1", "a", 23 * HOUR),
+    late = attribute(state, feedback(FeedbackType.PURCHASE, "r1", "a", 23 * HOUR), listed,
                      conversion_window_ms=HOUR)[1]
     assert not late.conversion
 
 
 def test_impressions_are_counted_and_teach_nothing() -> None:
-    state = remember(FeedbackState(), shown("r1", 0, ["a", "b"]), now_ms=0)
-    state, outcome = attribute(state, feedback(FeedbackType.IMPRESSION, "r1", "b", 1))
+    state, outcome = attribute(FeedbackState(), feedback(FeedbackType.IMPRESSION, "r1", "b", 1),
+                               shown("r1", 0, ["a", "b"]))
     assert outcome.examples == ()
     assert outcome.unattributed is None
     assert state.counts == {"attributed:impression": 1}
 
 
 def test_unattributable_feedback_is_counted_with_its_reason() -> None:
-    state = remember(FeedbackState(), shown("r1", 0, ["a", "b"]), now_ms=0)
+    state, listed = FeedbackState(), shown("r1", 0, ["a", "b"])
     for rec_id, item, ts, reason in [("nope", "a", 1, "unknown_rec"),
                                      ("r1", "z", 1, "item_not_shown"),
                                      ("r1", "a", 25 * HOUR, "expired")]:
-        state, outcome = attribute(state, feedback(FeedbackType.CLICK, rec_id, item, ts))
+        state, outcome = attribute(state, feedback(FeedbackType.CLICK, rec_id, item, ts),
+                                   listed)
         assert outcome.unattributed == reason
         assert outcome.examples == ()
     assert state.counts == {"unattributed:unknown_rec": 1, "unattributed:item_not_shown": 1,
                             "unattributed:expired": 1}
 
 
-def test_memory_is_bounded_by_count_and_age_and_survives_encoding() -> None:
+def test_a_list_is_remembered_in_a_slot_its_rec_id_names_until_the_slot_comes_round() -> None:
+    """The list made after a user's n-th event goes to slot n mod MAX_SHOWN, written once
+    under its own key: it answers feedback until the user's MAX_SHOWN-th next list reuses
+    the slot (then the feedback is unknown_rec, as a list evicted from the old bounded
+    state was), and for at most a day."""
+    table: dict[bytes, bytes] = {}
+    made: list[Shown] = []
+    for events in range(1, 3 * MAX_SHOWN):      # a list after each of the user's events
+        slot = slot_of(events)
+        listed = shown(new_rec_id(slot), events * 60_000, ["a", "b"])
+        assert slot_in(listed.rec_id) == slot
+        assert len(listed.rec_id) == 32
+        table[slot_key(b"u", slot)] = encode_shown(listed)
+        made.append(listed)
+    assert len(table) == MAX_SHOWN                 # bounded: one key per slot
     state = FeedbackState()
-    for n in range(50):
-        state = remember(state, shown(f"r{n}", n * HOUR, ["a"]), now_ms=n * HOUR,
-                         max_shown=8)
-    assert [s.rec_id for s in state.shown] == [f"r{n}" for n in range(42, 50)]
-    state = remember(state, shown("late", 80 * HOUR, ["a"]), now_ms=80 * HOUR)
-    assert [s.rec_id for s in state.shown] == ["late"]          # the rest expired
+    outcomes = []
+    for listed in made:
+        slot = slot_in(listed.rec_id)
+        assert slot is not None
+        remembered = decode_shown(table.get(slot_key(b"u", slot)))
+        state, outcome = attribute(state, feedback(FeedbackType.CLICK, listed.rec_id, "a",
+                                                   made[-1].produced_at), remembered)
+        outcomes.append(outcome.unattributed)
+    assert outcomes == ["unknown_rec"] * (len(made) - MAX_SHOWN) + [None] * MAX_SHOWN
+    assert decode_shown(None) is None
+    # a slot's key is never a user's key (0xff is never in UTF-8) and names the user
+    assert all(key.startswith(b"u\xff") for key in slot_keys(b"u"))
+    assert len(set(slot_keys(b"u"))) == MAX_SHOWN
+    # rec_ids made before slots (uuid4 hex) or by others name no slot, or a wrong one
+    assert slot_in("r1") is None
+    assert slot_in("0" * 30 + "zz") is None
+    assert slot_in("0" * 30 + "10") is None        # 16: no such slot
+
+
+def test_lists_held_in_the_state_from_before_slots_answer_until_they_expire() -> None:
+    old = (shown("r1", 0, ["a", "b"]), shown("r2", 20 * HOUR, ["a", "b"]))
+    state = FeedbackState(shown=old)
+    state, outcome = attribute(state, feedback(FeedbackType.CLICK, "r1", "a", HOUR))
+    assert outcome.unattributed is None
+    assert [s.rec_id for s in state.shown] == ["r1", "r2"]
+    state, outcome = attribute(state, feedback(FeedbackType.CLICK, "r2", "a", 30 * HOUR))
+    assert outcome.unattributed is None
+    assert [s.rec_id for s in state.shown] == ["r2"]            # r1 expired: dropped
     codec = StateCodec(FeedbackState)
     assert codec.decode(codec.encode(state)) == state
 

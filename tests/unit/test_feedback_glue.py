@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from app.contract.records import Feedback, FeedbackType
-from app.core.attribution import attribute, remember
+from app.core.attribution import attribute
 from app.core.ranking import RankerParams
 from app.core.recommender import SOURCES
 from app.core.state import FeedbackState, Shown, ShownItem
@@ -48,13 +48,13 @@ def _feedback(kind: FeedbackType, rec_id: str, item: str) -> Feedback:
 def test_outcomes_become_examples_clicks_by_version_and_counted_reasons() -> None:
     shown = Shown(rec_id="r", model_version="learning-2.5", variant=LEARNING, produced_at=0,
                   items=tuple(ShownItem(i, n, (float(n),) * 5) for n, i in enumerate("abc")))
-    state = remember(FeedbackState(), shown, 0)
+    state = FeedbackState()
     outcomes = []
     for feedback in (_feedback(FeedbackType.CLICK, "r", "c"),
                      _feedback(FeedbackType.PURCHASE, "r", "a"),
                      _feedback(FeedbackType.CLICK, "gone", "a"),
                      _feedback(FeedbackType.CLICK, "r", "zzz")):
-        state, outcome = attribute(state, feedback)
+        state, outcome = attribute(state, feedback, shown)
         outcomes.append((feedback, outcome))
     metrics = Metrics.create()
     batch = examples_of(outcomes, metrics)
