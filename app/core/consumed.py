@@ -17,6 +17,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 
 import numpy as np
 import numpy.typing as npt
@@ -55,13 +56,13 @@ def held(consumed: bytes) -> frozenset[int]:
     return frozenset(np.frombuffer(consumed, dtype=_DTYPE).tolist())
 
 
-def in_held(hashed: frozenset[int], item_ids: Sequence[str]) -> npt.NDArray[np.bool_]:
+def in_held(hashed: AbstractSet[int], item_ids: Sequence[str]) -> npt.NDArray[np.bool_]:
     """For each of ``item_ids``, whether its hash is in ``hashed`` (``held``)."""
     return np.fromiter((known_hash(i) in hashed for i in item_ids), dtype=bool,
                        count=len(item_ids))
 
 
-def not_in(hashed: frozenset[int], item_ids: Sequence[str]) -> list[str]:
+def not_in(hashed: AbstractSet[int], item_ids: Sequence[str]) -> list[str]:
     """``item_ids`` less those whose hash is in ``hashed`` (``held``), in order."""
     known = _KNOWN.get
     return [i for i in item_ids

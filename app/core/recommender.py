@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -368,7 +369,7 @@ class UserView:
 
     interest: FloatArray | None
     recent: Sequence[tuple[str, str, float]]     # (item id, event type, weight), newest last
-    purchased: set[str]
+    purchased: AbstractSet[int]      # every item purchased, hashed (app.core.consumed)
     query: tuple[str, FloatArray] | None = None  # the last search, embedded
     segments: tuple[str, ...] = ()   # profile segments ("age:25-34", ...), when known
     consumed: bytes = b""            # every item consumed, hashed (app.core.consumed)
@@ -379,6 +380,17 @@ class UserView:
     def held(self) -> frozenset[int]:
         """``consumed`` as a set of hashes: a list checks ~1,000 ids against it."""
         return consumed.held(self.consumed)
+
+    @cached_property
+    def held_or_purchased(self) -> frozenset[int]:
+        """What a list that leaves out consumed items leaves out (purchases are consumed
+        items too, unless the seen-set forgot them)."""
+        return self.held | self.purchased if self.purchased else self.held
+
+    def excluded(self, request: Request) -> AbstractSet[int]:
+        """The hashes of the items a list for ``request`` leaves out: every purchase, and
+        every consumed item unless the request includes them."""
+        return self.held_or_purchased if request.exclude_seen else self.purchased
 
 
 SEARCH_MANY_BYTES = 64 << 20   # at most this much of a batch's scores at once
@@ -521,8 +533,7 @@ class Recommender:
         blocked = self._blocked(user, request)
         # consumed items are dropped from each source's list: ask each for that many more
         # (up to CONSUMED_MARGIN lists' worth), so a long history does not thin the lists
-        extra = min(consumed.size(user.consumed), CONSUMED_MARGIN * self.per_source) \
-            if request.exclude_seen else 0
+        extra = min(len(user.excluded(request)), CONSUMED_MARGIN * self.per_source)
         found: dict[str, None] = {}
         counts = {"encoder": 0, "covisit": 0, "popular": 0, "sequence": 0, "trending": 0}
         # (without the trending source the ranker is blind to time away: the ablation)
@@ -713,21 +724,21 @@ class Recommender:
 
     @classmethod
     def _unconsumed(cls, user: UserView, request: Request, item_ids: list[str]) -> list[str]:
-        if not user.consumed or not request.exclude_seen:
-            return item_ids
-        return consumed.not_in(user.held, item_ids)
+        excluded = user.excluded(request)
+        return consumed.not_in(excluded, item_ids) if excluded else item_ids
 
     @staticmethod
     def _consumed(user: UserView, request: Request, item_ids: Sequence[str]
                   ) -> npt.NDArray[np.bool_]:
-        """Which of ``item_ids`` the user consumed, when the request leaves those out."""
-        if not request.exclude_seen or not user.consumed:
+        """Which of ``item_ids`` the list leaves out as consumed (or purchased)."""
+        excluded = user.excluded(request)
+        if not excluded:
             return np.zeros(len(item_ids), dtype=bool)
-        return consumed.in_held(user.held, item_ids)
+        return consumed.in_held(excluded, item_ids)
 
     @staticmethod
     def _blocked(user: UserView, request: Request) -> set[str]:
-        blocked = set(request.exclude) | user.purchased
+        blocked = set(request.exclude)
         if request.exclude_seen:
             blocked.update(item for item, _, _ in user.recent)
         return blocked

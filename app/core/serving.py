@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.contract.records import Event, Recommendation, Search
+from app.core import consumed
 from app.core.attribution import new_rec_id, slot_of
 from app.core.catalogue import CatalogueEntry
 from app.core.covisit import CoVisitation
@@ -69,8 +70,16 @@ def user_view(state: UserState, dimension: int, embed_query: Callable[[str], Flo
     query = None
     if state.query and now - state.query_ts <= QUERY_MEMORY_MS:
         query = (state.query, embed_query(state.query))
-    return UserView(interest_of(state, dimension).unit(), recent, set(state.purchased), query,
+    return UserView(interest_of(state, dimension).unit(), recent, purchases(state), query,
                     segments, state.consumed, behaviour, state.last_ts)
+
+
+def purchases(state: UserState) -> frozenset[int]:
+    """The hashes of every item the user purchased (ids from a state written before the
+    hashes too)."""
+    held = consumed.held(state.purchases) if state.purchases else frozenset()
+    return held | {consumed.known_hash(i) for i in state.purchased} if state.purchased \
+        else held
 
 
 def learn_sequence(recommender: Recommender, before: UserState, applied: Sequence[Event],

@@ -32,7 +32,7 @@ from app.contract.records import (
     UserProfile,
 )
 from app.core import consumed, sequence
-from app.core.profile import EVENT_WEIGHTS, Interest, ProfileParams, add_signal, bounded_append
+from app.core.profile import EVENT_WEIGHTS, Interest, ProfileParams, add_signal
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -58,7 +58,7 @@ class KeyState(Struct, array_like=True, frozen=True):
 
 class UserState(KeyState, array_like=True, frozen=True):
     """What a worker knows about one user from the `events` topic. Bounded: the id window,
-    ``recent``, ``purchased``, ``consumed`` and ``sequence`` are capped (``ProfileParams``),
+    ``recent``, ``purchases``, ``consumed`` and ``sequence`` are capped (``ProfileParams``),
     the interest is one vector."""
 
     counts: dict[str, int] = {}
@@ -68,7 +68,7 @@ class UserState(KeyState, array_like=True, frozen=True):
     interest_weight: float = 0.0
     interest_ts: int = 0
     recent: tuple[tuple[str, str, int], ...] = ()   # (item id, event type, ts), newest last
-    purchased: tuple[str, ...] = ()
+    purchased: tuple[str, ...] = ()          # (states before ``purchases``: moved there)
     query: str = ""                          # the last search
     query_ts: int = 0
     consumed: bytes = b""                    # every item consumed (app.core.consumed)
@@ -77,6 +77,9 @@ class UserState(KeyState, array_like=True, frozen=True):
     # (time in ms, partition) of a request to forget the user, while input from before it
     # could still come (app.core.forgetting); (0, -1): none
     forgotten: tuple[int, int] = (0, -1)
+    # every item purchased, hashed as the seen-set is (app.core.consumed; 4 bytes an item,
+    # not the id): never recommended again, even when a request includes consumed items
+    purchases: bytes = b""
 
 
 class ShownItem(Struct, array_like=True, frozen=True):
@@ -276,9 +279,11 @@ def event_fold(context: EventContext) -> Callable[[UserState, Event], UserState]
             changes["recent"] = tuple(recent[-params.recent_size:])
             changes["consumed"] = consumed.add(state.consumed, (event.item_id,),
                                                params.consumed_size)
-            if isinstance(event, Purchase):
-                changes["purchased"] = tuple(
-                    bounded_append(state.purchased, event.item_id, params.purchased_size))
+            if isinstance(event, Purchase) or state.purchased:
+                bought = (*state.purchased, event.item_id) if isinstance(event, Purchase) \
+                    else state.purchased   # ids kept before the hashes: moved over
+                changes.update(purchases=consumed.add(state.purchases, bought,
+                                                      params.purchased_size), purchased=())
         if signal is not None:
             interest = add_signal(interest_of(state, context.dimension), signal,
                                   EVENT_WEIGHTS[kind], event.ts, params.half_life_ms)

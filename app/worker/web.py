@@ -18,6 +18,7 @@ from app.core.consumed import size as consumed_size
 from app.core.forgetting import is_marker
 from app.core.ranking import FEATURES
 from app.core.sequence import STORED
+from app.core.serving import purchases
 from app.core.state import StateCodec, UserState
 from app.core.versions import ModelVersion
 from app.metrics import Metrics
@@ -142,7 +143,7 @@ def attach(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = Non
             first_ts=state.first_ts,
             last_ts=state.last_ts,
             recent=[api.RecentEvent(item_id=i, type=k, ts=t) for i, k, t in state.recent],
-            purchased=len(state.purchased),
+            purchased=len(purchases(state)),
             consumed=consumed_size(state.consumed),
             sequence_events=len(state.sequence) // STORED.itemsize,
             interest_weight=state.interest_weight,

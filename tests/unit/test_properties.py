@@ -284,7 +284,7 @@ def test_the_event_fold_keeps_its_bounds_and_counts_every_applied_event(
     assert sum(state.counts.values()) == applied
     assert len(state.seen) <= window
     assert len(state.recent) <= PARAMS.recent_size
-    assert len(state.purchased) <= PARAMS.purchased_size
+    assert consumed.size(state.purchases) <= PARAMS.purchased_size
     assert consumed.size(state.consumed) <= PARAMS.consumed_size
     assert len(state.sequence) <= PARAMS.sequence_size * sequence.STORED.itemsize
     assert len({r[0] for r in state.recent}) == len(state.recent)

@@ -27,6 +27,7 @@ from app.core.recommender import (
     presence,
     with_sources,
 )
+from app.core.serving import purchases
 from app.core.state import EventContext, StateCodec, UserState, apply_batch, event_fold, interest_of
 
 D = 4
@@ -122,12 +123,34 @@ def test_purchased_out_of_stock_and_excluded_items_are_filtered() -> None:
     cat.upsert(entry(ItemUpsert(v=1, event_id="x", item_id="predator", ts=1, title="Predator",
                                 category="action", in_stock=False), VECTORS["predator"], "t"))
     rec = Recommender(cat)
-    user = UserView(interest=VECTORS["alien"], recent=[], purchased={"aliens"})
+    user = UserView(interest=VECTORS["alien"], recent=[],
+                    purchased={consumed.item_hash("aliens")})
     items, _ = rec.recommend(user, Request(k=7, exclude=frozenset({"alien"})), now=0)
     shown = {i.item_id for i in items}
     assert not shown & {"aliens", "predator", "alien"}
     kids_only, _ = rec.recommend(user, Request(k=7, allow_categories=frozenset({"kids"})), 0)
     assert {i.item_id for i in kids_only} == {"toy-story", "cars"}
+
+
+def test_purchases_are_kept_as_hashes_and_never_shown_even_when_seen_items_are_asked() -> None:
+    """4 bytes a purchase instead of its id; a state written before (ids) still blocks its
+    purchases, and moves them to the hashes with its next event."""
+    cat = catalogue()
+    context = EventContext(item_vector=cat.index.vector, query_vectors={}, dimension=D)
+    old = UserState(purchased=("aliens",))
+    assert purchases(old) == {consumed.item_hash("aliens")}
+    state = apply_batch(old, [View(v=1, event_id="v", user_id="u", ts=5, item_id="cars")], 8,
+                        event_fold(context)).state
+    assert state.purchased == ()
+    assert purchases(state) == {consumed.item_hash("aliens")}
+    state = apply_batch(state, [Purchase(v=1, event_id="p", user_id="u", ts=6, item_id="alien",
+                                         price=1.0)], 8, event_fold(context)).state
+    assert consumed.size(state.purchases) == 2
+    view = UserView(interest=VECTORS["alien"], recent=[], purchased=purchases(state))
+    for exclude_seen in (True, False):
+        items, _ = Recommender(cat).recommend(view, Request(k=7, exclude_seen=exclude_seen),
+                                              now=10)
+        assert not {i.item_id for i in items} & {"alien", "aliens"}
 
 
 def test_a_new_user_gets_popular_items() -> None:
@@ -184,12 +207,12 @@ def test_a_search_steers_the_interest_and_explains_itself() -> None:
     ]
     state = apply_batch(UserState(), events, 64, event_fold(context)).state
     assert [r[0] for r in state.recent] == ["alien", "titanic"]
-    assert state.purchased == ("titanic",)
+    assert state.purchases == consumed.add(b"", ["titanic"])
     assert state.query == "love story"
     direction = interest_of(state, D).unit()
     assert direction is not None
     assert direction @ VECTORS["notebook"] > direction @ VECTORS["alien"]
-    view = UserView(direction, [(i, k, 1.0) for i, k, _ in state.recent], set(state.purchased),
+    view = UserView(direction, [(i, k, 1.0) for i, k, _ in state.recent], purchases(state),
                     ("love story", VECTORS["notebook"]))
     items, _ = Recommender(cat).recommend(view, Request(k=2), now=3000)
     assert items[0].item_id == "notebook"
@@ -204,7 +227,7 @@ def test_user_state_stays_bounded() -> None:
                        price=1.0) for i in range(2000)]
     state = apply_batch(UserState(), events, 128, event_fold(context)).state
     assert len(state.recent) == 50
-    assert len(state.purchased) == 500
+    assert consumed.size(state.purchases) == 500
     assert len(state.consumed) == 2000 * 4
     assert len(state.sequence) == 200 * 6
     size = len(StateCodec(UserState).encode(state))
@@ -485,12 +508,12 @@ def test_the_candidates_a_next_item_was_chosen_from_are_its_features() -> None:
     graph.observe(["toy-story"], "notebook")
     rec = Recommender(catalogue(), covisit=graph)
     user = UserView(interest=VECTORS["toy-story"], recent=[("toy-story", "view", 1.0)],
-                    purchased={"notebook"})
+                    purchased={consumed.item_hash("notebook")})
     features, row = rec.candidate_features(user, Request(), 0, "cars") or (None, -1)
     assert features is not None
     candidates, _ = rec.candidates(user, Request(), now=0)
-    assert "notebook" in candidates.item_ids                   # co-visited, but bought:
-    assert len(features) == len(candidates.item_ids) - 1     # not ranked
+    assert "notebook" not in candidates.item_ids       # co-visited, but bought: no source
+    assert len(features) == len(candidates.item_ids)   # offers it
     assert features[row][FEATURES.index("covisit_1")] == pytest.approx(np.log1p(3.0))
     assert rec.candidate_features(user, Request(), 0, "notebook") is None   # bought
     assert rec.candidate_features(user, Request(), 0, "toy-story") is None  # just seen
