@@ -360,6 +360,10 @@ def train(
     cold_items: Annotated[float, typer.Option(
         help="Train on the cold-start experiment's split (as given to `streamrec replay "
              "--cold-items`): the hidden items' early interactions are not seen.")] = 0.0,
+    cut: Annotated[float | None, typer.Option(
+        help="Train on the global time split's stream (as given to `streamrec replay --cut`): "
+             "every rating before the cut, each user's last of them the validation target; "
+             "tested on the returning users' first rating after it.")] = None,
     text: Annotated[bool, typer.Option(
         help="Add a learnt projection of each item's text-encoder vector to its embedding.")]
     = True,
@@ -367,7 +371,7 @@ def train(
         help="Where the weights (.pt), the curve and result (.json, .png) and the exported "
              "model (a folder of that name) go; default: "
              "~/.cache/streamrec/models/<dataset>-seed<seed> (<dataset>-cold<percent>-seed<seed> "
-             "with --cold-items).")] = None,
+             "with --cold-items, <dataset>-cut<percent>-seed<seed> with --cut).")] = None,
     publish_it: Annotated[bool, typer.Option(
         "--publish", help="Then publish it on the models topic (STREAMREC_BROKER_URL) if its "
                           "validation NDCG@10 beats the served model's on the same dataset: "
@@ -414,7 +418,7 @@ def train(
     from app.train.run import Curve, TrainConfig, plot_curve, sample_tokens, save, text_vectors
     from app.train.run import train as run_train
 
-    split = load(dataset, cold_items)
+    split = load(dataset, cold_items, cut)
     vectors = text_vectors(split, get_settings().model_dir()) if text else None
     model_config = ModelConfig(items=len(split.items), length=length, dim=dim, blocks=blocks,
                                heads=heads, dropout=dropout,
@@ -436,7 +440,7 @@ def train(
         model, curve, result = run_train(split, model_config, config, vectors, progress,
                                          epoch_done)
     path = out or Path.home() / ".cache" / "streamrec" / "models" / \
-        f"{label(dataset_name(dataset), cold_items)}-seed{seed}"
+        f"{label(dataset_name(dataset), cold_items, cut)}-seed{seed}"
     save(path, model, curve, result, config)
     plot = plot_curve(curve, path.with_suffix(".png"), f"{dataset}, seed {seed}: "
                       f"test NDCG@10 {result['ndcg@10']:.4f}, HR@10 {result['hr@10']:.4f}")
@@ -1013,7 +1017,8 @@ def replay(
     sequence_model: Annotated[Path | None, typer.Option(
         help="The behaviour model the sequence variants serve (a folder `streamrec train` "
              "exported); default: ~/.cache/streamrec/models/<dataset>-seed0, or "
-             "<dataset>-cold<percent>-seed0 with --cold-items.")] = None,
+             "<dataset>-cold<percent>-seed0 with --cold-items, <dataset>-cut<percent>-seed0 "
+             "with --cut.")] = None,
     train_every: Annotated[int, typer.Option(
         help="sequence-stream: events between training rounds (the model's staleness).")]
     = 150_000,
@@ -1047,7 +1052,7 @@ def replay(
     training = StreamTraining(every=train_every, first_epochs=train_epochs,
                               update_epochs=train_update_epochs, seed=train_seed)
     model = sequence_model or Path.home() / ".cache" / "streamrec" / "models" / \
-        f"{label(dataset_name(dataset), cold_items)}-seed0"
+        f"{label(dataset_name(dataset), cold_items, cut)}-seed0"
     asyncio.run(run_replays(dataset, variants.split(","), k, rate, window, partitions, broker,
                             out, cold_items, model, training, cut, workers,
                             "global" if global_items else "local"))
