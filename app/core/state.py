@@ -2,9 +2,11 @@
 validated records into it.
 
 Every state value carries ``seen``: the last ``window`` records applied to that key, newest
-last, each as an 11-character token of its ``event_id`` (``seen_token``: 64 bits of a
-hash; values written before hold the ids themselves, which still count). A record whose id
-is among them is a redelivered duplicate: it is dropped and counted, never applied twice.
+last, each as 8 bytes (``seen_digest``: 64 bits of a hash of its ``event_id``), packed in
+one bytes value (values written before hold a tuple of 11-character base64 tokens of the
+same digests, or the ids themselves: both still count, and move to the packed form with the
+key's next record). A record whose id is among them is a redelivered duplicate: it is
+dropped and counted, never applied twice.
 State values are encoded with msgpack (array-like: new fields may only be appended, with
 defaults, so old values still decode).
 """
@@ -40,20 +42,44 @@ FloatArray = npt.NDArray[np.float32]
 NOWHERE = (-1, -1)   # a state's ``read_to`` before any record with a known position
 
 
-def seen_token(event_id: str) -> str:
-    """What ``seen`` keeps of an event id: 64 bits of its BLAKE2b hash, base64url (12
-    bytes in msgpack, against ~20-40 for an id: the id window was the largest part of a
-    user's state). Two ids of a key's last ``window`` (128) share a token with probability
-    ~128 / 2**64 per record: a record would be dropped as a duplicate about once in 10**17
-    records."""
-    digest = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8)
-    return base64.urlsafe_b64encode(digest.digest())[:11].decode("ascii")
+DIGEST_BYTES = 8
+
+
+def seen_digest(event_id: str) -> bytes:
+    """What ``seen`` keeps of an event id: 64 bits of its BLAKE2b hash (8 bytes packed,
+    against 12 for the base64 token kept before and ~20-40 for an id: the id window was
+    the largest part of a user's state). Two ids of a key's last ``window`` (128) share a
+    digest with probability ~128 / 2**64 per record: a record would be dropped as a
+    duplicate about once in 10**17 records."""
+    return hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"),
+                           digest_size=DIGEST_BYTES).digest()
+
+
+def window_of(seen: bytes | tuple[str, ...]) -> list[bytes]:
+    """A state's ``seen`` as digests, oldest first: the packed form split, or a tuple from
+    before it (base64 tokens decoded; an id kept as itself is hashed)."""
+    if isinstance(seen, bytes):
+        return [seen[n:n + DIGEST_BYTES] for n in range(0, len(seen), DIGEST_BYTES)]
+    return [_legacy_digest(entry) for entry in seen]
+
+
+def _legacy_digest(entry: str) -> bytes:
+    if len(entry) == 11:   # a token: the first 11 characters of the digest's base64url
+        try:
+            digest = base64.urlsafe_b64decode(entry + "=")
+        except (ValueError, TypeError):
+            digest = b""
+        if len(digest) == DIGEST_BYTES and \
+                base64.urlsafe_b64encode(digest)[:11].decode("ascii") == entry:
+            return digest
+    return seen_digest(entry)
 
 
 class KeyState(Struct, array_like=True, frozen=True):
-    """Base of every state value: the recent event ids of the key, newest last."""
+    """Base of every state value: the recent event ids of the key, newest last, as packed
+    digests (``window_of``; a tuple of strings in values written before)."""
 
-    seen: tuple[str, ...] = ()
+    seen: bytes | tuple[str, ...] = b""
 
 
 class UserState(KeyState, array_like=True, frozen=True):
@@ -170,7 +196,7 @@ def apply_batch(
     covers only the last ``window`` events of a key, and a re-read of more used to apply
     the older ones twice). The id window still catches a record sent twice (a producer's
     retry: two offsets)."""
-    seen = list(state.seen)
+    seen = window_of(state.seen)
     known = set(seen)
     applied: list[R] = []
     duplicates = 0
@@ -182,20 +208,19 @@ def apply_batch(
                 duplicates += 1
                 continue
             read_to = position   # in offset order: the newest so far
-        token = seen_token(record.event_id)
-        if token in known or record.event_id in known:   # (ids: values written before)
+        digest = seen_digest(record.event_id)
+        if digest in known:
             duplicates += 1
             continue
-        known.add(token)
-        seen.append(token)
+        known.add(digest)
+        seen.append(digest)
         state = fold(state, record)
         applied.append(record)
-    if len(seen) > window:
-        seen = seen[-window:]
+    packed = b"".join(seen[-window:])
     if read_to is not None and positions is not None:
-        return Applied(msgspec.structs.replace(state, seen=tuple(seen), read_to=read_to),
+        return Applied(msgspec.structs.replace(state, seen=packed, read_to=read_to),
                        applied, duplicates)
-    return Applied(msgspec.structs.replace(state, seen=tuple(seen)), applied, duplicates)
+    return Applied(msgspec.structs.replace(state, seen=packed), applied, duplicates)
 
 
 def _bump(counts: dict[str, int], name: str) -> dict[str, int]:

@@ -24,7 +24,7 @@ from app.broker.apache import KafkaBroker, free_port
 from app.contract.deadletter import read_headers
 from app.contract.records import UserProfile
 from app.contract.samples import good_view
-from app.core.state import StateCodec, UserState
+from app.core.state import StateCodec, UserState, window_of
 from tests.integration.test_recommendations import CATALOGUE, _items
 from tests.support.events import TS
 from tests.support.kafka_io import history_of, latest_by_key, produce, read_topic
@@ -181,7 +181,8 @@ def test_restarts_lose_nothing_and_apply_nothing_twice(
             history = asyncio.run(history_of(kafka.bootstrap, changelog,
                                              {u.encode() for u in wrong}))
             trail = {u: [(p, o, codec.decode(v).counts.get("view", 0),
-                          len(codec.decode(v).seen)) for p, o, v in history[u.encode()]]
+                          len(window_of(codec.decode(v).seen)))
+                          for p, o, v in history[u.encode()]]
                      for u in wrong}
             pytest.fail(
                 f"{sum(lost.values())} lost, {sum(doubled.values())} applied twice of "

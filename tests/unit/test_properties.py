@@ -41,6 +41,7 @@ from app.core.state import (
     UserState,
     apply_batch,
     event_fold,
+    window_of,
 )
 
 NOW = 1_800_000_000_000
@@ -282,7 +283,7 @@ def test_the_event_fold_keeps_its_bounds_and_counts_every_applied_event(
         state = codec.decode(codec.encode(result.state))   # through the changelog's bytes
         assert state == result.state
     assert sum(state.counts.values()) == applied
-    assert len(state.seen) <= window
+    assert len(window_of(state.seen)) <= window
     assert len(state.recent) <= PARAMS.recent_size
     assert consumed.size(state.purchases) <= PARAMS.purchased_size
     assert consumed.size(state.consumed) <= PARAMS.consumed_size

@@ -14,7 +14,8 @@ from app.core.state import (
     fold_feedback,
     fold_item,
     fold_profile,
-    seen_token,
+    seen_digest,
+    window_of,
 )
 
 
@@ -34,19 +35,33 @@ def test_duplicates_across_batches_are_dropped() -> None:
     second = apply_batch(first.state, [view("b"), view("c")], 10, fold_event)
     assert second.duplicates == 1
     assert second.state.counts == {"view": 3}
-    assert second.state.seen == tuple(seen_token(i) for i in ("a", "b", "c"))
+    assert second.state.seen == b"".join(seen_digest(i) for i in ("a", "b", "c"))
 
 
-def test_the_window_keeps_tokens_of_ids_and_ids_stored_before_still_count() -> None:
-    """An id's token is 11 characters whatever the id; a state written when the window
-    held the ids themselves still drops a record it names."""
-    token = seen_token("5b1c2f0e-9d7a-4c1e-8f3b-2a6d9e0c4b7f")
-    assert len(token) == 11
-    assert token != seen_token("5b1c2f0e-9d7a-4c1e-8f3b-2a6d9e0c4b7e")
-    written_before = UserState(seen=("a", "b"), counts={"view": 2})
-    again = apply_batch(written_before, [view("b"), view("c")], 3, fold_event)
-    assert again.duplicates == 1
-    assert again.state.seen == ("a", "b", seen_token("c"))   # the old ids leave in turn
+def test_the_window_keeps_8_byte_digests_and_windows_stored_before_still_count() -> None:
+    """An id's digest is 8 bytes whatever the id, packed in one bytes value; a state
+    written when the window held the ids themselves, or their base64 tokens, still drops
+    a record it names, and moves to the packed form with its next batch."""
+    import base64
+    import hashlib
+
+    digest = seen_digest("5b1c2f0e-9d7a-4c1e-8f3b-2a6d9e0c4b7f")
+    assert len(digest) == 8
+    assert digest != seen_digest("5b1c2f0e-9d7a-4c1e-8f3b-2a6d9e0c4b7e")
+    # the 11-character token the window kept before (base64url of the same 64 bits)
+    token = base64.urlsafe_b64encode(
+        hashlib.blake2b(b"b", digest_size=8).digest())[:11].decode("ascii")
+    for written_before in (UserState(seen=("a", "b"), counts={"view": 2}),
+                           UserState(seen=("a", token), counts={"view": 2})):
+        again = apply_batch(written_before, [view("b"), view("c")], 3, fold_event)
+        assert again.duplicates == 1
+        assert again.state.seen == b"".join(seen_digest(i) for i in ("a", "b", "c"))
+        assert window_of(again.state.seen) == [seen_digest(i) for i in ("a", "b", "c")]
+    import msgspec
+
+    # in msgpack: 2 + 8 bytes an id, against 1 + 12 an id as tokens
+    assert len(msgspec.msgpack.encode(again.state.seen)) == 2 + 3 * 8
+    assert len(msgspec.msgpack.encode((token,) * 3)) == 1 + 3 * 12
 
 
 def test_input_read_again_from_far_back_is_dropped_by_its_position() -> None:
@@ -92,7 +107,7 @@ def test_states_written_before_positions_decode_with_none_known() -> None:
 
 def test_the_window_is_bounded_and_keeps_the_newest() -> None:
     result = apply_batch(UserState(), [view(str(i)) for i in range(10)], 4, fold_event)
-    assert result.state.seen == tuple(seen_token(str(i)) for i in range(6, 10))
+    assert result.state.seen == b"".join(seen_digest(str(i)) for i in range(6, 10))
     again = apply_batch(result.state, [view("0"), view("9")], 4, fold_event)
     assert again.duplicates == 1  # "0" left the window: applied again, by design
     assert again.state.counts == {"view": 11}
