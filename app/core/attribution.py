@@ -8,8 +8,10 @@ user has had ``MAX_SHOWN`` more events (then its slot is reused) and answers fee
 at most ``ttl_ms``, and remembering a list writes that list alone (the user's feedback
 state, once rewritten with every list it held on each new list, is written only when
 feedback comes). Lists remembered before slots, inside the feedback state, still answer
-until they expire. A feedback event names a ``rec_id`` and an item; joined with the remembered list
-it becomes *pairwise* training examples for the learner: the item acted on was preferred to
+until they expire.
+
+A feedback event names a ``rec_id`` and an item; joined with the remembered list it becomes
+*pairwise* training examples for the learner: the item acted on was preferred to
 every other item of the shown list. Each preference is a pair of examples, the feature
 difference (acted on minus passed over) labelled 1 and its negation labelled 0, so a
 logistic learner fits P(preferred) = sigmoid(w . difference): ranking weights, with no
