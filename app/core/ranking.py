@@ -10,7 +10,7 @@ its own (log-scaled: a weighted sum of logs favours items that several recent it
 to), the log of popularity (which may weigh negatively: a discount of the blockbusters every
 list would otherwise hold), and the *lift* of the co-visitation from all of the user's
 recent items (each edge divided by the visits of both its ends: what co-visitation says
-beyond popularity; app.core.covisit). The documented defaults (version ``default-3``) weigh
+beyond popularity; app.core.covisit). The documented defaults (version ``default-4``) weigh
 the per-item strengths and the lift about as the online learner came to weigh them on the
 MovieLens-1M replay, chosen in the in-process stand-in (docs/pipeline.md), so a ranker that
 has learnt nothing does not start without them; log popularity and novelty stay 0. Maximal
@@ -44,7 +44,9 @@ SIGNED = frozenset({"log_popularity"})   # may weigh negatively; the others only
 class RankerParams:
     """Versioned ranker parameters. Documented defaults until the learner tunes them."""
 
-    version: str = "default-3"  # 3: the learnt per-item strengths and lift (docs/pipeline.md)
+    # 3: the learnt per-item strengths and lift (docs/pipeline.md); 4: the behaviour model's
+    # weight 0.3 -> 1.25 (a sweep on validation targets, BENCHMARKS.md "Behaviour model")
+    version: str = "default-4"
     semantic: float = 1.0
     covisit: float = 1.0
     popularity: float = 0.05
@@ -57,7 +59,7 @@ class RankerParams:
     covisit_5: float = 0.2   # ... from the fifth newest
     log_popularity: float = 0.0
     covisit_lift: float = 2.0  # the lift of co-visitation from every recent item, scaled
-    sequence: float = 0.3    # the behaviour model's log-lift (0 without a model served)
+    sequence: float = 1.25   # the behaviour model's log-lift (0 without a model served)
     trending: float = 8.0    # what is rising now (scaled), times the user's absence
     mmr_lambda: float = 0.95
     w1: FloatArray | None = None
