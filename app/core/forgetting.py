@@ -33,7 +33,10 @@ def marker(at_ms: int, partition: int) -> UserState:
 def is_marker(state: UserState) -> bool:
     """Whether ``state`` is a forgotten user's marker and nothing more (the API answers as
     for a user it never knew)."""
-    return state.forgotten != NOT_FORGOTTEN and state == marker(*state.forgotten)
+    if state.forgotten == NOT_FORGOTTEN or state.seen:
+        return False
+    # (a marker written before the id window was packed holds an empty tuple, not b"")
+    return msgspec.structs.replace(state, seen=b"") == marker(*state.forgotten)
 
 
 def after_request(timestamps_ms: Sequence[int], forgotten_at_ms: int) -> list[bool]:

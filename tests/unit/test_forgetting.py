@@ -21,6 +21,14 @@ def test_a_marker_holds_the_request_and_nothing_else() -> None:
     assert mark.forgotten == (1_000, 3)
     assert not is_marker(UserState())
     assert not is_marker(msgspec.structs.replace(mark, counts={"view": 1}))
+    assert not is_marker(msgspec.structs.replace(mark, seen=b"12345678"))
+    # a marker written before the id window was packed (an empty tuple) still is one
+    codec = StateCodec(UserState)
+    fields = list(msgspec.structs.astuple(mark))
+    fields[0] = []                              # seen, as the tuple it was
+    before = codec.decode(msgspec.msgpack.encode(fields[:-1]))   # and no purchases field
+    assert before.seen == ()
+    assert is_marker(before)
 
 
 def test_input_up_to_the_request_is_dropped_after_it_kept() -> None:
@@ -37,7 +45,8 @@ def test_a_swept_marker_is_a_tombstone_a_rebuilt_state_is_unmarked() -> None:
 
 
 def test_a_state_stored_before_markers_existed_reads_as_not_forgotten() -> None:
-    old = msgspec.msgpack.encode(list(msgspec.structs.astuple(UserState()))[:-1])
+    # (the fields up to before ``forgotten``: ``purchases`` came after it)
+    old = msgspec.msgpack.encode(list(msgspec.structs.astuple(UserState()))[:-2])
     assert StateCodec(UserState).decode(old).forgotten == NOT_FORGOTTEN
 
 
