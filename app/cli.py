@@ -357,6 +357,8 @@ def train(
     dropout: Annotated[float, typer.Option(help="Dropout in embeddings and blocks.")] = 0.2,
     lr: Annotated[float, typer.Option(help="Adam's learning rate.")] = 1e-3,
     batch: Annotated[int, typer.Option(help="Users per training step.")] = 128,
+    threads: Annotated[int, typer.Option(
+        help="torch's CPU threads (two trainings side by side: 1 each).")] = 2,
     cold_items: Annotated[float, typer.Option(
         help="Train on the cold-start experiment's split (as given to `streamrec replay "
              "--cold-items`): the hidden items' early interactions are not seen.")] = 0.0,
@@ -409,7 +411,8 @@ def train(
         _train_stream(StreamArgs(
             epochs=epochs, seed=seed, length=length, dim=dim, blocks=blocks, heads=heads,
             dropout=dropout, text=text, out=out, force=force, every=every, interval=interval,
-            update_epochs=update_epochs, valid_users=valid_users, rounds=rounds))
+            update_epochs=update_epochs, valid_users=valid_users, rounds=rounds,
+            threads=threads))
         return
     from app.evaluation.runner import label
     from app.evaluation.split import load
@@ -423,7 +426,7 @@ def train(
     model_config = ModelConfig(items=len(split.items), length=length, dim=dim, blocks=blocks,
                                heads=heads, dropout=dropout,
                                text_dim=0 if vectors is None else int(vectors.shape[1]))
-    config = TrainConfig(epochs=epochs, batch=batch, lr=lr, seed=seed)
+    config = TrainConfig(epochs=epochs, batch=batch, lr=lr, seed=seed, threads=threads)
     with phases() as (say, advance):
         stages: list[str] = []
 
@@ -480,6 +483,7 @@ class StreamArgs:
     update_epochs: int
     valid_users: int
     rounds: int
+    threads: int
 
 
 def _train_stream(args: StreamArgs) -> None:
@@ -494,7 +498,8 @@ def _train_stream(args: StreamArgs) -> None:
         every_events=args.every, interval_seconds=args.interval, first_epochs=args.epochs,
         update_epochs=args.update_epochs, seed=args.seed, valid_users=args.valid_users,
         rounds=args.rounds, force=args.force, length=args.length, dim=args.dim,
-        blocks=args.blocks, heads=args.heads, dropout=args.dropout, text=args.text)
+        blocks=args.blocks, heads=args.heads, dropout=args.dropout, text=args.text,
+        threads=args.threads)
     out = args.out or Path.home() / ".cache" / "streamrec" / "stream" / settings.app_id
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
             "{task.completed:,.0f}/{task.total:,.0f}"), TimeRemainingColumn(),
