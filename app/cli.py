@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import typer
@@ -19,6 +19,9 @@ from app.data.interactions import dataset_name
 from app.logs import configure_logging
 from app.progress import phases
 from app.settings import get_settings, settings_markdown
+
+if TYPE_CHECKING:
+    from app.evaluation.split import Split
 
 cli = typer.Typer(
     name="streamrec",
@@ -274,6 +277,45 @@ def model_export(
                f"{manifest['parity_max_abs']:.1e})")
 
 
+def _tune(split: Split, folder: Path) -> dict[str, Any]:
+    """Choose the exported model's weight in the ranker on ``split``'s validation targets
+    and write it into the artefact (app.train.weight); the new manifest."""
+    from app.encoder.behaviour import SequenceModel
+    from app.train.weight import choose_scale, write_choice
+
+    with phases() as (say, advance):
+        choice = choose_scale(split, SequenceModel.load(folder), get_settings(),
+                              progress=advance)
+        table = ", ".join(f"{s:g}: {v:.4f}" for s, v in choice.validation.items())
+        say(f"validation NDCG@10 by scale of the model's feature: {table}; chose "
+            f"{choice.scale:g} (the ranker's sequence weight {choice.weight:.3g}), "
+            f"{choice.users:,} users, {choice.seconds:.0f} s")
+    return write_choice(folder, choice)
+
+
+@model_cli.command("tune")
+def model_tune(
+    folder: Annotated[Path, typer.Argument(
+        help="A behaviour model exported by `streamrec train` (the folder with manifest.json).")],
+    dataset: Annotated[str, typer.Option(help="The dataset it was trained on.")] = "ml-1m",
+    cold_items: Annotated[float, typer.Option(
+        help="As given to `streamrec train --cold-items`.")] = 0.0,
+    cut: Annotated[float | None, typer.Option(help="As given to `streamrec train --cut`.")]
+    = None,
+) -> None:
+    """Choose a behaviour model's weight in the ranker, as `streamrec train` does after
+    training: fold the dataset's stream without each user's last rating (the model's
+    validation targets, never trained on) through the worker's state fold, ask every user
+    for a list at its end at each scale of the model's feature, keep the scale whose lists
+    score the best NDCG@10 on those ratings. Written into the artefact (ranker.json), which
+    makes it a new version. Needs the training extra."""
+    from app.evaluation.split import load
+
+    manifest = _tune(load(dataset, cold_items, cut), folder)
+    typer.echo(f"{folder}: version {manifest['version']}, the model's feature scaled by "
+               f"{manifest['ranker']['sequence_scale']:g}")
+
+
 @model_cli.command("rollback")
 def model_rollback(
     to: Annotated[str | None, typer.Option(
@@ -369,6 +411,10 @@ def train(
     text: Annotated[bool, typer.Option(
         help="Add a learnt projection of each item's text-encoder vector to its embedding.")]
     = True,
+    tune: Annotated[bool, typer.Option(
+        help="Then choose the model's weight in the ranker on its validation targets "
+             "(`streamrec model tune`; minutes on ML-1M) and ship it in the artefact; "
+             "without it the model is served at the ranker's default weight.")] = True,
     out: Annotated[Path | None, typer.Option(
         help="Where the weights (.pt), the curve and result (.json, .png) and the exported "
              "model (a folder of that name) go; default: "
@@ -404,7 +450,8 @@ def train(
     softmax) on a MovieLens split: validated on each user's last streamed event, measured on
     the split's targets at the end of the stream (NDCG@10, HR@10). Needs the training extra:
     `pip install -e '.[train]'`. The best epoch is exported for the worker
-    (STREAMREC_BEHAVIOUR_MODEL): ONNX, checked against torch. With --stream, trains from the
+    (STREAMREC_BEHAVIOUR_MODEL): ONNX, checked against torch, with its weight in the ranker
+    chosen on the validation targets (--no-tune: not). With --stream, trains from the
     events topic instead and keeps training as events arrive (docs/behaviour-model.md)."""
 
     if stream:
@@ -451,11 +498,14 @@ def train(
     manifest = export(model, split.items, sample_tokens(split, length), path,
                       {**result, "dataset": dataset, "seed": seed, "epochs": epochs,
                        "valid_ndcg@10": best_valid})
+    if tune:
+        manifest = _tune(split, path)
     typer.echo(json.dumps({"result": result, "valid_ndcg@10": curve.valid_ndcg,
                            "seconds_per_epoch": curve.seconds, "saved": str(path),
                            "plot": str(plot) if plot else None,
                            "exported": {"folder": str(path), "version": manifest["version"],
-                                        "parity_max_abs": manifest["parity_max_abs"]}},
+                                        "parity_max_abs": manifest["parity_max_abs"],
+                                        "ranker": manifest.get("ranker")}},
                           indent=2))
     if publish_it:
         from app.tools import publish_if_better

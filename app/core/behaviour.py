@@ -9,7 +9,9 @@ lists, before anyone touched it.
 
 What the ranker reads is the item's log-probability under the model's softmax over the
 catalogue, relative to a uniform pick: ``log(N * p(item))`` (0 for an item as likely as
-any; ~+5 for the model's favourites on MovieLens), one scale across users and catalogues.
+any; ~+5 for the model's favourites on MovieLens), one scale across users and catalogues,
+times the model's own ``scale`` (chosen per model on its validation targets when it was
+trained, app.train.weight: a weak model weighs less in the ranker than a strong one).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class ItemSpace:
     position: dict[str, int] = field(default_factory=dict)
     built_for: int = -1
     from_text: int = 0                      # catalogue items scored from their text only
+    scale: float = 1.0                      # multiplies the feature (the model's weight)
 
     def __post_init__(self) -> None:
         self._row = {item: n + 1 for n, item in enumerate(self.vocabulary)}
@@ -83,12 +86,15 @@ class ItemSpace:
         return lift
 
     def lookup(self, lift: FloatArray, item_ids: Sequence[str]) -> FloatArray:
-        """One user's ``log_lift`` row at ``item_ids`` (FLOOR for an item without a row)."""
+        """One user's ``log_lift`` row at ``item_ids`` (FLOOR for an item without a row),
+        times ``scale``: the ranker's ``sequence`` feature."""
         at = np.fromiter((self.position.get(i, -1) for i in item_ids), dtype=np.int64,
                          count=len(item_ids))
         out = np.full(len(item_ids), FLOOR, dtype=np.float32)
         known = at >= 0
         out[known] = np.maximum(lift[at[known]], FLOOR)
+        if self.scale != 1.0:
+            out *= np.float32(self.scale)
         return out
 
     def top(self, lift: FloatArray, k: int) -> list[str]:

@@ -17,6 +17,9 @@ from app.core.behaviour import FloatArray, ItemSpace
 from app.core.sequence import HashedVocabulary, stored_tokens
 from app.encoder.runtime import session_options
 
+RANKER_FILE = "ranker.json"
+"""The model's weight in the ranker (app.train.weight), when it was chosen: the item
+space's ``scale``; without the file the model is served at scale 1."""
 CHUNK = 8
 """Users per onnxruntime call: per user, calls of 8 cost about half of calls of 64 or 256
 (the activations of a few users stay in cache; `streamrec bench behaviour`)."""
@@ -40,11 +43,14 @@ class SequenceModel:
                       if "text_projection.npy" in manifest["files"] else None)
         table = np.load(folder / "items.npy").astype(np.float32)
         items: list[str] = manifest["items"]
+        scale = (float(json.loads((folder / RANKER_FILE).read_text())["sequence_scale"])
+                 if RANKER_FILE in manifest["files"] else 1.0)
         session = ort.InferenceSession(str(folder / "user.onnx"), session_options(threads),
                                        providers=["CPUExecutionProvider"])
         return cls(version=manifest["version"], length=int(manifest["config"]["length"]),
                    session=session, vocabulary=HashedVocabulary(items),
-                   space=ItemSpace(table, items, projection), manifest=manifest)
+                   space=ItemSpace(table, items, projection, scale=scale),
+                   manifest=manifest)
 
     def user_vectors(self, sequences: Sequence[bytes]) -> list[FloatArray | None]:
         """Each stored sequence's user vector (None for a user with no item event yet), in

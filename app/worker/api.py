@@ -187,6 +187,9 @@ class BehaviourModel(Answer):
     catalogue_items_scored: int
     scored_from_text: Annotated[int, Meta(
         description="Catalogue items scored from their text alone (never seen in training).")]
+    scale: Annotated[float, Meta(
+        description="What the model's feature is multiplied by in the ranker (chosen on its "
+                    "validation targets when it was trained; 1 when not chosen).")] = 1.0
 
 
 class ModelView(Answer):

@@ -92,11 +92,14 @@ def settle_garbage_collector() -> None:
 
 
 def make_recommender(settings: Settings, dimension: int,
-                     sequence_model: SequenceModel | None = None) -> Recommender:
+                     sequence_model: SequenceModel | None = None,
+                     catalogue: Catalogue | None = None) -> Recommender:
     """A worker's recommender, with the candidate sources its settings switch on (and the
-    behaviour model's item side, when one is served)."""
+    behaviour model's item side, when one is served); an empty catalogue unless given."""
     sources = frozenset(settings.candidate_sources.split(","))
-    return Recommender(Catalogue(dimension, settings.ann_threshold), sources=sources,
+    return Recommender(catalogue if catalogue is not None
+                       else Catalogue(dimension, settings.ann_threshold),
+                       sources=sources,
                        covisit=CoVisitation(max_neighbours=settings.covisit_edges),
                        params=with_sources(RankerParams(), sources),
                        behaviour=sequence_model.space if sequence_model else None)

@@ -204,7 +204,7 @@ def _answer(web: Any, answer: api.Answer, status: int = 200,
 
 def _behaviour_model(pipeline: Pipeline) -> api.BehaviourModel | None:
     """The served behaviour model: its version, what it was trained and measured on, and how
-    many catalogue items it scores (from its text alone: items it never saw)."""
+    many catalogue items it scores (from its text alone: items it never saw), its scale."""
     model = pipeline.sequence_model
     if model is None:
         return None
@@ -212,4 +212,5 @@ def _behaviour_model(pipeline: Pipeline) -> api.BehaviourModel | None:
     return api.BehaviourModel(
         version=model.version, config=model.manifest.get("config"),
         result=model.manifest.get("result"), vocabulary=len(space.vocabulary),
-        catalogue_items_scored=len(space.ids), scored_from_text=space.from_text)
+        catalogue_items_scored=len(space.ids), scored_from_text=space.from_text,
+        scale=space.scale)

@@ -121,6 +121,18 @@ def test_the_exported_model_serves_what_torch_computes_from_the_worker_s_stored_
         hits += split.targets[user].item_id in [i for i in ranked if i not in seen][:10]
     assert hits >= 7
 
+    # the weight chosen for it ships inside the artefact: a new version, served scaled
+    from app.train.export import content_hash
+    from app.train.weight import Choice, write_choice
+
+    tuned = write_choice(folder, Choice(0.5, 0.625, {0.5: 0.3, 1.0: 0.2}, 0.1, 0.1, 0.01,
+                                        12, 1.0))
+    assert tuned["version"] != manifest["version"]
+    assert tuned["version"] == content_hash(folder, tuned["files"])
+    reloaded = SequenceModel.load(folder)
+    assert (reloaded.version, reloaded.space.scale) == (tuned["version"], 0.5)
+    assert served.space.scale == 1.0     # exported without a choice: scale 1
+
 
 @pytest.mark.parametrize("heads", [1, 2])
 def test_the_user_vector_computes_only_the_last_position_and_reads_the_same(heads: int) -> None:

@@ -36,6 +36,19 @@ def test_items_the_model_never_saw_are_scored_from_their_text() -> None:
     assert without.lookup(lift, ["notebook"]).tolist() == [FLOOR]
 
 
+def test_the_model_s_scale_multiplies_its_feature_not_its_picks() -> None:
+    items = space()
+    items.sync(1, list(VECTORS), lambda item: VECTORS.get(item))
+    lift = items.log_lift(VECTORS["cars"][None, :] * 2)[0]
+    ids = ["cars", "titanic", "unknown"]
+    plain, top = items.lookup(lift, ids), items.top(lift, 3)
+    items.scale = 0.5
+    np.testing.assert_allclose(items.lookup(lift, ids), plain * 0.5)
+    assert items.top(lift, 3) == top
+    items.scale = 0.0
+    assert items.lookup(lift, ids).tolist() == [0.0, 0.0, 0.0]
+
+
 def test_the_log_lift_is_a_log_probability_against_a_uniform_pick() -> None:
     items = space()
     items.sync(1, list(VECTORS), lambda item: VECTORS.get(item))
