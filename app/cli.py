@@ -288,7 +288,9 @@ def _tune(split: Split, folder: Path) -> dict[str, Any]:
                               progress=advance)
         table = ", ".join(f"{s:g}: {v:.4f}" for s, v in choice.validation.items())
         say(f"validation NDCG@10 by scale of the model's feature: {table}; chose "
-            f"{choice.scale:g} (the ranker's sequence weight {choice.weight:.3g}), "
+            f"{choice.scale:g} (the ranker's sequence weight {choice.weight:.3g}); without "
+            f"the model {choice.without_model:.4f} (chosen - without: "
+            f"{choice.over_without[0]:+.4f} +- {choice.over_without[1]:.4f}), "
             f"{choice.users:,} users, {choice.seconds:.0f} s")
     return write_choice(folder, choice)
 

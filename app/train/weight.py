@@ -56,6 +56,7 @@ class Choice:
     weight: float                      # the ranker's sequence weight that amounts to
     validation: dict[float, float]     # scale -> NDCG@10 on the validation targets
     without_model: float               # NDCG@10 of the ranker with no model, same users
+    over_without: tuple[float, float]  # the chosen scale's NDCG@10 minus that, stderr
     gain: float                        # the best scale's NDCG@10 minus scale 1's
     stderr: float                      # the paired standard error of that gain
     users: int
@@ -69,9 +70,21 @@ class Choice:
                 "validation_ndcg@10": {f"{s:g}": round(v, 5)
                                        for s, v in self.validation.items()},
                 "validation_ndcg@10_without_model": round(self.without_model, 5),
+                "chosen_minus_without_model": round(self.over_without[0], 5),
+                "chosen_minus_without_model_stderr": round(self.over_without[1], 5),
                 "best_minus_scale_1": round(self.gain, 5),
                 "best_minus_scale_1_stderr": round(self.stderr, 5),
                 "users": self.users, "seconds": round(self.seconds, 1)}
+
+
+def paired(better: npt.NDArray[np.float64], base: npt.NDArray[np.float64]
+           ) -> tuple[float, float]:
+    """The mean per-user difference ``better - base`` and its standard error."""
+    difference = better - base
+    if len(difference) < 2:
+        return float(difference.mean()) if len(difference) else 0.0, 0.0
+    return (float(difference.mean()),
+            float(difference.std(ddof=1) / np.sqrt(len(difference))))
 
 
 def best_scale(per_user: dict[float, npt.NDArray[np.float64]], default: float = 1.0
@@ -85,10 +98,7 @@ def best_scale(per_user: dict[float, npt.NDArray[np.float64]], default: float = 
     base = per_user.get(default)
     if base is None:
         return best, 0.0, 0.0
-    difference = per_user[best] - base
-    gain = float(difference.mean())
-    stderr = (float(difference.std(ddof=1) / np.sqrt(len(difference)))
-              if len(difference) > 1 else 0.0)
+    gain, stderr = paired(per_user[best], base)
     return (best if gain > 2 * stderr else default), gain, stderr
 
 
@@ -130,6 +140,7 @@ def choose_scale(split: Split, model: SequenceModel, settings: Settings,
                            strict=True))
     space = model.space
     per_user: dict[float, npt.NDArray[np.float64]] = {}
+    without: npt.NDArray[np.float64] = np.zeros(0)
     request = Request(k=k)
     rounds = [*scales, None]           # None: the ranker without the model
     for step, scale in enumerate(rounds):
@@ -145,7 +156,7 @@ def choose_scale(split: Split, model: SequenceModel, settings: Settings,
                 tell("asking at each scale", step * len(users) + n, len(rounds) * len(users))
         ndcg = _per_user_ndcg(lists, held, users)
         if scale is None:
-            without = float(ndcg.mean()) if len(ndcg) else 0.0
+            without = ndcg
         else:
             per_user[scale] = ndcg
     tell("asking at each scale", len(rounds) * len(users), len(rounds) * len(users))
@@ -154,7 +165,9 @@ def choose_scale(split: Split, model: SequenceModel, settings: Settings,
     recommender.behaviour = space
     return Choice(chosen, chosen * RankerParams().sequence,
                   {s: float(v.mean()) if len(v) else 0.0 for s, v in per_user.items()},
-                  without, gain, stderr, len(users), time.perf_counter() - started)
+                  float(without.mean()) if len(without) else 0.0,
+                  paired(per_user[chosen], without), gain, stderr, len(users),
+                  time.perf_counter() - started)
 
 
 def write_choice(folder: Path, choice: Choice) -> dict[str, Any]:
