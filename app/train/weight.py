@@ -2,8 +2,8 @@
 targets and shipped inside its artefact.
 
 A fixed weight is one model's measurement: the ranker's default `sequence` weight (1.25)
-was swept on an 80-epoch ML-1M model (0.178 NDCG@10 on its own), where 0.3 loses 0.01
-NDCG@10 at the end of the stream; a model trained on other data, for fewer epochs or from a
+was swept on an 80-epoch ML-1M model (0.178 NDCG@10 on its own), where 0.3 lost 0.01
+NDCG@10 on validation; a model trained on other data, for fewer epochs or from a
 young stream is a weaker or stronger signal beside co-visitation. So after training, the
 validation stream (the split's stream without each user's last rating, the rating the model
 was validated on and never trained on) is folded through the worker's state fold and
