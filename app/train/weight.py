@@ -38,7 +38,7 @@ from app.core.state import UserState
 from app.encoder.behaviour import RANKER_FILE, SequenceModel
 from app.encoder.runtime import Encoder
 from app.evaluation.offline import catalogue_of, folded
-from app.evaluation.report import _per_user_ndcg
+from app.evaluation.report import _error, _per_user_ndcg
 from app.evaluation.split import Split, leave_last_out
 from app.settings import Settings
 from app.train.export import content_hash
@@ -54,7 +54,6 @@ Progress = Callable[[str, int, int], None]
 @dataclasses.dataclass(frozen=True)
 class Choice:
     scale: float                       # what the model's log-lift is multiplied by
-    weight: float                      # the ranker's sequence weight that amounts to
     validation: dict[float, float]     # scale -> NDCG@10 on the validation targets
     without_model: float               # NDCG@10 of the ranker with no model, same users
     over_without: tuple[float, float]  # the chosen scale's NDCG@10 minus that, stderr
@@ -62,6 +61,11 @@ class Choice:
     stderr: float                      # the paired standard error of that gain
     users: int
     seconds: float
+
+    @property
+    def weight(self) -> float:
+        """The ranker's ``sequence`` weight the scale amounts to."""
+        return self.scale * RankerParams().sequence
 
     def as_dict(self) -> dict[str, Any]:
         return {"sequence_scale": self.scale, "sequence_weight": self.weight,
@@ -82,10 +86,7 @@ def paired(better: npt.NDArray[np.float64], base: npt.NDArray[np.float64]
            ) -> tuple[float, float]:
     """The mean per-user difference ``better - base`` and its standard error."""
     difference = better - base
-    if len(difference) < 2:
-        return float(difference.mean()) if len(difference) else 0.0, 0.0
-    return (float(difference.mean()),
-            float(difference.std(ddof=1) / np.sqrt(len(difference))))
+    return float(difference.mean()) if len(difference) else 0.0, _error(difference)
 
 
 def best_scale(per_user: dict[float, npt.NDArray[np.float64]], default: float = 1.0
@@ -164,7 +165,7 @@ def choose_scale(split: Split, model: SequenceModel, settings: Settings,
     chosen, gain, stderr = best_scale(per_user)
     space.scale = chosen
     recommender.behaviour = space
-    return Choice(chosen, chosen * RankerParams().sequence,
+    return Choice(chosen,
                   {s: float(v.mean()) if len(v) else 0.0 for s, v in per_user.items()},
                   float(without.mean()) if len(without) else 0.0,
                   paired(per_user[chosen], without), gain, stderr, len(users),

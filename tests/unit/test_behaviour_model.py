@@ -125,8 +125,8 @@ def test_the_exported_model_serves_what_torch_computes_from_the_worker_s_stored_
     from app.train.export import content_hash
     from app.train.weight import Choice, write_choice
 
-    tuned = write_choice(folder, Choice(0.5, 0.625, {0.5: 0.3, 1.0: 0.2}, 0.1, (0.2, 0.02), 0.1,
-                                        0.01, 12, 1.0))
+    tuned = write_choice(folder, Choice(0.5, {0.5: 0.3, 1.0: 0.2}, 0.1, (0.2, 0.02), 0.1, 0.01,
+                                        12, 1.0))
     assert tuned["version"] != manifest["version"]
     assert tuned["version"] == content_hash(folder, tuned["files"])
     reloaded = SequenceModel.load(folder)
