@@ -18,7 +18,7 @@ from app import __version__
 from app.data.interactions import dataset_name
 from app.logs import configure_logging
 from app.progress import phases
-from app.settings import get_settings, settings_markdown
+from app.settings import Settings, get_settings, settings_markdown
 
 if TYPE_CHECKING:
     from app.evaluation.split import Split
@@ -792,6 +792,11 @@ def bench_pipeline(
                         "in turn, twice each, on a smaller backlog; reports StreamRec's "
                         "events per CPU-second as a share of the ceiling's and exits 1 "
                         "below the floor (BENCHMARKS.md, 'The guard').")] = False,
+    worker_setting: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="NAME=VALUE",
+        help="A setting of every worker the benchmark starts (docs/configuration.md, "
+             "without the STREAMREC_ prefix), e.g. --set compression=none; repeatable.")]
+    = None,
 ) -> None:
     """One worker on Apache Kafka with the MovieLens-1M catalogue: sustained events/s of
     StreamRec, the naive job, the Quix Streams job and Faust's decode-only ceiling; then
@@ -806,11 +811,18 @@ def bench_pipeline(
 
     if events is None:
         events = pipeline_bench.QUICK_EVENTS if quick else 100_000
+    overrides: dict[str, str] = {}
+    for pair in worker_setting or []:
+        name, equals, value = pair.partition("=")
+        if not equals or name.lower() not in Settings.model_fields:
+            raise typer.BadParameter(f"{pair!r}: not NAME=VALUE with a setting's name",
+                                     param_hint="--set")
+        overrides[name.lower()] = value
     report = asyncio.run(pipeline_bench.run(
         events, partitions, broker, latency_seconds, say, pull_rate, pull_seconds, profile,
         references, profile_paced, latency_rate, behaviour_model, quick, live_events,
         live_ahead, exactly_once, exactly_once_first, global_items, global_items_first,
-        per_event_events))
+        per_event_events, overrides))
     if quick:
         typer.echo(json.dumps(report) if json_output else pipeline_bench.quick_markdown(report))
         if not report["passed"]:

@@ -23,6 +23,11 @@ its ratings as events, measured from outside with plain Kafka clients.
    user, as when many users are active at once (MovieLens-1M's time order comes in one
    user's bursts). The same figures, bytes written per event by destination.
 
+In phases 5 and 6 the bytes are counted twice: as the worker sent them (keys and values,
+before compression: ``streamrec_written_bytes_total``) and as the benchmark's own broker
+stored them (its log segments' growth per topic: compressed batches with Kafka's headers,
+the events topic left out).
+
 ``quick`` (the guard the test suite runs): the catalogue, then the decode-only ceiling and
 StreamRec in turn, twice each, on a smaller backlog; the figure is StreamRec's events per
 worker CPU-second as a share of the ceiling's (best of two each), which a machine's speed
@@ -233,6 +238,28 @@ def batch_shape(samples: Samples) -> dict[str, float]:
             "events_per_recommendation": events / published if published else float("nan")}
 
 
+def broker_written(before: dict[str, int], after: dict[str, int], events: int,
+                   settings: Settings) -> dict[str, float]:
+    """Bytes the broker stored per input event between two ``KafkaBroker.topic_bytes``
+    snapshots, after compression and with Kafka's batch headers: in total
+    (``broker_bytes_per_event``) and by where (``broker_bytes_per_event:<to>``: a table's
+    label for its changelog, ``recommendations``, else the topic). The events topic (the
+    benchmark's own producer) and the broker's internal topics are left out."""
+    grown: dict[str, int] = {}
+    for topic, size in after.items():
+        delta = size - before.get(topic, 0)
+        if delta <= 0 or topic == settings.topic_events or topic.startswith("__"):
+            continue
+        to = next((table for table in TABLES if topic.endswith(f"-{table}-changelog")),
+                  "recommendations" if topic == settings.topic_recommendations else topic)
+        grown[to] = grown.get(to, 0) + delta
+    if not events:
+        return {}
+    return {"broker_bytes_per_event": sum(grown.values()) / events,
+            **{f"broker_bytes_per_event:{to}": size / events
+               for to, size in sorted(grown.items(), key=lambda kv: -kv[1])}}
+
+
 def shape_line(shape: dict[str, float]) -> str:
     return (f"  {shape['events_per_batch']:,.0f} events per batch "
             f"({shape['ms_per_batch']:,.1f} ms each), "
@@ -338,7 +365,8 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
               live_events: int = LIVE_EVENTS, live_ahead: int = LIVE_AHEAD,
               exactly_once: bool = True, exactly_once_first: bool = False,
               global_items: bool = False, global_items_first: bool = False,
-              per_event_events: int = PER_EVENT_EVENTS) -> dict[str, Any]:
+              per_event_events: int = PER_EVENT_EVENTS,
+              worker_settings: dict[str, str] | None = None) -> dict[str, Any]:
     """The benchmark (module docstring); with ``behaviour_model``, the StreamRec job is
     timed again serving that model (its latency and pull phases stay without it); with
     ``quick``, the guard only (the ceiling and StreamRec, alternating); with
@@ -348,10 +376,11 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
     StreamRec is timed again with item_stats=global (first with ``global_items_first``,
     for the same reason), and the latency phase's worker runs it (the global statistics'
     freshness at that load); ``per_event_events``: the length of the last phase, a list per
-    event (0 skips it)."""
+    event (0 skips it); ``worker_settings``: settings of every worker it starts (name ->
+    value)."""
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     broker, local = await start_unless_given(broker, workdir, say)
-    run_ = WorkerRun(broker, workdir, partitions)
+    run_ = WorkerRun(broker, workdir, partitions, **(worker_settings or {}))
     settings = run_.settings
     succeeded = False
     try:
@@ -499,11 +528,12 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
                                  users, pull_rate, pull_seconds, fresh=True)
         pull_fresh["server_within_ms"] = _histogram_shares(
             after, await asyncio.to_thread(scrape, run_.metrics_url))
-        live = await _live(run_, events + len(paced), live_events, live_ahead, say) \
-            if live_events > 0 else {}
+        sizes = local.topic_bytes if local is not None else None
+        live = await _live(run_, events + len(paced), live_events, live_ahead, say,
+                           broker_sizes=sizes) if live_events > 0 else {}
         per_event = await _live(run_, events + len(paced) + max(live_events, 0),
-                                per_event_events, live_ahead, say, in_turn_=True) \
-            if per_event_events > 0 else {}
+                                per_event_events, live_ahead, say, in_turn_=True,
+                                broker_sizes=sizes) if per_event_events > 0 else {}
         succeeded = True
         return {
             "cores": os.cpu_count(),
@@ -577,12 +607,14 @@ def in_turn(records: Sequence[tuple[bytes, bytes, str]], users: set[bytes], coun
 
 
 async def _live(run_: WorkerRun, start: int, count: int, ahead: int,
-                say: Callable[[str], None], in_turn_: bool = False) -> dict[str, Any]:
+                say: Callable[[str], None], in_turn_: bool = False,
+                broker_sizes: Callable[[], dict[str, int]] | None = None) -> dict[str, Any]:
     """The live regime: the warm latency worker is sent MovieLens-1M's next ``count`` events
     in time order, as fast as it keeps up (never more than ``ahead`` unprocessed), so its
     batches stay small and nearly every user's event is followed by a list. What one
     worker sustains there, per CPU-second and per list. ``in_turn_``: the events with
-    their users taken in turn (``in_turn``): a list per event."""
+    their users taken in turn (``in_turn``): a list per event. With ``broker_sizes`` (the
+    benchmark's own broker), the bytes it stored meanwhile too (``broker_written``)."""
     settings = run_.settings
     if in_turn_:   # the users seen so far (their state is in the worker), in turn
         stream = bench_events(start + PER_EVENT_SOURCE)
@@ -596,6 +628,7 @@ async def _live(run_: WorkerRun, start: int, count: int, ahead: int,
         f"{f'of {users:,} users taken in turn' if in_turn_ else 'in time order'}, at most "
         f"{ahead:,} ahead of the worker")
     before = await asyncio.to_thread(scrape, run_.metrics_url)
+    stored = broker_sizes() if broker_sizes is not None else {}
     already = total(before, "streamrec_input_records_total", topic="events")
     cpu_before = cpu_seconds(run_.worker.pid)
     started = time.monotonic()
@@ -612,11 +645,15 @@ async def _live(run_: WorkerRun, start: int, count: int, ahead: int,
               "events_per_cpu_second": len(records) / cpu if cpu > 0 else float("nan"),
               "cpu_ms_per_list": 1000 * cpu / lists if lists else float("nan"),
               "lists_per_event": lists / len(records),
-              "batches": shape}
+              "batches": shape,
+              **(broker_written(stored, broker_sizes(), len(records), settings)
+                 if broker_sizes is not None else {})}
     say(f"{shape_line(shape)}\n  {report['events_per_second']:,.0f} events/s, "
         f"{report['events_per_cpu_second']:,.0f} per CPU-second, "
         f"{report['cpu_ms_per_list']:.2f} CPU-ms per list, "
-        f"{report['lists_per_event']:.2f} lists per event")
+        f"{report['lists_per_event']:.2f} lists per event"
+        + (f", {report['broker_bytes_per_event']:,.0f} bytes stored by the broker per event"
+           if "broker_bytes_per_event" in report else ""))
     return report
 
 
@@ -756,6 +793,12 @@ def markdown(report: dict[str, Any]) -> str:
            f"{each['cpu_ms_per_list']:.2f} / {each['lists_per_event']:.2f} / "
            f"{each['batches']['bytes_per_event']:,.0f} |"]
           if (each := report.get("per_event")) else []),
+        *[f"| {what}: bytes the broker stored per input event, compressed "
+          f"({_by_destination(phase, 'broker_bytes_per_event:')}) | "
+          f"{phase['broker_bytes_per_event']:,.0f} |"
+          for what, phase in (("live regime", report.get("live") or {}),
+                              ("a list per event", report.get("per_event") or {}))
+          if "broker_bytes_per_event" in phase],
         f"| pull API at {pull['rate_per_second']:,.0f} req/s: p50 / p99 / max | "
         f"{pull['p50_ms']:.1f} / {pull['p99_ms']:.1f} / {pull['max_ms']:.1f} ms "
         f"({pull['requests']:,} requests, {pull['errors']} errors) |",
@@ -765,10 +808,10 @@ def markdown(report: dict[str, Any]) -> str:
     ]) + "\n"
 
 
-def _by_destination(shape: dict[str, float]) -> str:
-    """Bytes written per event by destination, largest first ("user-state 700, ...")."""
+def _by_destination(shape: dict[str, Any], prefix: str = "bytes_per_event:") -> str:
+    """Bytes per event by destination, largest first ("user-state 700, ...")."""
     parts = sorted(((k.split(":", 1)[1], v) for k, v in shape.items()
-                    if k.startswith("bytes_per_event:") and v > 0), key=lambda kv: -kv[1])
+                    if k.startswith(prefix) and v > 0), key=lambda kv: -kv[1])
     return ", ".join(f"{name} {value:,.0f}" for name, value in parts)
 
 

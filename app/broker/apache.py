@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import re
 import secrets
@@ -265,6 +266,13 @@ class KafkaBroker:
         self.stop()
         raise TimeoutError("Apache Kafka did not start in time")
 
+    def topic_bytes(self) -> dict[str, int]:
+        """Bytes in each topic's log segments on disk (every partition): record batches as
+        the broker stores them, after the producers' compression, with Kafka's batch and
+        record headers. Growth between two calls is what was written meanwhile (the
+        cleaner never touches the active segment, and a segment holds 1 GiB)."""
+        return topic_log_bytes(self.workdir / "data")
+
     def stop(self) -> None:
         process, self._process = self._process, None
         stop_process(process, grace=30)
@@ -275,6 +283,24 @@ class KafkaBroker:
         if process is not None and process.poll() is None:
             process.kill()
             process.wait(timeout=30)
+
+
+_PARTITION_DIR = re.compile(r"^(?P<topic>.+)-(?P<partition>[0-9]+)$")
+
+
+def topic_log_bytes(data: Path) -> dict[str, int]:
+    """:meth:`KafkaBroker.topic_bytes` of the log directory ``data``."""
+    sizes: dict[str, int] = {}
+    for folder in data.iterdir() if data.is_dir() else ():
+        named = _PARTITION_DIR.match(folder.name)
+        if named is None or not folder.is_dir():
+            continue
+        size = 0
+        for segment in folder.glob("*.log"):
+            with contextlib.suppress(FileNotFoundError):   # deleted by retention meanwhile
+                size += segment.stat().st_size
+        sizes[named["topic"]] = sizes.get(named["topic"], 0) + size
+    return sizes
 
 
 async def start_unless_given(broker: str | None, workdir: Path, say: Callable[[str], None]

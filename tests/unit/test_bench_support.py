@@ -67,3 +67,37 @@ def test_users_taken_in_turn_keep_their_own_order_and_leave_out_unseen_users() -
                                                                     "a3"]
     assert [i for _, _, i in in_turn(stream, {b"a", b"b", b"c"}, 4)] == ["a1", "b1", "c1",
                                                                          "a2"]
+
+
+def test_broker_bytes_are_read_from_the_log_segments_and_grouped_by_destination(
+        tmp_path: Path) -> None:
+    from app.bench.pipeline import broker_written
+    from app.broker.apache import topic_log_bytes
+    from app.settings import Settings
+
+    def segment(folder: str, size: int, name: str = "00000000000000000000.log") -> None:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / name).write_bytes(b"x" * size)
+
+    segment("bench-latency-user-state-changelog-0", 100)
+    segment("bench-latency-user-state-changelog-3", 50)
+    segment("recommendations-1", 10)
+    segment("events-0", 1_000)
+    segment("__consumer_offsets-2", 7)
+    (tmp_path / "bench-latency-user-state-changelog-0" / "00000000000000000000.index"
+     ).write_bytes(b"i" * 4096)   # indexes are preallocated: not records
+    (tmp_path / "meta.properties").write_text("node.id=1")
+    before = topic_log_bytes(tmp_path)
+    assert before == {"bench-latency-user-state-changelog": 150, "recommendations": 10,
+                      "events": 1_000, "__consumer_offsets": 7}
+    segment("bench-latency-user-state-changelog-0", 300, "00000000000000000123.log")
+    segment("recommendations-1", 210)
+    segment("events-0", 9_000)
+    segment("examples-bench-latency-0", 40)
+    written = broker_written(before, topic_log_bytes(tmp_path), 20,
+                             Settings(topic_events="events",
+                                      topic_recommendations="recommendations"))
+    assert written == {"broker_bytes_per_event": (300 + 200 + 40) / 20,
+                       "broker_bytes_per_event:user-state": 15.0,
+                       "broker_bytes_per_event:recommendations": 10.0,
+                       "broker_bytes_per_event:examples-bench-latency": 2.0}
