@@ -42,6 +42,7 @@ class Metrics:
     forgotten: Counter
     recommendations: Counter
     written_bytes: Counter
+    changelog_replaced: Counter
     latency: Histogram
     item_stats_freshness: Histogram
     candidates: Counter
@@ -162,6 +163,13 @@ class Metrics:
                 "Bytes of keys and values this worker sent to Kafka, by where: each table's "
                 "changelog and the recommendations and catalogue topics (before compression, "
                 "headers left out). Per input event, the write amplification of the state.",
+                ["to"],
+                registry=registry,
+            ),
+            changelog_replaced=Counter(
+                "streamrec_changelog_replaced_total",
+                "State writes never sent to a table's changelog: held until the commit "
+                "(STREAMREC_CHANGELOG_BUFFER_MB), the key was written again meanwhile.",
                 ["to"],
                 registry=registry,
             ),

@@ -193,6 +193,15 @@ class Settings(BaseSettings):
     killed worker re-reads on restart is at most this much input (deduplicated by event
     id); the benchmark commits every 0.5 s to time the end of a backlog precisely."""
 
+    changelog_buffer_mb: float = Field(default=16.0, ge=0)
+    """State writes held until the next commit, at most this many MiB per worker (Kafka
+    Streams' record cache): a key written again meanwhile sends only its newest value to
+    its changelog, so a user with several events in a commit interval costs one changelog
+    record, not one per event. The commit waits for the held writes (an input offset is
+    committed only once the state of every record before it is on the changelog); past
+    the bound the oldest are sent at once. Standby replicas see a key's newest state up to
+    one commit interval later. 0: every write sent at once."""
+
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     """``at_least_once``: a killed worker re-reads its uncommitted input; state stays exact
     (the duplicate filter), a recommendation list may be published again.
@@ -201,6 +210,13 @@ class Settings(BaseSettings):
     reading ``read_committed`` see a list once. Holds for a killed worker and across
     rebalances; not yet after broker restarts under load (docs/operations.md,
     "Exactly-once processing"). Not on the embedded broker (no transactions)."""
+
+    compression: Literal["none", "gzip", "lz4", "zstd"] = "zstd"
+    """How the worker's producer compresses what it writes to Kafka (its changelogs,
+    recommendations and dead letters): record batches as the broker stores them, read
+    back by any Kafka client (zstd at level 3, Kafka's default; BENCHMARKS.md, "Fewer
+    bytes to Kafka", for what it saves and costs). ``streamrec_written_bytes_total``
+    counts the bytes before compression."""
 
     standby_replicas: int = Field(default=1, ge=0, le=8)
     """Standby copies of each table partition kept warm on other workers (Faust's

@@ -70,6 +70,7 @@ from app.worker.faust_compat import (
     take_batches,
     unprocessed,
     unstick,
+    write_through,
 )
 from app.worker.itemstats import ItemOwners
 from app.worker.results import KeyResult, count_failure
@@ -156,7 +157,7 @@ class ForgetGuard:
         for partition, event in firsts.items():
             for key in self.markers.due(partition, before):
                 try:
-                    with acting_as(event):
+                    with acting_as(event), write_through():
                         raw = self.table.get(key)
                         after = None if raw is None else swept(self.codec.decode(raw))
                         if after is None:
@@ -440,7 +441,7 @@ async def _forget(flow: Flow[S, R], forgets: dict[bytes, list[Any]],
     requests = 0
     for key, events in forgets.items():
         def delete(key: bytes = key, event: Any = events[-1]) -> None:
-            with acting_as(event):
+            with acting_as(event), write_through():
                 for table in tables:
                     for held in keys(table, key):
                         del table[held]   # a changelog tombstone, whether or not held

@@ -97,6 +97,8 @@ def _app(settings: Settings) -> faust.App:
         autodiscover=False,
         processing_guarantee=settings.processing_guarantee,
         table_standby_replicas=settings.standby_replicas,
+        producer_compression_type=None if settings.compression == "none"
+        else settings.compression,
         **options,
     )
 

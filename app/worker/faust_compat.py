@@ -12,11 +12,13 @@ that grows under a backlog (docs/pipeline.md, "Batches and freshness").
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,9 +234,74 @@ async def _take_batches(stream: Any, max_: int, within: float, backlog_within: f
         stream._processors.remove(buffer)
 
 
+_THROUGH: ContextVar[bool] = ContextVar("changelog_write_through", default=False)
+
+
+@contextmanager
+def write_through() -> Iterator[None]:
+    """Changelog writes made inside are sent at once, not held (:class:`WriteBack`), and a
+    write held for the same key is dropped: a forgotten user's deletions and marker reach
+    the changelogs without waiting for the commit, and no older held state of theirs
+    follows them there."""
+    token = _THROUGH.set(True)
+    try:
+        yield
+    finally:
+        _THROUGH.reset(token)
+
+
+class WriteBack:
+    """Changelog writes held until the next commit, as Kafka Streams' record cache holds
+    them: a key written again before then replaces its held write (only its newest value
+    reaches the changelog), and the held writes are sent, oldest first, when the commit
+    flushes, or once they hold more than ``limit`` bytes (the oldest then, until they fit).
+    The commit waits for them, so an input offset is committed only once every state
+    written for the records before it is on the changelog; a worker killed while holding
+    writes had not committed the input they came from, reads it again, and writes those
+    keys again (a redelivered record rewrites its key: ``agents._apply_key``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.held: dict[tuple[str, int, Any], tuple[Callable[[], Any], int]] = {}
+
+    def hold(self, ident: tuple[str, int, Any], ship: Callable[[], Any], size: int) -> bool:
+        """Hold a write; True when it replaced one held for the same key."""
+        before = self.held.pop(ident, None)
+        if before is not None:
+            self.size -= before[1]
+        self.held[ident] = (ship, size)
+        self.size += size
+        return before is not None
+
+    def drop(self, ident: tuple[str, int, Any]) -> None:
+        """Forget the write held for a key, if any."""
+        before = self.held.pop(ident, None)
+        if before is not None:
+            self.size -= before[1]
+
+    def overflow(self) -> list[Callable[[], Any]]:
+        """The oldest held writes to send now, until the rest fit in ``limit``."""
+        out: list[Callable[[], Any]] = []
+        while self.size > self.limit and self.held:
+            ident = next(iter(self.held))
+            ship, size = self.held.pop(ident)
+            self.size -= size
+            out.append(ship)
+        return out
+
+    def release(self) -> int:
+        """Send every held write, oldest first; how many."""
+        held, self.held, self.size = self.held, {}, 0
+        for ship, _ in held.values():
+            ship()
+        return len(held)
+
+
 def flush_waits_for_changelogs(app: Any, tables: dict[str, Any], timeout: float = 60.0,
                                sent: Callable[[str, int], None] = lambda table, size: None,
-                               transactional: bool = False) -> None:
+                               transactional: bool = False, buffer_bytes: int = 0,
+                               replaced: Callable[[str], None] = lambda table: None) -> None:
     """Make the flush that precedes every offset commit wait until each changelog record
     the ``tables`` (by label) have sent so far is acknowledged by the broker; each record
     is also reported to ``sent`` (the table's label, its key and value bytes).
@@ -253,20 +320,43 @@ def flush_waits_for_changelogs(app: Any, tables: dict[str, Any], timeout: float 
     a killed worker's state would survive the transaction its outputs and offsets were
     aborted with. A commit (which ends those transactions) waits for the records sent
     before it began to be in them, and a rebalance commits before it stops the revoked
-    partitions' producers."""
+    partitions' producers.
+
+    With ``buffer_bytes``, the writes are held until the commit (:class:`WriteBack`), and
+    ``replaced`` is told of each write a newer one of the same key replaced."""
     pending: set[asyncio.Future[Any]] = set()
+    held = WriteBack(buffer_bytes) if buffer_bytes > 0 else None
     for label, table in tables.items():
         send = _in_transaction(app, table) if transactional else table.send_changelog
 
-        def tracked(partition: Any, key: Any, value: Any, *args: Any, _send: Any = send,
-                    _label: str = label, **kwargs: Any) -> Any:
+        def ship(partition: Any, key: Any, value: Any, *args: Any, _send: Any = send,
+                 _label: str = label, **kwargs: Any) -> Any:
             sent(_label, _size(key) + _size(value))
             future = _send(partition, key, value, *args, **kwargs)
             pending.add(future)
             future.add_done_callback(pending.discard)
             return future
 
+        def tracked(partition: Any, key: Any, value: Any, *args: Any, _ship: Any = ship,
+                    _label: str = label, **kwargs: Any) -> Any:
+            if held is None or partition is None:
+                return _ship(partition, key, value, *args, **kwargs)
+            if _THROUGH.get():
+                held.drop((_label, partition, key))
+                return _ship(partition, key, value, *args, **kwargs)
+            if held.hold((_label, partition, key),
+                         functools.partial(_ship, partition, key, value, *args, **kwargs),
+                         _size(key) + _size(value)):
+                replaced(_label)
+            for early in held.overflow():
+                early()
+            return _Held(_Message(partition))
+
         table.send_changelog = tracked
+
+    def release() -> None:
+        if held is not None:
+            held.release()
 
     async def wait_for(waiting: list[asyncio.Future[Any]]) -> None:
         """Wait for the records sent so far, not those sent while waiting: the offsets
@@ -297,6 +387,7 @@ def flush_waits_for_changelogs(app: Any, tables: dict[str, Any], timeout: float 
 
         async def commit_after_changelogs(offsets: Any, start_new_transaction: bool = True
                                           ) -> bool:
+            release()
             await wait_for(list(pending))
             done = bool(await bounded(commit(offsets, start_new_transaction=start_new_transaction),
                                       "a transaction's commit"))
@@ -316,6 +407,7 @@ def flush_waits_for_changelogs(app: Any, tables: dict[str, Any], timeout: float 
             # are committed too (commit_open_transactions says why)
             try:
                 await app.consumer.commit()
+                release()   # held since, when that commit had no offsets to commit
                 await wait_for(list(pending))
                 await commit_open_transactions(app)
             except Exception as exc:   # noqa: BLE001 - fenced or gone: aborted, recovered
@@ -329,6 +421,7 @@ def flush_waits_for_changelogs(app: Any, tables: dict[str, Any], timeout: float 
 
         async def end_every_transaction() -> None:   # on a clean stop
             await end_transactions()
+            release()
             await wait_for(list(pending))
             await commit_open_transactions(app, start_new_transaction=False)
 
@@ -338,6 +431,7 @@ def flush_waits_for_changelogs(app: Any, tables: dict[str, Any], timeout: float 
     flush = producer.flush
 
     async def complete_flush() -> None:
+        release()
         waiting = list(pending)
         await flush()
         await wait_for(waiting)
@@ -551,6 +645,13 @@ class _Sent(asyncio.Future[Any]):
 @dataclass(frozen=True)
 class _Message:
     partition: int
+
+
+@dataclass(frozen=True)
+class _Held:
+    """What a held changelog write gives Faust's table back: the record's partition."""
+
+    message: _Message
 
 
 def _size(data: Any) -> int:

@@ -161,7 +161,9 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     flush_waits_for_changelogs(
         decl.app, decl.tables(),
         sent=lambda table, size: metrics.written_bytes.labels(table).inc(size),
-        transactional=settings.exactly_once)
+        transactional=settings.exactly_once,
+        buffer_bytes=round(settings.changelog_buffer_mb * 1024 * 1024),
+        replaced=lambda table: metrics.changelog_replaced.labels(table).inc())
     recovery_seeks_from_the_start_when_unsure(decl.app)
     bounded_web_connections(decl.app, settings.web_idle_timeout_seconds)
     told: set[tuple[Any, int]] = set()

@@ -613,3 +613,82 @@ def test_open_transactions_holding_records_are_committed_without_offsets() -> No
     calls.clear()
     assert asyncio.run(commit_open_transactions(app, start_new_transaction=False)) == 2
     assert calls == ["commit written", "commit sending"]   # a stop: none begun again
+
+
+def test_held_changelog_writes_send_each_keys_newest_value_at_the_commit() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from app.worker.faust_compat import flush_waits_for_changelogs, write_through
+
+    written: list[tuple[str, int]] = []
+    replaced: list[str] = []
+
+    async def run() -> tuple[list[tuple[int, bytes, bytes | None]], list[str]]:
+        loop = asyncio.get_running_loop()
+        order: list[str] = []
+        sends: list[tuple[int, bytes, bytes | None]] = []
+
+        def send_changelog(partition: int, key: bytes, value: bytes | None
+                           ) -> asyncio.Future[None]:
+            sends.append((partition, key, value))
+            future = loop.create_future()
+            loop.call_later(0.02, future.set_result, None)   # the broker's acknowledgement
+            future.add_done_callback(lambda _: order.append(f"acked {key.decode()}"))
+            return future
+
+        async def buffer_flush() -> None:
+            order.append("producer flushed")
+
+        table = SimpleNamespace(send_changelog=send_changelog)
+        app = SimpleNamespace(producer=SimpleNamespace(flush=buffer_flush))
+        flush_waits_for_changelogs(app, {"user-state": table}, buffer_bytes=1_000,
+                                   sent=lambda label, size: written.append((label, size)),
+                                   replaced=replaced.append)
+        back = table.send_changelog(0, b"a", b"1")
+        assert back.message.partition == 0   # what Faust's table reads back
+        table.send_changelog(1, b"b", b"1")
+        table.send_changelog(0, b"a", b"22")     # replaces a's held write
+        table.send_changelog(0, b"c", b"1")
+        table.send_changelog(0, b"c", None)      # a deletion replaces c's write too
+        assert sends == []                        # nothing sent before the commit
+        table.send_changelog(3, b"gone", b"state")
+        with write_through():                     # forgetting: at once, the held dropped
+            table.send_changelog(3, b"gone", None)
+        assert sends == [(3, b"gone", None)]
+        sends.clear()
+        await app.producer.flush()
+        order.append("commit")
+        # past the bound, the oldest held writes go at once
+        table.send_changelog(2, b"big", b"x" * 600)
+        table.send_changelog(2, b"bigger", b"y" * 600)
+        assert sends[-1] == (2, b"big", b"x" * 600)
+        return sends, order
+
+    sends, order = asyncio.run(run())
+    # b, a, c in order of their last write; a with its newest value, c as its tombstone
+    assert sends[:3] == [(1, b"b", b"1"), (0, b"a", b"22"), (0, b"c", None)]
+    assert order[-1] == "commit"
+    assert order[:1] == ["producer flushed"]
+    assert {"acked a", "acked b", "acked c"} <= set(order[:-1])   # before the commit
+    assert replaced == ["user-state", "user-state"]
+    assert written[1:4] == [("user-state", 2), ("user-state", 3), ("user-state", 1)]
+
+
+def test_without_a_buffer_every_changelog_write_is_sent_at_once() -> None:
+    from types import SimpleNamespace
+
+    from app.worker.faust_compat import flush_waits_for_changelogs
+
+    sends: list[bytes] = []
+
+    class Done:
+        def add_done_callback(self, callback: object) -> None:
+            pass
+
+    table = SimpleNamespace(send_changelog=lambda p, k, v: sends.append(v) or Done())
+    flush_waits_for_changelogs(SimpleNamespace(producer=SimpleNamespace(flush=None)),
+                               {"user-state": table})
+    table.send_changelog(0, b"a", b"1")
+    table.send_changelog(0, b"a", b"2")
+    assert sends == [b"1", b"2"]

@@ -67,3 +67,14 @@ def test_the_api_token_is_a_bearer_token_compared_whole() -> None:
     assert not authorized("Bearer s3cret2", "s3cret")
     assert not authorized("Basic s3cret", "s3cret")
     assert not authorized("s3cret", "s3cret")
+
+
+@pytest.mark.parametrize(("compression", "codec"), [("zstd", "zstd"), ("none", None)])
+def test_the_workers_producer_compresses_as_set(tmp_path: Path, compression: str,
+                                                codec: str | None) -> None:
+    from aiokafka.codec import has_zstd
+
+    from app.worker.declarations import declare
+    decl = declare(Settings(_env_file=None, data_dir=tmp_path, compression=compression))
+    assert decl.app.conf.producer_compression_type == codec
+    assert has_zstd()   # the codec is installed with the worker (cramjam)
