@@ -15,7 +15,7 @@ import pytest
 from app.broker.apache import KafkaBroker
 from app.core.state import StateCodec, UserState
 from tests.support.events import TS, views
-from tests.support.kafka_io import produce, read_topic
+from tests.support.kafka_io import history_of, latest_by_key, produce, read_topic
 from tests.support.worker import WorkerProcess, isolated_env
 
 USERS = [f"user-{n}" for n in range(12)]
@@ -64,3 +64,48 @@ def test_killed_worker_comes_back_with_exact_state(
         state = codec.decode(latest[user.encode()])
         assert state.counts == {"view": 40}, user
         assert state.last_ts == TS + 39
+
+
+@pytest.mark.slow
+def test_writes_held_until_the_commit_reach_the_changelog_once_and_survive_a_kill(
+    kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """Ten events a user, each sent and processed on its own within one commit interval:
+    the worker holds their state writes (STREAMREC_CHANGELOG_BUFFER_MB) and sends none of
+    them before its commit; killed before it, a replacement on a
+    new disk recovers the older changelog, reads the uncommitted events again, and every
+    user's state is exact."""
+    env = {**isolated_env(kafka.bootstrap, tmp_path / "data"),
+           "STREAMREC_COMMIT_INTERVAL_SECONDS": "30"}
+    topic = env["STREAMREC_TOPIC_EVENTS"]
+    changelog = f"{env['STREAMREC_APP_ID']}-user-state-changelog"
+    first = WorkerProcess(env, tmp_path / "worker1.log").start()
+    try:
+        first.wait_ready()
+        for n in range(10):   # each round its own batch
+            asyncio.run(produce(kafka.bootstrap, topic, _events(n, 1)))
+            first.wait_metric("streamrec_input_records_total", (n + 1) * len(USERS),
+                              topic="events", outcome="accepted")
+        replaced = first.metric("streamrec_changelog_replaced_total", to="user-state")
+    finally:
+        first.kill()
+    written = asyncio.run(history_of(kafka.bootstrap, changelog,
+                                     {u.encode() for u in USERS}))
+    assert replaced >= 5 * len(USERS)
+    # at most one record a user (had a commit fallen among the rounds), against ten writes
+    assert sum(len(records) for records in written.values()) <= len(USERS), written
+
+    shutil.rmtree(tmp_path / "data")   # a replacement machine: recover from the changelog
+    second = WorkerProcess(env, tmp_path / "worker2.log").start()
+    try:
+        second.wait_ready()
+        second.wait_metric("streamrec_input_records_total", 10 * len(USERS), topic="events",
+                           outcome="accepted")
+    finally:
+        second.stop()   # a clean stop commits: the held writes are sent first
+    latest = asyncio.run(latest_by_key(kafka.bootstrap, changelog))
+    codec = StateCodec(UserState)
+    for user in USERS:
+        state = codec.decode(latest[user.encode()])
+        assert state.counts == {"view": 10}, user
+        assert state.last_ts == TS + 9

@@ -14,7 +14,7 @@ import pytest
 from app.broker.apache import KafkaBroker, free_port
 from app.contract.records import View
 from tests.integration.test_recommendations import CATALOGUE, TS, _items
-from tests.support.kafka_io import produce
+from tests.support.kafka_io import committed_offsets, produce
 from tests.support.worker import WorkerProcess, isolated_env
 
 USERS = [f"user-{n}" for n in range(12)]
@@ -75,6 +75,15 @@ def test_two_workers_split_route_and_fail_over(kafka: KafkaBroker, tmp_path: Pat
         # every user is answered through either worker: requests are routed to the owner
         _wait_all_known(a, expected)
         _wait_all_known(b, expected)
+        # the group's commit: every state written before it is on its changelog (each
+        # worker holds its writes until then: STREAMREC_CHANGELOG_BUFFER_MB)
+        topic = env["STREAMREC_TOPIC_EVENTS"]
+        deadline = time.monotonic() + 30
+        while sum(offset for (name, _), offset in asyncio.run(committed_offsets(
+                kafka.bootstrap, env["STREAMREC_APP_ID"])).items()
+                  if name == topic) < len(events):
+            assert time.monotonic() < deadline, "the events were not committed"
+            time.sleep(0.3)
     finally:
         b.kill()
     try:
