@@ -266,19 +266,18 @@ class WriteBack:
         self.held: dict[tuple[str, int, Any], tuple[Callable[[], Any], int]] = {}
 
     def hold(self, ident: tuple[str, int, Any], ship: Callable[[], Any], size: int) -> bool:
-        """Hold a write; True when it replaced one held for the same key."""
-        before = self.held.pop(ident, None)
-        if before is not None:
-            self.size -= before[1]
+        """Hold a write (last among the held); True when it replaced one for the same key."""
+        replaced = self.drop(ident)
         self.held[ident] = (ship, size)
         self.size += size
-        return before is not None
+        return replaced
 
-    def drop(self, ident: tuple[str, int, Any]) -> None:
-        """Forget the write held for a key, if any."""
+    def drop(self, ident: tuple[str, int, Any]) -> bool:
+        """Forget the write held for a key; whether there was one."""
         before = self.held.pop(ident, None)
         if before is not None:
             self.size -= before[1]
+        return before is not None
 
     def overflow(self) -> list[Callable[[], Any]]:
         """The oldest held writes to send now, until the rest fit in ``limit``."""
@@ -290,12 +289,11 @@ class WriteBack:
             out.append(ship)
         return out
 
-    def release(self) -> int:
-        """Send every held write, oldest first; how many."""
+    def release(self) -> None:
+        """Send every held write, oldest first."""
         held, self.held, self.size = self.held, {}, 0
         for ship, _ in held.values():
             ship()
-        return len(held)
 
 
 def flush_waits_for_changelogs(app: Any, tables: dict[str, Any], timeout: float = 60.0,
@@ -339,10 +337,9 @@ def flush_waits_for_changelogs(app: Any, tables: dict[str, Any], timeout: float 
 
         def tracked(partition: Any, key: Any, value: Any, *args: Any, _ship: Any = ship,
                     _label: str = label, **kwargs: Any) -> Any:
-            if held is None or partition is None:
-                return _ship(partition, key, value, *args, **kwargs)
-            if _THROUGH.get():
-                held.drop((_label, partition, key))
+            if held is None or partition is None or _THROUGH.get():
+                if held is not None:   # written through: no older held value follows it
+                    held.drop((_label, partition, key))
                 return _ship(partition, key, value, *args, **kwargs)
             if held.hold((_label, partition, key),
                          functools.partial(_ship, partition, key, value, *args, **kwargs),
