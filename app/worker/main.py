@@ -34,7 +34,6 @@ from app.worker.faust_compat import (
     acting_as,
     bounded_web_connections,
     commits_never_skip_an_offset,
-    deliveries_run_inline,
     fetches_never_outlive_a_seek,
     flush_waits_for_changelogs,
     highwaters_asked_under_transactions,
@@ -180,7 +179,6 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     commits_never_skip_an_offset(decl.app.consumer, inputs, held)   # before the seek wrapper
     fetches_never_outlive_a_seek(decl.app.consumer, inputs)
     livelock_check_skips_unknown_positions(decl.app.consumer)
-    deliveries_run_inline(decl.app.consumer)
     if settings.exactly_once:
         highwaters_asked_under_transactions(decl.app.consumer)
         routing_without_producer_metadata(decl.app, settings.partitions, partition_of)
