@@ -25,6 +25,19 @@ def _events(first: int, count: int) -> list[tuple[bytes | None, bytes | None]]:
     return views(USERS, first, count)
 
 
+def _every_user_has_exactly(latest: dict[bytes | None, bytes | None], views_each: int
+                            ) -> None:
+    """Every user's state on the changelog (``latest``: key -> value) counts exactly
+    ``views_each`` views, the last at TS + views_each - 1."""
+    codec = StateCodec(UserState)
+    for user in USERS:
+        value = latest[user.encode()]
+        assert value is not None, user
+        state = codec.decode(value)
+        assert state.counts == {"view": views_each}, user
+        assert state.last_ts == TS + views_each - 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("keep_local_state", [True, False], ids=["same-disk", "new-disk"])
 def test_killed_worker_comes_back_with_exact_state(
@@ -58,12 +71,7 @@ def test_killed_worker_comes_back_with_exact_state(
 
     changelog = f"{env['STREAMREC_APP_ID']}-user-state-changelog"
     records = asyncio.run(read_topic(kafka.bootstrap, changelog, expect=len(USERS)))
-    latest = {r.key: r.value for r in records}
-    codec = StateCodec(UserState)
-    for user in USERS:
-        state = codec.decode(latest[user.encode()])
-        assert state.counts == {"view": 40}, user
-        assert state.last_ts == TS + 39
+    _every_user_has_exactly({r.key: r.value for r in records}, 40)
 
 
 @pytest.mark.slow
@@ -103,9 +111,4 @@ def test_writes_held_until_the_commit_reach_the_changelog_once_and_survive_a_kil
                            outcome="accepted")
     finally:
         second.stop()   # a clean stop commits: the held writes are sent first
-    latest = asyncio.run(latest_by_key(kafka.bootstrap, changelog))
-    codec = StateCodec(UserState)
-    for user in USERS:
-        state = codec.decode(latest[user.encode()])
-        assert state.counts == {"view": 10}, user
-        assert state.last_ts == TS + 9
+    _every_user_has_exactly(asyncio.run(latest_by_key(kafka.bootstrap, changelog)), 10)
