@@ -429,6 +429,55 @@ def test_what_is_left_of_a_batch_handed_out_across_a_seek_is_dropped_and_read_ag
     assert seeks == []
 
 
+def test_a_seek_counts_from_when_it_is_asked_for_not_from_when_its_task_runs() -> None:
+    # table recovery resumes the stream partitions and hands perform_seek() to a task; the
+    # fetch loop may run first: what it hands out then, and what it fetches while the seek
+    # is pending, is from the positions before the seek
+    import asyncio
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from app.worker.faust_compat import fetches_never_outlive_a_seek
+
+    events = TP("events", 0)
+    seeks: list[str] = []
+
+    async def perform_seek() -> None:
+        seeks.append("seek")
+
+    async def wait_next_records(timeout: float) -> tuple[object, object]:  # noqa: ASYNC109
+        return {events: [900]}, {events}
+
+    async def getmany(timeout: float):  # noqa: ASYNC109 - Faust's generator
+        for offset in (586, 587, 588):
+            yield events, offset
+
+    consumer = SimpleNamespace(perform_seek=perform_seek, _wait_next_records=wait_next_records,
+                               getmany=getmany)
+    fetches_never_outlive_a_seek(consumer, {"events"})
+
+    async def run() -> tuple[list[object], object, object]:
+        handed: list[object] = []
+        recovery: asyncio.Future[None] | None = None
+        async for _, message in consumer.getmany(timeout=1.0):
+            handed.append(message)
+            if recovery is None:   # asked for, its task not yet run
+                recovery = asyncio.ensure_future(consumer.perform_seek())
+        assert seeks == ["seek"]   # the batch's own seek back; the recovery's not run yet
+        pending = (await consumer._wait_next_records(1.0))[0]   # while it is pending
+        assert recovery is not None
+        await recovery
+        after = (await consumer._wait_next_records(1.0))[0]
+        return handed, pending, after
+
+    handed, pending, after = asyncio.run(run())
+    assert handed == [586]
+    assert pending == {}
+    assert after == {events: [900]}
+    assert seeks == ["seek", "seek", "seek"]   # the batch's, the fetch's, the recovery's
+
+
 def test_the_livelock_check_skips_a_partition_without_a_position() -> None:
     from types import SimpleNamespace
 
