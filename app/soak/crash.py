@@ -51,7 +51,7 @@ from app.broker.apache import KafkaBroker, free_port
 from app.broker.embedded import die_with_parent, stop_process
 from app.contract.partitioning import partition_of
 from app.contract.samples import good_view
-from app.core.state import StateCodec, UserState
+from app.core.state import StateCodec, UserState, seen_digest, window_of
 from app.errors import EXIT_STUCK
 from app.plots import pyplot
 from app.settings import Settings
@@ -139,6 +139,7 @@ class Producer:
                  seed: int = 0) -> None:
         self.bootstrap, self.topic, self.users, self.rate = bootstrap, topic, users, rate
         self.sent = dict.fromkeys(users, 0)
+        self.offsets: dict[str, list[int]] = {user: [] for user in users}   # per event, in order
         self.repeated = 0
         self._stop = asyncio.Event()
         self._rng = random.Random(seed)  # noqa: S311 - a workload, not a secret
@@ -151,8 +152,9 @@ class Producer:
         value = good_view(user, f"{user}-{n}", f"item-{n % 50}", TS + n)
         while True:
             try:
-                await (await producer.send(self.topic, value, key=user.encode()))
+                done = await (await producer.send(self.topic, value, key=user.encode()))
                 self.sent[user] += 1
+                self.offsets[user].append(done.offset)
                 return
             except KafkaError:
                 self.repeated += 1
@@ -253,11 +255,31 @@ async def _published(settings: Settings) -> list[tuple[bytes, int]]:
             if record.value is not None]   # None: a forgotten user's tombstone
 
 
-async def changelog_counts(settings: Settings, users: list[str]) -> dict[str, int]:
+async def changelog_states(settings: Settings, users: list[str]) -> dict[str, UserState]:
     latest = {r.key: r.value for r in await read_all(
         settings.bootstrap_servers(), f"{settings.app_id}-user-state-changelog")}
     codec = StateCodec(UserState)
-    return {u: codec.decode(latest.get(u.encode())).counts.get("view", 0) for u in users}
+    return {u: codec.decode(latest.get(u.encode())) for u in users}
+
+
+async def changelog_counts(settings: Settings, users: list[str]) -> dict[str, int]:
+    return {u: state.counts.get("view", 0)
+            for u, state in (await changelog_states(settings, users)).items()}
+
+
+def missing_in_window(user: str, state: UserState, offsets: list[int]) -> dict[str, Any]:
+    """Which of ``user``'s events (``{user}-{n}``, n from 0) the state's id window lacks,
+    from the oldest it holds to the newest sent: their numbers and input offsets, and the
+    input position the state was applied up to. What a lost-events failure needs to tell a
+    skipped range of a partition from scattered drops."""
+    window = set(window_of(state.seen))
+    sent = len(offsets)
+    digests = [seen_digest(f"{user}-{n}") for n in range(sent)]
+    first = next((n for n in range(sent) if digests[n] in window), sent)   # oldest it holds
+    missing = [n for n in range(first, sent) if digests[n] not in window]
+    return {"window_from": first, "missing": missing[:50],
+            "offsets": [offsets[n] for n in missing[:50]],
+            "read_to": list(state.read_to)}
 
 
 async def run(plan: Plan, say: Say, progress: Progress,
@@ -410,6 +432,11 @@ async def _verdict(plan: Plan, settings: Settings, members: list[Member], users:
     # a user's newest list must answer their newest event: what the user is shown now
     stale = [u for u in users if sent[u] and answered.get(u.encode(), -1) < TS + sent[u] - 1]
     lost = {u: sent[u] - counts[u] for u in users if counts[u] < sent[u]}
+    lost_in_window: dict[str, Any] = {}
+    if lost:
+        states = await changelog_states(settings, list(lost)[:5])
+        lost_in_window = {u: missing_in_window(u, state, producer.offsets[u])
+                          for u, state in states.items()}
     doubled = {u: counts[u] - sent[u] for u in users if counts[u] > sent[u]}
     api_wrong = {u: (api[u], sent[u]) for u in users if api[u] != sent[u]}
     faults = plan.faults
@@ -438,6 +465,7 @@ async def _verdict(plan: Plan, settings: Settings, members: list[Member], users:
         "api_differing": len(api_wrong),
         "lists": len(lists), "lists_twice": lists_twice, "stale_lists": len(stale),
         "examples": {"lost": dict(list(lost.items())[:5]),
+                     "lost_in_window": lost_in_window,
                      "doubled": dict(list(doubled.items())[:5]),
                      "api": dict(list(api_wrong.items())[:5])},
         "recovery": {

@@ -98,3 +98,16 @@ def test_the_soak_restarts_a_worker_that_ended_on_its_own(tmp_path: Path) -> Non
     assert (member.exits, started) == ([75], [True])
     member.supervised = False          # during a fault the soak restarts it itself
     assert not member.restart_if_exited()
+
+
+def test_a_lost_users_report_names_the_events_its_id_window_lacks() -> None:
+    from app.core.state import UserState, seen_digest
+    from app.soak.crash import missing_in_window
+
+    applied = [n for n in range(3, 10) if n not in (5, 7)]   # 0-2 left the window
+    state = UserState(seen=b"".join(seen_digest(f"u-{n}") for n in applied), read_to=(1, 90))
+    offsets = [100 + 3 * n for n in range(10)]
+    report = missing_in_window("u", state, offsets)
+    # from the oldest id the window holds (3) to the newest sent: 5 and 7 are missing
+    assert report == {"window_from": 3, "missing": [5, 7], "offsets": [115, 121],
+                      "read_to": [1, 90]}
