@@ -33,6 +33,7 @@ from app.worker.faust_compat import (
     TransactionalTopic,
     acting_as,
     bounded_web_connections,
+    cleared_buffers_are_read_again,
     commits_never_skip_an_offset,
     fetches_never_outlive_a_seek,
     flush_waits_for_changelogs,
@@ -178,6 +179,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     inputs = set(settings.input_topics())
     commits_never_skip_an_offset(decl.app.consumer, inputs, held)   # before the seek wrapper
     fetches_never_outlive_a_seek(decl.app.consumer, inputs)
+    cleared_buffers_are_read_again(decl.app, inputs)   # after: its seek is counted
     livelock_check_skips_unknown_positions(decl.app.consumer)
     if settings.exactly_once:
         highwaters_asked_under_transactions(decl.app.consumer)

@@ -478,6 +478,41 @@ def test_a_seek_counts_from_when_it_is_asked_for_not_from_when_its_task_runs() -
     assert seeks == ["seek", "seek", "seek"]   # the batch's, the fetch's, the recovery's
 
 
+def test_records_a_resumed_flow_clears_from_the_buffers_are_read_again() -> None:
+    # Faust clears the streams' buffers at every resume of the flow, recovery's last one
+    # after its seek: what was buffered then must be fetched again from the committed offsets
+    import asyncio
+    from types import SimpleNamespace
+
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    from app.worker.faust_compat import cleared_buffers_are_read_again
+
+    async def run() -> tuple[int, int]:
+        flow = FlowControlEvent(initially_suspended=False)
+        buffer: FlowControlQueue[object] = FlowControlQueue(flow_control=flow,
+                                                            clear_on_resume=True)
+        seeks: list[str] = []
+
+        async def perform_seek() -> None:
+            seeks.append("seek")
+
+        app = SimpleNamespace(flow_control=flow,
+                              consumer=SimpleNamespace(perform_seek=perform_seek))
+        cleared_buffers_are_read_again(app, {"events"})
+        buffer.put_nowait(SimpleNamespace(message=SimpleNamespace(topic="other")))
+        flow.resume()            # nothing of the input topics dropped: no seek
+        await asyncio.sleep(0)
+        quiet = len(seeks)
+        buffer.put_nowait(SimpleNamespace(message=SimpleNamespace(topic="events")))
+        flow.resume()
+        assert buffer.empty()    # Faust's clearing is kept
+        await asyncio.sleep(0)
+        return quiet, len(seeks)
+
+    assert asyncio.run(run()) == (0, 1)
+
+
 def test_the_livelock_check_skips_a_partition_without_a_position() -> None:
     from types import SimpleNamespace
 
