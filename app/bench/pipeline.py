@@ -3,9 +3,11 @@ its ratings as events, measured from outside with plain Kafka clients.
 
 1. Catalogue: the 3,883 movies are published and the run waits until the worker has
    embedded and indexed all of them.
-2. Throughput, in the same run for four jobs: a backlog of N events is produced first;
-   then Faust's decode-only ceiling, the StreamRec job written the naive way (one event at
-   a time: one table write and one recommendation per event), the same job in Quix Streams
+2. Throughput, in the same run for five jobs: a backlog of N events is produced first;
+   then Faust's decode-only ceiling (through Faust's streams), StreamRec's intake alone
+   (decoding only, read as StreamRec reads: below Faust's streams, so it can exceed the
+   ceiling), the StreamRec job written the naive way (one event at a time: one table
+   write and one recommendation per event), the same job in Quix Streams
    (`app/peers/quix_job.py`) and StreamRec each work it off with a fresh consumer group;
    events/s is measured from the group's first commit to its last (start-up excluded).
    With ``profile``, py-spy samples the StreamRec worker meanwhile.
@@ -325,9 +327,11 @@ def summarise_profile(raw: Path, top: int = 25) -> str:
 # whole commit intervals: earlier runs all read 4,660 events/s whatever the code did)
 BENCH_COMMIT_SECONDS = 0.5
 
+INTAKE = "intake alone (StreamRec's, decoding only)"   # below Faust's streams
 VARIANTS = {
     # name: (module, settings overrides)
     "faust decode-only ceiling": ("app.worker.ceiling", {}),
+    INTAKE: ("app.worker.intake_only", {}),
     "naive (one event at a time)": ("app.cli", {"batch_max": "1"}),
     "quix streams (same job)": ("app.peers.quix_job", {}),
     "streamrec": ("app.cli", {}),

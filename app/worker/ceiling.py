@@ -1,8 +1,14 @@
-"""Faust's decode-only ceiling, for `streamrec bench pipeline`: the same intake as a worker
-(raw bytes, batches from `take_events`), nothing else. What a Faust worker cannot exceed on
-this machine; the reference the pipeline's throughput is reported against.
+"""Faust's decode-only ceiling, for `streamrec bench pipeline`: the raw bytes of every event
+in batches from Faust's own ``take_events``, nothing else. What a Faust worker reading
+through Faust's streams cannot exceed on this machine; the reference the pipeline's
+throughput is reported against.
 
-    python -m app.worker.ceiling     # reads the same STREAMREC_* settings as a worker
+With ``intake=True`` (``app.worker.intake_only``), the same job reads through StreamRec's own
+intake instead (``take_batches``: the stream's channel read in bulk, a batch acked once the
+next is asked for): what StreamRec's worker costs before it does any work.
+
+    python -m app.worker.ceiling       # reads the same STREAMREC_* settings as a worker
+    python -m app.worker.intake_only
 """
 
 from __future__ import annotations
@@ -11,10 +17,11 @@ from typing import Any
 
 from app.settings import get_settings
 from app.worker.declarations import _app
+from app.worker.faust_compat import deliveries_run_inline, take_batches
 from app.worker.main import _new_loop, faust_worker
 
 
-def main() -> None:
+def main(intake: bool = False) -> None:
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app: Any = _app(settings)
@@ -27,8 +34,18 @@ def main() -> None:
             for event in batch:
                 _ = event.message.value
 
-    app.agent(events, name="streamrec.ceiling")(drain)
-    faust_worker(app, _new_loop(), settings).execute_from_commandline()
+    async def drain_intake(stream: Any) -> None:
+        async for batch in take_batches(stream, settings.batch_max,
+                                        settings.batch_within_seconds,
+                                        settings.batch_backlog_seconds, lambda done: 0):
+            for event in batch:
+                _ = event.message.value
+
+    app.agent(events, name="streamrec.ceiling")(drain_intake if intake else drain)
+    loop = _new_loop()   # before the consumer is made: it binds to the current loop
+    if intake:
+        deliveries_run_inline(app.consumer)
+    faust_worker(app, loop, settings).execute_from_commandline()
 
 
 if __name__ == "__main__":

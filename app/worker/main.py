@@ -35,6 +35,7 @@ from app.worker.faust_compat import (
     bounded_web_connections,
     cleared_buffers_are_read_again,
     commits_never_skip_an_offset,
+    deliveries_run_inline,
     fetches_never_outlive_a_seek,
     flush_waits_for_changelogs,
     highwaters_asked_under_transactions,
@@ -181,6 +182,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Declarations:
     fetches_never_outlive_a_seek(decl.app.consumer, inputs)
     cleared_buffers_are_read_again(decl.app, inputs)   # after: its seek is counted
     livelock_check_skips_unknown_positions(decl.app.consumer)
+    deliveries_run_inline(decl.app.consumer)
     if settings.exactly_once:
         highwaters_asked_under_transactions(decl.app.consumer)
         routing_without_producer_metadata(decl.app, settings.partitions, partition_of)

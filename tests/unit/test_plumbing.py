@@ -247,8 +247,10 @@ def _acked_after(finish_first_batch: bool) -> list[bool]:
         else:
             await batches.aclose()            # what Faust's stream does when it stops
             task.cancel()
-            # what the stream's drainer takes after that is not acked either
-            assert stream.enable_acks is False
+            # and nothing reads the channel after that: what comes stays there, unacked
+            await channel.send(value=100)
+            await asyncio.sleep(0.1)
+            assert stream.channel.queue.qsize() == 1
         app.consumer._thread.thread_loop.close()
         return [event.message.acked for event in first]   # type: ignore[attr-defined]
 
@@ -776,3 +778,114 @@ def test_without_a_buffer_every_changelog_write_is_sent_at_once() -> None:
     table.send_changelog(0, b"a", b"1")
     table.send_changelog(0, b"a", b"2")
     assert sends == [b"1", b"2"]
+
+
+def test_a_delivery_that_need_not_wait_runs_inline_and_one_that_waits_races_the_suspension(
+) -> None:
+    """deliveries_run_inline: Faust's fetch loop races each delivery against the flow's
+    suspension; a delivery that finishes without waiting is run at once (no race), one that
+    waits is raced as before, resumed where it stopped, and given up (closed) when the
+    flow is suspended first."""
+    import asyncio
+
+    from mode import Service
+
+    from app.worker.faust_compat import deliveries_run_inline
+
+    async def run() -> None:
+        consumer = Service()
+        consumer.suspend_flow = asyncio.Event()   # type: ignore[attr-defined]
+        races: list[int] = []
+        race = consumer.wait_first
+
+        async def counted(*coros: object, timeout: object = None) -> object:  # noqa: ASYNC109
+            races.append(len(coros))
+            return await race(*coros, timeout=timeout)
+
+        consumer.wait_first = counted   # type: ignore[method-assign]
+        deliveries_run_inline(consumer)
+        delivered: list[str] = []
+        room = asyncio.Event()
+        closed: list[str] = []
+
+        async def deliver(name: str, wait: bool) -> str:
+            try:
+                if wait:
+                    await room.wait()
+                delivered.append(name)
+                return name
+            except GeneratorExit:
+                closed.append(name)
+                raise
+
+        def suspended() -> object:
+            return consumer.suspend_flow.wait()   # type: ignore[attr-defined]
+
+        result = await consumer.wait_first(deliver("a", False), suspended())
+        assert delivered == ["a"]
+        assert races == []
+        assert list(result.results) == ["a"]
+        assert not result.stopped
+
+        waiting = asyncio.ensure_future(consumer.wait_first(deliver("b", True), suspended()))
+        await asyncio.sleep(0.01)
+        assert delivered == ["a"]
+        assert races == [2]
+        room.set()
+        result = await asyncio.wait_for(waiting, 1)
+        assert delivered == ["a", "b"]
+        assert list(result.results) == ["b"]
+
+        room.clear()
+        stuck = asyncio.ensure_future(consumer.wait_first(deliver("c", True), suspended()))
+        await asyncio.sleep(0.01)
+        consumer.suspend_flow.set()   # type: ignore[attr-defined]   # a rebalance
+        await asyncio.wait_for(stuck, 1)
+        await asyncio.sleep(0.01)
+        assert delivered == ["a", "b"]
+        assert closed == ["c"]
+
+        # the consumer's other use (one coroutine) and a suspended flow go the old way
+        races.clear()
+        await consumer.wait_first(deliver("d", False), suspended())
+        assert races == [2]
+
+    asyncio.run(asyncio.wait_for(run(), 10))
+
+
+def test_batches_end_when_faust_ends_the_channel_on_a_stop() -> None:
+    """On a stop Faust throws StopAsyncIteration into a stream's channel: the batches end
+    there (the agent returns, it does not crash and get restarted mid-stop), and what was
+    taken but not handed out is not acked."""
+    import asyncio
+
+    from app.worker.faust_compat import take_batches
+
+    async def run() -> None:
+        app = faust.App("take-batches-end", broker="kafka://localhost:1", store="memory://")
+        app.flow_control.resume()
+        channel = app.channel()
+        stream = channel.stream()
+        batches: list[int] = []
+
+        async def consume() -> None:
+            async for batch in take_batches(stream, 1000, 0.05, 1.0, lambda processed: 0):
+                batches.append(len(batch))
+
+        task = asyncio.create_task(consume())
+        for value in range(5):
+            await channel.send(value=value)
+        while not batches:  # noqa: ASYNC110 - polling a test list
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)                      # idle: waiting for the next event
+        stream.channel.queue._throw(StopAsyncIteration())   # type: ignore[attr-defined]
+        await asyncio.wait_for(task, 5)               # ended, no RuntimeError
+        assert batches == [5]
+        task = asyncio.create_task(consume())         # and while a window is open
+        await channel.send(value=5)
+        await asyncio.sleep(0.01)
+        stream.channel.queue._throw(StopAsyncIteration())   # type: ignore[attr-defined]
+        await asyncio.wait_for(task, 5)
+        app.consumer._thread.thread_loop.close()
+
+    asyncio.run(asyncio.wait_for(run(), 20))
