@@ -759,8 +759,9 @@ def bench_pipeline(
              "shares the cores: the latency measured is then not the figure of record.")]
     = False,
     references: Annotated[bool, typer.Option(
-        help="Also run the reference jobs (decode-only ceiling, naive, Quix Streams); "
-             "--no-references times StreamRec alone, for quick iterations.")] = True,
+        help="Also run the slow peer jobs (naive, Quix Streams); --no-references times "
+             "StreamRec beside Faust's decode-only ceiling and StreamRec's intake alone "
+             "(seconds each), for quick iterations.")] = True,
     behaviour_model: Annotated[Path | None, typer.Option(
         help="Also time StreamRec serving this behaviour model (a folder `streamrec train` "
              "exported for ml-1m) on the same backlog.")] = None,
