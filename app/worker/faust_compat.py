@@ -135,8 +135,8 @@ def take_batches(stream: Any, max_: int, within: float, backlog_within: float,
     user's burst (one recommendation instead of several for states the next batch would
     replace); at ordinary rates nothing waits on the broker and a batch closes after
     ``within`` as before. The stream's channel is read in bulk (:class:`_Channel`), not
-    through Faust's stream iterator: the same checks per event, a fifth of the decode-only
-    job's cost less.
+    through Faust's stream iterator: the same checks per event, without the iterator's
+    per-event round of the event loop.
 
     A batch grows only while the backlog shrinks from one batch to the next by at least
     half the last batch (the worker gains on its input), or when a backlog first appears.
@@ -159,9 +159,10 @@ def take_batches(stream: Any, max_: int, within: float, backlog_within: float,
 class _Channel:
     """A stream's channel read in bulk: what Faust's stream iterator does for each event
     (skip an event from before a rebalance, track it for the consumer's acks), without its
-    per-event round of the event loop, processors and sensors. Measured on the decode-only
-    job (2026-12-07): 15.5-15.8 thousand events per CPU-second through ``take_events``, 21.9-
-    22.7 thousand read in bulk (BENCHMARKS.md, "The intake read in bulk")."""
+    per-event round of the event loop, processors and sensors. On the decode-only job
+    (2026-12-07, one experiment): ~15,700 events per CPU-second through ``take_events``,
+    ~22,300 read in bulk; with :func:`deliveries_run_inline` too, 35,000-49,000
+    (BENCHMARKS.md, "The intake below Faust's streams")."""
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream

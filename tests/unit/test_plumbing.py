@@ -177,8 +177,11 @@ def test_batches_grow_only_while_the_backlog_shrinks() -> None:
     stuck = _batch_sizes(waiting_on_broker=5_000, chunks=40)
     shrinking = _batch_sizes(waiting_on_broker=lambda: next(remaining), chunks=40)
     assert sum(stuck) == sum(shrinking) == 2_400
-    assert sorted(stuck)[-2] < 300          # only the first batch grew
-    assert sorted(shrinking)[-2] >= 400     # every batch may grow
+    # only the first batch grew (to BATCH_MAX, 1,000): a batch that does not grow holds one
+    # window's events (~200 here) and at most a window's more left in the channel when the
+    # one before filled up
+    assert sorted(stuck)[-2] < 500
+    assert sorted(shrinking)[-2] >= 800     # every batch may grow (here to BATCH_MAX)
 
 
 
@@ -778,6 +781,20 @@ def test_without_a_buffer_every_changelog_write_is_sent_at_once() -> None:
     table.send_changelog(0, b"a", b"1")
     table.send_changelog(0, b"a", b"2")
     assert sends == [b"1", b"2"]
+
+
+def test_faust_still_delivers_each_record_through_the_race_deliveries_run_inline_replaces(
+) -> None:
+    """deliveries_run_inline changes one call of Faust's fetch loop; if an upgrade of Faust
+    delivers records some other way, the patch would silently do nothing (the intake would
+    cost ~2x again): fail here instead."""
+    import inspect
+
+    from faust.transport.consumer import Consumer
+
+    source = inspect.getsource(Consumer._drain_messages)
+    assert "self.wait_first(" in source
+    assert "callback(message), self.suspend_flow.wait()" in " ".join(source.split())
 
 
 def test_a_delivery_that_need_not_wait_runs_inline_and_one_that_waits_races_the_suspension(
