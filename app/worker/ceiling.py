@@ -17,7 +17,7 @@ from typing import Any
 
 from app.settings import get_settings
 from app.worker.declarations import _app
-from app.worker.faust_compat import deliveries_run_inline, take_batches
+from app.worker.faust_compat import deliveries_run_inline, take_batches, unprocessed
 from app.worker.main import _new_loop, faust_worker
 
 
@@ -34,10 +34,13 @@ def main(intake: bool = False) -> None:
             for event in batch:
                 _ = event.message.value
 
+    def waiting(processed: dict[Any, int]) -> int:   # the worker's rule for growing batches
+        return unprocessed(app, settings.topic_events, processed)
+
     async def drain_intake(stream: Any) -> None:
         async for batch in take_batches(stream, settings.batch_max,
                                         settings.batch_within_seconds,
-                                        settings.batch_backlog_seconds, lambda done: 0):
+                                        settings.batch_backlog_seconds, waiting):
             for event in batch:
                 _ = event.message.value
 
