@@ -850,13 +850,12 @@ def fetches_never_outlive_a_seek(consumer: Any, topics: set[str]) -> None:
 
     def counted_seek() -> asyncio.Future[None]:
         # counted when asked for, not when it first runs: table recovery resumes the stream
-        # partitions and hands the seek to a task, and the fetch loop, running first,
-        # handed out records from the positions before it; ahead of the records read again
-        # after it, they set the users' applied-up-to positions past those, which were then
-        # dropped as already applied (suspected in a crash soak that lost 43 events of 11
-        # users with deliveries run inline, which hand out a whole batch before the seek's
-        # task runs). Finished when its task is done however it ends (a task cancelled
-        # before it ran never runs a ``finally``), so a seek is never pending for good
+        # partitions and hands the seek to a task, and the fetch loop, running first, could
+        # hand out records from the positions before it (deliveries run inline hand out a
+        # whole batch in one go). No loss was traced to this window alone; the soak's loss
+        # was the buffer clear after the seek (cleared_buffers_are_read_again). Finished when
+        # its task is done however it ends (a task cancelled before it ran never runs a
+        # ``finally``), so a seek is never pending for good
         asked[0] += 1
         seek: asyncio.Future[None] = asyncio.ensure_future(perform_seek())
         seek.add_done_callback(_finished)
