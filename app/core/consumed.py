@@ -95,6 +95,35 @@ def add(consumed: bytes, item_ids: Sequence[str], limit: int = CONSUMED_LIMIT) -
     return merged.astype(_DTYPE).tobytes()
 
 
+def add_each(consumed: bytes, item_ids: Sequence[str], limit: int = CONSUMED_LIMIT) -> bytes:
+    """The set after adding each of ``item_ids`` in turn with ``add`` (one at a time: an
+    item already held keeps its place, the oldest go beyond ``limit``, and one dropped
+    earlier in the batch comes back at the end), unpacked and packed once."""
+    if not item_ids:
+        return consumed
+    if limit <= 0:
+        return b""
+    order: list[int] = np.frombuffer(consumed, dtype=_DTYPE).tolist()
+    held: dict[int, int] = {}   # hash -> copies among order[start:]
+    for one in order:
+        held[one] = held.get(one, 0) + 1
+    start = 0
+    changed = False
+    for item in item_ids:
+        one = known_hash(item)
+        if held.get(one):
+            continue
+        order.append(one)
+        held[one] = 1
+        changed = True
+        while len(order) - start > limit:
+            held[order[start]] -= 1
+            start += 1
+    if not changed:
+        return consumed
+    return np.array(order[start:], dtype=_DTYPE).tobytes()
+
+
 def contains(consumed: bytes, item_ids: Sequence[str]) -> npt.NDArray[np.bool_]:
     """For each of ``item_ids``, whether the set holds it."""
     return in_held(held(consumed), item_ids)

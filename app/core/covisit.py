@@ -161,8 +161,22 @@ class CoVisitation:
         """Record that ``item`` follows ``history`` (the user's items, oldest first)."""
         visited = self._id(item)   # (first: interning may grow ``visits``)
         self.visits[visited] += 1.0
-        for source, target, strength in self.increments(history, item, weight):
-            self._add(source, target, strength)
+        if self.backward:
+            for source, target, strength in self.increments(history, item, weight):
+                self._add(source, target, strength)
+            return
+        # the same edges as ``increments`` gives, added without a generator and a lookup of
+        # the target per edge (a backlog learns ~10 edges per event)
+        out = self.out
+        bound = 2 * self.max_neighbours
+        for distance, previous in enumerate(reversed(history[-self.window:]), start=1):
+            if previous == item:
+                continue
+            edges = out.get(previous)
+            if edges is None:
+                edges = out[previous] = _Out()
+            if edges.add(visited, weight / distance) > bound:
+                edges.keep_strongest(self.max_neighbours)
 
     def increments(self, history: Sequence[str], item: str, weight: float = 1.0
                    ) -> Iterator[tuple[str, str, float]]:

@@ -94,7 +94,10 @@ def learn_sequence(recommender: Recommender, before: UserState, applied: Sequenc
     batch can hold more than the state keeps). Another event on the item just touched (a
     view, then its purchase) is one visit, not two: the sequence did not move, and a memory
     regrown from stored users counts it once too."""
-    order = [item for item, _, _ in before.recent]
+    # (only the last ``window`` items of the order are read: it is kept that long, so a
+    # long batch does not search and shift an ever longer list per event)
+    window = recommender.covisit.window
+    order = [item for item, _, _ in before.recent][-window:]
     previous: str | None = None
     for event in applied:
         if isinstance(event, Search):
@@ -112,6 +115,8 @@ def learn_sequence(recommender: Recommender, before: UserState, applied: Sequenc
         if event.item_id in order:
             order.remove(event.item_id)
         order.append(event.item_id)
+        if len(order) > window:
+            del order[0]
         recommender.trending.add(event.item_id, weight, event.ts)
         if evidence is not None:
             evidence.observe_segments(segments, event.item_id, weight, event.ts)

@@ -266,6 +266,32 @@ USER_EVENTS = st.lists(st.builds(
     st.integers(TS, TS + 10**9)), max_size=60)
 
 
+QUERY_FOLD = event_fold(EventContext(ITEM_VECTORS.get, {
+    f"i{n}": np.eye(DIM, dtype=np.float32)[(n + 1) % DIM] for n in range(0, 15, 2)}, DIM, PARAMS))
+
+
+@PROPERTY
+@given(before=USER_EVENTS, batch=USER_EVENTS, legacy=st.lists(
+    st.sampled_from([f"i{n}" for n in range(15)]), max_size=4),
+    overfull=st.lists(st.integers(0, 2**32 - 1), max_size=12))
+def test_folding_a_batch_at_once_is_folding_its_events_one_by_one(
+        before: list[Event], batch: list[Event], legacy: list[str], overfull: list[int]
+) -> None:
+    """``EventFold.many`` (what apply_batch calls) gives the state the per-event fold
+    gives, from any state: legacy purchased ids, a seen-set longer than its limit (a limit
+    lowered since it was stored), searches with and without an embedded query."""
+    state = UserState()
+    for event in before:
+        state = QUERY_FOLD(state, event)
+    state = msgspec.structs.replace(
+        state, purchased=tuple(legacy),
+        consumed=state.consumed + np.array(overfull, dtype="<u4").tobytes())
+    one_by_one = state
+    for event in batch:
+        one_by_one = QUERY_FOLD(one_by_one, event)
+    assert QUERY_FOLD.many(state, batch) == one_by_one
+
+
 @PROPERTY
 @given(batches=st.lists(USER_EVENTS, max_size=4), window=st.integers(1, 40))
 def test_the_event_fold_keeps_its_bounds_and_counts_every_applied_event(
