@@ -252,8 +252,9 @@ class Metrics:
             ),
             pull_cache=Counter(
                 "streamrec_pull_cache_total",
-                "Pull requests answered from the user's latest computed list (hit) or "
-                "scored afresh (miss).",
+                "Pull requests answered from the user's latest computed list (hit; stale: "
+                "older than STREAMREC_PULL_CACHE_SECONDS, answered and scored again right "
+                "after) or scored afresh (miss).",
                 ["outcome"],
                 registry=registry,
             ),
@@ -398,7 +399,7 @@ class Metrics:
             metrics.candidates.labels(source)
         for purpose in ("items", "queries", "behaviour"):
             metrics.encoder_seconds.labels(purpose)
-        for outcome in ("hit", "miss"):
+        for outcome in ("hit", "stale", "miss"):
             metrics.pull_cache.labels(outcome)
         for generation in ("0", "1", "2"):
             metrics.gc_pause.labels(generation)

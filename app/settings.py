@@ -279,7 +279,9 @@ class Settings(BaseSettings):
     again (0: always score; ~1.5 KB a user at 10 items)."""
 
     pull_cache_seconds: float = Field(default=30.0, ge=0)
-    """Oldest cached list a pull may get (the user's own state must also be unchanged)."""
+    """Age at which a cached list is scored again (the user's own state must also be
+    unchanged): a pull that finds it older still gets it, and the user is scored afresh
+    right after the answer (stale-while-revalidate)."""
 
     ann_threshold: int = Field(default=200_000, ge=0)
     """Catalogue size from which nearest-neighbour search is approximate (usearch HNSW)

@@ -6,7 +6,10 @@ is served only while it is exactly what a fresh computation would start from: th
 state has not changed (same last event time), the ranker version is the same, the request
 asks for no more items than were computed and has no filters of its own, and it is younger
 than ``ttl_ms`` (the global signals, popularity and co-visitation, move on meanwhile; this
-bounds how far). Bounded: the least recently used users are dropped first.
+bounds how far). A caller may take an older one (``stale``) and score the user again right
+after answering (stale-while-revalidate: the pipeline does, so an expired list costs the
+request nothing and is replaced within milliseconds). Bounded: the least recently used
+users are dropped first.
 """
 
 from __future__ import annotations
@@ -42,15 +45,22 @@ class ServedLists:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: bytes, state_ts: int, version: str, request: Request, now_ms: float
-            ) -> list[RecommendedItem] | None:
+    def get(self, key: bytes, state_ts: int, version: str, request: Request, now_ms: float,
+            stale: bool = False) -> list[RecommendedItem] | None:
+        """The user's cached list for ``request``, if it answers it (and is younger than
+        ``ttl_ms``, unless ``stale``: ``expired`` then says whether it is older)."""
         entry = self._entries.get(key)
         if (entry is None or not cacheable(request) or entry.state_ts != state_ts
                 or entry.version != version or entry.k < request.k
-                or now_ms - entry.at_ms > self.ttl_ms):
+                or (not stale and now_ms - entry.at_ms > self.ttl_ms)):
             return None
         self._entries.move_to_end(key)
         return entry.items[: request.k]
+
+    def expired(self, key: bytes, now_ms: float) -> bool:
+        """Whether the user's cached list is older than ``ttl_ms`` (or there is none)."""
+        entry = self._entries.get(key)
+        return entry is None or now_ms - entry.at_ms > self.ttl_ms
 
     def put(self, key: bytes, state_ts: int, version: str, request: Request,
             items: list[RecommendedItem], now_ms: float) -> None:

@@ -27,7 +27,7 @@ TARGET = Path("deploy/grafana/dashboards/streamrec.json")
 # "Data source" variable (Grafana's default Prometheus until one is picked)
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 WORKERS = '{job="streamrec", instance=~"$instance"}'
-HIT, CLICK = 'outcome="hit"', 'type="click"'
+HIT, CLICK = 'outcome=~"hit|stale"', 'type="click"'
 ACCEPTED = 'topic="events", outcome="accepted"'
 
 

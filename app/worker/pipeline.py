@@ -147,6 +147,8 @@ class Pipeline:
         self.pseudonymous = bool(settings.pseudonym_key.get_secret_value())
         self.served = ServedLists(settings.pull_cache_users,
                                   settings.pull_cache_seconds * 1000)
+        self._stale: dict[bytes, Request] = {}   # users whose expired list is scored again
+        self._refresher: asyncio.Task[None] | None = None
         self.catalogue_synced = asyncio.Event()
         self._evidence_topic = evidence_topic
         self.item_stats_synced = asyncio.Event()
@@ -305,6 +307,7 @@ class Pipeline:
         consumers to drop the lists they hold for that user."""
         for key in keys:
             self.served.forget(key)
+            self._stale.pop(key, None)
             await self._recommendations.send(key=key, value=None)
 
     def segments(self, key: bytes) -> tuple[str, ...]:
@@ -326,10 +329,14 @@ class Pipeline:
         version = params.version
         clock = time.monotonic() * 1000
         if not fresh and at is None and state.last_ts:
-            cached = self.served.get(key, state.last_ts, version, request, clock)
-            self.metrics.pull_cache.labels("hit" if cached is not None else "miss").inc()
+            cached = self.served.get(key, state.last_ts, version, request, clock, stale=True)
             if cached is not None:
+                expired = self.served.expired(key, clock)
+                self.metrics.pull_cache.labels("stale" if expired else "hit").inc()
+                if expired:
+                    self._refresh_later(key, request)
                 return cached, version
+            self.metrics.pull_cache.labels("miss").inc()
         behaviour = None
         if self.sequence_model is not None and "sequence" in self.recommender.sources:
             started = time.perf_counter()
@@ -344,6 +351,27 @@ class Pipeline:
         if state.last_ts and at is None:
             self.served.put(key, state.last_ts, version, request, items, clock)
         return items, version
+
+    def _refresh_later(self, key: bytes, request: Request) -> None:
+        """Score a user whose cached list expired again once the request that found it is
+        answered (it got the expired list: stale-while-revalidate), a user at a time with
+        the event loop free between them, so a pull never waits for another's scoring."""
+        if key in self._stale:
+            return
+        self._stale[key] = request
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_stale())
+
+    async def _refresh_stale(self) -> None:
+        while self._stale:
+            await asyncio.sleep(0)   # the requests waiting go first
+            key, request = next(iter(self._stale.items()))
+            try:
+                self.recommend_now(self._users(key), request, key, fresh=True)
+            except Exception as exc:  # noqa: BLE001 - the next pull scores afresh
+                count_failure(self.metrics, "recommendations", exc)
+            finally:
+                self._stale.pop(key, None)
 
     async def _behaviour(self, states: Sequence[UserState]) -> list[FloatArray | None]:
         """The behaviour model's user vectors for ``states``, in one onnxruntime call off the
