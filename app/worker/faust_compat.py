@@ -218,19 +218,12 @@ async def _take_batches(stream: Any, max_: int, within: float, backlog_within: f
     idle = False                     # the last window brought nothing
     before: int | None = None        # the backlog when the last batch was cut, if any
     last = 0                         # that batch's size
-    clock = asyncio.get_running_loop().time
-    handed: float | None = None      # when the last batch was handed out (None: idle since)
     while not stream.should_stop:
         if idle:   # nothing came in a whole window: sleep until something does
             await channel.first(events)
-            handed = None
         channel.take(events, max_)
-        # the window counts from when the last batch was handed out: what came while it
-        # was processed has waited that long already (a batch that took longer than the
-        # window is followed at once by what came meanwhile)
-        left = within if handed is None else within - (clock() - handed)
-        if len(events) < max_ and not channel.ended and left > 0:
-            await stream.wait_for_stopped(never, timeout=left)
+        if len(events) < max_ and not channel.ended:
+            await stream.wait_for_stopped(never, timeout=within)
             channel.take(events, max_)
         backlog = behind(processed)
         # grow only while working the backlog off: a worker that fell behind input
@@ -256,7 +249,6 @@ async def _take_batches(stream: Any, max_: int, within: float, backlog_within: f
         batch = list(events)
         events.clear()
         last = len(batch)
-        handed = clock()
         yield batch
         # the caller asked for the next batch: this one is processed (never reached on a
         # close, a stop or a rebalance, that left it half done: its offsets must not be
