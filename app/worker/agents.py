@@ -18,6 +18,7 @@ import contextlib
 import gc
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -484,10 +485,13 @@ async def process_batch(
     forgets: dict[bytes, list[Any]] = {}
     superseded = 0
     state_key = flow.state_key or _same
+    homes: dict[bytes, int] = {}   # (murmur2 is pure Python: once per key and batch)
     for event in batch:
         message = event.message
         if flow.reroute is not None and message.key is not None:
-            home = partition_of(message.key, flow.partitions)
+            home = homes.get(message.key)
+            if home is None:
+                home = homes[message.key] = partition_of(message.key, flow.partitions)
             if message.partition is not None and message.partition != home:
                 # a producer with another partitioner (librdkafka's default, a custom
                 # one): its state would split from the key's other records; sent to the
@@ -580,8 +584,9 @@ def flows(decl: Declarations, metrics: Metrics, pipeline: Pipeline | None = None
     check = validators(limits(decl.settings))
 
     def count_events(events: Sequence[Event]) -> None:
-        for event in events:
-            metrics.events.labels(str(type(event).__struct_config__.tag)).inc()
+        kinds = Counter(type(event).__struct_config__.tag for event in events)
+        for kind, count in kinds.items():   # (a labelled counter's lookup per kind, not event)
+            metrics.events.labels(str(kind)).inc(count)
 
     experiment = decl.settings.ab_test()
 

@@ -354,8 +354,9 @@ class Pipeline:
 
     def _refresh_later(self, key: bytes, request: Request) -> None:
         """Score a user whose cached list expired again once the request that found it is
-        answered (it got the expired list: stale-while-revalidate), a user at a time with
-        the event loop free between them, so a pull never waits for another's scoring."""
+        answered (it got the expired list: stale-while-revalidate), a user at a time, the
+        event loop left free after each for as long as the scoring took: a pull waits for
+        at most one user's scoring, and a burst of expired users is not a burst of stalls."""
         if key in self._stale:
             return
         self._stale[key] = request
@@ -363,15 +364,18 @@ class Pipeline:
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_stale())
 
     async def _refresh_stale(self) -> None:
+        took = 0.0
         while self._stale:
-            await asyncio.sleep(0)   # the requests waiting go first
+            await asyncio.sleep(took)   # the requests waiting go first
             key, request = next(iter(self._stale.items()))
+            started = time.perf_counter()
             try:
                 self.recommend_now(self._users(key), request, key, fresh=True)
             except Exception as exc:  # noqa: BLE001 - the next pull scores afresh
                 count_failure(self.metrics, "recommendations", exc)
             finally:
                 self._stale.pop(key, None)
+            took = time.perf_counter() - started
 
     async def _behaviour(self, states: Sequence[UserState]) -> list[FloatArray | None]:
         """The behaviour model's user vectors for ``states``, in one onnxruntime call off the
