@@ -217,6 +217,17 @@ class VectorIndex:
         row = self._row.get(item_id)
         return None if row is None else self._matrix[row]
 
+    def rows_of(self, item_ids: Iterable[str]) -> tuple[list[str], list[int]]:
+        """Those of ``item_ids`` the index holds, in order, and their rows (``at_rows``)."""
+        row = self._row.get
+        found = [(i, r) for i in item_ids if (r := row(i)) is not None]
+        return [i for i, _ in found], [r for _, r in found]
+
+    def at_rows(self, rows: list[int]) -> FloatArray:
+        """The vectors in ``rows`` (``rows_of``), one per row."""
+        picked: FloatArray = self._matrix[rows]
+        return picked
+
     def vectors(self, item_ids: Iterable[str]) -> FloatArray:
         rows = [self._row[i] for i in item_ids]
         picked: FloatArray = self._matrix[rows]

@@ -593,7 +593,7 @@ class Recommender:
                 if item in self.catalogue.items and item not in found:
                     found[item] = None
                     counts["trending"] += 1
-        ids = [i for i in found if i in self.catalogue.index]
+        ids, rows = self.catalogue.index.rows_of(found)
         info = [self.catalogue.items[i] for i in ids]
         no_sources: list[str | None] = [None] * len(ids)
         interned = self.covisit.interned(ids) if co is not None else None
@@ -605,7 +605,7 @@ class Recommender:
         newest += [""] * (RECENT_FEATURES - len(newest))   # (no such item: no edges)
         candidates = Candidates(
             item_ids=ids,
-            vectors=self.catalogue.index.vectors(ids) if ids else
+            vectors=self.catalogue.index.at_rows(rows) if ids else
             np.zeros((0, self.catalogue.dimension), dtype=np.float32),
             covisit=covisit.astype(np.float32),
             covisit_source=covisit_source,
