@@ -281,7 +281,7 @@ class Settings(BaseSettings):
     pull_cache_seconds: float = Field(default=30.0, ge=0)
     """Age at which a cached list is scored again (the user's own state must also be
     unchanged): a pull that finds it older still gets it, and the user is scored afresh
-    right after the answer (stale-while-revalidate)."""
+    right after the answer (stale-while-revalidate; 0: every pull is scored)."""
 
     ann_threshold: int = Field(default=200_000, ge=0)
     """Catalogue size from which nearest-neighbour search is approximate (usearch HNSW)

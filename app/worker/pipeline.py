@@ -329,7 +329,9 @@ class Pipeline:
         version = params.version
         clock = time.monotonic() * 1000
         if not fresh and at is None and state.last_ts:
-            cached = self.served.get(key, state.last_ts, version, request, clock, stale=True)
+            # (a TTL of 0 asks for every pull scored: no older list answers then)
+            cached = self.served.get(key, state.last_ts, version, request, clock,
+                                     stale=self.served.ttl_ms > 0)
             if cached is not None:
                 expired = self.served.expired(key, clock)
                 self.metrics.pull_cache.labels("stale" if expired else "hit").inc()
