@@ -8,8 +8,9 @@ asks for no more items than were computed and has no filters of its own, and it 
 than ``ttl_ms`` (the global signals, popularity and co-visitation, move on meanwhile; this
 bounds how far). A caller may take an older one (``stale``) and score the user again right
 after answering (stale-while-revalidate: the pipeline does, so an expired list costs the
-request nothing and is replaced within milliseconds). Bounded: the least recently used
-users are dropped first.
+request nothing; it is replaced when its user's turn comes, one user at a time: a few
+milliseconds, or a second or two behind a burst of a few hundred expired users). Bounded:
+the least recently used users are dropped first.
 """
 
 from __future__ import annotations
