@@ -284,10 +284,11 @@ def interest_of(state: UserState, dimension: int) -> Interest:
 
 class EventFold:
     """``fold_event`` plus the user's interest, recent items, purchases and last search:
-    call it with one event, or ``many`` with a key's applied events of a batch (the same
-    state as folding them one by one, tested; the interest, recent items and seen-sets are
-    unpacked once and packed once, not per event: a backlog batch holds ~100 events of a
-    user)."""
+    call it with one event, or ``many`` with a key's applied events of a batch (one
+    implementation: a call is ``many`` of one event; folding a batch at once gives the state
+    folding its events one by one gives, tested; the interest, recent items and seen-sets
+    are unpacked once and packed once, not per event: a backlog batch holds ~100 events of
+    a user)."""
 
     __slots__ = ("context",)
 
@@ -295,44 +296,10 @@ class EventFold:
         self.context = context
 
     def __call__(self, state: UserState, event: Event) -> UserState:
-        context = self.context
-        params = context.params
-        state = fold_event(state, event)
-        kind = str(type(event).__struct_config__.tag)
-        changes: dict[str, object] = {}
-        if isinstance(event, Search):
-            signal = context.query_vectors.get(event.query)
-            if event.ts >= state.query_ts:
-                changes.update(query=event.query, query_ts=event.ts)
-        else:
-            signal = context.item_vector(event.item_id)
-            gap = event.ts - state.recent[-1][2] if state.recent else None
-            changes["sequence"] = sequence.append(state.sequence, event.item_id, kind, gap,
-                                                  params.sequence_size)
-            recent = [r for r in state.recent if r[0] != event.item_id]
-            recent.append((event.item_id, kind, event.ts))
-            changes["recent"] = tuple(recent[-params.recent_size:])
-            changes["consumed"] = consumed.add(state.consumed, (event.item_id,),
-                                               params.consumed_size)
-            if isinstance(event, Purchase) or state.purchased:
-                bought = (*state.purchased, event.item_id) if isinstance(event, Purchase) \
-                    else state.purchased   # ids kept before the hashes: moved over
-                changes.update(purchases=consumed.add(state.purchases, bought,
-                                                      params.purchased_size), purchased=())
-        if signal is not None:
-            interest = add_signal(interest_of(state, context.dimension), signal,
-                                  EVENT_WEIGHTS[kind], event.ts, params.half_life_ms)
-            changes.update(interest=np.asarray(interest.vector, dtype="<f4").tobytes(),
-                           interest_weight=interest.weight, interest_ts=interest.as_of)
-        return msgspec.structs.replace(state, **changes)
+        return self.many(state, (event,))
 
     def many(self, state: UserState, events: Sequence[Event]) -> UserState:
         """``events`` folded in order: what calling the fold on each in turn gives."""
-        at = 0
-        while state.purchased and at < len(events):   # ids kept before the hashes: the
-            state = self(state, events[at])            # first item event moves them over
-            at += 1
-        events = events[at:]
         if not events:
             return state
         context = self.context
@@ -345,6 +312,7 @@ class EventFold:
         previous_ts = state.recent[-1][2] if state.recent else None
         items: list[str] = []
         bought: list[str] = []
+        legacy, purchases = state.purchased, state.purchases
         interest: Interest | None = None
         for event in events:
             kind = str(type(event).__struct_config__.tag)
@@ -364,7 +332,12 @@ class EventFold:
                 recent[item] = (item, kind, event.ts)
                 previous_ts = event.ts
                 items.append(item)
-                if isinstance(event, Purchase):
+                if legacy:   # ids kept before the hashes: moved over by the first item event
+                    purchases = consumed.add(
+                        purchases, (*legacy, item) if isinstance(event, Purchase) else legacy,
+                        params.purchased_size)
+                    legacy = ()
+                elif isinstance(event, Purchase):
                     bought.append(item)
             if signal is not None:
                 interest = add_signal(
@@ -378,8 +351,8 @@ class EventFold:
             changes.update(
                 sequence=stored, recent=tuple(list(recent.values())[-params.recent_size:]),
                 consumed=consumed.add_each(state.consumed, items, params.consumed_size))
-        if bought:
-            changes.update(purchases=consumed.add_each(state.purchases, bought,
+        if bought or legacy != state.purchased:
+            changes.update(purchases=consumed.add_each(purchases, bought,
                                                        params.purchased_size), purchased=())
         if interest is not None:
             changes.update(interest=np.asarray(interest.vector, dtype="<f4").tobytes(),
