@@ -34,7 +34,7 @@ from app.core.recommender import (
     Searched,
     UserView,
 )
-from app.core.state import Shown, ShownItem, UserState, interest_of
+from app.core.state import Shown, ShownItem, UserState, fold_all, interest_of
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -199,15 +199,17 @@ def next_items(before: UserState, applied: Sequence[Event], share: float,
                ) -> Iterator[tuple[UserState, Event]]:
     """The sampled item events of a user's batch, each with the user's state just before
     it (folded from the state before the batch), leaving out an event on the item just
-    touched (a view, then its purchase: the sequence did not move)."""
+    touched (a view, then its purchase: the sequence did not move). The events between two
+    sampled ones are folded in one call (``fold_all``), none after the last."""
     state = before
-    last = max((n for n, e in enumerate(applied) if not isinstance(e, Search)
-                and sampled(e.event_id, share)), default=-1)
-    for event in applied[:last + 1]:
-        if (not isinstance(event, Search) and state.recent
-                and event.item_id != state.recent[-1][0] and sampled(event.event_id, share)):
+    folded = 0   # applied[:folded] are in ``state``
+    for n, event in enumerate(applied):
+        if isinstance(event, Search) or not sampled(event.event_id, share):
+            continue
+        state = fold_all(fold, state, applied[folded:n])
+        folded = n
+        if state.recent and event.item_id != state.recent[-1][0]:
             yield state, event
-        state = fold(state, event)
 
 
 def shown_list(record: Recommendation, ranking: Ranking, variant: str, size: int) -> Shown:
