@@ -229,9 +229,7 @@ class VectorIndex:
         return picked
 
     def vectors(self, item_ids: Iterable[str]) -> FloatArray:
-        rows = [self._row[i] for i in item_ids]
-        picked: FloatArray = self._matrix[rows]
-        return picked
+        return self.at_rows([self._row[i] for i in item_ids])
 
     def softmax_set(self, targets: Iterable[str], negatives: int, seed: int
                     ) -> tuple[FloatArray, npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
