@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.contract.records import ItemUpsert
+from app.core import consumed
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -148,6 +149,7 @@ class VectorIndex:
         self._ann: ApproximateIndex | None = None
         self._matrix = np.zeros((capacity, dimension), dtype=np.float32)
         self._live = np.zeros(capacity, dtype=bool)       # present and in stock
+        self._hash = np.zeros(capacity, dtype=np.uint32)  # each row's id hashed (consumed)
         self._ids: list[str | None] = [None] * capacity
         self._row: dict[str, int] = {}
         self._free: list[int] = []
@@ -172,6 +174,7 @@ class VectorIndex:
             row = self._free.pop() if self._free else self._next_row()
             self._row[item_id] = row
             self._ids[row] = item_id
+            self._hash[row] = consumed.known_hash(item_id)
         self._matrix[row] = vector
         self._live[row] = available
         if self._ann is not None:
@@ -199,6 +202,7 @@ class VectorIndex:
             self._matrix = np.vstack([self._matrix,
                                       np.zeros((grow, self.dimension), dtype=np.float32)])
             self._live = np.concatenate([self._live, np.zeros(grow, dtype=bool)])
+            self._hash = np.concatenate([self._hash, np.zeros(grow, dtype=np.uint32)])
             self._ids.extend([None] * grow)
         self._used += 1
         return self._used - 1
@@ -217,14 +221,27 @@ class VectorIndex:
         row = self._row.get(item_id)
         return None if row is None else self._matrix[row]
 
-    def rows_of(self, item_ids: Iterable[str]) -> tuple[list[str], list[int]]:
-        """Those of ``item_ids`` the index holds, in order, and their rows (``at_rows``)."""
-        row = self._row.get
-        found = [(i, r) for i in item_ids if (r := row(i)) is not None]
-        return [i for i, _ in found], [r for _, r in found]
+    def row(self, item_id: str) -> int | None:
+        """``item_id``'s row (None: not held)."""
+        return self._row.get(item_id)
 
-    def at_rows(self, rows: list[int]) -> FloatArray:
-        """The vectors in ``rows`` (``rows_of``), one per row."""
+    def ids_at(self, rows: Iterable[int]) -> list[str]:
+        """The item ids held in ``rows`` (rows in use)."""
+        ids = self._ids
+        return [ids[r] for r in rows]  # type: ignore[misc]
+
+    def hashes_at(self, rows: npt.NDArray[np.int64] | list[int]) -> npt.NDArray[np.uint32]:
+        """The hashes (app.core.consumed) of the ids held in ``rows``."""
+        hashed: npt.NDArray[np.uint32] = self._hash[rows]
+        return hashed
+
+    def live_at(self, rows: npt.NDArray[np.int64] | list[int]) -> npt.NDArray[np.bool_]:
+        """Whether each of ``rows`` is present and in stock."""
+        live: npt.NDArray[np.bool_] = self._live[rows]
+        return live
+
+    def at_rows(self, rows: npt.NDArray[np.int64] | list[int]) -> FloatArray:
+        """The vectors in ``rows``, one per row."""
         picked: FloatArray = self._matrix[rows]
         return picked
 
@@ -287,10 +304,27 @@ class VectorIndex:
                 return out
         return None if len(self._ann) > len(out) + len(exclude) else out
 
+    def search_rows(self, query: FloatArray, k: int, exclude: set[str] | None = None,
+                    scores: FloatArray | None = None) -> npt.NDArray[np.int64]:
+        """``search``'s answer as rows (``ids_at``, ``hashes_at``), best first."""
+        if self._ann is not None:
+            found = self._search_ann(query, k, exclude or set())
+            if found is not None:
+                return np.array([self._row[i] for i, _ in found], dtype=np.int64)
+        return self._exact_top(query, k, exclude, scores)[0]
+
     def exact_search(self, query: FloatArray, k: int, exclude: set[str] | None = None,
                      scores: FloatArray | None = None) -> list[tuple[str, float]]:
         """The exact k live items with the highest inner product with ``query`` (``scores``:
         each row's, when already known)."""
+        top, values = self._exact_top(query, k, exclude, scores)
+        ids = self._ids
+        return [(ids[i], v) for i, v in zip(top.tolist(), values.tolist(), strict=True)]
+
+    def _exact_top(self, query: FloatArray, k: int, exclude: set[str] | None,
+                   scores: FloatArray | None
+                   ) -> tuple[npt.NDArray[np.int64], FloatArray]:
+        """The rows of ``exact_search``'s answer and their inner products, best first."""
         used = self._used
         scores = self._matrix[:used] @ query if scores is None or len(scores) != used \
             else scores.copy()
@@ -301,11 +335,11 @@ class VectorIndex:
             scores[rows] = -np.inf
         k = min(k, used)
         if k <= 0:
-            return []
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top])]
-        ids, values = self._ids, scores[top].tolist()
-        found = [(ids[i], v) for i, v in zip(top.tolist(), values, strict=True)]
+        top = top[np.argsort(-scores[top])].astype(np.int64, copy=False)
+        values: FloatArray = scores[top]
         if values[-1] == -np.inf:   # fewer live, unexcluded items than asked for
-            found = [(i, v) for i, v in found if v != -np.inf]
-        return found
+            finite = values != -np.inf
+            top, values = top[finite], values[finite]
+        return top, values

@@ -62,6 +62,25 @@ def in_held(hashed: AbstractSet[int], item_ids: Sequence[str]) -> npt.NDArray[np
                        count=len(item_ids))
 
 
+def sorted_hashes(hashed: AbstractSet[int]) -> npt.NDArray[np.uint32]:
+    """``hashed`` (``held``) as a sorted array, for checking arrays of hashes against it at
+    once (``in_sorted``)."""
+    out: npt.NDArray[np.uint32] = np.sort(np.fromiter(hashed, dtype=_DTYPE,
+                                                      count=len(hashed)))
+    return out
+
+
+def in_sorted(ordered: npt.NDArray[np.uint32], hashed: npt.NDArray[np.uint32]
+              ) -> npt.NDArray[np.bool_]:
+    """For each of ``hashed``, whether it is in ``ordered`` (``sorted_hashes``): one binary
+    search per hash in numpy, not a set lookup per item id in Python."""
+    if not len(ordered):
+        return np.zeros(len(hashed), dtype=bool)
+    at = np.minimum(np.searchsorted(ordered, hashed), len(ordered) - 1)
+    found: npt.NDArray[np.bool_] = ordered[at] == hashed
+    return found
+
+
 def not_in(hashed: AbstractSet[int], item_ids: Sequence[str]) -> list[str]:
     """``item_ids`` less those whose hash is in ``hashed`` (``held``), in order."""
     known = _KNOWN.get

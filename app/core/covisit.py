@@ -27,8 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from app.core import consumed
+
 Ids = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
+Hashes = npt.NDArray[np.uint32]
 # up to this many interned ids per edge summed, a pass over the id space is the cheaper way
 # (measured on this 2-core VM: a bincount over 3,900 ids ~25 us, over a million ~280 us,
 # against ~50 us to add 10,000 edges into the scratch row with np.add.at)
@@ -47,10 +50,27 @@ class Neighbourhood:
     best: Ids               # aligned with targets: the strongest contributor's position ...
     contributors: list[str]  # ... in this list of the recent items that contributed
     order: Ids              # positions in targets, strongest total first
+    hashes: Hashes | None = None   # per interned id, its name's hash (app.core.consumed)
 
     def ranked(self, limit: int | None = None) -> list[str]:
         """Target names, strongest first (the first ``limit``)."""
         return [self.names[t] for t in self.targets[self.order[:limit]]]
+
+    def ranked_ids(self, limit: int | None = None) -> Ids:
+        """Target ids, strongest first (the first ``limit``)."""
+        ranked: Ids = self.targets[self.order[:limit]]
+        return ranked
+
+    def hashes_of(self, ids: Ids) -> Hashes:
+        """The hashes (app.core.consumed) of the names of interned ``ids``."""
+        if self.hashes is not None:
+            hashed: Hashes = self.hashes[ids]
+            return hashed
+        return consumed.hashes([self.names[t] for t in ids.tolist()])
+
+    def names_of(self, ids: Ids) -> list[str]:
+        names = self.names
+        return [names[t] for t in ids.tolist()]
 
     def lookup(self, items: Sequence[str], ids: Ids | None = None
                ) -> tuple[Floats, list[str | None]]:
@@ -130,6 +150,8 @@ class CoVisitation:
     index: dict[str, int] = field(default_factory=dict)
     out: dict[str, _Out] = field(default_factory=dict)
     visits: Floats = field(default_factory=lambda: np.zeros(64))  # per interned id
+    # per interned id: its name's hash (app.core.consumed), to leave out consumed targets
+    hashes: Hashes = field(default_factory=lambda: np.zeros(64, dtype=np.uint32))
     _scratch: Floats = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
 
     def _row(self) -> Floats:
@@ -232,6 +254,10 @@ class CoVisitation:
             self.names.append(item)
             if found == len(self.visits):
                 self.visits = np.concatenate([self.visits, np.zeros_like(self.visits)])
+            if found >= len(self.hashes):
+                self.hashes = np.concatenate([self.hashes, np.zeros(
+                    max(found + 1 - len(self.hashes), len(self.hashes)), dtype=np.uint32)])
+            self.hashes[found] = consumed.known_hash(item)
         return found
 
     def _add(self, source: str, target: str, strength: float) -> None:
@@ -349,7 +375,8 @@ class CoVisitation:
             contributors.append(source)
         if not ids:
             empty = np.zeros(0, dtype=np.int64)
-            return Neighbourhood(self.names, self.index, empty, np.zeros(0), empty, [], empty)
+            return Neighbourhood(self.names, self.index, empty, np.zeros(0), empty, [], empty,
+                                 self.hashes)
         flat = np.concatenate(ids)
         contribution = np.concatenate(contributions)
         source_of = np.concatenate(sources)
@@ -360,4 +387,4 @@ class CoVisitation:
         totals = self._summed(flat, contribution, targets)
         order = np.argsort(-totals, kind="stable")
         return Neighbourhood(self.names, self.index, targets, totals,
-                             source_of[strongest[firsts]], contributors, order)
+                             source_of[strongest[firsts]], contributors, order, self.hashes)

@@ -110,6 +110,8 @@ class Candidates:
     # recommender.AWAY_HALF_LIFE_MS they have been away since (the history features are
     # scaled by it, the trending feature by 1 - presence, their absence)
     presence: float = 1.0
+    # [n]: each candidate's row in the catalogue's index, when known (Recommender)
+    rows: npt.NDArray[np.int64] | None = None
 
 
 @dataclass(frozen=True)

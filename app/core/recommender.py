@@ -76,21 +76,44 @@ class Catalogue:
     index: VectorIndex = field(init=False)
     items: dict[str, ItemInfo] = field(default_factory=dict)
     prices: dict[str, PriceStats] = field(default_factory=dict)
+    # per index row, its item's ``added`` and category (what every candidate reads)
+    _added: npt.NDArray[np.float64] = field(init=False, repr=False)
+    _categories: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.index = VectorIndex(self.dimension, ann_threshold=self.ann_threshold)
+        self._added = np.zeros(0, dtype=np.float64)
+        self._categories = []
 
     def upsert(self, entry: CatalogueEntry) -> None:
         self.index.upsert(entry.item_id, entry.array(), available=entry.in_stock)
         known = self.items.get(entry.item_id)
-        self.items[entry.item_id] = ItemInfo(entry.title, entry.category, entry.in_stock,
-                                             known.added if known else entry.ts)
+        info = self.items[entry.item_id] = ItemInfo(entry.title, entry.category,
+                                                    entry.in_stock,
+                                                    known.added if known else entry.ts)
+        row = self.index.row(entry.item_id)
+        assert row is not None
+        if row >= len(self._added):
+            grow = max(row + 1, 2 * len(self._added)) - len(self._added)
+            self._added = np.concatenate([self._added, np.zeros(grow)])
+            self._categories.extend([""] * grow)
+        self._added[row] = info.added
+        self._categories[row] = info.category
         if entry.price is not None and known is None:
             self.prices.setdefault(entry.category, PriceStats()).add(entry.price)
 
     def delete(self, item_id: str) -> None:
         self.index.remove(item_id)
         self.items.pop(item_id, None)
+
+    def added_at(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """When each item held in index ``rows`` was first catalogued."""
+        added: npt.NDArray[np.float64] = self._added[rows]
+        return added
+
+    def categories_at(self, rows: Sequence[int]) -> list[str]:
+        categories = self._categories
+        return [categories[r] for r in rows]
 
 
 @dataclass
@@ -392,6 +415,24 @@ class UserView:
         every consumed item unless the request includes them."""
         return self.held_or_purchased if request.exclude_seen else self.purchased
 
+    @cached_property
+    def _consumed_sorted(self) -> npt.NDArray[np.uint32]:
+        hashed = np.frombuffer(self.consumed, dtype=np.dtype("<u4"))
+        if self.purchased:
+            hashed = np.concatenate([hashed, np.fromiter(self.purchased, dtype=hashed.dtype,
+                                                         count=len(self.purchased))])
+        out: npt.NDArray[np.uint32] = np.unique(hashed)
+        return out
+
+    @cached_property
+    def _purchased_sorted(self) -> npt.NDArray[np.uint32]:
+        return consumed.sorted_hashes(self.purchased)
+
+    def excluded_sorted(self, request: Request) -> npt.NDArray[np.uint32]:
+        """``excluded`` as a sorted array (each list checks ~1,000 hashes against it at
+        once: app.core.consumed.in_sorted)."""
+        return self._consumed_sorted if request.exclude_seen else self._purchased_sorted
+
 
 SEARCH_MANY_BYTES = 64 << 20   # at most this much of a batch's scores at once
 
@@ -531,10 +572,12 @@ class Recommender:
         with every item, when computed with a batch's)."""
         params = params or self.params
         blocked = self._blocked(user, request)
+        excluded = user.excluded_sorted(request)
         # consumed items are dropped from each source's list: ask each for that many more
         # (up to CONSUMED_MARGIN lists' worth), so a long history does not thin the lists
-        extra = min(len(user.excluded(request)), CONSUMED_MARGIN * self.per_source)
-        found: dict[str, None] = {}
+        extra = min(len(excluded), CONSUMED_MARGIN * self.per_source)
+        index = self.catalogue.index
+        found: dict[str, int | None] = {}   # candidate -> its index row, in the order found
         counts = {"encoder": 0, "covisit": 0, "popular": 0, "sequence": 0, "trending": 0}
         # (without the trending source the ranker is blind to time away: the ablation)
         present = presence(user.last_ts, now, self.away_half_life_ms) \
@@ -542,77 +585,82 @@ class Recommender:
         lift = self._behaviour_lift(user)
         if lift is not None and self.behaviour is not None:
             ranked = self.behaviour.top(lift, self.per_source + extra + len(blocked))
-            for item in self._unconsumed(user, request,
-                                         [i for i in ranked if i not in blocked]
-                                         )[:self.per_source]:
-                found[item] = None
+            for item in _unconsumed(excluded, [i for i in ranked if i not in blocked]
+                                    )[:self.per_source]:
+                found[item] = index.row(item)
                 counts["sequence"] += 1
         query = self._query(user, params)
         if query is not None:
-            index = self.catalogue.index
             known = searched.scores if searched is not None \
                 and searched.version == index.version else None
-            hits = [item for item, _ in index.search(query, self.per_source + extra, blocked,
-                                                     known)]
-            for item in self._unconsumed(user, request, hits)[:self.per_source]:
-                found[item] = None
-                counts["encoder"] += 1
+            rows = index.search_rows(query, self.per_source + extra, blocked, known)
+            if len(excluded):
+                rows = rows[~consumed.in_sorted(excluded, index.hashes_at(rows))]
+            rows = rows[:self.per_source]
+            for item, row in zip(index.ids_at(rows.tolist()), rows.tolist(), strict=True):
+                found[item] = row
+            counts["encoder"] += len(rows)
         if user.query is not None and "encoder" in self.sources:
             for item in self._query_hits(user.query, self.per_source // 4, blocked):
-                found[item] = None
+                found[item] = index.row(item)
         recent = user.recent[-self.covisit_recent:]
         co = self.covisit.candidates(((i, w) for i, _, w in recent), self.covisit_neighbours) \
             if "covisit" in self.sources else None
-        ranked = co.ranked(self.per_source + extra) if co is not None else []
-        for item in self._unconsumed(user, request, ranked)[:self.per_source]:
-            if item in self.catalogue.items:
-                found[item] = None
-                counts["covisit"] += 1
+        if co is not None:
+            targets = co.ranked_ids(self.per_source + extra)
+            if len(excluded):
+                targets = targets[~consumed.in_sorted(excluded, co.hashes_of(targets))]
+            for item in co.names_of(targets[:self.per_source]):
+                if (row := index.row(item)) is not None:   # (in the catalogue)
+                    found[item] = row
+                    counts["covisit"] += 1
         # (never past the kept top: a longer top sorts the whole catalogue)
         wanted = self.per_source // 2
         popular = [item for item, _ in self.popularity.top(
             min(wanted + extra, max(Popularity.TOP_KEPT, wanted)), now)] \
             if "popular" in self.sources else []
-        popular = self._unconsumed(user, request, popular)[:wanted]
+        popular = _unconsumed(excluded, popular)[:wanted]
         new_user = self._new_with_profile(user)
         if new_user and "popular" in self.sources:
             for segment in user.segments:
                 if segment in self.segment_popularity:
-                    popular = self._unconsumed(user, request, [
+                    popular = _unconsumed(excluded, [
                         item for item, _ in self.segment_popularity[segment].top(
                             self.per_source // 4, now)]) + popular
         for item in popular:
-            if item in self.catalogue.items and item not in found:
-                found[item] = None
+            if item not in found and (row := index.row(item)) is not None:
+                found[item] = row
                 counts["popular"] += 1
         trending = present < 1.0
         if trending:   # only for a user who is away: nothing else changes for the others
             rising = [item for item, _ in self.trending.top(
                 min(wanted + extra, max(Popularity.TOP_KEPT, wanted)), now)]
-            for item in self._unconsumed(user, request, rising)[:wanted]:
-                if item in self.catalogue.items and item not in found:
-                    found[item] = None
+            for item in _unconsumed(excluded, rising)[:wanted]:
+                if item not in found and (row := index.row(item)) is not None:
+                    found[item] = row
                     counts["trending"] += 1
-        ids, rows = self.catalogue.index.rows_of(found)
-        info = [self.catalogue.items[i] for i in ids]
+        if None in found.values():   # (a behaviour model's item the catalogue dropped)
+            found = {item: row for item, row in found.items() if row is not None}
+        ids = list(found)
+        rows = np.fromiter(found.values(), dtype=np.int64, count=len(found))
         no_sources: list[str | None] = [None] * len(ids)
         interned = self.covisit.interned(ids) if co is not None else None
         covisit, covisit_source = co.lookup(ids, interned) if co is not None else (
             np.zeros(len(ids)), no_sources)
-        added = np.fromiter((x.added for x in info), dtype=np.float64, count=len(info))
+        added = self.catalogue.added_at(rows)
         recent_items = [item for item, _, _ in reversed(user.recent)]   # newest first
         newest = recent_items[:RECENT_FEATURES]
         newest += [""] * (RECENT_FEATURES - len(newest))   # (no such item: no edges)
         candidates = Candidates(
             item_ids=ids,
-            vectors=self.catalogue.index.at_rows(rows) if ids else
+            vectors=index.at_rows(rows) if ids else
             np.zeros((0, self.catalogue.dimension), dtype=np.float32),
             covisit=covisit.astype(np.float32),
             covisit_source=covisit_source,
             popularity=self._popularity(user, ids, now, new_user),
             freshness=np.exp2(-np.maximum(now - added, 0.0) / FRESHNESS_HALF_LIFE_MS
                               ).astype(np.float32),
-            categories=[x.category for x in info],
+            categories=self.catalogue.categories_at(rows.tolist()),
             covisit_recent=self.covisit.strengths(newest, ids, interned).astype(np.float32)
             if co is not None else None,
             covisit_lift=self.covisit.lift(recent_items, ids, interned).astype(np.float32)
@@ -621,6 +669,7 @@ class Recommender:
             if lift is not None and self.behaviour is not None else None,
             trending=self.trending.values(ids, now) if trending else None,
             presence=present,
+            rows=rows,
         )
         return candidates, counts
 
@@ -676,12 +725,12 @@ class Recommender:
         candidates, counts = self.candidates(user, request, now, params, searched)
         if not candidates.item_ids:
             return Ranking([], counts, [])
-        blocked = self._blocked(user, request) | {
-            i for i in candidates.item_ids if not self.catalogue.items[i].in_stock}
-        keep = allowed(candidates, blocked,
+        # (out of stock: not live in the index)
+        keep = allowed(candidates, self._blocked(user, request),
                        set(request.allow_categories) if request.allow_categories else None,
-                       set(request.deny_categories)) & ~self._consumed(user, request,
-                                                                        candidates.item_ids)
+                       set(request.deny_categories)) \
+            & self.catalogue.index.live_at(self._rows(candidates)) \
+            & ~self._consumed(user, request, candidates)
         scored = score(user.interest, candidates, params)
         relevance = np.where(keep, scored.total, -np.inf).astype(np.float32)
         rows = [r for r in mmr(relevance, candidates.vectors, request.k + extra,
@@ -714,7 +763,7 @@ class Recommender:
         if item not in candidates.item_ids:
             return None
         keep = allowed(candidates, self._blocked(user, request), None, set()) \
-            & ~self._consumed(user, request, candidates.item_ids)
+            & ~self._consumed(user, request, candidates)
         at = candidates.item_ids.index(item)
         if not keep[at]:
             return None   # an item the list leaves out (seen, bought): nothing to rank
@@ -722,19 +771,21 @@ class Recommender:
         scored = score(user.interest, candidates, self.params)
         return features_of(scored, rows.tolist()), int(np.searchsorted(rows, at))
 
-    @classmethod
-    def _unconsumed(cls, user: UserView, request: Request, item_ids: list[str]) -> list[str]:
-        excluded = user.excluded(request)
-        return consumed.not_in(excluded, item_ids) if excluded else item_ids
+    def _rows(self, candidates: Candidates) -> npt.NDArray[np.int64]:
+        """The candidates' index rows."""
+        if candidates.rows is not None:
+            return candidates.rows
+        index = self.catalogue.index
+        return np.array([index.row(i) for i in candidates.item_ids], dtype=np.int64)
 
-    @staticmethod
-    def _consumed(user: UserView, request: Request, item_ids: Sequence[str]
+    def _consumed(self, user: UserView, request: Request, candidates: Candidates
                   ) -> npt.NDArray[np.bool_]:
-        """Which of ``item_ids`` the list leaves out as consumed (or purchased)."""
-        excluded = user.excluded(request)
-        if not excluded:
-            return np.zeros(len(item_ids), dtype=bool)
-        return consumed.in_held(excluded, item_ids)
+        """Which candidates the list leaves out as consumed (or purchased)."""
+        excluded = user.excluded_sorted(request)
+        if not len(excluded):
+            return np.zeros(len(candidates.item_ids), dtype=bool)
+        return consumed.in_sorted(excluded,
+                                  self.catalogue.index.hashes_at(self._rows(candidates)))
 
     @staticmethod
     def _blocked(user: UserView, request: Request) -> set[str]:
@@ -768,3 +819,12 @@ class Recommender:
         if segment_popular:
             return Explanation(kind="popular", text="popular with people like you")
         return Explanation(kind="popular", text="popular right now")
+
+
+def _unconsumed(excluded: npt.NDArray[np.uint32], item_ids: list[str]) -> list[str]:
+    """``item_ids`` less those whose hash is in ``excluded`` (``UserView.excluded_sorted``),
+    in order."""
+    if not len(excluded) or not item_ids:
+        return item_ids
+    out = consumed.in_sorted(excluded, consumed.hashes(item_ids))
+    return [i for i, left in zip(item_ids, out.tolist(), strict=True) if not left]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -96,3 +98,56 @@ def test_a_long_popular_top_is_never_asked_past_what_popularity_keeps(
     assert asked
     assert max(asked) <= Popularity.TOP_KEPT
     assert np.all(np.asarray(asked) > 0)
+
+
+def test_checking_hashes_against_a_sorted_array_is_set_membership() -> None:
+    """Lists check candidates against the seen-set as arrays (``in_sorted``): the same
+    answer as a set lookup per id, for empty sets, misses past both ends and duplicates."""
+    rng = np.random.default_rng(3)
+    for size in (0, 1, 7, 300):
+        held_ids = [f"i{n}" for n in rng.integers(0, 500, size)]
+        hashed = consumed.held(consumed.add(b"", held_ids))
+        ordered = consumed.sorted_hashes(hashed)
+        assert ordered.tolist() == sorted(hashed)
+        asked = [f"i{n}" for n in rng.integers(0, 520, 400)]
+        assert consumed.in_sorted(ordered, consumed.hashes(asked)).tolist() == \
+            consumed.in_held(hashed, asked).tolist()
+
+
+def test_a_views_sorted_exclusions_are_its_excluded_set() -> None:
+    seen = consumed.add(b"", ["a", "b", "c"])
+    user = UserView(None, [], frozenset({consumed.known_hash("z"), consumed.known_hash("a")}),
+                    consumed=seen)
+    for request in (Request(), Request(exclude_seen=False)):
+        assert user.excluded_sorted(request).tolist() == sorted(user.excluded(request))
+
+
+def test_the_graph_and_the_catalogue_keep_each_rows_facts() -> None:
+    """What candidates read by row or interned id (the graph's hashes, the catalogue's
+    first-seen time and category) stays each item's own through growth and row reuse."""
+    from app.contract.records import ItemUpsert
+    from app.core.catalogue import entry
+    from app.core.covisit import CoVisitation
+    from app.core.recommender import Catalogue
+
+    graph = CoVisitation()
+    names = [f"item-{n}" for n in range(300)]   # past the arrays' first size
+    for before, item in itertools.pairwise(names):
+        graph.observe([before], item)
+    near = graph.candidates([(names[5], 1.0), (names[200], 1.0)], 10)
+    ids = near.ranked_ids()
+    assert near.hashes_of(ids).tolist() == consumed.hashes(near.names_of(ids)).tolist()
+    shop = Catalogue(len(VECTORS["alien"]))
+    for n, ts in enumerate((10, 20, 30, 40)):
+        shop.upsert(entry(ItemUpsert(v=1, event_id="e", item_id=f"x{n}", ts=ts, title="t",
+                                     category=f"c{n}"), VECTORS["alien"], "m"))
+    shop.delete("x1")
+    shop.upsert(entry(ItemUpsert(v=1, event_id="e", item_id="x9", ts=90, title="t",
+                                 category="c9"),
+                      VECTORS["alien"], "m"))   # (takes x1's row)
+    shop.upsert(entry(ItemUpsert(v=1, event_id="e", item_id="x0", ts=99, title="t",
+                                 category="c0b"),
+                      VECTORS["alien"], "m"))   # (an update keeps when it was first seen)
+    rows = [shop.index.row(i) or 0 for i in ("x0", "x2", "x9")]
+    assert shop.added_at(np.array(rows)).tolist() == [10.0, 30.0, 90.0]
+    assert shop.categories_at(rows) == ["c0b", "c2", "c9"]

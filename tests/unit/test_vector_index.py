@@ -72,3 +72,27 @@ def test_the_approximate_index_can_be_built_before_the_encoder_is_loaded() -> No
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "a"
+
+
+def test_searching_for_rows_answers_what_search_answers() -> None:
+    """``search_rows`` is ``search`` by row (exact and approximate), the rows' ids and
+    hashes the items' own, through removals, stock changes and exclusions."""
+    from app.core import consumed
+    rng = np.random.default_rng(5)
+    for threshold in (None, 50):
+        index = VectorIndex(16, capacity=8, ann_threshold=threshold)
+        vectors = rng.standard_normal((120, 16)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        for n, vector in enumerate(vectors):
+            index.upsert(f"i{n}", vector, available=n % 7 != 0)
+        for n in range(0, 120, 9):
+            index.remove(f"i{n}")
+        index.upsert("i9", vectors[9])   # back, in a reused row
+        for query in vectors[:10]:
+            exclude = {"i1", "i2", "gone"}
+            rows = index.search_rows(query, 20, exclude)
+            assert index.ids_at(rows.tolist()) == [i for i, _ in index.search(query, 20,
+                                                                               exclude)]
+            assert index.hashes_at(rows).tolist() == consumed.hashes(
+                index.ids_at(rows.tolist())).tolist()
+            assert index.live_at(rows).all()
