@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -297,8 +298,8 @@ class CoVisitation:
 
     def interned(self, items: Sequence[str]) -> Ids:
         """The interned ids of ``items`` (-1 for an item the graph has not seen)."""
-        return np.fromiter((self.index.get(i, -1) for i in items), dtype=np.int64,
-                           count=len(items))
+        return np.fromiter(map(self.index.get, items, repeat(-1, len(items))),
+                           dtype=np.int64, count=len(items))
 
     def strengths(self, sources: Sequence[str], items: Sequence[str],
                   ids: Ids | None = None) -> Floats:
@@ -339,20 +340,27 @@ class CoVisitation:
         out = np.zeros(len(ids), dtype=np.float64)
         targets: list[Ids] = []
         weights: list[Floats] = []
+        lengths: list[int] = []
+        visited: list[int] = []   # each source's interned id (-1: never visited)
+        edges_of, id_of = self.out.get, self.index.get
         for source in sources:
-            edges = self.out.get(source)
+            edges = edges_of(source)
             if edges is None:
                 continue
             n = edges.size
-            interned = self.index.get(source)   # (a source never visited is not interned)
             targets.append(edges.ids[:n])
-            weights.append(edges.strengths[:n] if interned is None
-                           else edges.strengths[:n] / max(self.visits[interned], 1.0))
+            weights.append(edges.strengths[:n])
+            lengths.append(n)
+            visited.append(id_of(source, -1))
         known = ids >= 0
         if not targets or not known.any():
             return out
+        at = np.asarray(visited, dtype=np.int64)
+        # each edge divided by its source's visits (at least 1; 1 for a source never visited)
+        divisors = np.where(at >= 0, np.maximum(self.visits[at], 1.0), 1.0)
         rows = ids[known]
-        summed = self._summed(np.concatenate(targets), np.concatenate(weights), rows)
+        summed = self._summed(np.concatenate(targets),
+                              np.concatenate(weights) / np.repeat(divisors, lengths), rows)
         out[known] = summed / np.maximum(self.visits[rows], 1.0)
         return out
 
@@ -362,16 +370,17 @@ class CoVisitation:
         ``recent`` pairs items with weights."""
         ids: list[Ids] = []
         contributions: list[Floats] = []
-        sources: list[Ids] = []
+        lengths: list[int] = []
         contributors: list[str] = []
+        edges_of = self.out.get
         for source, weight in recent:
-            edges = self.out.get(source)
+            edges = edges_of(source)
             if edges is None:
                 continue
             neighbour_ids, strengths = edges.strongest(k)
             ids.append(neighbour_ids)
             contributions.append(strengths * weight)
-            sources.append(np.full(len(ids[-1]), len(contributors), dtype=np.int64))
+            lengths.append(len(neighbour_ids))
             contributors.append(source)
         if not ids:
             empty = np.zeros(0, dtype=np.int64)
@@ -379,12 +388,25 @@ class CoVisitation:
                                  self.hashes)
         flat = np.concatenate(ids)
         contribution = np.concatenate(contributions)
-        source_of = np.concatenate(sources)
-        # the distinct targets, ascending, and per target its strongest contribution (the
-        # earliest recent item on ties): one sort of the edges gives both
-        strongest = np.argsort(-contribution, kind="stable")
-        targets, firsts = np.unique(flat[strongest], return_index=True)
-        totals = self._summed(flat, contribution, targets)
+        source_of = np.repeat(np.arange(len(contributors), dtype=np.int64), lengths)
+        # the distinct targets, ascending, and per target its strongest contribution's
+        # recent item (the earliest on ties)
+        if self._small(len(flat)):   # over the id space: no sort of the edges
+            space = len(self.names)
+            highest = np.full(space, -np.inf)
+            np.maximum.at(highest, flat, contribution)
+            targets = np.flatnonzero(highest > -np.inf)
+            top = contribution == highest[flat]
+            earliest = np.full(space, len(contributors), dtype=np.int64)
+            np.minimum.at(earliest, flat[top], source_of[top])
+            best = earliest[targets]
+            totals = np.bincount(flat, weights=contribution, minlength=space
+                                 ).astype(np.float64, copy=False)[targets]
+        else:   # one sort of the edges gives both
+            strongest = np.argsort(-contribution, kind="stable")
+            targets, firsts = np.unique(flat[strongest], return_index=True)
+            best = source_of[strongest[firsts]]
+            totals = self._summed(flat, contribution, targets)
         order = np.argsort(-totals, kind="stable")
-        return Neighbourhood(self.names, self.index, targets, totals,
-                             source_of[strongest[firsts]], contributors, order, self.hashes)
+        return Neighbourhood(self.names, self.index, targets, totals, best, contributors,
+                             order, self.hashes)

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -220,20 +221,23 @@ class Popularity:
     def values(self, item_ids: Sequence[str], now: int) -> FloatArray:
         """The decayed counts of ``item_ids`` at ``now`` (0 for unknown items)."""
         scores = self.scores
-        raw = np.fromiter((scores.get(i, 0.0) for i in item_ids), dtype=np.float64,
-                          count=len(item_ids))
+        raw = np.fromiter(map(scores.get, item_ids, repeat(0.0, len(item_ids))),
+                          dtype=np.float64, count=len(item_ids))
         return (raw * self._factor(now)).astype(np.float32)
 
     def top(self, k: int, now: int) -> list[tuple[str, float]]:
         """The k items with the highest decayed counts at ``now``, highest first."""
-        if k > self.TOP_KEPT:
-            ranked = sorted(self.scores, key=self.scores.__getitem__, reverse=True)
-        else:
-            if self._ranked is None:
-                self._ranked = sorted(self._top, key=self.scores.__getitem__, reverse=True)
-            ranked = self._ranked
         factor = self._factor(now)
-        return [(i, self.scores[i] * factor) for i in ranked[:k]]
+        return [(i, self.scores[i] * factor) for i in self.ranked(k)]
+
+    def ranked(self, k: int) -> list[str]:
+        """The ids of ``top(k, now)``, without their counts (the order is the same at
+        every time)."""
+        if k > self.TOP_KEPT:
+            return sorted(self.scores, key=self.scores.__getitem__, reverse=True)[:k]
+        if self._ranked is None:
+            self._ranked = sorted(self._top, key=self.scores.__getitem__, reverse=True)
+        return self._ranked[:k]
 
 
 @dataclass
@@ -616,10 +620,9 @@ class Recommender:
                     counts["covisit"] += 1
         # (never past the kept top: a longer top sorts the whole catalogue)
         wanted = self.per_source // 2
-        popular = [item for item, _ in self.popularity.top(
-            min(wanted + extra, max(Popularity.TOP_KEPT, wanted)), now)] \
+        popular = _first_unconsumed(excluded, self.popularity.ranked(
+            min(wanted + extra, max(Popularity.TOP_KEPT, wanted))), wanted) \
             if "popular" in self.sources else []
-        popular = _unconsumed(excluded, popular)[:wanted]
         new_user = self._new_with_profile(user)
         if new_user and "popular" in self.sources:
             for segment in user.segments:
@@ -828,3 +831,15 @@ def _unconsumed(excluded: npt.NDArray[np.uint32], item_ids: list[str]) -> list[s
         return item_ids
     out = consumed.in_sorted(excluded, consumed.hashes(item_ids))
     return [i for i, left in zip(item_ids, out.tolist(), strict=True) if not left]
+
+
+def _first_unconsumed(excluded: npt.NDArray[np.uint32], item_ids: list[str], k: int
+                      ) -> list[str]:
+    """``_unconsumed(excluded, item_ids)[:k]``, reading no further into ``item_ids`` than
+    it takes (in stretches that double)."""
+    found: list[str] = []
+    start, stretch = 0, 2 * k
+    while len(found) < k and start < len(item_ids):
+        found += _unconsumed(excluded, item_ids[start:start + stretch])
+        start, stretch = start + stretch, 2 * stretch
+    return found[:k]

@@ -87,13 +87,13 @@ def test_a_long_popular_top_is_never_asked_past_what_popularity_keeps(
     rec = Recommender(catalogue(), per_source=100)
     history = consumed.add(b"", [f"x{n}" for n in range(2048)])
     asked: list[int] = []
-    original = Popularity.top
+    original = Popularity.ranked
 
-    def spy(self: Popularity, k: int, now: int) -> list[tuple[str, float]]:
+    def spy(self: Popularity, k: int) -> list[str]:
         asked.append(k)
-        return original(self, k, now)
+        return original(self, k)
 
-    monkeypatch.setattr(Popularity, "top", spy)
+    monkeypatch.setattr(Popularity, "ranked", spy)
     rec.recommend(UserView(None, [], set(), consumed=history), Request(), now=0)
     assert asked
     assert max(asked) <= Popularity.TOP_KEPT
@@ -151,3 +151,19 @@ def test_the_graph_and_the_catalogue_keep_each_rows_facts() -> None:
     rows = [shop.index.row(i) or 0 for i in ("x0", "x2", "x9")]
     assert shop.added_at(np.array(rows)).tolist() == [10.0, 30.0, 90.0]
     assert shop.categories_at(rows) == ["c0b", "c2", "c9"]
+
+
+def test_the_first_unconsumed_items_are_read_in_stretches_with_the_same_answer() -> None:
+    from app.core.recommender import _first_unconsumed, _unconsumed
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        ids = [f"p{n}" for n in rng.permutation(300)[:rng.integers(0, 300)]]
+        held_ids = [f"p{n}" for n in rng.integers(0, 300, rng.integers(0, 400))]
+        excluded = consumed.sorted_hashes(consumed.held(consumed.add(b"", held_ids)))
+        k = int(rng.integers(0, 60))
+        assert _first_unconsumed(excluded, ids, k) == _unconsumed(excluded, ids)[:k]
+    popularity = Popularity()
+    for n in range(400):
+        popularity.add(f"p{n % 290}", 1.0 + n % 7, 1_000 * n)
+    for k in (1, 50, 256, 300):
+        assert popularity.ranked(k) == [i for i, _ in popularity.top(k, 0)]

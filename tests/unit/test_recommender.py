@@ -607,6 +607,32 @@ def test_covisitation_sums_the_same_whatever_the_size_of_the_id_space() -> None:
     assert not graph._scratch.any()
 
 
+def test_the_neighbourhood_over_the_id_space_is_the_one_the_sort_of_edges_gives(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two ways to the same neighbourhood: over the id space (small graphs) and by sorting
+    the edges (large ones): the same targets, totals, order and strongest contributor, the
+    earliest recent item on the many ties of equal weights."""
+    rng = np.random.default_rng(2)
+    for _ in range(40):
+        graph = CoVisitation(max_neighbours=int(rng.integers(2, 12)))
+        for _ in range(60):
+            items = [f"i{n}" for n in rng.integers(0, 50, 12)]
+            for n, item in enumerate(items):
+                graph.observe(items[max(0, n - graph.window):n], item,
+                              float(rng.choice([1.0, 2.0])))
+        recent = [(f"i{n}", float(rng.choice([1.0, 0.5, 0.25]))) for n in
+                  rng.integers(0, 55, 15)]
+        k = int(rng.integers(1, 20))
+        dense = graph.candidates(recent, k)
+        monkeypatch.setattr(CoVisitation, "_small", lambda self, edges: False)
+        by_sort = graph.candidates(recent, k)
+        monkeypatch.undo()
+        assert dense.targets.tolist() == by_sort.targets.tolist()
+        assert dense.totals.tolist() == by_sort.totals.tolist()
+        assert dense.best.tolist() == by_sort.best.tolist()
+        assert dense.order.tolist() == by_sort.order.tolist()
+
+
 def test_a_user_back_after_weeks_away_is_shown_what_is_trending_now() -> None:
     graph = CoVisitation()
     for _ in range(3):
