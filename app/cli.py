@@ -751,8 +751,9 @@ def bench_pipeline(
     profile: Annotated[Path | None, typer.Option(
         help="Profile the StreamRec worker with py-spy while it works off the backlog and "
              "write where the time went to this file (to F-model for the worker serving "
-             "--behaviour-model, F-global for the one with --global-items, and F-pull "
-             "for the pull phase).")]
+             "--behaviour-model, F-global for the one with --global-items, F-pull "
+             "for the pull phase, F-fresh for the pulls scored afresh and F-per-event "
+             "for the list-per-event phase).")]
     = None,
     profile_paced: Annotated[bool, typer.Option(
         help="With --profile, also profile the paced phase (to F-latency). The sampler "

@@ -532,16 +532,27 @@ async def run(events: int, partitions: int, broker: str | None, latency_seconds:
             for outcome in ("hit", "stale"))
         say(f"  p50 {pull['p50_ms']:.1f} ms, p99 {pull['p99_ms']:.1f} ms; again, each "
             "request scored afresh (fresh=true)")
+        spy = _start_profiler(run_, workdir / "profile-fresh.txt") \
+            if profile is not None else None
         pull_fresh = await _pull(run_.base_url,
                                  users, pull_rate, pull_seconds, fresh=True)
         pull_fresh["server_within_ms"] = _histogram_shares(
             after, await asyncio.to_thread(scrape, run_.metrics_url))
+        if spy is not None and profile is not None:
+            await _write_profile(spy, workdir / "profile-fresh.txt",
+                                 profile.with_name(f"{profile.stem}-fresh{profile.suffix}"))
         sizes = local.topic_bytes if local is not None else None
         live = await _live(run_, events + len(paced), live_events, live_ahead, say,
                            broker_sizes=sizes) if live_events > 0 else {}
+        spy = _start_profiler(run_, workdir / "profile-per-event.txt") \
+            if profile is not None and per_event_events > 0 else None
         per_event = await _live(run_, events + len(paced) + max(live_events, 0),
                                 per_event_events, live_ahead, say, in_turn_=True,
                                 broker_sizes=sizes) if per_event_events > 0 else {}
+        if spy is not None and profile is not None:
+            await _write_profile(
+                spy, workdir / "profile-per-event.txt",
+                profile.with_name(f"{profile.stem}-per-event{profile.suffix}"))
         succeeded = True
         return {
             "cores": os.cpu_count(),
