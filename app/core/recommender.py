@@ -368,8 +368,8 @@ class Trending:
     def values(self, item_ids: Sequence[str], now: int) -> FloatArray:
         """The counts of ``item_ids`` in the window read (0 for others)."""
         counts = self.horizon(now).counts
-        return np.fromiter((counts.get(i, 0.0) for i in item_ids), dtype=np.float32,
-                           count=len(item_ids))
+        return np.fromiter(map(counts.get, item_ids, repeat(0.0, len(item_ids))),
+                           dtype=np.float32, count=len(item_ids))
 
     def top(self, k: int, now: int) -> list[tuple[str, float]]:
         """The k items with the highest counts in the window read, highest first (the
