@@ -336,8 +336,8 @@ class VectorIndex:
         k = min(k, used)
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top])].astype(np.int64, copy=False)
+        top = (-scores).argpartition(k - 1)[:k]
+        top = top[(-scores[top]).argsort()].astype(np.int64, copy=False)
         values: FloatArray = scores[top]
         if values[-1] == -np.inf:   # fewer live, unexcluded items than asked for
             finite = values != -np.inf

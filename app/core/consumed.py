@@ -76,7 +76,7 @@ def in_sorted(ordered: npt.NDArray[np.uint32], hashed: npt.NDArray[np.uint32]
     search per hash in numpy, not a set lookup per item id in Python."""
     if not len(ordered):
         return np.zeros(len(hashed), dtype=bool)
-    at = np.minimum(np.searchsorted(ordered, hashed), len(ordered) - 1)
+    at = np.minimum(ordered.searchsorted(hashed), len(ordered) - 1)
     found: npt.NDArray[np.bool_] = ordered[at] == hashed
     return found
 

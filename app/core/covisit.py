@@ -82,7 +82,7 @@ class Neighbourhood:
                               count=len(items))
         if not len(self.targets):
             return np.zeros(len(ids)), [None] * len(ids)
-        at = np.minimum(np.searchsorted(self.targets, ids), len(self.targets) - 1)
+        at = np.minimum(self.targets.searchsorted(ids), len(self.targets) - 1)
         hit = self.targets[at] == ids
         scores: Floats = np.where(hit, self.totals[at], 0.0)
         contributors = self.contributors
@@ -137,7 +137,9 @@ class _Out:
         n = self.size
         if n <= k:
             return self.ids[:n], self.strengths[:n]
-        keep = np.argpartition(-self.strengths[:n], k - 1)[:k]
+        # (methods, not np.argpartition: the same call without numpy's Python dispatch,
+        # ~20 of these per list)
+        keep = (-self.strengths[:n]).argpartition(k - 1)[:k]
         return self.ids[keep], self.strengths[keep]
 
 
@@ -403,10 +405,10 @@ class CoVisitation:
             totals = np.bincount(flat, weights=contribution, minlength=space
                                  ).astype(np.float64, copy=False)[targets]
         else:   # one sort of the edges gives both
-            strongest = np.argsort(-contribution, kind="stable")
+            strongest = (-contribution).argsort(kind="stable")
             targets, firsts = np.unique(flat[strongest], return_index=True)
             best = source_of[strongest[firsts]]
             totals = self._summed(flat, contribution, targets)
-        order = np.argsort(-totals, kind="stable")
+        order = (-totals).argsort(kind="stable")
         return Neighbourhood(self.names, self.index, targets, totals, best, contributors,
                              order, self.hashes)

@@ -158,7 +158,7 @@ def score(user: FloatArray | None, candidates: Candidates, params: RankerParams)
             features[name] = features[name] * presence
     weights = {name: float(getattr(params, name)) for name in FEATURES}
     parts = {name: weights[name] * value for name, value in features.items()}
-    total = np.sum(np.stack(list(parts.values())), axis=0).astype(np.float32)
+    total = np.stack(list(parts.values())).sum(axis=0).astype(np.float32)
     return Scored(total, semantic, parts, features)
 
 
@@ -203,10 +203,11 @@ def _mmr(relevance: FloatArray, vectors: FloatArray, k: int, lam: float) -> list
     chosen: list[int] = []
     closest = np.full(n, -np.inf, dtype=np.float32)
     available = np.ones(n, dtype=bool)
+    weighed = lam * relevance
     for _ in range(min(k, n)):
         redundancy = np.where(np.isfinite(closest), closest, 0.0)
-        value = np.where(available, lam * relevance - (1.0 - lam) * redundancy, -np.inf)
-        pick = int(np.argmax(value))
+        value = np.where(available, weighed - (1.0 - lam) * redundancy, -np.inf)
+        pick = int(value.argmax())
         if not np.isfinite(value[pick]):
             break  # everything left is filtered out (or taken)
         chosen.append(pick)
