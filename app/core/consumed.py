@@ -52,7 +52,8 @@ def hashes(item_ids: Sequence[str]) -> npt.NDArray[np.uint32]:
 
 
 def held(consumed: bytes) -> frozenset[int]:
-    """The set's hashes, for many membership checks in a row (``not_in``)."""
+    """The set's hashes, for many membership checks in a row (``in_held``,
+    ``sorted_hashes``)."""
     return frozenset(np.frombuffer(consumed, dtype=_DTYPE).tolist())
 
 
@@ -79,13 +80,6 @@ def in_sorted(ordered: npt.NDArray[np.uint32], hashed: npt.NDArray[np.uint32]
     at = np.minimum(ordered.searchsorted(hashed), len(ordered) - 1)
     found: npt.NDArray[np.bool_] = ordered[at] == hashed
     return found
-
-
-def not_in(hashed: AbstractSet[int], item_ids: Sequence[str]) -> list[str]:
-    """``item_ids`` less those whose hash is in ``hashed`` (``held``), in order."""
-    known = _KNOWN.get
-    return [i for i in item_ids
-            if ((h if (h := known(i)) is not None else known_hash(i)) not in hashed)]
 
 
 def size(consumed: bytes) -> int:

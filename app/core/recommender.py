@@ -404,23 +404,9 @@ class UserView:
     last_ts: int = 0                 # the user's last event (event time; 0: unknown)
 
     @cached_property
-    def held(self) -> frozenset[int]:
-        """``consumed`` as a set of hashes: a list checks ~1,000 ids against it."""
-        return consumed.held(self.consumed)
-
-    @cached_property
-    def held_or_purchased(self) -> frozenset[int]:
-        """What a list that leaves out consumed items leaves out (purchases are consumed
-        items too, unless the seen-set forgot them)."""
-        return self.held | self.purchased if self.purchased else self.held
-
-    def excluded(self, request: Request) -> AbstractSet[int]:
-        """The hashes of the items a list for ``request`` leaves out: every purchase, and
-        every consumed item unless the request includes them."""
-        return self.held_or_purchased if request.exclude_seen else self.purchased
-
-    @cached_property
     def _consumed_sorted(self) -> npt.NDArray[np.uint32]:
+        """Every consumed and purchased item's hash, sorted, once (purchases are consumed
+        items too, unless the seen-set forgot them)."""
         hashed = np.frombuffer(self.consumed, dtype=np.dtype("<u4"))
         if self.purchased:
             hashed = np.concatenate([hashed, np.fromiter(self.purchased, dtype=hashed.dtype,
@@ -433,8 +419,9 @@ class UserView:
         return consumed.sorted_hashes(self.purchased)
 
     def excluded_sorted(self, request: Request) -> npt.NDArray[np.uint32]:
-        """``excluded`` as a sorted array (each list checks ~1,000 hashes against it at
-        once: app.core.consumed.in_sorted)."""
+        """The sorted hashes of the items a list for ``request`` leaves out: every
+        purchase, and every consumed item unless the request includes them (each list
+        checks ~1,000 hashes against it at once: app.core.consumed.in_sorted)."""
         return self._consumed_sorted if request.exclude_seen else self._purchased_sorted
 
 
