@@ -51,7 +51,7 @@ class Neighbourhood:
     best: Ids               # aligned with targets: the strongest contributor's position ...
     contributors: list[str]  # ... in this list of the recent items that contributed
     order: Ids              # positions in targets, strongest total first
-    hashes: Hashes | None = None   # per interned id, its name's hash (app.core.consumed)
+    hashes: Hashes          # per interned id, its name's hash (app.core.consumed)
 
     def ranked(self, limit: int | None = None) -> list[str]:
         """Target names, strongest first (the first ``limit``)."""
@@ -64,10 +64,8 @@ class Neighbourhood:
 
     def hashes_of(self, ids: Ids) -> Hashes:
         """The hashes (app.core.consumed) of the names of interned ``ids``."""
-        if self.hashes is not None:
-            hashed: Hashes = self.hashes[ids]
-            return hashed
-        return consumed.hashes([self.names[t] for t in ids.tolist()])
+        hashed: Hashes = self.hashes[ids]
+        return hashed
 
     def names_of(self, ids: Ids) -> list[str]:
         names = self.names

@@ -761,12 +761,11 @@ class Recommender:
         scored = score(user.interest, candidates, self.params)
         return features_of(scored, rows.tolist()), int(np.searchsorted(rows, at))
 
-    def _rows(self, candidates: Candidates) -> npt.NDArray[np.int64]:
-        """The candidates' index rows."""
-        if candidates.rows is not None:
-            return candidates.rows
-        index = self.catalogue.index
-        return np.array([index.row(i) for i in candidates.item_ids], dtype=np.int64)
+    @staticmethod
+    def _rows(candidates: Candidates) -> npt.NDArray[np.int64]:
+        """The candidates' index rows (``candidates`` always records them)."""
+        assert candidates.rows is not None
+        return candidates.rows
 
     def _consumed(self, user: UserView, request: Request, candidates: Candidates
                   ) -> npt.NDArray[np.bool_]:
