@@ -53,6 +53,8 @@ class Metrics:
     encoder_seconds: Histogram
     behaviour_vectors: Counter
     behaviour_model_info: Gauge
+    behaviour_scale: Gauge
+    behaviour_scale_samples: Counter
     pull_seconds: Histogram
     pull_cache: Counter
     loop_lag: Histogram
@@ -235,6 +237,19 @@ class Metrics:
                 "It changes without a restart when the models topic names another "
                 "(`streamrec model publish`, `streamrec model rollback --behaviour`).",
                 ["version"],
+                registry=registry,
+            ),
+            behaviour_scale=Gauge(
+                "streamrec_behaviour_scale",
+                "What the served behaviour model's feature is multiplied by (its weight in "
+                "the ranker over the `sequence` weight), chosen online from users' next "
+                "items (app.core.weighing); 0 without a model.",
+                registry=registry,
+            ),
+            behaviour_scale_samples=Counter(
+                "streamrec_behaviour_scale_samples_total",
+                "Lists ranked at every scale of the grid whose user's next item scored "
+                "them: the evidence the served scale is chosen on.",
                 registry=registry,
             ),
             behaviour_vectors=Counter(

@@ -85,15 +85,16 @@ class ItemSpace:
         lift: FloatArray = (scores - log_norm + np.log(scores.shape[1])).astype(np.float32)
         return lift
 
-    def lookup(self, lift: FloatArray, item_ids: Sequence[str]) -> FloatArray:
+    def lookup(self, lift: FloatArray, item_ids: Sequence[str], scaled: bool = True
+               ) -> FloatArray:
         """One user's ``log_lift`` row at ``item_ids`` (FLOOR for an item without a row),
-        times ``scale``: the ranker's ``sequence`` feature."""
+        times ``scale`` (unless not ``scaled``): the ranker's ``sequence`` feature."""
         at = np.fromiter((self.position.get(i, -1) for i in item_ids), dtype=np.int64,
                          count=len(item_ids))
         out = np.full(len(item_ids), FLOOR, dtype=np.float32)
         known = at >= 0
         out[known] = np.maximum(lift[at[known]], FLOOR)
-        if self.scale != 1.0:
+        if scaled and self.scale != 1.0:
             out *= np.float32(self.scale)
         return out
 

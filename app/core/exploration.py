@@ -64,4 +64,5 @@ def explored(ranking: Ranking, k: int, policy: Exploration, rec_id: str) -> Rank
     rows = [position[item] for item in shown]
     items = [msgspec.structs.replace(ranking.items[row], rank=rank)
              for rank, row in enumerate(rows, start=1)]
-    return Ranking(items, ranking.counts, [ranking.features[row] for row in rows])
+    return Ranking(items, ranking.counts, [ranking.features[row] for row in rows],
+                   ranking.alternatives)

@@ -103,6 +103,9 @@ class Candidates:
     covisit_lift: FloatArray | None = None
     # [n]: the behaviour model's log(N * p(item)) (app.core.behaviour); None: no model, 0
     sequence: FloatArray | None = None
+    # what ``sequence`` is multiplied by in the feature: the served model's scale (its
+    # weight in the ranker, app.core.weighing)
+    sequence_scale: float = 1.0
     # [n]: what is trending (recommender.Trending: counts over a sliding window chosen by
     # the evidence it holds); None: 0
     trending: FloatArray | None = None
@@ -146,8 +149,8 @@ def score(user: FloatArray | None, candidates: Candidates, params: RankerParams)
         "log_popularity": np.log1p(candidates.popularity).astype(np.float32),
         "covisit_lift": _scaled(candidates.covisit_lift) if candidates.covisit_lift is not None
         else np.zeros(n, dtype=np.float32),
-        "sequence": candidates.sequence if candidates.sequence is not None
-        else np.zeros(n, dtype=np.float32),
+        "sequence": _times(candidates.sequence, candidates.sequence_scale)
+        if candidates.sequence is not None else np.zeros(n, dtype=np.float32),
         "trending": (_scaled(candidates.trending) * np.float32(1.0 - candidates.presence)
                      if candidates.trending is not None and candidates.presence < 1.0
                      else np.zeros(n, dtype=np.float32)),
@@ -160,6 +163,24 @@ def score(user: FloatArray | None, candidates: Candidates, params: RankerParams)
     parts = {name: weights[name] * value for name, value in features.items()}
     total = np.stack(list(parts.values())).sum(axis=0).astype(np.float32)
     return Scored(total, semantic, parts, features)
+
+
+def _times(values: FloatArray, scale: float) -> FloatArray:
+    return values * np.float32(scale) if scale != 1.0 else values
+
+
+def at_scale(scored: Scored, candidates: Candidates, params: RankerParams, scale: float
+             ) -> FloatArray:
+    """``scored``'s totals had the behaviour model's feature been multiplied by ``scale``
+    instead of ``candidates.sequence_scale`` (the rest of the score unchanged)."""
+    if candidates.sequence is None:
+        return scored.total
+    presence = np.float32(candidates.presence) if candidates.presence < 1.0 \
+        else np.float32(1.0)
+    other = scored.total - scored.parts["sequence"]
+    rescaled: FloatArray = (other + np.float32(params.sequence * scale) * presence
+                            * candidates.sequence).astype(np.float32)
+    return rescaled
 
 
 def allowed(candidates: Candidates, blocked: set[str], allow_categories: set[str] | None,

@@ -36,6 +36,7 @@ from app.core.ranking import (
     RankerParams,
     Why,
     allowed,
+    at_scale,
     explain,
     mmr,
     project,
@@ -461,6 +462,9 @@ class Ranking:
     items: list[RecommendedItem]
     counts: dict[str, int]                 # candidates per source
     features: list[tuple[float, ...]]      # per item, in learning.FEATURES order
+    # the top items had the behaviour model weighed each of these scales instead (asked
+    # with ``Recommender.rank(alternatives=...)``; none without a model in the list)
+    alternatives: dict[float, list[str]] = field(default_factory=dict)
 
 
 def with_sources(params: RankerParams, sources: frozenset[str]) -> RankerParams:
@@ -655,8 +659,9 @@ class Recommender:
             if co is not None else None,
             covisit_lift=self.covisit.lift(recent_items, ids, interned).astype(np.float32)
             if co is not None else None,
-            sequence=self.behaviour.lookup(lift, ids)
+            sequence=self.behaviour.lookup(lift, ids, scaled=False)
             if lift is not None and self.behaviour is not None else None,
+            sequence_scale=self.behaviour.scale if self.behaviour is not None else 1.0,
             trending=self.trending.values(ids, now) if trending else None,
             presence=present,
             rows=rows,
@@ -705,12 +710,15 @@ class Recommender:
 
     def rank(self, user: UserView, request: Request, now: int,
              params: RankerParams | None = None, extra: int = 0,
-             searched: Searched | None = None) -> Ranking:
+             searched: Searched | None = None, alternatives: Sequence[float] = ()
+             ) -> Ranking:
         """The top ``request.k`` items (``extra`` more ranked below them, for exploration),
         scored with ``params`` (the recommender's own when None), explained, with each
         item's unweighted ranker features (what a learner fits). ``searched``: the encoder
         source's inner products for ``user`` and ``params``, when computed with a batch's
-        (``search_many``)."""
+        (``search_many``). ``alternatives``: scales of the behaviour model's feature whose
+        top ``request.k`` items are ranked too (``Ranking.alternatives``: the same
+        candidates and filters, only the model's weight differs)."""
         params = params or self.params
         candidates, counts = self.candidates(user, request, now, params, searched)
         if not candidates.item_ids:
@@ -742,7 +750,15 @@ class Recommender:
             explanation=self._explanation(why, kinds, bool(segment[rank - 1] > 0)))
             for rank, (row, why) in enumerate(zip(rows, whys, strict=True), start=1)]
         features = [tuple(row) for row in features_of(scored, rows).tolist()]
-        return Ranking(out, counts, features)
+        other: dict[float, list[str]] = {}
+        if candidates.sequence is not None:
+            for scale in alternatives:
+                total = at_scale(scored, candidates, params, scale)
+                relevant = np.where(keep, total, -np.inf).astype(np.float32)
+                other[scale] = [candidates.item_ids[r] for r in mmr(
+                    relevant, candidates.vectors, request.k, params.mmr_lambda)
+                    if np.isfinite(relevant[r])]
+        return Ranking(out, counts, features, other)
 
     def candidate_features(self, user: UserView, request: Request, now: int, item: str
                            ) -> tuple[npt.NDArray[np.float64], int] | None:

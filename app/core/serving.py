@@ -129,7 +129,8 @@ def recommend_after(recommender: Recommender, encoder: QueryEncoder, before: Use
                     segments: tuple[str, ...] = (), params: RankerParams | None = None,
                     exploration: Exploration | None = None,
                     behaviour: FloatArray | None = None, evidence: Evidence | None = None,
-                    view: UserView | None = None, searched: Searched | None = None
+                    view: UserView | None = None, searched: Searched | None = None,
+                    alternatives: Sequence[float] = ()
                     ) -> tuple[Recommendation, Ranking]:
     """The recommendation that follows a user's newly applied events, ``state`` after them
     and ``before`` before them (co-visitation and popularity learn from them first), scored
@@ -139,7 +140,8 @@ def recommend_after(recommender: Recommender, encoder: QueryEncoder, before: Use
     ``evidence``: where the batch's item evidence is summed (global item statistics).
     ``view``: ``state``'s user_view (with ``segments`` and ``behaviour``) and ``searched``
     its encoder search (``Recommender.search_many``), when made with the rest of a batch's
-    (neither depends on what co-visitation and popularity learn here)."""
+    (neither depends on what co-visitation and popularity learn here). ``alternatives``:
+    the behaviour model's scales to rank the list at too (``Recommender.rank``)."""
     learn_sequence(recommender, before, applied, segments, evidence)
     if view is None:
         view = user_view(state, encoder.dimension, encoder.encode_query, segments, behaviour)
@@ -147,10 +149,12 @@ def recommend_after(recommender: Recommender, encoder: QueryEncoder, before: Use
     params = params or recommender.params
     if exploration is not None and exploration.epsilon > 0:
         ranking = explored(recommender.rank(view, request, state.last_ts, params,
-                                            extra=exploration.pool, searched=searched),
+                                            extra=exploration.pool, searched=searched,
+                                            alternatives=alternatives),
                            request.k, exploration, rec_id)
     else:
-        ranking = recommender.rank(view, request, state.last_ts, params, searched=searched)
+        ranking = recommender.rank(view, request, state.last_ts, params, searched=searched,
+                                   alternatives=alternatives)
     last = applied[-1]
     record = Recommendation(
         v=1, rec_id=rec_id, user_id=last.user_id, items=ranking.items,

@@ -188,8 +188,13 @@ class BehaviourModel(Answer):
     scored_from_text: Annotated[int, Meta(
         description="Catalogue items scored from their text alone (never seen in training).")]
     scale: Annotated[float, Meta(
-        description="What the model's feature is multiplied by in the ranker (chosen on its "
-                    "validation targets when it was trained; 1 when not chosen).")] = 1.0
+        description="What the model's feature is multiplied by in the ranker: chosen online "
+                    "from users' next items (scale_evidence), else the artefact's own "
+                    "choice (1 when it has none).")] = 1.0
+    scale_evidence: Annotated[dict[str, Any] | None, Meta(
+        description="What the online choice of the scale rests on: lists scored by the "
+                    "user's next item and their mean DCG@k at each scale (none when the "
+                    "choice is off).")] = None
 
 
 class ModelView(Answer):

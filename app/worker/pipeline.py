@@ -55,6 +55,7 @@ from app.core.serving import (
     projection_pair,
     rebuild_memory,
     recommend_after,
+    sampled,
     shown_list,
     user_view,
 )
@@ -67,7 +68,8 @@ from app.core.state import (
     UserState,
     event_fold,
 )
-from app.encoder.behaviour import SequenceModel
+from app.core.weighing import ScaleChooser
+from app.encoder.behaviour import RANKER_FILE, SequenceModel
 from app.encoder.runtime import Encoder, FloatArray
 from app.metrics import Metrics
 from app.settings import Settings
@@ -139,6 +141,7 @@ class Pipeline:
         self._users = users
         self._remember = remember
         self.sequence_model: SequenceModel | None = None
+        self.scales = ScaleChooser(k=min(10, settings.recommendation_size))
         self.behaviour_models = BehaviourModels(
             settings.data_dir / "behaviour-models", metrics, self.use_behaviour,
             served=sequence_model.version if sequence_model is not None else "")
@@ -193,6 +196,7 @@ class Pipeline:
         rewards: list[float] = []
         pairs: list[tuple[bytes, str]] = []
         vectors = await self._behaviour([r.state for r in results])
+        self._score_scales(results)
         evidences: dict[int | None, Evidence] = {}
         views: list[UserView | None]
         searched: list[Searched | None]
@@ -227,6 +231,34 @@ class Pipeline:
         await self.feedback.send_behaviour(
             features, rewards, [q for q, _ in pairs], [t for _, t in pairs],
             int(max(stamps) * 1000) if stamps and all(stamps) else now_ms())
+
+    def _score_scales(self, results: list[KeyResult[UserState, Event]]) -> None:
+        """Score the lists remembered at every scale by the users' next items, and serve
+        the scale the evidence favours (app.core.weighing)."""
+        chooser = self.scales
+        if self.sequence_model is None or not self.settings.behaviour_scale_sample:
+            return
+        for result in results:
+            user = result.key.decode()
+            if not chooser.waiting(user):
+                continue
+            for event in result.applied:
+                if not isinstance(event, Search) and chooser.observe(user, event.item_id):
+                    self.metrics.behaviour_scale_samples.inc()
+                    break
+        chosen = chooser.decide()
+        if chosen is not None:
+            self.sequence_model.space.scale = chosen
+            self.metrics.behaviour_scale.set(chosen)
+            log.info("behaviour model %s: scale %g from %d users' next items (%s)",
+                     chooser.version, chosen, chooser.samples,
+                     chooser.summary()["ndcg@k_by_scale"])
+
+    def scale_evidence(self) -> dict[str, Any] | None:
+        """What the served scale rests on (None when it is not chosen online)."""
+        if self.sequence_model is None or not self.settings.behaviour_scale_sample:
+            return None
+        return self.scales.summary()
 
     def _evidence_of(self, evidences: dict[int | None, Evidence], partition: int
                      ) -> Evidence | None:
@@ -400,12 +432,18 @@ class Pipeline:
         self._latest_event_ts = max(self._latest_event_ts, result.state.last_ts)
         variant = self.feedback.variant(result.applied[-1].user_id)
         params = self.feedback.params_for(variant)
+        weigh = behaviour is not None and self.settings.behaviour_scale_sample > 0 \
+            and bool(result.state.recent) \
+            and sampled(result.applied[-1].event_id, self.settings.behaviour_scale_sample)
         record, ranking = recommend_after(
             self.recommender, self.encoder, result.before, result.state, result.applied,
             request,
             self.segments(result.key), params,
             self._exploration if variant == LEARNING else None, behaviour, evidence, view,
-            searched)
+            searched, self.scales.scales if weigh else ())
+        if ranking.alternatives:
+            self.scales.remember(result.key.decode(), result.state.recent[-1][0],
+                                 ranking.alternatives)
         if self.pseudonymous:   # the list is keyed and addressed by the pseudonym alone
             record = msgspec.structs.replace(record, user_id=result.key.decode())
         for source, count in ranking.counts.items():
@@ -530,6 +568,14 @@ class Pipeline:
         before = self.sequence_model
         self.sequence_model = model
         self.recommender.behaviour = model.space if model is not None else None
+        if self.settings.behaviour_scale_sample > 0:
+            tuned = model is not None and RANKER_FILE in model.manifest.get("files", ())
+            scale = self.scales.serve(None if model is None else model.version,
+                                      model.space.scale if model is not None and tuned
+                                      else None)
+            if model is not None:
+                model.space.scale = scale
+        self.metrics.behaviour_scale.set(model.space.scale if model is not None else 0.0)
         if before is not None:
             self.metrics.behaviour_model_info.remove(before.version)
         if model is not None:

@@ -213,4 +213,4 @@ def _behaviour_model(pipeline: Pipeline) -> api.BehaviourModel | None:
         version=model.version, config=model.manifest.get("config"),
         result=model.manifest.get("result"), vocabulary=len(space.vocabulary),
         catalogue_items_scored=len(space.ids), scored_from_text=space.from_text,
-        scale=space.scale)
+        scale=space.scale, scale_evidence=pipeline.scale_evidence())

@@ -105,3 +105,29 @@ def test_nearest_skips_items_without_a_row() -> None:
     assert items.nearest(["notebook", "aliens"], ["predator", "alien", "cars"]) == [
         None, "alien"]
     assert items.nearest(["aliens"], ["predator"]) == [None]
+
+
+@pytest.mark.parametrize("served_at", [0.0, 0.5, 1.0])
+def test_a_list_ranked_at_other_scales_equals_the_list_served_at_them(served_at: float
+                                                                       ) -> None:
+    """Ranked at the scales of the online choice (app.core.weighing), each alternative is
+    the list the recommender serves once its model is at that scale: the served scale's
+    own alternative included, and from a served scale of 0 (the feature then adds 0)."""
+    items = space()
+    recommender = Recommender(catalogue(), per_source=3, behaviour=items,
+                              params=RankerParams(sequence=1.0))
+    user = UserView(interest=VECTORS["alien"], recent=[("alien", "view", 1.0)],
+                    purchased=set(), behaviour=VECTORS["cars"] * 3)
+    scales = (0.0, 0.25, 0.5, 1.0, 3.0)
+    items.scale = served_at
+    ranking = recommender.rank(user, Request(k=4), now=0, alternatives=scales)
+    assert list(ranking.alternatives) == list(scales)
+    lists = set()
+    for scale in scales:
+        items.scale = scale
+        served = [i.item_id for i in recommender.recommend(user, Request(k=4), now=0)[0]]
+        assert ranking.alternatives[scale] == served
+        lists.add(tuple(served))
+    assert len(lists) > 1     # the scale does reorder this user's list
+    plain = Recommender(catalogue(), per_source=3)
+    assert plain.rank(user, Request(k=4), now=0, alternatives=scales).alternatives == {}
