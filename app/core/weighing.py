@@ -21,8 +21,9 @@ the evidence the replay scores lists by:
 
 Evidence belongs to one served model: a new one starts afresh, at the scale its artefact
 chose (`streamrec model tune`) when it carries one, else at the scale the previous model
-ended at, the first at 0: a model is a candidate source only until the evidence says its
-score pays. Kept in memory by each worker, over its own users (a restarted worker starts
+ended at, the first at 1 (as a worker without the choice serves it; a model serving alone,
+the ranker's other weights 0, ranks the same at every scale above 0, so it never moves).
+Kept in memory by each worker, over its own users (a restarted worker starts
 again). Where users act on what they are shown, the served scale's list has the advantage
 of being seen, so the evidence favours the served scale: the choice moves only on a clear
 difference.
@@ -66,7 +67,7 @@ class ScaleChooser:
     users: int = 20_000        # users with a remembered list (the newest)
     grid: tuple[float, ...] = SCALES
     version: str | None = None
-    current: float = 0.0
+    current: float = 1.0
     scales: tuple[float, ...] = SCALES
     samples: int = 0           # scored since the model was served
     switches: int = 0
