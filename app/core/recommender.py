@@ -710,15 +710,16 @@ class Recommender:
 
     def rank(self, user: UserView, request: Request, now: int,
              params: RankerParams | None = None, extra: int = 0,
-             searched: Searched | None = None, alternatives: Sequence[float] = ()
-             ) -> Ranking:
+             searched: Searched | None = None, alternatives: Sequence[float] = (),
+             alternatives_k: int = 10) -> Ranking:
         """The top ``request.k`` items (``extra`` more ranked below them, for exploration),
         scored with ``params`` (the recommender's own when None), explained, with each
         item's unweighted ranker features (what a learner fits). ``searched``: the encoder
         source's inner products for ``user`` and ``params``, when computed with a batch's
         (``search_many``). ``alternatives``: scales of the behaviour model's feature whose
-        top ``request.k`` items are ranked too (``Ranking.alternatives``: the same
-        candidates and filters, only the model's weight differs)."""
+        top ``alternatives_k`` items (at most ``request.k``) are ranked too
+        (``Ranking.alternatives``: the same candidates and filters, only the model's weight
+        differs; MMR's first picks do not depend on how many it makes)."""
         params = params or self.params
         candidates, counts = self.candidates(user, request, now, params, searched)
         if not candidates.item_ids:
@@ -756,7 +757,8 @@ class Recommender:
                 total = at_scale(scored, candidates, params, scale)
                 relevant = np.where(keep, total, -np.inf).astype(np.float32)
                 other[scale] = [candidates.item_ids[r] for r in mmr(
-                    relevant, candidates.vectors, request.k, params.mmr_lambda)
+                    relevant, candidates.vectors, min(alternatives_k, request.k),
+                    params.mmr_lambda)
                     if np.isfinite(relevant[r])]
         return Ranking(out, counts, features, other)
 

@@ -130,7 +130,7 @@ def recommend_after(recommender: Recommender, encoder: QueryEncoder, before: Use
                     exploration: Exploration | None = None,
                     behaviour: FloatArray | None = None, evidence: Evidence | None = None,
                     view: UserView | None = None, searched: Searched | None = None,
-                    alternatives: Sequence[float] = ()
+                    alternatives: Sequence[float] = (), alternatives_k: int = 10
                     ) -> tuple[Recommendation, Ranking]:
     """The recommendation that follows a user's newly applied events, ``state`` after them
     and ``before`` before them (co-visitation and popularity learn from them first), scored
@@ -141,7 +141,8 @@ def recommend_after(recommender: Recommender, encoder: QueryEncoder, before: Use
     ``view``: ``state``'s user_view (with ``segments`` and ``behaviour``) and ``searched``
     its encoder search (``Recommender.search_many``), when made with the rest of a batch's
     (neither depends on what co-visitation and popularity learn here). ``alternatives``:
-    the behaviour model's scales to rank the list at too (``Recommender.rank``)."""
+    the behaviour model's scales to rank the list's top ``alternatives_k`` at too
+    (``Recommender.rank``)."""
     learn_sequence(recommender, before, applied, segments, evidence)
     if view is None:
         view = user_view(state, encoder.dimension, encoder.encode_query, segments, behaviour)
@@ -150,11 +151,12 @@ def recommend_after(recommender: Recommender, encoder: QueryEncoder, before: Use
     if exploration is not None and exploration.epsilon > 0:
         ranking = explored(recommender.rank(view, request, state.last_ts, params,
                                             extra=exploration.pool, searched=searched,
-                                            alternatives=alternatives),
+                                            alternatives=alternatives,
+                                            alternatives_k=alternatives_k),
                            request.k, exploration, rec_id)
     else:
         ranking = recommender.rank(view, request, state.last_ts, params, searched=searched,
-                                   alternatives=alternatives)
+                                   alternatives=alternatives, alternatives_k=alternatives_k)
     last = applied[-1]
     record = Recommendation(
         v=1, rec_id=rec_id, user_id=last.user_id, items=ranking.items,

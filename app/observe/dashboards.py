@@ -183,6 +183,13 @@ def build() -> Dashboard:
         .with_panel(_series(
             "Reward to served version p99", "s",
             _p99("streamrec_model_update_delay_seconds")))
+        .with_panel(_series(
+            "Behaviour model's weight (scale; 0: none) and lists scored by next items",
+            "short",
+            _query(f"max by (instance) ({_m('streamrec_behaviour_scale')})",
+                   "scale {{instance}}"),
+            _query(f"sum({_rate('streamrec_behaviour_scale_samples_total')})",
+                   "lists scored per second", ref="B")))
     )
 
 

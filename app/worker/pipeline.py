@@ -440,7 +440,7 @@ class Pipeline:
             request,
             self.segments(result.key), params,
             self._exploration if variant == LEARNING else None, behaviour, evidence, view,
-            searched, self.scales.scales if weigh else ())
+            searched, self.scales.scales if weigh else (), self.scales.k)
         if ranking.alternatives:
             self.scales.remember(result.key.decode(), result.state.recent[-1][0],
                                  ranking.alternatives)

@@ -120,7 +120,8 @@ def test_a_list_ranked_at_other_scales_equals_the_list_served_at_them(served_at:
                     purchased=set(), behaviour=VECTORS["cars"] * 3)
     scales = (0.0, 0.25, 0.5, 1.0, 3.0)
     items.scale = served_at
-    ranking = recommender.rank(user, Request(k=4), now=0, alternatives=scales)
+    ranking = recommender.rank(user, Request(k=6), now=0, alternatives=scales,
+                               alternatives_k=4)
     assert list(ranking.alternatives) == list(scales)
     lists = set()
     for scale in scales:
