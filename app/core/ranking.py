@@ -169,17 +169,19 @@ def _times(values: FloatArray, scale: float) -> FloatArray:
     return values * np.float32(scale) if scale != 1.0 else values
 
 
-def at_scale(scored: Scored, candidates: Candidates, params: RankerParams, scale: float
-             ) -> FloatArray:
-    """``scored``'s totals had the behaviour model's feature been multiplied by ``scale``
-    instead of ``candidates.sequence_scale`` (the rest of the score unchanged)."""
+def at_scales(scored: Scored, candidates: Candidates, params: RankerParams,
+              scales: Sequence[float]) -> FloatArray:
+    """``scored``'s totals (one row per scale) had the behaviour model's feature been
+    multiplied by each of ``scales`` instead of ``candidates.sequence_scale``, the rest of
+    the score unchanged."""
     if candidates.sequence is None:
-        return scored.total
+        return np.tile(scored.total, (len(scales), 1))
     presence = np.float32(candidates.presence) if candidates.presence < 1.0 \
         else np.float32(1.0)
     other = scored.total - scored.parts["sequence"]
-    rescaled: FloatArray = (other + np.float32(params.sequence * scale) * presence
-                            * candidates.sequence).astype(np.float32)
+    weights = np.array([params.sequence * scale for scale in scales], dtype=np.float32)
+    rescaled: FloatArray = (other[None, :] + (weights * presence)[:, None]
+                            * candidates.sequence[None, :]).astype(np.float32)
     return rescaled
 
 
@@ -217,6 +219,52 @@ def mmr(relevance: FloatArray, vectors: FloatArray, k: int, lam: float) -> list[
         picks = _mmr(relevance[contenders], vectors[contenders], k, lam)
         return [int(contenders[p]) for p in picks]
     return _mmr(relevance, vectors, k, lam)
+
+
+def mmr_many(relevance: FloatArray, vectors: FloatArray, k: int, lam: float
+             ) -> list[list[int]]:
+    """``mmr`` of each row of ``relevance`` (the same candidates ranked by several
+    relevances), the rows' rounds taken together: one matrix product a round for every
+    row, over the union of the rows' contenders (a candidate that cannot win a round for
+    one row does not win it there when present: each row's picks are its own ``mmr``'s,
+    up to float rounding in the cosines)."""
+    rows, n = relevance.shape
+    if n == 0 or k <= 0 or rows == 0:
+        return [[] for _ in range(rows)]
+    finite = np.isfinite(relevance)
+    wanted = finite.any(axis=0)
+    if 0.0 < lam <= 1.0:
+        margin = 2.0 * (1.0 - lam) / lam + 1e-6
+        wanted = np.zeros(n, dtype=bool)
+        for row in range(rows):
+            scores = relevance[row]
+            kept = np.flatnonzero(finite[row])
+            if len(kept) > k:
+                kth = np.partition(scores[kept], len(kept) - k)[len(kept) - k]
+                kept = kept[scores[kept] >= kth - margin]
+            wanted[kept] = True
+    columns = np.flatnonzero(wanted)
+    if not len(columns):
+        return [[] for _ in range(rows)]
+    weighed = lam * relevance[:, columns]
+    near = vectors[columns]
+    steps = min(k, len(columns))
+    closest = np.full(weighed.shape, -np.inf, dtype=np.float32)
+    available = np.ones(weighed.shape, dtype=bool)
+    picks = np.full((rows, steps), -1, dtype=np.int64)
+    live = np.ones(rows, dtype=bool)
+    every = np.arange(rows)
+    for step in range(steps):
+        redundancy = np.where(np.isfinite(closest), closest, 0.0)
+        value = np.where(available, weighed - (1.0 - lam) * redundancy, -np.inf)
+        pick = value.argmax(axis=1)
+        live &= np.isfinite(value[every, pick])
+        if not live.any():
+            break
+        picks[live, step] = pick[live]
+        available[every, pick] = False
+        closest = np.maximum(closest, (near @ near[pick].T).T)
+    return [[int(columns[p]) for p in row if p >= 0] for row in picks]
 
 
 def _mmr(relevance: FloatArray, vectors: FloatArray, k: int, lam: float) -> list[int]:

@@ -36,9 +36,10 @@ from app.core.ranking import (
     RankerParams,
     Why,
     allowed,
-    at_scale,
+    at_scales,
     explain,
     mmr,
+    mmr_many,
     project,
     score,
 )
@@ -752,14 +753,18 @@ class Recommender:
             for rank, (row, why) in enumerate(zip(rows, whys, strict=True), start=1)]
         features = [tuple(row) for row in features_of(scored, rows).tolist()]
         other: dict[float, list[str]] = {}
-        if candidates.sequence is not None:
-            for scale in alternatives:
-                total = at_scale(scored, candidates, params, scale)
-                relevant = np.where(keep, total, -np.inf).astype(np.float32)
-                other[scale] = [candidates.item_ids[r] for r in mmr(
-                    relevant, candidates.vectors, min(alternatives_k, request.k),
-                    params.mmr_lambda)
-                    if np.isfinite(relevant[r])]
+        if candidates.sequence is not None and alternatives:
+            depth = min(alternatives_k, request.k)
+            # the served scale's own top items are the list's first (MMR's first picks
+            # do not depend on how many it makes); the others ranked together
+            served = candidates.sequence_scale
+            rescaled = [scale for scale in alternatives if scale != served]
+            totals = at_scales(scored, candidates, params, rescaled)
+            picked = mmr_many(np.where(keep[None, :], totals, -np.inf).astype(np.float32),
+                              candidates.vectors, depth, params.mmr_lambda)
+            found = dict(zip(rescaled, picked, strict=True))
+            other = {scale: [candidates.item_ids[r] for r in found.get(scale, rows[:depth])]
+                     for scale in alternatives}
         return Ranking(out, counts, features, other)
 
     def candidate_features(self, user: UserView, request: Request, now: int, item: str

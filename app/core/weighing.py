@@ -15,17 +15,19 @@ the evidence the replay scores lists by:
 - the user's next item event (another item than the one the list followed: a view and
   then its purchase is one step) scores each remembered list: DCG@k, ``1 / log2(rank +
   1)`` when the item is in its top ``k``, else 0;
-- once at least ``min_samples`` lists are scored, the best scale is served when it beats
-  the served one by more than two paired standard errors (ties: the smaller scale);
-  checked every ``every`` new samples.
+- once at least ``min_samples`` lists are scored, the best scale over the newest
+  ``window`` samples is served when it beats the served one by more than two paired
+  standard errors (ties: the smaller scale); checked every ``every`` new samples.
 
-Evidence belongs to one served model: a new one starts afresh, at the scale its artefact
-chose (`streamrec model tune`) when it carries one, else at the scale the previous model
-ended at, the first at 1 (as a worker without the choice serves it; a model serving alone,
+The evidence outlives a model version: a stream trainer publishes a warm-started model
+every few minutes, a few thousand lists apart, and consecutive versions weigh alike; the
+window lets the evidence follow a model as it grows. A new version starts at the scale its
+artefact chose (`streamrec model tune`) when it carries one, else where the last one was
+served, the first at 1 (as a worker without the choice serves it; a model serving alone,
 the ranker's other weights 0, ranks the same at every scale above 0, so it never moves).
-Kept in memory by each worker, over its own users (a restarted worker starts
-again). Where users act on what they are shown, the served scale's list has the advantage
-of being seen, so the evidence favours the served scale: the choice moves only on a clear
+Kept in memory by each worker, over its own users (a restarted worker starts again).
+Where users act on what they are shown, the served scale's list has the advantage of being
+seen, so the evidence favours the served scale: the choice moves only on a clear
 difference.
 """
 
@@ -61,15 +63,15 @@ class ScaleChooser:
     """The scale a worker serves its behaviour model at (see the module's description)."""
 
     k: int = 10
-    min_samples: int = 1_000
+    min_samples: int = 500
     every: int = 100
-    window: int = 50_000       # samples kept (the newest)
+    window: int = 5_000        # samples the choice rests on (the newest)
     users: int = 20_000        # users with a remembered list (the newest)
     grid: tuple[float, ...] = SCALES
     version: str | None = None
     current: float = 1.0
     scales: tuple[float, ...] = SCALES
-    samples: int = 0           # scored since the model was served
+    samples: int = 0           # lists scored (since the grid last changed)
     switches: int = 0
     _gains: npt.NDArray[np.float32] = field(
         default_factory=lambda: np.zeros((0, 0), dtype=np.float32), repr=False)
@@ -77,18 +79,20 @@ class ScaleChooser:
     _pending: dict[str, Pending] = field(default_factory=dict, repr=False)
 
     def serve(self, version: str | None, tuned: float | None) -> float:
-        """A model is served (None: none): the scale to serve it at. A new version starts
-        afresh, at ``tuned`` (its artefact's own choice) when given, else where the last
-        one ended."""
+        """A model is served (None: none): the scale to serve it at, ``tuned`` (its
+        artefact's own choice) when given, else the one served last. The evidence is kept
+        (unless the grid changes: a tuned scale off it joins it)."""
         if version == self.version:
             return self.current
         self.version = version
         if tuned is not None:
             self.current = tuned
-        self.scales = tuple(sorted({*self.grid, self.current}))
-        self._gains = np.zeros((self.window, len(self.scales)), dtype=np.float32)
-        self.samples = self._since = 0
-        self._pending.clear()
+        scales = tuple(sorted({*self.grid, self.current}))
+        if scales != self.scales or not len(self._gains):
+            self.scales = scales
+            self._gains = np.zeros((self.window, len(scales)), dtype=np.float32)
+            self.samples = self._since = 0
+            self._pending.clear()
         return self.current
 
     def remember(self, user: str, after: str, lists: Mapping[float, Sequence[str]]) -> None:

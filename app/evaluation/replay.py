@@ -84,6 +84,10 @@ BEHAVIOUR_SAMPLE = "0.02"
 # co-visitation neighbours kept per item (STREAMREC_COVISIT_EDGES: 100 by default in a
 # worker; 300 doubles what the learner gains and costs the pull API's p99, BENCHMARKS.md)
 COVISIT_EDGES = 300
+# the share of lists also ranked at every scale of the behaviour model's weight, for the
+# worker's online choice of it (STREAMREC_BEHAVIOUR_SCALE_SAMPLE: 0.5 by default; a replay
+# streams as fast as the worker takes events, a list per ~50 of them, so every list counts)
+SCALE_SAMPLE = "1"
 FEEDBACK_VARIANTS = frozenset({"feedback"})
 SHOWN = 10                # the top of a list a simulated user looks at
 CURVE_POINTS = 20         # the learning curve: click-through per twentieth of the lists
@@ -350,6 +354,8 @@ async def replay(split: Split, broker: str, workdir: Path, variant: str, k: int 
         served = {"folder": str(behaviour_model), "version": manifest["version"],
                   "config": manifest["config"], "result": manifest.get("result", {})}
         extra["behaviour_model"] = str(behaviour_model)
+    if variant in SEQUENCE_VARIANTS or variant == STREAM_TRAINED:
+        extra["behaviour_scale_sample"] = SCALE_SAMPLE
     if workers > 1 and variant == STREAM_TRAINED:
         raise ValueError("the sequence-stream variant runs one worker")
     run = WorkerRun(broker, workdir / variant, partitions, name="replay",

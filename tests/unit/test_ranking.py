@@ -6,7 +6,16 @@ import numpy as np
 
 from app.core.covisit import CoVisitation
 from app.core.profile import DAY_MS, EVENT_WEIGHTS, Interest, add_signal, bounded_append, decay
-from app.core.ranking import Candidates, RankerParams, allowed, explain, mmr, project, score
+from app.core.ranking import (
+    Candidates,
+    RankerParams,
+    allowed,
+    explain,
+    mmr,
+    mmr_many,
+    project,
+    score,
+)
 
 
 def unit(*xs: float) -> np.ndarray:
@@ -149,6 +158,29 @@ def test_mmr_leaves_out_only_candidates_that_cannot_win() -> None:
             relevance[: n // 2] = relevance[0]   # ties
         k, lam = int(rng.integers(1, 25)), float(rng.choice([0.3, 0.8, 0.95, 1.0]))
         assert mmr(relevance, vectors, k, lam) == _mmr(relevance, vectors, k, lam)
+
+
+def test_mmr_of_many_rows_at_once_is_each_row_s_mmr() -> None:
+    """Rankings of the same candidates by several relevances (the online choice's scales),
+    taken together, pick what each row's own MMR picks (ties, filtered rows, fewer
+    candidates than k, rows with nothing left included)."""
+    rng = np.random.default_rng(11)
+    for trial in range(150):
+        n, rows = int(rng.integers(1, 200)), int(rng.integers(1, 8))
+        vectors = rng.standard_normal((n, 16)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        base = rng.standard_normal(n).astype(np.float32)
+        relevance = (base[None, :] + rng.standard_normal((rows, 1)).astype(np.float32)
+                     * rng.standard_normal(n).astype(np.float32)[None, :]).astype(np.float32)
+        relevance[:, rng.random(n) < 0.2] = -np.inf
+        if trial % 10 == 0:
+            relevance[:, : n // 2] = relevance[:, :1]   # ties
+        if trial % 25 == 0:
+            relevance[0] = -np.inf                      # a row with nothing to pick
+        k, lam = int(rng.integers(1, 25)), float(rng.choice([0.3, 0.8, 0.95, 1.0]))
+        assert mmr_many(relevance, vectors, k, lam) == [
+            mmr(row, vectors, k, lam) for row in relevance]
+    assert mmr_many(np.zeros((2, 0), dtype=np.float32), vectors, 3, 0.9) == [[], []]
 
 
 def test_explanations_name_the_strongest_signal() -> None:

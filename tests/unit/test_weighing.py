@@ -81,18 +81,29 @@ def test_the_next_item_is_another_item_than_the_one_the_list_followed() -> None:
     assert not made.observe("nobody", "x")
 
 
-def test_a_new_model_starts_afresh_where_the_last_one_ended_unless_tuned() -> None:
+def test_a_new_model_keeps_the_evidence_and_the_scale_unless_tuned() -> None:
     made = chooser()
     feed(made, {0.0: 0.0, 0.5: 0.5, 1.0: 0.0}, 200)
     assert made.decide() == 0.5
     made.remember("late", "seen", {s: ["x"] for s in SCALES})
-    assert made.serve("v1", None) == 0.5
-    assert made.samples == 200
+    assert made.serve("v1", None) == 0.5                           # the same model
     assert made.serve("v2", None) == 0.5                           # carried over
+    assert made.samples == 200                                     # and its evidence
+    assert made.waiting("late")
+    assert made.serve("v3", 1.0) == 1.0                            # its own choice
+    assert made.samples == 200
+    assert made.serve("v4", 0.75) == 0.75                          # off the grid:
+    assert made.scales == (0.0, 0.5, 0.75, 1.0)                    # joins it, afresh
     assert made.samples == 0
     assert not made.waiting("late")
-    assert made.serve("v3", 0.75) == 0.75                          # its own choice
-    assert made.scales == (0.0, 0.5, 0.75, 1.0)                    # joins the grid
+
+
+def test_the_choice_follows_the_newest_samples() -> None:
+    made = chooser(window=300)
+    feed(made, {0.0: 0.0, 0.5: 0.5, 1.0: 0.0}, 300)
+    assert made.decide() == 0.5
+    feed(made, {0.0: 0.5, 0.5: 0.0, 1.0: 0.0}, 300, seed=1)     # the window turned over
+    assert made.decide() == 0.0
 
 
 def test_lists_without_every_scale_and_without_a_model_are_not_remembered() -> None:
