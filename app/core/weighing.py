@@ -23,8 +23,11 @@ The evidence outlives a model version: a stream trainer publishes a warm-started
 every few minutes, a few thousand lists apart, and consecutive versions weigh alike; the
 window lets the evidence follow a model as it grows. A new version starts at the scale its
 artefact chose (`streamrec model tune`) when it carries one, else where the last one was
-served, the first at 1 (as a worker without the choice serves it; a model serving alone,
-the ranker's other weights 0, ranks the same at every scale above 0, so it never moves).
+served; the first at ``current``'s initial value: a worker gives 0 when the model is one
+candidate source among others (a young model's score cost 0.04 NDCG@10 online on the
+MovieLens-1M replay's users served before the choice moved away from 1: it is a candidate
+source only until its score pays) and 1 when it is the only one (alone, it ranks the same
+at every scale above 0, so the choice never moves it).
 Kept in memory by each worker, over its own users (a restarted worker starts again).
 Where users act on what they are shown, the served scale's list has the advantage of being
 seen, so the evidence favours the served scale: the choice moves only on a clear
@@ -69,7 +72,7 @@ class ScaleChooser:
     users: int = 20_000        # users with a remembered list (the newest)
     grid: tuple[float, ...] = SCALES
     version: str | None = None
-    current: float = 1.0
+    current: float = 1.0       # the scale served (initially: the first untuned model's)
     scales: tuple[float, ...] = SCALES
     samples: int = 0           # lists scored (since the grid last changed)
     switches: int = 0

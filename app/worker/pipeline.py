@@ -141,7 +141,10 @@ class Pipeline:
         self._users = users
         self._remember = remember
         self.sequence_model: SequenceModel | None = None
-        self.scales = ScaleChooser(k=min(10, settings.recommendation_size))
+        # an untuned model starts as a candidate source only, unless it is the only one
+        alone = settings.candidate_sources.split(",") == ["sequence"]
+        self.scales = ScaleChooser(k=min(10, settings.recommendation_size),
+                                   current=1.0 if alone else 0.0)
         self.behaviour_models = BehaviourModels(
             settings.data_dir / "behaviour-models", metrics, self.use_behaviour,
             served=sequence_model.version if sequence_model is not None else "")

@@ -38,6 +38,13 @@ def test_the_stream_trained_variant_is_scored_online_with_a_model_trained_before
     served = rounds[1]["published"] or rounds[0]["published"]
     assert run.behaviour_model["version"] == served
     assert set(run.end_lists) == set(split.targets)
+    # the worker chose the model's weight from its users' next items (app.core.weighing):
+    # every list after round 1's model arrived was ranked at every scale too
+    evidence = run.model["behaviour_model"]["scale_evidence"]
+    assert evidence["version"] == served
+    assert evidence["samples"] > 100
+    assert evidence["scale"] == run.model["behaviour_model"]["scale"]
+    assert len(evidence["ndcg@k_by_scale"]) == 7
     report = evaluate_runs(split, [run], say=lambda _: None)
     online = report["models"]["sequence-stream"]["all"]
     popular = report["models"]["popularity"]["all"]
