@@ -173,9 +173,8 @@ def at_scales(scored: Scored, candidates: Candidates, params: RankerParams,
               scales: Sequence[float]) -> FloatArray:
     """``scored``'s totals (one row per scale) had the behaviour model's feature been
     multiplied by each of ``scales`` instead of ``candidates.sequence_scale``, the rest of
-    the score unchanged."""
-    if candidates.sequence is None:
-        return np.tile(scored.total, (len(scales), 1))
+    the score unchanged (``candidates`` carry the model's feature)."""
+    assert candidates.sequence is not None
     presence = np.float32(candidates.presence) if candidates.presence < 1.0 \
         else np.float32(1.0)
     other = scored.total - scored.parts["sequence"]

@@ -73,13 +73,25 @@ class ScaleChooser:
     grid: tuple[float, ...] = SCALES
     version: str | None = None
     current: float = 1.0       # the scale served (initially: the first untuned model's)
-    scales: tuple[float, ...] = SCALES
     samples: int = 0           # lists scored (since the grid last changed)
     switches: int = 0
-    _gains: npt.NDArray[np.float32] = field(
-        default_factory=lambda: np.zeros((0, 0), dtype=np.float32), repr=False)
+    # the grid and the served scale: the columns of the evidence (``_grow``)
+    scales: tuple[float, ...] = field(default=(), init=False)
+    _gains: npt.NDArray[np.float32] = field(init=False, repr=False)
     _since: int = field(default=0, repr=False)
     _pending: dict[str, Pending] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._grow()
+
+    def _grow(self) -> None:
+        """Evidence over the grid and the served scale, afresh when those change."""
+        scales = tuple(sorted({*self.grid, self.current}))
+        if scales != self.scales:
+            self.scales = scales
+            self._gains = np.zeros((self.window, len(scales)), dtype=np.float32)
+            self.samples = self._since = 0
+            self._pending.clear()
 
     def serve(self, version: str | None, tuned: float | None) -> float:
         """A model is served (None: none): the scale to serve it at, ``tuned`` (its
@@ -90,12 +102,7 @@ class ScaleChooser:
         self.version = version
         if tuned is not None:
             self.current = tuned
-        scales = tuple(sorted({*self.grid, self.current}))
-        if scales != self.scales or not len(self._gains):
-            self.scales = scales
-            self._gains = np.zeros((self.window, len(scales)), dtype=np.float32)
-            self.samples = self._since = 0
-            self._pending.clear()
+            self._grow()
         return self.current
 
     def remember(self, user: str, after: str, lists: Mapping[float, Sequence[str]]) -> None:
